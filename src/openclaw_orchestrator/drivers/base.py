@@ -1,0 +1,89 @@
+"""The seam between the orchestrator and the instances it drives.
+
+One driver per kind of instance implements :class:`InstanceDriver`. Drivers (and the SDK
+client) are the only modules that import aiohttp; they translate every transport failure
+into the error tree of :mod:`openclaw_orchestrator.errors` in one place,
+:func:`map_client_errors`, so the service never sees an aiohttp exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import aiohttp
+
+from ..errors import (
+    InstanceDownError,
+    InstanceError,
+    InstanceProtocolError,
+    OrchestratorError,
+    TimeoutExceededError,
+)
+from ..models import InstanceSpec
+
+__all__ = ["InstanceDriver", "ProbeResult", "map_client_errors"]
+
+REQUEST_ID_HEADER = "X-Request-ID"
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeResult:
+    """What one health probe saw. ``degraded`` means alive but not fully able to serve."""
+
+    latency_s: float
+    degraded: bool = False
+    detail: str | None = None
+
+
+class InstanceDriver(Protocol):
+    """Talks to one kind of instance. Implementations never raise anything but
+    :class:`~openclaw_orchestrator.errors.OrchestratorError` subclasses."""
+
+    kind: str
+
+    async def invoke(
+        self, instance: InstanceSpec, payload: Any, *, timeout: float, request_id: str
+    ) -> Any:
+        """Run ``payload`` on ``instance`` and return its result (any JSON value)."""
+        ...
+
+    async def probe(self, instance: InstanceSpec, *, timeout: float) -> ProbeResult:
+        """Check ``instance``'s health; raise ``InstanceDownError``/``TimeoutExceededError``
+        /``InstanceError`` when it fails."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release what the driver owns (not the shared ``aiohttp.ClientSession``)."""
+        ...
+
+
+@contextmanager
+def map_client_errors(instance: str) -> Iterator[None]:
+    """Translate aiohttp/asyncio failures into the orchestrator's errors, most specific first."""
+    try:
+        yield
+    except OrchestratorError:
+        raise
+    except (TimeoutError, asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        raise TimeoutExceededError(
+            f"instance {instance} did not answer in time", instance=instance
+        ) from exc
+    except aiohttp.ClientConnectorError as exc:
+        raise InstanceDownError(
+            f"cannot connect to instance {instance}: {exc.os_error.strerror or exc}",
+            instance=instance,
+        ) from exc
+    except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+        raise InstanceDownError(
+            f"connection to instance {instance} failed: {exc}", instance=instance
+        ) from exc
+    except (aiohttp.ContentTypeError, ValueError) as exc:
+        raise InstanceProtocolError(
+            f"instance {instance} sent a reply that is not JSON: {exc}", instance=instance
+        ) from exc
+    except aiohttp.ClientError as exc:
+        raise InstanceError(f"instance {instance} failed: {exc}", instance=instance) from exc

@@ -1,0 +1,227 @@
+"""The one error tree of openclaw-orchestrator.
+
+Every failure a user can see is an ``OrchestratorError``; its ``code`` is the JSON error code
+of the HTTP API and its ``status`` the HTTP status. The SDK turns a JSON ``code`` back into
+the same class through :data:`ERRORS_BY_CODE`, so server and client raise the same types::
+
+    OrchestratorError                  500 internal_error
+    ├── InvalidRequestError            400 invalid_request      names the offending field
+    ├── UnauthorizedError              401 unauthorized
+    ├── ForbiddenError                 403 forbidden            valid credential, wrong scope
+    ├── NotFoundError                  404 not_found
+    ├── ConflictError                  409 conflict             e.g. idempotency key reused
+    ├── PayloadTooLargeError           413 payload_too_large
+    ├── NoHealthyInstanceError         503 no_healthy_instance
+    ├── AggregationError               502 aggregation_failed   results could not be combined
+    └── InstanceError                  502 instance_error       carries .instance
+        ├── InstanceRejectedError      400 invalid_request      instance refused the payload (4xx)
+        ├── InstanceProtocolError      502 instance_error       unparseable reply
+        ├── InstanceDownError          503 instance_down
+        └── TimeoutExceededError       504 timeout
+
+Errors that only the SDK or CLI see (``ConnectionFailedError``: orchestrator unreachable)
+live here too so that one ``except OrchestratorError`` covers them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+__all__ = [
+    "ERRORS_BY_CODE",
+    "AggregationError",
+    "ConflictError",
+    "ConnectionFailedError",
+    "ForbiddenError",
+    "InstanceDownError",
+    "InstanceError",
+    "InstanceProtocolError",
+    "InstanceRejectedError",
+    "InvalidRequestError",
+    "NoHealthyInstanceError",
+    "NotFoundError",
+    "OrchestratorError",
+    "PayloadTooLargeError",
+    "TimeoutExceededError",
+    "UnauthorizedError",
+    "error_from_body",
+]
+
+
+class OrchestratorError(Exception):
+    """Base of every error with a JSON code; ``details`` holds extra, code-specific facts."""
+
+    code: ClassVar[str] = "internal_error"
+    status: ClassVar[int] = 500
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        instance: str | None = None,
+        field: str | None = None,
+        details: dict[str, Any] | None = None,
+        retry_after: float | None = None,
+        upstream_status: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.instance = instance
+        self.field = field
+        self.details = details or {}
+        self.retry_after = retry_after
+        self.upstream_status = upstream_status
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``{"error": {...}}`` envelope the API returns; no secret ever goes in here."""
+        body: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.instance is not None:
+            body["instance"] = self.instance
+        if self.field is not None:
+            body["field"] = self.field
+        if self.upstream_status is not None:
+            body["upstream_status"] = self.upstream_status
+        if self.retry_after is not None:
+            body["retry_after"] = self.retry_after
+        if self.details:
+            body["details"] = self.details
+        return {"error": body}
+
+    def __repr__(self) -> str:
+        where = f" instance={self.instance!r}" if self.instance else ""
+        return f"<{type(self).__name__} {self.code}{where}: {self.message}>"
+
+
+class InvalidRequestError(OrchestratorError):
+    """The request is malformed; ``field`` names what is wrong."""
+
+    code = "invalid_request"
+    status = 400
+
+
+class UnauthorizedError(OrchestratorError):
+    """Missing or wrong bearer credential."""
+
+    code = "unauthorized"
+    status = 401
+
+
+class ForbiddenError(OrchestratorError):
+    """The credential is valid but does not grant this action."""
+
+    code = "forbidden"
+    status = 403
+
+
+class NotFoundError(OrchestratorError):
+    """The named resource does not exist."""
+
+    code = "not_found"
+    status = 404
+
+
+class ConflictError(OrchestratorError):
+    """The request conflicts with existing state."""
+
+    code = "conflict"
+    status = 409
+
+
+class PayloadTooLargeError(OrchestratorError):
+    """The request body is over the configured limit."""
+
+    code = "payload_too_large"
+    status = 413
+
+
+class NoHealthyInstanceError(OrchestratorError):
+    """Every candidate is down (or none is left within the deadline and retry budget)."""
+
+    code = "no_healthy_instance"
+    status = 503
+
+
+class AggregationError(OrchestratorError):
+    """The replies arrived but the requested aggregate cannot combine them."""
+
+    code = "aggregation_failed"
+    status = 502
+
+
+class ConnectionFailedError(OrchestratorError):
+    """The SDK could not reach the orchestrator itself (never sent by the server)."""
+
+    code = "connection_failed"
+    status = 503
+
+
+class InstanceError(OrchestratorError):
+    """An instance failed the task; ``upstream_status`` is its HTTP status when it sent one."""
+
+    code = "instance_error"
+    status = 502
+
+
+class InstanceRejectedError(InstanceError):
+    """The instance refused the payload with a 4xx: retrying elsewhere would not help."""
+
+    code = "invalid_request"
+    status = 400
+
+
+class InstanceProtocolError(InstanceError):
+    """The instance answered with something that is not the instance protocol."""
+
+    code = "instance_error"
+    status = 502
+
+
+class InstanceDownError(InstanceError):
+    """The instance could not be reached (refused, reset, marked down)."""
+
+    code = "instance_down"
+    status = 503
+
+
+class TimeoutExceededError(InstanceError):
+    """The deadline passed before the instance answered."""
+
+    code = "timeout"
+    status = 504
+
+
+ERRORS_BY_CODE: dict[str, type[OrchestratorError]] = {
+    cls.code: cls
+    for cls in (
+        OrchestratorError,
+        InvalidRequestError,
+        UnauthorizedError,
+        ForbiddenError,
+        NotFoundError,
+        ConflictError,
+        PayloadTooLargeError,
+        NoHealthyInstanceError,
+        AggregationError,
+        ConnectionFailedError,
+        InstanceError,
+        InstanceDownError,
+        TimeoutExceededError,
+    )
+}
+
+
+def error_from_body(body: Any, *, status: int) -> OrchestratorError:
+    """Rebuild the typed error from an ``{"error": {...}}`` envelope (SDK side)."""
+    err = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(err, dict):
+        return OrchestratorError(f"HTTP {status} without an error body", upstream_status=status)
+    cls = ERRORS_BY_CODE.get(str(err.get("code")), OrchestratorError)
+    exc = cls(
+        str(err.get("message", "")),
+        instance=err.get("instance"),
+        field=err.get("field"),
+        details=err.get("details") if isinstance(err.get("details"), dict) else None,
+        retry_after=err.get("retry_after"),
+        upstream_status=err.get("upstream_status"),
+    )
+    return exc

@@ -1,0 +1,209 @@
+"""Pydantic v2 wire models shared by the API and the SDK.
+
+Field names are the contract documented in ``docs/api.md``; the server validates requests
+with them and the SDK parses replies with them, so the two can never drift apart.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+from .domain.duration import parse_duration
+
+__all__ = [
+    "AggregateSpec",
+    "Attempt",
+    "FanoutEntry",
+    "FanoutRequest",
+    "FanoutResult",
+    "HealthDetail",
+    "InstanceInfo",
+    "InstanceSpec",
+    "RouteRequest",
+    "RouteResult",
+    "Skip",
+    "TargetExpr",
+]
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:]{0,63}$"
+_NAME_RE = re.compile(NAME_PATTERN)
+
+TargetExpr = str | list[str]
+"""``"A-H"``, ``"A,C,E"``, ``"A C E"``, ``"all"``, ``"tag:gpu"`` or a list of such tokens."""
+
+AggregateSpec = bool | str
+"""``true`` (array), ``false`` (none) or a strategy name: ``array``, ``merge``, ``concat``,
+``first``, ``quorum``, ``topk`` or a reducer registered in the configuration."""
+
+EntryStatus = Literal["ok", "error", "timeout", "cancelled"]
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+def _seconds(value: Any, field: str) -> float | None:
+    return None if value is None else parse_duration(value, field=field)
+
+
+class InstanceSpec(_Wire):
+    """One instance as configured or registered. ``credentials`` is a secret: never echoed."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="Unique instance name, e.g. 'A'.")
+    url: str = Field(description="Base URL, e.g. http://127.0.0.1:18801")
+    driver: str = Field(default="worker", description="Instance kind: 'worker' (our protocol).")
+    weight: float = Field(default=1.0, gt=0, le=1000)
+    tags: list[str] = Field(default_factory=list)
+    credentials: SecretStr | None = Field(
+        default=None, description="Bearer token the orchestrator sends to this instance."
+    )
+    health_path: str | None = Field(
+        default=None, description="Probe path; the driver's default when unset."
+    )
+    heartbeat_ttl: float | None = Field(
+        default=None,
+        gt=0,
+        description="Seconds: a self-registered instance is dropped when it stops "
+        "re-registering (heartbeating) for this long.",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+    @field_validator("heartbeat_ttl", mode="before")
+    @classmethod
+    def _ttl(cls, value: Any) -> float | None:
+        return _seconds(value, "heartbeat_ttl")
+
+
+class InstanceInfo(_Wire):
+    """An instance as the API shows it: credentials reduced to a flag."""
+
+    name: str
+    url: str
+    driver: str
+    weight: float
+    tags: list[str]
+    has_credentials: bool
+    health_path: str | None = None
+    state: str
+    source: Literal["config", "registered"]
+    heartbeat_ttl: float | None = None
+    last_heartbeat: datetime | None = None
+    outstanding: int = 0
+
+
+class RouteRequest(_Wire):
+    """``POST /api/orchestrator/route``."""
+
+    instances: TargetExpr | None = Field(
+        default=None, description="Candidates; any healthy instance when omitted."
+    )
+    payload: Any = Field(default_factory=dict)
+    timeout: float | None = Field(default=None, description="Seconds (or '10s', '500ms').")
+    retry: int | None = Field(default=None, ge=0, le=10, description="Max retries.")
+    policy: str | None = Field(
+        default=None, description="round_robin | least_outstanding | weighted_random"
+    )
+
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _timeout(cls, value: Any) -> float | None:
+        return _seconds(value, "timeout")
+
+
+class Attempt(_Wire):
+    """One try of one instance while routing."""
+
+    instance: str
+    outcome: Literal["ok", "error", "timeout", "down"]
+    latency_ms: float
+    error: dict[str, Any] | None = None
+
+
+class Skip(_Wire):
+    """A candidate that was not tried, and why."""
+
+    instance: str
+    reason: Literal["down", "already_tried", "over_budget", "deadline"]
+
+
+class RouteResult(_Wire):
+    """The reply of a successful route."""
+
+    instance: str
+    result: Any
+    attempts: list[Attempt]
+    skipped: list[Skip]
+    total_ms: float
+    request_id: str
+
+
+class FanoutRequest(_Wire):
+    """``POST /api/orchestrator/fanout``."""
+
+    targets: TargetExpr = Field(default="all")
+    payload: Any = Field(default_factory=dict)
+    aggregate: AggregateSpec = True
+    timeout: float | None = Field(default=None, description="Seconds (or '10s', '500ms').")
+    min_success: int | None = Field(default=None, ge=0)
+    quorum: int | None = Field(default=None, ge=1, description="Votes needed (quorum).")
+    top_k: int | None = Field(default=None, ge=1, le=10_000, description="k for 'topk'.")
+    retry: int | None = Field(default=None, ge=0, le=10, description="Retries per target.")
+    stream: bool = False
+
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _timeout(cls, value: Any) -> float | None:
+        return _seconds(value, "timeout")
+
+
+class FanoutEntry(_Wire):
+    """One target's outcome inside a fanout."""
+
+    instance: str
+    status: EntryStatus
+    result: Any = None
+    error: dict[str, Any] | None = None
+    latency_ms: float
+
+
+class FanoutResult(_Wire):
+    """The reply of a fanout: every target's entry, plus the aggregated value."""
+
+    aggregate: str | None
+    value: Any = None
+    results: list[FanoutEntry]
+    succeeded: int
+    failed: int
+    timed_out: int
+    total_ms: float
+    request_id: str
+    error: dict[str, Any] | None = Field(
+        default=None, description="Set when the aggregate could not be computed."
+    )
+
+
+class HealthDetail(_Wire):
+    """``GET /api/orchestrator/health?detail=true`` per instance."""
+
+    state: str
+    latency_ms: float | None = None
+    last_check: datetime | None = None
+    consecutive_failures: int = 0
+    last_error: str | None = None
+    last_change: datetime | None = None
+    url: str
+
+
+def is_valid_name(name: str) -> bool:
+    """Whether ``name`` is usable as an instance name."""
+    return bool(_NAME_RE.match(name))
