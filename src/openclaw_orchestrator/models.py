@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
+from .domain.balancing import Policy
 from .domain.duration import parse_duration
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "TargetExpr",
 ]
 
+POLICIES = tuple(p.value for p in Policy)
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:]{0,63}$"
 _NAME_RE = re.compile(NAME_PATTERN)
 
@@ -118,6 +120,13 @@ class RouteRequest(_Wire):
     @classmethod
     def _timeout(cls, value: Any) -> float | None:
         return _seconds(value, "timeout")
+
+    @field_validator("policy")
+    @classmethod
+    def _policy(cls, value: str | None) -> str | None:
+        if value is not None and value not in POLICIES:
+            raise ValueError(f"unknown policy {value!r}; one of {', '.join(POLICIES)}")
+        return value
 
 
 class Attempt(_Wire):

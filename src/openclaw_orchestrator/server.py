@@ -14,7 +14,7 @@ from typing import Any
 
 import uvicorn
 
-__all__ = ["bind_socket", "running", "serve_forever", "uvicorn_config"]
+__all__ = ["BackgroundServer", "bind_socket", "running", "serve_forever", "uvicorn_config"]
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -58,23 +58,60 @@ class _EmbeddedServer(uvicorn.Server):
         yield
 
 
+class BackgroundServer:
+    """An ASGI app served by a task of the current loop, on a socket bound up front.
+
+    Stopping is two steps, ``request_stop()`` then ``wait_stopped()``, so that many servers
+    can be asked to stop at once and then awaited together (uvicorn polls every 0.1 s).
+    """
+
+    def __init__(
+        self, app: Any, *, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"
+    ) -> None:
+        self._sock = bind_socket(host, port)
+        self.url = f"http://{host}:{self._sock.getsockname()[1]}"
+        self._server = _EmbeddedServer(uvicorn_config(app, log_level=log_level))
+        self._task: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        state = "running" if self._task and not self._task.done() else "stopped"
+        return f"<BackgroundServer {self.url} {state}>"
+
+    async def start(self) -> str:
+        """Start serving; returns once the app's lifespan has started."""
+        self._task = asyncio.create_task(self._server.serve(sockets=[self._sock]))
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()
+                raise RuntimeError("server exited before it started")
+            await asyncio.sleep(0.005)
+        return self.url
+
+    def request_stop(self) -> None:
+        """Ask the server to shut down (graceful: open requests finish)."""
+        self._server.should_exit = True
+
+    async def wait_stopped(self) -> None:
+        """Wait for the shutdown asked by ``request_stop`` and release the socket."""
+        try:
+            if self._task is not None:
+                await self._task
+        finally:
+            self._sock.close()
+
+    async def aclose(self) -> None:
+        """Stop and wait."""
+        self.request_stop()
+        await self.wait_stopped()
+
+
 @contextlib.asynccontextmanager
 async def running(
     app: Any, *, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"
 ) -> AsyncIterator[str]:
     """Serve ``app`` as a task of the current loop; yield its base URL; stop it on exit."""
-    sock = bind_socket(host, port)
-    bound = sock.getsockname()[1]
-    server = _EmbeddedServer(uvicorn_config(app, log_level=log_level))
-    task = asyncio.create_task(server.serve(sockets=[sock]))
+    server = BackgroundServer(app, host=host, port=port, log_level=log_level)
     try:
-        while not server.started:
-            if task.done():
-                task.result()
-                raise RuntimeError("server exited before it started")
-            await asyncio.sleep(0.005)
-        yield f"http://{host}:{bound}"
+        yield await server.start()
     finally:
-        server.should_exit = True
-        await task
-        sock.close()
+        await server.aclose()

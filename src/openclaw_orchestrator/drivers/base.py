@@ -8,7 +8,6 @@ into the error tree of :mod:`openclaw_orchestrator.errors` in one place,
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -68,7 +67,7 @@ def map_client_errors(instance: str) -> Iterator[None]:
         yield
     except OrchestratorError:
         raise
-    except (TimeoutError, asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
+    except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
         raise TimeoutExceededError(
             f"instance {instance} did not answer in time", instance=instance
         ) from exc

@@ -1,0 +1,184 @@
+"""Retry decisions: the policy value object, the backoff formula, what is retryable, a budget.
+
+Everything here decides and nothing waits: the service asks :func:`is_retryable`, spends from
+its :class:`RetryBudget`, computes the delay with :func:`compute_backoff` (an ``rng`` passed in)
+and then sleeps itself, emitting :class:`RetryScheduled` to its hooks.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+from ..errors import (
+    InstanceDownError,
+    InstanceError,
+    InstanceProtocolError,
+    InstanceRejectedError,
+    TimeoutExceededError,
+)
+
+__all__ = [
+    "DEFAULT_BACKOFF_BASE",
+    "DEFAULT_BACKOFF_CAP",
+    "DEFAULT_BACKOFF_MULTIPLIER",
+    "DEFAULT_MAX_RETRIES",
+    "RETRYABLE_UPSTREAM_STATUSES",
+    "RetryBudget",
+    "RetryPolicy",
+    "RetryScheduled",
+    "compute_backoff",
+    "is_retryable",
+]
+
+DEFAULT_MAX_RETRIES = 3
+DEFAULT_BACKOFF_BASE = 0.05
+DEFAULT_BACKOFF_CAP = 2.0
+DEFAULT_BACKOFF_MULTIPLIER = 2.0
+RETRYABLE_UPSTREAM_STATUSES = frozenset({429, 502, 503, 504})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryPolicy:
+    """How many retries and how long between them (seconds).
+
+    ``honor_retry_after`` lets a 429/503 ``Retry-After`` stretch the delay; the zero-wait
+    testing policy turns it off so tests never sleep.
+    """
+
+    max_retries: int = DEFAULT_MAX_RETRIES
+    base: float = DEFAULT_BACKOFF_BASE
+    cap: float = DEFAULT_BACKOFF_CAP
+    multiplier: float = DEFAULT_BACKOFF_MULTIPLIER
+    honor_retry_after: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_retries < 0 or self.base < 0 or self.cap < 0:
+            raise ValueError("max_retries, base and cap must be >= 0")
+        if self.multiplier < 1:
+            raise ValueError("multiplier must be >= 1")
+
+    @classmethod
+    def no_wait(cls, max_retries: int = DEFAULT_MAX_RETRIES) -> RetryPolicy:
+        """Testing mode: same retry count, zero backoff, ``Retry-After`` ignored."""
+        return cls(max_retries=max_retries, base=0.0, cap=0.0, honor_retry_after=False)
+
+    def can_retry(self, retry: int) -> bool:
+        """Whether retry number ``retry`` (1 for the first retry) is within ``max_retries``."""
+        return 1 <= retry <= self.max_retries
+
+
+def compute_backoff(
+    retry: int, policy: RetryPolicy, rng: random.Random, *, retry_after: float | None = None
+) -> float:
+    """Seconds to wait before retry number ``retry`` (1 for the first retry).
+
+    Full jitter, so that clients retrying together spread out::
+
+        delay = uniform(0, min(cap, base * multiplier ** (retry - 1)))
+        delay = max(delay, retry_after)        # only with a Retry-After and honor_retry_after
+
+    The result is never negative.
+    """
+    if retry < 1:
+        raise ValueError(f"retry counts from 1, got {retry}")
+    delay = rng.uniform(0.0, _ceiling(retry, policy))
+    if retry_after is not None and policy.honor_retry_after:
+        delay = max(delay, retry_after)
+    return max(delay, 0.0)
+
+
+def _ceiling(retry: int, policy: RetryPolicy) -> float:
+    """``min(cap, base * multiplier ** (retry - 1))``, without overflowing on huge retries."""
+    try:
+        return min(policy.cap, policy.base * policy.multiplier ** (retry - 1))
+    except OverflowError:
+        return policy.cap
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Whether another attempt (perhaps on another instance) might succeed.
+
+    Unreachable and timed-out instances are retryable, and so are instance replies of 429,
+    502, 503 and 504. A refused payload (4xx), an unparseable reply, a 500 and anything that
+    is not an instance error (``NoHealthyInstanceError`` included) are final.
+    """
+    if isinstance(exc, InstanceDownError | TimeoutExceededError):
+        return True
+    if isinstance(exc, InstanceRejectedError | InstanceProtocolError):
+        return False
+    return isinstance(exc, InstanceError) and exc.upstream_status in RETRYABLE_UPSTREAM_STATUSES
+
+
+@dataclass(frozen=True, slots=True)
+class RetryScheduled:
+    """A retry the service is about to wait for; logged as ``orchestrator.retry_scheduled``."""
+
+    instance: str
+    retry: int
+    delay: float
+    error_code: str
+
+
+class RetryBudget:
+    """Caps retries to a share of recent traffic so retries cannot amplify an outage.
+
+    A retry is allowed while ``retries < min_retries + ratio * requests``, both counted over
+    a sliding ``window`` of seconds kept as ``buckets`` fixed-width time buckets (memory is
+    O(buckets); the window is exact to one bucket width). Only first attempts are passed to
+    :meth:`record_request`; :meth:`try_spend` records the retries it allows.
+    """
+
+    __slots__ = ("_epochs", "_latest", "_requests", "_retries", "_width", "min_retries", "ratio")
+
+    def __init__(
+        self, *, ratio: float = 0.2, window: float = 10.0, min_retries: int = 10, buckets: int = 10
+    ) -> None:
+        if ratio < 0 or min_retries < 0 or not window > 0 or buckets < 1:
+            raise ValueError("need ratio >= 0, min_retries >= 0, window > 0 and buckets >= 1")
+        self.ratio = ratio
+        self.min_retries = min_retries
+        self._width = window / buckets
+        self._epochs: list[int | None] = [None] * buckets
+        self._requests = [0] * buckets
+        self._retries = [0] * buckets
+        self._latest: int | None = None  # newest bucket seen, for __repr__
+
+    def record_request(self, now: float) -> None:
+        """Count one first attempt at ``now``."""
+        self._requests[self._slot(now)] += 1
+
+    def try_spend(self, now: float) -> bool:
+        """Record one retry and return True if the budget allows it; else record nothing."""
+        requests, retries = self._totals(self._epoch(now))
+        if retries >= self.min_retries + self.ratio * requests:
+            return False
+        self._retries[self._slot(now)] += 1
+        return True
+
+    def _slot(self, now: float) -> int:
+        """The bucket for ``now``, emptied first when it still holds an expired epoch."""
+        epoch = self._epoch(now)
+        slot = epoch % len(self._epochs)
+        if self._epochs[slot] != epoch:
+            self._epochs[slot], self._requests[slot], self._retries[slot] = epoch, 0, 0
+        self._latest = epoch if self._latest is None else max(self._latest, epoch)
+        return slot
+
+    def _totals(self, epoch: int) -> tuple[int, int]:
+        """(requests, retries) in the buckets of the window ending in bucket ``epoch``."""
+        size = len(self._epochs)
+        live = [i for i, e in enumerate(self._epochs) if e is not None and 0 <= epoch - e < size]
+        return sum(self._requests[i] for i in live), sum(self._retries[i] for i in live)
+
+    def _epoch(self, now: float) -> int:
+        return math.floor(now / self._width)
+
+    def __repr__(self) -> str:
+        latest = self._latest
+        requests, retries = (0, 0) if latest is None else self._totals(latest)
+        return (
+            f"<RetryBudget [retries: {retries} | requests: {requests}]"
+            f" ratio={self.ratio} min_retries={self.min_retries}>"
+        )

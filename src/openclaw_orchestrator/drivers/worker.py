@@ -1,0 +1,217 @@
+"""The driver for our documented instance protocol (``docs/instance-protocol.md``).
+
+It sits on every routed request, so the hot path is short: constant headers built once, the
+body serialized by orjson straight to bytes, one ``ClientTimeout`` per call and the reply
+read as bytes and parsed by orjson. Replies map to the error tree by status::
+
+    2xx              -> body["result"]              (no "result": InstanceProtocolError)
+    4xx but 429      -> InstanceRejectedError        the payload is wrong; never retried
+    429, 5xx         -> InstanceError                upstream_status, retry_after
+    anything else    -> InstanceProtocolError
+    transport        -> map_client_errors()          refused: down, timeout, non-JSON
+
+The bearer credential goes into a header and nowhere else: no message, log or repr.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+import orjson
+from yarl import URL
+
+from ..errors import (
+    InstanceError,
+    InstanceProtocolError,
+    InstanceRejectedError,
+    InvalidRequestError,
+)
+from ..models import InstanceSpec
+from .base import REQUEST_ID_HEADER, ProbeResult, map_client_errors
+
+__all__ = [
+    "DEADLINE_HEADER",
+    "DEFAULT_HEALTH_PATH",
+    "TASK_PATH",
+    "WorkerDriver",
+    "encode_task",
+    "parse_retry_after",
+]
+
+TASK_PATH = "/api/instance/task"
+DEFAULT_HEALTH_PATH = "/api/health/check"
+DEADLINE_HEADER = "X-Deadline-Ms"
+
+_BASE_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
+_MAX_CACHED_URLS = 4096
+
+
+def encode_task(payload: Any) -> bytes:
+    """The task body; a payload orjson cannot encode (an int over 64 bits) is the caller's."""
+    try:
+        return orjson.dumps({"payload": payload})
+    except orjson.JSONEncodeError as exc:
+        raise InvalidRequestError(
+            f"payload: cannot encode as JSON: {exc}", field="payload"
+        ) from exc
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """``Retry-After`` as seconds (decimals allowed); None for an HTTP-date or garbage."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+
+
+def _error_envelope(raw: bytes) -> tuple[str | None, str | None]:
+    """``(code, message)`` from an ``{"error": {...}}`` body, or Nones when there is none."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None, None
+    err = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(err, dict):
+        return None, None
+    code, message = err.get("code"), err.get("message")
+    return (
+        code if isinstance(code, str) else None,
+        message if isinstance(message, str) else None,
+    )
+
+
+def _reply_error(name: str, status: int, raw: bytes, retry_after: str | None) -> InstanceError:
+    """The error for a non-2xx reply: rejected (4xx), retryable-looking (429/5xx) or protocol."""
+    code, message = _error_envelope(raw)
+    text = f"{name}: {message or f'HTTP {status}'}"
+    details = {"upstream_code": code} if code else None
+    if 400 <= status < 500 and status != 429:
+        return InstanceRejectedError(text, instance=name, upstream_status=status, details=details)
+    if status == 429 or 500 <= status < 600:
+        return InstanceError(
+            text,
+            instance=name,
+            upstream_status=status,
+            retry_after=parse_retry_after(retry_after),
+            details=details,
+        )
+    return InstanceProtocolError(
+        f"{name}: unexpected HTTP {status}", instance=name, upstream_status=status
+    )
+
+
+class WorkerDriver:
+    """Talks instance protocol v1 over a shared ``aiohttp.ClientSession`` it does not own."""
+
+    kind = "worker"
+
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self._session = session
+        self._urls: dict[tuple[str, str], URL] = {}
+
+    def _url(self, base: str, path: str) -> URL:
+        """The parsed URL of ``base + path``, cached: parsing costs more than the lookup."""
+        key = (base, path)
+        url = self._urls.get(key)
+        if url is None:
+            if len(self._urls) >= _MAX_CACHED_URLS:  # instances come and go by registration
+                self._urls.clear()
+            url = self._urls[key] = URL(base.rstrip("/") + path)
+        return url
+
+    @staticmethod
+    def _headers(instance: InstanceSpec, extra: dict[str, str]) -> dict[str, str]:
+        headers = {**_BASE_HEADERS, **extra}
+        if instance.credentials is not None:
+            headers["Authorization"] = f"Bearer {instance.credentials.get_secret_value()}"
+        return headers
+
+    async def invoke(
+        self,
+        instance: InstanceSpec,
+        payload: Any,
+        *,
+        timeout: float,  # InstanceDriver's signature; sets ClientTimeout
+        request_id: str,
+    ) -> Any:
+        """``POST /api/instance/task`` with ``{"payload": ...}``; the instance's ``result``."""
+        headers = self._headers(
+            instance, {REQUEST_ID_HEADER: request_id, DEADLINE_HEADER: str(int(timeout * 1000))}
+        )
+        url = self._url(instance.url, TASK_PATH)
+        body = encode_task(payload)
+        with map_client_errors(instance.name):
+            async with self._session.post(
+                url,
+                data=body,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=timeout),
+                allow_redirects=False,
+            ) as resp:
+                raw = await resp.read()
+                if not 200 <= resp.status < 300:
+                    raise _reply_error(
+                        instance.name, resp.status, raw, resp.headers.get("Retry-After")
+                    )
+            reply = orjson.loads(raw)
+        if not isinstance(reply, dict) or "result" not in reply:
+            raise InstanceProtocolError(
+                f"{instance.name}: reply has no 'result' field", instance=instance.name
+            )
+        return reply["result"]
+
+    async def probe(
+        self,
+        instance: InstanceSpec,
+        *,
+        timeout: float,  # InstanceDriver's signature; sets ClientTimeout
+    ) -> ProbeResult:
+        """``GET`` the health path; a 2xx is alive, ``"status": "degraded"`` marks degraded."""
+        url = self._url(instance.url, instance.health_path or DEFAULT_HEALTH_PATH)
+        headers = self._headers(instance, {})
+        started = time.perf_counter()
+        with map_client_errors(instance.name):
+            async with self._session.get(
+                url,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=timeout),
+                allow_redirects=False,
+            ) as resp:
+                raw = await resp.read()
+                if not 200 <= resp.status < 300:
+                    raise InstanceError(
+                        f"{instance.name}: health check answered HTTP {resp.status}",
+                        instance=instance.name,
+                        upstream_status=resp.status,
+                    )
+            body = orjson.loads(raw)
+        latency = time.perf_counter() - started
+        status = body.get("status") if isinstance(body, dict) else None
+        degraded = status == "degraded"
+        return ProbeResult(
+            latency_s=latency, degraded=degraded, detail=status if degraded else None
+        )
+
+    async def aclose(self) -> None:
+        """Nothing to release: the session belongs to the caller."""
+
+    async def __aenter__(self) -> WorkerDriver:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        return f"<WorkerDriver kind={self.kind} urls_cached={len(self._urls)}>"

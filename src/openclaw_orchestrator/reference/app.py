@@ -1,0 +1,302 @@
+"""The reference instance: a lean Starlette app speaking instance protocol v1.
+
+See ``docs/instance-protocol.md`` for the contract. It sits on the benchmark's direct path,
+so the request path is plain Starlette with orjson, a pure-ASGI middleware for the request
+id and one exception lookup mapping :class:`HandlerError` (and routing errors) to the
+``{"error": {"code", "message"}}`` envelope; no pydantic per request.
+
+Routes::
+
+    GET  /api/health/check      {"status", "instance", "uptime_s", "inflight"}; 503 when unhealthy
+    POST /api/instance/task     {"payload": ...} -> {"result": ..., "instance": name}
+    GET  /api/instance/faults   the live FaultConfig (only with fault_api=True)
+    PUT  /api/instance/faults   change it at run time (only with fault_api=True)
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+import uuid
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+import anyio
+import orjson
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .faults import FaultConfig, Faults
+from .handlers import Handler, HandlerContext, HandlerError, Invoker
+
+__all__ = [
+    "DEADLINE_GRACE",
+    "DEFAULT_MAX_BODY_BYTES",
+    "HEALTH_PATH",
+    "TASK_PATH",
+    "ReferenceInstance",
+    "create_instance_app",
+]
+
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+DEADLINE_GRACE = 0.1
+"""Seconds past ``X-Deadline-Ms`` before a handler is abandoned: the caller gives up first,
+so it always sees its own timeout rather than racing our 504."""
+
+HEALTH_PATH = "/api/health/check"
+TASK_PATH = "/api/instance/task"
+FAULTS_PATH = "/api/instance/faults"
+REQUEST_ID_SCOPE_KEY = "openclaw.request_id"
+
+_REQUEST_ID = b"x-request-id"
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
+
+AppLifespan = Callable[[Starlette], AbstractAsyncContextManager[None]]
+
+
+def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(body), status, headers, media_type="application/json")
+
+
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> Response:
+    """The protocol's error envelope."""
+    return _json(status, {"error": {"code": code, "message": message}}, headers)
+
+
+class RequestIdMiddleware:
+    """Echo ``X-Request-ID`` on every response, generating a uuid4 hex one when absent."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pure ASGI (no BaseHTTPMiddleware): one header scan and one send wrapper."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = next((v for k, v in scope["headers"] if k == _REQUEST_ID), None)
+        request_id = request_id or uuid.uuid4().hex.encode()
+        scope[REQUEST_ID_SCOPE_KEY] = request_id.decode("latin-1")
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), (_REQUEST_ID, request_id)]
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise _too_large(limit)
+    return bytes(body)
+
+
+def _too_large(limit: int) -> HandlerError:
+    return HandlerError(413, "payload_too_large", f"request body is over {limit} bytes")
+
+
+def _parse_json(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise HandlerError(400, "invalid_json", f"request body is not valid JSON: {exc}") from None
+
+
+def _parse_deadline(value: str | None) -> float | None:
+    """``X-Deadline-Ms`` (milliseconds left) to a ``time.monotonic()`` instant."""
+    if value is None:
+        return None
+    try:
+        return time.monotonic() + int(value) / 1000
+    except ValueError:
+        message = "X-Deadline-Ms: expected an integer number of milliseconds"
+        raise HandlerError(400, "invalid_request", message) from None
+
+
+async def _wait_for_disconnect(receive: Receive) -> None:
+    """Block until the client goes away (the body has already been read)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+class ReferenceInstance:
+    """The state and endpoints of one instance; ``app.state.instance`` in the running app."""
+
+    def __init__(
+        self, name: str, handler: Handler, *, token: str | None, faults: Faults, max_body: int
+    ) -> None:
+        self.name = name
+        self.invoker = Invoker(handler)
+        self.faults = faults
+        self.max_body_bytes = max_body
+        self.inflight = 0
+        self.started = time.monotonic()
+        self._expected_auth = f"Bearer {token}".encode() if token else None
+
+    def authorize(self, request: Request) -> None:
+        """Constant-time check of the bearer token, when one is configured."""
+        if self._expected_auth is None:
+            return
+        given = request.headers.get("authorization", "").encode()
+        if not hmac.compare_digest(given, self._expected_auth):
+            raise HandlerError(401, "unauthorized", "missing or wrong bearer token")
+
+    async def health(self, request: Request) -> Response:
+        """``GET /api/health/check``: 503 under ``health_fail``, "degraded" if told to."""
+        config = self.faults.config
+        status = "healthy"
+        if config.health_fail:
+            status = "unhealthy"
+        elif config.health_degraded:
+            status = "degraded"
+        body = {
+            "status": status,
+            "instance": self.name,
+            "uptime_s": round(time.monotonic() - self.started, 3),
+            "inflight": self.inflight,
+        }
+        return _json(503 if config.health_fail else 200, body)
+
+    async def task(self, request: Request) -> Response:
+        """``POST /api/instance/task``: auth, body, faults, then the handler."""
+        self.authorize(request)
+        deadline = _parse_deadline(request.headers.get("x-deadline-ms"))
+        body = _parse_json(await _read_body(request, self.max_body_bytes))
+        if not isinstance(body, dict) or "payload" not in body:
+            message = 'body: expected a JSON object {"payload": ...}'
+            raise HandlerError(400, "invalid_request", message)
+        context = HandlerContext(self.name, request.scope[REQUEST_ID_SCOPE_KEY], deadline)
+        self.inflight += 1
+        try:
+            await self._inject_faults(request)
+            result = await self._run(body["payload"], context)
+            return _json(200, {"result": result, "instance": self.name})
+        except orjson.JSONEncodeError as exc:
+            raise HandlerError(500, "handler_error", f"result is not JSON: {exc}") from exc
+        finally:
+            self.inflight -= 1
+
+    async def _inject_faults(self, request: Request) -> None:
+        config = self.faults.config
+        if config.hang:
+            await _wait_for_disconnect(request.receive)
+            raise HandlerError(504, "injected_hang", "the client gave up; nobody reads this")
+        if delay := self.faults.delay():
+            await anyio.sleep(delay)
+        if self.faults.should_fail():
+            message = f"instance {self.name}: injected failure"
+            raise HandlerError(
+                config.fail_status, "injected_fault", message, retry_after=config.retry_after
+            )
+
+    async def _run(self, payload: Any, context: HandlerContext) -> Any:
+        """The handler, abandoned :data:`DEADLINE_GRACE` after the caller's deadline."""
+        budget = context.time_left()
+        if budget is None:
+            return await self.invoker(payload, context)
+        with anyio.move_on_after(budget + DEADLINE_GRACE):
+            return await self.invoker(payload, context)
+        raise HandlerError(504, "deadline_exceeded", "the handler ran past X-Deadline-Ms")
+
+    async def get_faults(self, request: Request) -> Response:
+        """``GET /api/instance/faults``: the live configuration."""
+        self.authorize(request)
+        return _json(200, self.faults.config.to_dict())
+
+    async def put_faults(self, request: Request) -> Response:
+        """``PUT /api/instance/faults``: change any fields; 400 naming a bad one."""
+        self.authorize(request)
+        changes = _parse_json(await _read_body(request, self.max_body_bytes))
+        if not isinstance(changes, dict):
+            raise HandlerError(400, "invalid_request", "body: expected an object of fault fields")
+        try:
+            config = self.faults.update(changes)
+        except (TypeError, ValueError) as exc:
+            raise HandlerError(400, "invalid_request", str(exc)) from None
+        return _json(200, config.to_dict())
+
+    def routes(self, *, fault_api: bool) -> list[Route]:
+        """The protocol routes, plus the fault API when enabled."""
+        routes = [
+            Route(HEALTH_PATH, self.health, methods=["GET"]),
+            Route(TASK_PATH, self.task, methods=["POST"]),
+        ]
+        if fault_api:
+            routes.append(Route(FAULTS_PATH, self.get_faults, methods=["GET"]))
+            routes.append(Route(FAULTS_PATH, self.put_faults, methods=["PUT"]))
+        return routes
+
+    def __repr__(self) -> str:
+        return f"<ReferenceInstance {self.name} inflight={self.inflight} {self.faults!r}>"
+
+
+def _handler_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HandlerError)  # registered for HandlerError only
+    headers = {}
+    if exc.retry_after is not None:
+        headers["Retry-After"] = f"{exc.retry_after:g}"
+    if exc.status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    return error_response(exc.status, exc.code, exc.message, headers)
+
+
+def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)  # registered for HTTPException only
+    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    message = f"{exc.detail}: {request.method} {request.url.path}"
+    return error_response(exc.status_code, code, message, dict(exc.headers or {}))
+
+
+def _server_error(request: Request, exc: Exception) -> Response:
+    return error_response(500, "internal_error", "internal error")
+
+
+def create_instance_app(
+    name: str,
+    handler: Handler,
+    *,
+    token: str | None = None,
+    faults: FaultConfig | None = None,
+    fault_api: bool = False,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    lifespan: AppLifespan | None = None,
+) -> Starlette:
+    """An ASGI app for instance ``name`` running ``handler`` (see :mod:`.handlers`).
+
+    ``token`` requires ``Authorization: Bearer <token>`` on tasks and the fault API;
+    ``fault_api`` exposes ``/api/instance/faults``; ``lifespan`` runs around serving
+    (self-registration uses it).
+    """
+    if max_body_bytes < 1:
+        raise ValueError("max_body_bytes must be positive")
+    instance = ReferenceInstance(
+        name, handler, token=token, faults=Faults(faults), max_body=max_body_bytes
+    )
+    app = Starlette(
+        routes=instance.routes(fault_api=fault_api),
+        middleware=[Middleware(RequestIdMiddleware)],
+        exception_handlers={
+            HandlerError: _handler_error,
+            HTTPException: _http_error,
+            Exception: _server_error,
+        },
+        lifespan=lifespan,
+    )
+    app.state.instance = instance
+    return app
