@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+from collections.abc import Callable
 
 import pytest
+import uvloop
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -13,3 +16,10 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 def anyio_backend() -> str:
     """Only asyncio: uvloop is what production runs, and pytest-asyncio drives the tests."""
     return "asyncio"
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config,
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """uvloop, as in production: servers and clients in tests run on the loop users get."""
+    return {"uvloop": uvloop.new_event_loop}

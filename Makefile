@@ -1,0 +1,35 @@
+# The two set-up commands: `make run` and `make test`. Both create .venv on first use.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-dev
+SRC    := pyproject.toml
+
+.PHONY: run test check lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# One install with the dev extras serves run, test and bench; re-run when pyproject changes.
+$(STAMP): $(BIN)/python $(SRC)
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)  ## the orchestrator with eight reference instances A-H, and the main job
+	$(BIN)/openclaw orchestrator up --instances A-H --demo
+
+check: $(STAMP)  ## formatting, lint and types
+	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests
+	$(BIN)/mypy
+
+test: check  ## every test
+	$(BIN)/pytest
+
+lint: $(STAMP)  ## fix what the formatter and linter can
+	$(BIN)/ruff format src tests
+	$(BIN)/ruff check --fix src tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,128 @@
+"""Raw ASGI middleware (cheaper than BaseHTTPMiddleware on the hot path).
+
+``RequestContextMiddleware`` gives every request an id (the caller's ``X-Request-ID`` when
+it is sane, else a fresh one), binds it to the log context, returns it as a header, and
+enforces the body size limit while the body streams in, so an oversized body is refused
+without ever being held in memory.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Any
+
+import orjson
+import structlog
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..errors import PayloadTooLargeError
+
+__all__ = ["RequestContextMiddleware", "request_id_of"]
+
+_SAFE_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def request_id_of(scope: Scope) -> str:
+    """The request id the middleware assigned to this request."""
+    return str(scope.get("state", {}).get("request_id", ""))
+
+
+class RequestContextMiddleware:
+    """Request id, log context and body size limit for every HTTP request."""
+
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = _incoming_id(scope) or uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        header = (b"x-request-id", request_id.encode())
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), header]
+            await send(message)
+
+        declared = _content_length(scope)
+        if declared is not None and declared > self.max_body_bytes:
+            await _reject_too_large(send_with_id, self.max_body_bytes)
+            return
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        guard = _BodyGuard(receive, send_with_id, self.max_body_bytes)
+        try:
+            await self.app(scope, guard.receive, guard.send)
+        finally:
+            structlog.contextvars.unbind_contextvars("request_id")
+
+
+class _BodyGuard:
+    """Counts body bytes as they arrive; past the limit it answers 413 itself, tells the
+    app the client went away, and swallows whatever the app still tries to send."""
+
+    def __init__(self, receive: Receive, send: Send, limit: int) -> None:
+        self._receive = receive
+        self._send = send
+        self._limit = limit
+        self._seen = 0
+        self._started = False
+        self._rejected = False
+
+    async def receive(self) -> Message:
+        if self._rejected:
+            return {"type": "http.disconnect"}
+        message = await self._receive()
+        if message["type"] == "http.request":
+            self._seen += len(message.get("body", b""))
+            if self._seen > self._limit and not self._started:
+                self._rejected = True
+                await _reject_too_large(self._send, self._limit)
+                return {"type": "http.disconnect"}
+        return message
+
+    async def send(self, message: Message) -> None:
+        if self._rejected:
+            return
+        if message["type"] == "http.response.start":
+            self._started = True
+        await self._send(message)
+
+
+def _incoming_id(scope: Scope) -> str | None:
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            return value.decode() if _SAFE_ID.match(value) else None
+    return None
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+async def _reject_too_large(send: Send, limit: int) -> None:
+    body: dict[str, Any] = PayloadTooLargeError(
+        f"request body is over the {limit}-byte limit"
+    ).to_dict()
+    raw = orjson.dumps(body)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(raw)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": raw})

@@ -1,0 +1,159 @@
+"""Route handlers: validate, make one service call, return the model as JSON."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Depends, Header, Query, Request
+from pydantic import BaseModel
+from starlette.responses import Response, StreamingResponse
+
+from .. import __about__
+from ..errors import OrchestratorError
+from ..idempotency import IdempotencyCache, fingerprint
+from ..models import (
+    FanoutEntry,
+    FanoutRequest,
+    FanoutResult,
+    HealthDetail,
+    InstanceInfo,
+    InstanceSpec,
+    RouteRequest,
+    RouteResult,
+)
+from ..service import Orchestrator
+from .middleware import request_id_of
+from .security import Authenticator
+
+__all__ = ["cluster", "orchestrator", "public"]
+
+NDJSON = "application/x-ndjson"
+IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key")]
+
+
+def _service(request: Request) -> Orchestrator:
+    service: Orchestrator = request.app.state.orchestrator
+    return service
+
+
+def _authorize(request: Request) -> None:
+    auth: Authenticator = request.app.state.authenticator
+    auth.check(request.headers.get("authorization"))
+
+
+def _json(model: BaseModel, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        model.model_dump_json(), status_code=status, media_type="application/json", headers=headers
+    )
+
+
+async def _idempotent(
+    request: Request, key: str | None, scope: str, body: BaseModel, work: Any
+) -> Response:
+    """Run ``work`` once per Idempotency-Key; a replay says so in a header."""
+    if key is None:
+        return _json(await work())
+    cache: IdempotencyCache[BaseModel] = request.app.state.idempotency
+    digest = fingerprint(scope, body.model_dump(mode="json"))
+    result, replayed = await cache.run(f"{scope}:{key}", digest, work)
+    return _json(result, headers={"Idempotent-Replayed": "true"} if replayed else None)
+
+
+public = APIRouter(tags=["liveness"])
+orchestrator = APIRouter(
+    prefix="/api/orchestrator", tags=["orchestrator"], dependencies=[Depends(_authorize)]
+)
+cluster = APIRouter(prefix="/api/cluster", tags=["cluster"], dependencies=[Depends(_authorize)])
+
+
+@public.get("/api/health/check")
+async def liveness(request: Request) -> dict[str, Any]:
+    """The orchestrator's own liveness; no authentication, no secrets."""
+    return {**_service(request).liveness(), "version": __about__.__version__}
+
+
+@orchestrator.post("/route", response_model=RouteResult)
+async def route(request: Request, body: RouteRequest, key: IdempotencyKey = None) -> Response:
+    """Deliver the payload to one instance, failing over to healthy candidates."""
+    service = _service(request)
+    rid = request_id_of(request.scope)
+    return await _idempotent(
+        request, key, "route", body, lambda: service.route(body, request_id=rid)
+    )
+
+
+@orchestrator.post(
+    "/fanout",
+    response_model=FanoutResult,
+    responses={200: {"content": {NDJSON: {"description": "entries, then the result"}}}},
+)
+async def fanout(request: Request, body: FanoutRequest, key: IdempotencyKey = None) -> Response:
+    """Send to every target concurrently and aggregate (or stream with ``stream: true``)."""
+    service = _service(request)
+    rid = request_id_of(request.scope)
+    if body.stream or NDJSON in request.headers.get("accept", ""):
+        events = service.fanout_events(body, request_id=rid)
+        first = await anext(events)  # validation errors surface here, as a normal 4xx
+        return StreamingResponse(_ndjson(first, events), media_type=NDJSON)
+    return await _idempotent(
+        request, key, "fanout", body, lambda: service.fanout(body, request_id=rid)
+    )
+
+
+async def _ndjson(
+    first: FanoutEntry | FanoutResult, events: AsyncIterator[FanoutEntry | FanoutResult]
+) -> AsyncIterator[bytes]:
+    """One JSON line per entry, then the result line (or an error line)."""
+    yield _line(first)
+    try:
+        async for event in events:
+            yield _line(event)
+    except OrchestratorError as exc:
+        yield orjson.dumps({"type": "error", **exc.to_dict()}) + b"\n"
+
+
+def _line(event: FanoutEntry | FanoutResult) -> bytes:
+    if isinstance(event, FanoutEntry):
+        return b'{"type":"entry","entry":' + event.model_dump_json().encode() + b"}\n"
+    return b'{"type":"result","result":' + event.model_dump_json().encode() + b"}\n"
+
+
+@orchestrator.get("/health", response_model=dict[str, str] | dict[str, HealthDetail])
+async def health(
+    request: Request,
+    instances: Annotated[str | None, Query(description="Targets, e.g. A-H")] = None,
+    detail: bool = False,
+) -> Any:
+    """Each instance's state; ``detail=true`` adds latency, last check and last error."""
+    service = _service(request)
+    if detail:
+        return service.health_detail(instances)
+    return service.health(instances)
+
+
+class InstanceList(BaseModel):
+    """``GET /api/cluster/instances``."""
+
+    instances: list[InstanceInfo]
+
+
+@cluster.post("/register", response_model=InstanceInfo, status_code=201)
+async def register(request: Request, body: InstanceSpec) -> Response:
+    """Add an instance at run time; re-posting the same registration is its heartbeat."""
+    info, created = _service(request).register(body)
+    return _json(info, 201 if created else 200)
+
+
+@cluster.get("/instances", response_model=InstanceList)
+async def list_instances(request: Request) -> Response:
+    """Every instance with its driver, weight, tags and state; never its credentials."""
+    return _json(InstanceList(instances=_service(request).instances()))
+
+
+@cluster.delete("/instances/{name}")
+async def unregister(request: Request, name: str) -> dict[str, str]:
+    """Remove an instance until the next restart (config) or re-registration."""
+    _service(request).unregister(name)
+    return {"removed": name}

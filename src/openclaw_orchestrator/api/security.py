@@ -1,0 +1,50 @@
+"""Bearer-key authentication, compared in constant time.
+
+With no key configured the API is open, which :mod:`openclaw_orchestrator.runner` allows
+only on a loopback address.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from pydantic import SecretStr
+
+from ..errors import UnauthorizedError
+
+__all__ = ["Authenticator", "bearer_token"]
+
+
+def bearer_token(header: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header, else None."""
+    if not header:
+        return None
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+class Authenticator:
+    """Checks the API key; never logs or echoes what it was given."""
+
+    def __init__(self, api_key: SecretStr | None) -> None:
+        self._key = api_key.get_secret_value().encode() if api_key else None
+
+    @property
+    def is_enabled(self) -> bool:
+        """Whether requests need a key at all."""
+        return self._key is not None
+
+    def __repr__(self) -> str:
+        return f"<Authenticator {'enabled' if self._key else 'open'}>"
+
+    def check(self, authorization: str | None) -> None:
+        """Raise ``UnauthorizedError`` unless the header carries the API key."""
+        if self._key is None:
+            return
+        token = bearer_token(authorization)
+        if token is None:
+            raise UnauthorizedError("missing 'Authorization: Bearer <ORCHESTRATOR_API_KEY>'")
+        if not hmac.compare_digest(token.encode(), self._key):
+            raise UnauthorizedError("invalid API key")

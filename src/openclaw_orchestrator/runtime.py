@@ -1,0 +1,76 @@
+"""The composition root: builds the Orchestrator with its drivers and shared resources.
+
+One ``aiohttp.ClientSession`` per process, opened here and closed here, shared by every
+driver so connections to instances are pooled and kept alive across requests.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+
+import aiohttp
+
+from .drivers.base import InstanceDriver
+from .drivers.worker import WorkerDriver
+from .service import Orchestrator, Reducer
+from .settings import ConfigError, Settings
+
+__all__ = ["build_drivers", "client_session", "load_reducers", "open_orchestrator"]
+
+POOL_LIMIT = 1024
+KEEPALIVE_SECONDS = 30.0
+
+
+def load_reducers(specs: Mapping[str, str]) -> dict[str, Reducer]:
+    """Import the configured ``name -> module:function`` reducers (config only, never a
+    request: a request can only *name* a reducer that is loaded here)."""
+    reducers: dict[str, Reducer] = {}
+    for name, spec in specs.items():
+        module_name, _, attr = spec.partition(":")
+        if not module_name or not attr:
+            raise ConfigError(f"reducers.{name}: {spec!r} is not 'module:function'")
+        try:
+            func = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as exc:
+            raise ConfigError(f"reducers.{name}: cannot load {spec!r}: {exc}") from exc
+        if not callable(func):
+            raise ConfigError(f"reducers.{name}: {spec!r} is not callable")
+        reducers[name] = func
+    return reducers
+
+
+def client_session() -> aiohttp.ClientSession:
+    """The process-wide outbound session: big keep-alive pool, no cookies, no decompression
+    (instance replies are small JSON), timeouts set per request."""
+    connector = aiohttp.TCPConnector(
+        limit=POOL_LIMIT, limit_per_host=0, keepalive_timeout=KEEPALIVE_SECONDS, ttl_dns_cache=300
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        auto_decompress=False,
+        timeout=aiohttp.ClientTimeout(total=None),
+        skip_auto_headers=("User-Agent",),
+    )
+
+
+def build_drivers(session: aiohttp.ClientSession) -> dict[str, InstanceDriver]:
+    """One driver per instance kind, all sharing ``session``."""
+    return {"worker": WorkerDriver(session)}
+
+
+@asynccontextmanager
+async def open_orchestrator(settings: Settings) -> AsyncIterator[Orchestrator]:
+    """An Orchestrator with its session and prober running; everything closed on exit."""
+    reducers = load_reducers(settings.reducers)
+    async with client_session() as session:
+        drivers = build_drivers(session)
+        orchestrator = Orchestrator(settings, drivers=drivers, reducers=reducers)
+        try:
+            async with orchestrator:
+                yield orchestrator
+        finally:
+            for driver in drivers.values():
+                await driver.aclose()

@@ -1,0 +1,133 @@
+"""A real cluster per test: reference instances and an orchestrator on 127.0.0.1 free ports.
+
+Everything runs in the test's event loop on real sockets; instances expose the fault API so
+a test can make one slow, failing or unhealthy, and ``stop_instance`` closes one's socket
+so connections are refused, as with a crashed process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from openclaw_orchestrator.api.app import create_app
+from openclaw_orchestrator.models import InstanceSpec
+from openclaw_orchestrator.reference.app import create_instance_app
+from openclaw_orchestrator.reference.handlers import resolve_handler
+from openclaw_orchestrator.server import BackgroundServer
+from openclaw_orchestrator.service import Orchestrator
+from openclaw_orchestrator.settings import Settings
+
+API_KEY = "test-key-0123456789"
+FAST_HEALTH = {"interval": 0.2, "probe_timeout": 0.5, "down_backoff": 0.1, "degraded_latency": 0.3}
+ORCHESTRATOR = "__orchestrator__"
+
+
+@dataclass
+class Cluster:
+    """Handles to a running test cluster."""
+
+    url: str
+    api_key: str
+    instance_urls: dict[str, str]
+    service: Orchestrator
+    http: aiohttp.ClientSession
+    servers: dict[str, BackgroundServer] = field(default_factory=dict, repr=False)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The auth header for the orchestrator API."""
+        return {"Authorization": f"Bearer {self.api_key}"}
+
+    async def post(self, path: str, body: Any, **headers: str) -> tuple[int, Any]:
+        """POST JSON to the orchestrator; returns (status, parsed body)."""
+        async with self.http.post(
+            self.url + path,
+            data=orjson.dumps(body),
+            headers={**self.headers, "Content-Type": "application/json", **headers},
+        ) as resp:
+            return resp.status, await resp.json()
+
+    async def get(self, path: str) -> tuple[int, Any]:
+        """GET from the orchestrator; returns (status, parsed body)."""
+        async with self.http.get(self.url + path, headers=self.headers) as resp:
+            return resp.status, await resp.json()
+
+    async def set_faults(self, name: str, **faults: Any) -> None:
+        """Change an instance's fault knobs through its fault API."""
+        async with self.http.put(
+            self.instance_urls[name] + "/api/instance/faults", json=faults
+        ) as resp:
+            assert resp.status == 200, await resp.text()
+
+    async def stop_instance(self, name: str) -> None:
+        """Shut one instance down: its port now refuses connections."""
+        await self.servers[name].aclose()
+
+    async def wait_state(self, name: str, state: str, timeout: float = 5.0) -> None:
+        """Wait until the orchestrator's health shows ``name`` in ``state``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while (current := self.service.registry.get(name).health.state.value) != state:
+            if loop.time() > deadline:
+                raise AssertionError(f"{name} is {current}, not {state}, after {timeout}s")
+            await asyncio.sleep(0.02)
+
+
+@contextlib.asynccontextmanager
+async def start_cluster(
+    names: Iterable[str] = "ABCDEFGH",
+    *,
+    handler: str = "echo",
+    tags: dict[str, list[str]] | None = None,
+    weights: dict[str, float] | None = None,
+    wait_healthy: bool = True,
+    **overrides: Any,
+) -> AsyncIterator[Cluster]:
+    """Instances ``names`` plus an orchestrator knowing them, with fast health checks."""
+    servers: dict[str, BackgroundServer] = {}
+    try:
+        for name in names:
+            app = create_instance_app(name, resolve_handler(handler), fault_api=True)
+            servers[name] = BackgroundServer(app)
+            await servers[name].start()
+        urls = {n: s.url for n, s in servers.items()}
+        specs = [
+            InstanceSpec(
+                name=n,
+                url=u,
+                tags=(tags or {}).get(n, []),
+                weight=(weights or {}).get(n, 1.0),
+            )
+            for n, u in urls.items()
+        ]
+        settings = Settings(
+            api_key=API_KEY, instances=specs, **{"health": FAST_HEALTH, **overrides}
+        )
+        app = create_app(settings)
+        servers[ORCHESTRATOR] = BackgroundServer(app)
+        url = await servers[ORCHESTRATOR].start()
+        async with aiohttp.ClientSession() as http:
+            cluster = Cluster(url, API_KEY, urls, app.state.orchestrator, http, servers)
+            if wait_healthy:
+                for name in urls:
+                    await cluster.wait_state(name, "healthy")
+            yield cluster
+    finally:
+        for server in servers.values():  # all at once: each takes ~0.1 s to notice
+            server.request_stop()
+        await asyncio.gather(*(s.wait_stopped() for s in servers.values()))
+
+
+@pytest.fixture
+async def cluster() -> AsyncIterator[Cluster]:
+    """Eight echo instances A–H behind an orchestrator, all healthy."""
+    async with start_cluster() as c:
+        yield c

@@ -1,0 +1,143 @@
+"""Retries, backoff, Retry-After, deadlines, the retry budget and idempotency keys."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from .conftest import Cluster, start_cluster
+
+
+async def test_503_fails_over_to_another_instance(cluster: Cluster) -> None:
+    """A 503 is retried on a different healthy candidate."""
+    await cluster.set_faults("A", fail_rate=1.0, fail_status=503)
+    for _ in range(4):
+        status, body = await cluster.post("/api/orchestrator/route", {"instances": "A,B"})
+        assert (status, body["instance"]) == (200, "B")
+        if len(body["attempts"]) == 2:
+            first = body["attempts"][0]
+            assert (first["instance"], first["outcome"]) == ("A", "error")
+            assert first["error"]["upstream_status"] == 503
+
+
+async def test_other_4xx_is_never_retried(cluster: Cluster) -> None:
+    """A 4xx from the instance is returned at once, after one attempt."""
+    await cluster.set_faults("A", fail_rate=1.0, fail_status=422)
+    status, body = await cluster.post("/api/orchestrator/route", {"instances": "A", "retry": 3})
+    assert status == 400
+    assert body["error"]["code"] == "invalid_request"
+    assert body["error"]["upstream_status"] == 422
+    assert len(body["error"]["details"]["attempts"]) == 1
+
+
+async def test_500_is_not_retried(cluster: Cluster) -> None:
+    """A 500 from the instance is instance_error after one attempt."""
+    await cluster.set_faults("A", fail_rate=1.0, fail_status=500)
+    status, body = await cluster.post("/api/orchestrator/route", {"instances": "A", "retry": 3})
+    assert status == 502
+    assert body["error"]["code"] == "instance_error"
+    assert len(body["error"]["details"]["attempts"]) == 1
+
+
+async def test_retries_are_bounded(cluster: Cluster) -> None:
+    """With every candidate failing, there are exactly retry + 1 attempts."""
+    for name in "AB":
+        await cluster.set_faults(name, fail_rate=1.0, fail_status=502)
+    status, body = await cluster.post("/api/orchestrator/route", {"instances": "A,B", "retry": 3})
+    assert status == 502
+    attempts = body["error"]["details"]["attempts"]
+    assert len(attempts) == 4
+    # Each retry goes to a different candidate where one exists: they alternate.
+    names = [a["instance"] for a in attempts]
+    assert names[0] != names[1]
+    assert "retries" in body["error"]["details"]["reason"]
+
+
+async def test_retry_after_is_honoured(cluster: Cluster) -> None:
+    """A 429 with Retry-After on the only candidate waits that long before retrying."""
+    await cluster.set_faults("A", fail_rate=1.0, fail_status=429, retry_after=0.5)
+    task = asyncio.create_task(
+        cluster.post("/api/orchestrator/route", {"instances": "A", "retry": 1, "timeout": 5})
+    )
+    started = time.perf_counter()
+    await asyncio.sleep(0.1)
+    await cluster.set_faults("A", fail_rate=0.0)
+    status, body = await task
+    assert status == 200, body
+    assert time.perf_counter() - started >= 0.45
+    assert [a["outcome"] for a in body["attempts"]] == ["error", "ok"]
+
+
+async def test_deadline_bounds_retries(cluster: Cluster) -> None:
+    """Retries never run past the request's timeout."""
+    await cluster.set_faults("A", hang=True)
+    started = time.perf_counter()
+    status, body = await cluster.post(
+        "/api/orchestrator/route", {"instances": "A", "retry": 5, "timeout": 0.4}
+    )
+    assert time.perf_counter() - started < 1.5
+    assert status == 504
+    assert body["error"]["code"] == "timeout"
+
+
+async def test_retry_budget_stops_a_retry_storm() -> None:
+    """Once the retry budget is spent, failures come back at once with the reason."""
+    retry = {"budget_ratio": 0.0, "budget_min_retries": 2, "backoff_base": 0.001}
+    async with start_cluster("AB", retry=retry) as c:
+        for name in "AB":
+            await c.set_faults(name, fail_rate=1.0, fail_status=503)
+        reasons = []
+        for _ in range(4):
+            status, body = await c.post("/api/orchestrator/route", {"instances": "A,B", "retry": 3})
+            assert status == 502
+            reasons.append(body["error"]["details"].get("reason", ""))
+        assert reasons[-1] == "retry budget exhausted"
+        skipped = body["error"]["details"]["skipped"]
+        assert set(skipped.values()) <= {"over_budget", "already_tried"}
+
+
+async def test_idempotency_key_returns_the_first_result(cluster: Cluster) -> None:
+    """The same Idempotency-Key returns the first result instead of running again."""
+    body = {"instances": "A-H", "payload": {"order": 42}}
+    s1, r1 = await cluster.post("/api/orchestrator/route", body, **{"Idempotency-Key": "k-1"})
+    s2, r2 = await cluster.post("/api/orchestrator/route", body, **{"Idempotency-Key": "k-1"})
+    assert s1 == s2 == 200
+    assert r1 == r2  # same instance, same request id: the task did not run twice
+    _, r3 = await cluster.post("/api/orchestrator/route", body, **{"Idempotency-Key": "k-2"})
+    assert r3["request_id"] != r1["request_id"]
+
+
+async def test_idempotency_key_with_other_body_is_conflict(cluster: Cluster) -> None:
+    """Reusing a key with a different body is 409 conflict."""
+    await cluster.post("/api/orchestrator/route", {"payload": 1}, **{"Idempotency-Key": "k"})
+    status, body = await cluster.post(
+        "/api/orchestrator/route", {"payload": 2}, **{"Idempotency-Key": "k"}
+    )
+    assert status == 409
+    assert body["error"]["code"] == "conflict"
+
+
+async def test_concurrent_duplicates_run_once(cluster: Cluster) -> None:
+    """Concurrent requests with one key share one execution."""
+    await cluster.set_faults("A", latency=0.3)
+    body = {"instances": "A", "payload": {}}
+    results = await asyncio.gather(
+        *(
+            cluster.post("/api/orchestrator/route", body, **{"Idempotency-Key": "same"})
+            for _ in range(5)
+        )
+    )
+    assert len({r[1]["request_id"] for r in results}) == 1
+
+
+async def test_failures_are_not_remembered(cluster: Cluster) -> None:
+    """A failed request can be retried with the same key and then succeeds."""
+    await cluster.set_faults("A", fail_rate=1.0, fail_status=500)
+    s1, _ = await cluster.post(
+        "/api/orchestrator/route", {"instances": "A"}, **{"Idempotency-Key": "again"}
+    )
+    await cluster.set_faults("A", fail_rate=0.0)
+    s2, _ = await cluster.post(
+        "/api/orchestrator/route", {"instances": "A"}, **{"Idempotency-Key": "again"}
+    )
+    assert (s1, s2) == (502, 200)
