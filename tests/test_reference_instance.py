@@ -307,7 +307,7 @@ def test_resolve_builtins_and_functions() -> None:
 @pytest.mark.parametrize(
     ("spec", "words"),
     [
-        ("nonsense", "expected 'echo', 'search' or 'module:function'"),
+        ("nonsense", "expected 'echo', 'search', 'demo' or 'module:function'"),
         ("json:", "expected"),
         ("no_such_module_xyz:run", "cannot import module 'no_such_module_xyz'"),
         ("json:nothing_here", "has no attribute 'nothing_here'"),
@@ -445,3 +445,16 @@ async def test_registrar_survives_missing_orchestrator() -> None:
     assert registrar.failures >= 2
     assert registrar.beats == 0
     assert "idle" in repr(registrar)
+
+
+async def test_demo_handler_searches_or_echoes() -> None:
+    """The demo handler searches when the payload has a query and echoes otherwise."""
+    from openclaw_orchestrator.reference.handlers import HandlerContext
+
+    demo = resolve_handler("demo")
+    ctx = HandlerContext(instance="A", request_id="r")
+    assert await demo({"data": "task"}, ctx) == {"instance": "A", "payload": {"data": "task"}}
+    found = await demo({"query": "raft consensus", "k": 2}, ctx)
+    assert found["instance"] == "A"
+    assert found["shard"] == "0/8"
+    assert len(found["matches"]) <= 2

@@ -21,6 +21,7 @@ from ..logs import get_logger
 
 __all__ = [
     "BUILTIN_HANDLERS",
+    "DemoHandler",
     "Handler",
     "HandlerContext",
     "HandlerError",
@@ -85,24 +86,45 @@ def _builtin_search(shard: str | None) -> Handler:
     return SearchHandler(parse_shard(shard) if shard else None)
 
 
-BUILTIN_HANDLERS = ("echo", "search")
+class DemoHandler:
+    """Built-in ``demo`` (what ``openclaw orchestrator up`` runs): ``search`` when the payload
+    has a ``query``, ``echo`` otherwise, so one cluster shows both routing and distributed
+    search."""
+
+    __slots__ = ("_search",)
+
+    def __init__(self, shard: str | None = None) -> None:
+        self._search = _builtin_search(shard)
+
+    async def __call__(self, payload: Any, context: HandlerContext) -> Any:
+        """Dispatch on the payload's shape."""
+        if isinstance(payload, dict) and "query" in payload:
+            return await self._search(payload, context)
+        return await echo(payload, context)
+
+
+BUILTIN_HANDLERS = ("demo", "echo", "search")
 
 
 def resolve_handler(spec: str, *, shard: str | None = None) -> Handler:
-    """``echo``, ``search`` or ``module:function`` (``module:Class.attr`` works too) to a callable.
+    """``echo``, ``search``, ``demo`` or ``module:function`` (``module:Class.attr`` works too) to a callable.
 
     ``shard`` (``"i/n"``) applies to ``search`` only; without it the shard comes from the
     instance name. Raises ValueError with a message fit for a command line.
     """
-    if shard is not None and spec != "search":
-        raise ValueError(f"--shard applies to the 'search' handler only, not {spec!r}")
+    if shard is not None and spec not in ("search", "demo"):
+        raise ValueError(f"--shard applies to the 'search' and 'demo' handlers, not {spec!r}")
     if spec == "echo":
         return echo
+    if spec == "demo":
+        return DemoHandler(shard)
     if spec == "search":
         return _builtin_search(shard)
     module_name, sep, attr_path = spec.partition(":")
     if not sep or not module_name or not attr_path:
-        raise ValueError(f"handler {spec!r}: expected 'echo', 'search' or 'module:function'")
+        raise ValueError(
+            f"handler {spec!r}: expected 'echo', 'search', 'demo' or 'module:function'"
+        )
     try:
         target: Any = importlib.import_module(module_name)
     except ImportError as exc:

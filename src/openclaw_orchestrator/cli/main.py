@@ -1,0 +1,599 @@
+"""The ``openclaw orchestrator`` commands (also ``openclaw-orchestrator``): thin over the SDK.
+
+A client command parses its options, makes one :class:`~openclaw_orchestrator.client.Client`
+call and hands the result to :mod:`.render`. Failures leave through one exit,
+:meth:`_Commands.invoke`, which prints ``error: <code>: <message>`` in red on stderr and
+exits with the code :func:`exit_code_for` finds in :data:`EXIT_CODES`:
+
+    0  ok (a fanout with failed entries is still ok unless min_success was unmet)
+    1  the task failed: any other OrchestratorError (instance_error, no_healthy_instance, ...)
+    2  usage or configuration: bad options, bad --payload JSON, ConfigError, invalid_request
+    3  authentication: unauthorized, forbidden
+    4  the orchestrator is unreachable or the deadline passed: connection_failed, timeout
+
+The SDK, Rich and the server modules are imported inside the commands, so ``--help`` and
+client commands never load what they do not use (serve/up/instance load uvicorn lazily).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from enum import IntEnum, StrEnum
+from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from typer.core import TyperGroup
+
+if TYPE_CHECKING:
+    from rich.console import RenderableType
+
+    from ..client import Client
+
+__all__ = ["EXIT_CODES", "ExitCode", "Output", "app", "exit_code_for"]
+
+
+class ExitCode(IntEnum):
+    """What a script can tell from ``$?``."""
+
+    OK = 0
+    TASK_FAILED = 1
+    USAGE = 2
+    AUTH = 3
+    UNREACHABLE = 4
+
+
+EXIT_CODES: dict[str, ExitCode] = {
+    "ConnectionFailedError": ExitCode.UNREACHABLE,
+    "TimeoutExceededError": ExitCode.UNREACHABLE,
+    "UnauthorizedError": ExitCode.AUTH,
+    "ForbiddenError": ExitCode.AUTH,
+    "InvalidRequestError": ExitCode.USAGE,
+    "InstanceRejectedError": ExitCode.USAGE,
+    "ConfigError": ExitCode.USAGE,
+    "OrchestratorError": ExitCode.TASK_FAILED,
+    "OSError": ExitCode.TASK_FAILED,
+}
+"""Exception class name -> exit code; the most specific class in the MRO wins. Keyed by name
+so that this table costs no import of the settings machinery on the success path."""
+
+
+def exit_code_for(exc: BaseException) -> ExitCode | None:
+    """The exit code for ``exc`` (see :data:`EXIT_CODES`), or None: not ours, let it crash."""
+    table = _exit_table()
+    return next((table[cls] for cls in type(exc).__mro__ if cls in table), None)
+
+
+@cache
+def _exit_table() -> dict[type[BaseException], ExitCode]:
+    """:data:`EXIT_CODES` keyed by the real classes, built on the error path only."""
+    from .. import errors
+    from ..settings import ConfigError
+
+    classes = {name: getattr(errors, name) for name in errors.__all__}
+    classes |= {"ConfigError": ConfigError, "OSError": OSError}
+    return {classes[name]: code for name, code in EXIT_CODES.items()}
+
+
+class _Commands(TyperGroup):
+    """The one error exit: every command's known failure becomes a message and an exit code."""
+
+    def invoke(self, ctx: Any) -> Any:  # Any: Typer's vendored click Context is private
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            code = exit_code_for(exc)
+            if code is None or isinstance(exc, BrokenPipeError):
+                raise  # click turns a closed pipe into a quiet exit; anything else is a bug
+            from rich.console import Console
+
+            from .render import error_text
+
+            Console(stderr=True, soft_wrap=True).print(error_text(exc))
+            raise typer.Exit(code) from None
+
+
+_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+app = typer.Typer(
+    cls=_Commands,
+    name="openclaw-orchestrator",
+    help="Delegate tasks to named agent instances: route, fan out, health, cluster.",
+    no_args_is_help=True,
+    add_completion=False,
+    context_settings=_SETTINGS,
+    pretty_exceptions_show_locals=False,  # locals may hold the API key
+)
+instance_app = typer.Typer(
+    cls=_Commands,
+    help="Run a reference instance (the worker protocol) in the foreground.",
+    no_args_is_help=True,
+    context_settings=_SETTINGS,
+)
+app.add_typer(instance_app, name="instance")
+
+
+class Output(StrEnum):
+    """How results are printed."""
+
+    json = "json"
+    table = "table"
+
+
+def _duration(value: str) -> float:
+    """``10``, ``10s``, ``500ms``, ``1m`` as seconds; a usage error otherwise."""
+    from ..domain.duration import parse_duration
+    from ..errors import InvalidRequestError
+
+    try:
+        return parse_duration(value, field="duration")
+    except InvalidRequestError as exc:
+        raise typer.BadParameter(exc.message.removeprefix("duration: ")) from exc
+
+
+# -- options shared by the client commands --------------------------------------------------
+
+UrlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--url",
+        help="Orchestrator base URL (env ORCHESTRATOR_URL; default http://127.0.0.1:18790).",
+        show_default=False,
+    ),
+]
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        help="Config file (.json/.toml/.yaml) giving url/api_key; a server config works too.",
+        dir_okay=False,
+    ),
+]
+OutputOption = Annotated[
+    Output | None,
+    typer.Option(
+        "--output",
+        "-o",
+        help="json or table (default: table on a terminal, json otherwise).",
+        case_sensitive=False,
+        show_default=False,
+    ),
+]
+TARGETS_HELP = "Targets: A, A-H, A,C,E, w1-w8, all, tag:x; several may follow the flag."
+InstancesOption = Annotated[
+    list[str] | None,
+    typer.Option("--instances", help=TARGETS_HELP, metavar="TARGETS", show_default=False),
+]
+PayloadOption = Annotated[
+    str, typer.Option("--payload", help="Task JSON; @file.json reads a file, - reads stdin.")
+]
+TimeoutOption = Annotated[
+    float | None,
+    typer.Option(
+        "--timeout", parser=_duration, metavar="DURATION", help="Deadline: 10s, 500ms, 1m."
+    ),
+]
+RetryOption = Annotated[
+    int | None, typer.Option("--retry", min=0, max=10, help="Retries after the first try.")
+]
+IdempotencyOption = Annotated[
+    str | None,
+    typer.Option("--idempotency-key", help="Replays return the first reply instead of rerunning."),
+]
+
+
+def _client(url: str | None, config: Path | None) -> Client:
+    from ..client import Client
+
+    return Client(url, config=config)
+
+
+def _payload(text: str) -> Any:
+    """The ``--payload`` value as JSON: inline, ``@file`` or ``-`` (stdin)."""
+    import orjson
+
+    try:
+        if text == "-":
+            text = sys.stdin.read()
+        elif text.startswith("@"):
+            text = Path(text[1:]).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise typer.BadParameter(f"cannot read it: {exc}", param_hint="'--payload'") from exc
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise typer.BadParameter(f"not valid JSON: {exc}", param_hint="'--payload'") from exc
+
+
+def _targets(tokens: list[str] | None) -> str | list[str] | None:
+    """Target tokens as the SDK takes them: one string, a list, or None (server default)."""
+    if not tokens:
+        return None
+    return tokens[0] if len(tokens) == 1 else tokens
+
+
+def _aggregate(value: str) -> bool | str:
+    lowered = value.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    return value
+
+
+def _is_json(output: Output | None) -> bool:
+    if output is None:
+        return not sys.stdout.isatty()
+    return output is Output.json
+
+
+def _emit(result: Any, output: Output | None, view: Callable[[Any], RenderableType]) -> None:
+    """Print ``result``: JSON for scripts, or ``view(result)`` through Rich for people."""
+    if _is_json(output):
+        from .render import to_json
+
+        sys.stdout.write(to_json(result) + "\n")
+        return
+    from rich.console import Console
+
+    Console().print(view(result))
+
+
+def _secret_from_env(variable: str | None, option: str) -> str | None:
+    """A secret named by ``--x-env VAR``: secrets never travel as command-line values."""
+    if variable is None:
+        return None
+    value = os.environ.get(variable)
+    if not value:
+        raise typer.BadParameter(f"environment variable {variable} is not set", param_hint=option)
+    return value
+
+
+# -- client commands -------------------------------------------------------------------------
+
+
+@app.command()
+def route(
+    instances: InstancesOption = None,
+    payload: PayloadOption = "{}",
+    timeout: TimeoutOption = None,
+    retry: RetryOption = None,
+    policy: Annotated[
+        str | None,
+        typer.Option(help="round_robin | least_outstanding | weighted_random."),
+    ] = None,
+    idempotency_key: IdempotencyOption = None,
+    url: UrlOption = None,
+    config: ConfigOption = None,
+    output: OutputOption = None,
+) -> None:
+    """Send one task to one healthy instance, with retries and failover."""
+    from .render import route_view
+
+    body = _payload(payload)
+    with _client(url, config) as client:
+        result = client.route(
+            body,
+            instances=_targets(instances),
+            timeout=timeout,
+            retry=retry,
+            policy=policy,
+            idempotency_key=idempotency_key,
+        )
+    _emit(result, output, route_view)
+
+
+@app.command()
+def fanout(
+    targets: Annotated[
+        list[str] | None,
+        typer.Option("--targets", help=TARGETS_HELP, metavar="TARGETS", show_default=False),
+    ] = None,
+    payload: PayloadOption = "{}",
+    aggregate: Annotated[
+        str,
+        typer.Option(
+            help="true|false|array|merge|concat|first|quorum|topk|<reducer name>.",
+        ),
+    ] = "true",
+    timeout: TimeoutOption = None,
+    min_success: Annotated[
+        int | None, typer.Option(min=0, help="Fail unless this many targets succeed.")
+    ] = None,
+    quorum: Annotated[int | None, typer.Option(min=1, help="Votes needed (quorum).")] = None,
+    top_k: Annotated[int | None, typer.Option(min=1, help="k for the topk aggregate.")] = None,
+    retry: RetryOption = None,
+    stream: Annotated[bool, typer.Option("--stream", help="Print entries as they arrive.")] = False,
+    idempotency_key: IdempotencyOption = None,
+    url: UrlOption = None,
+    config: ConfigOption = None,
+    output: OutputOption = None,
+) -> None:
+    """Send one task to every target at once and aggregate the results."""
+    from .render import fanout_view
+
+    body = _payload(payload)
+    options: dict[str, Any] = {
+        "targets": _targets(targets) or "all",
+        "aggregate": _aggregate(aggregate),
+        "timeout": timeout,
+        "min_success": min_success,
+        "quorum": quorum,
+        "top_k": top_k,
+        "retry": retry,
+        "idempotency_key": idempotency_key,
+    }
+    with _client(url, config) as client:
+        if stream:
+            _print_stream(client, body, options, json_lines=_is_json(output))
+            return
+        result = client.fanout(body, **options)
+    _emit(result, output, fanout_view)
+
+
+def _print_stream(client: Client, body: Any, options: dict[str, Any], *, json_lines: bool) -> None:
+    """Each entry as it arrives (an NDJSON line or a table line), then the final result."""
+    from ..models import FanoutEntry
+    from .render import entry_line, fanout_view, stream_line
+
+    console = None
+    if not json_lines:
+        from rich.console import Console
+
+        console = Console()
+    for item in client.fanout_stream(body, **options):
+        if console is None:
+            sys.stdout.write(stream_line(item) + "\n")
+            sys.stdout.flush()
+        else:
+            console.print(entry_line(item) if isinstance(item, FanoutEntry) else fanout_view(item))
+
+
+@app.command()
+def health(
+    instances: InstancesOption = None,
+    detail: Annotated[
+        bool, typer.Option("--detail", help="Latency, last check, failures, last error.")
+    ] = False,
+    url: UrlOption = None,
+    config: ConfigOption = None,
+    output: OutputOption = None,
+) -> None:
+    """Each instance's health: healthy, degraded or down."""
+    from .render import health_view
+
+    with _client(url, config) as client:
+        targets = _targets(instances)
+        states = client.health_detail(targets) if detail else client.health(targets)
+    _emit(states, output, health_view)
+
+
+@app.command("instances")
+def list_instances(
+    url: UrlOption = None, config: ConfigOption = None, output: OutputOption = None
+) -> None:
+    """List every instance, configured or registered, with its live state."""
+    from .render import instances_view
+
+    with _client(url, config) as client:
+        infos = client.instances()
+    _emit(infos, output, instances_view)
+
+
+@app.command()
+def register(
+    name: Annotated[str, typer.Option("--name", help="Unique instance name, e.g. A.")],
+    instance_url: Annotated[
+        str, typer.Option("--url", help="The instance's base URL, e.g. http://127.0.0.1:18801.")
+    ],
+    driver: Annotated[str, typer.Option(help="Instance kind.")] = "worker",
+    weight: Annotated[float, typer.Option(help="Share of traffic, (0, 1000].")] = 1.0,
+    tag: Annotated[
+        list[str] | None,
+        typer.Option("--tag", metavar="TAG", help="A tag; repeat or list several."),
+    ] = None,
+    credentials_env: Annotated[
+        str | None,
+        typer.Option(help="Name of the env var holding the bearer token for the instance."),
+    ] = None,
+    health_path: Annotated[str | None, typer.Option(help="Probe path override.")] = None,
+    heartbeat_ttl: Annotated[
+        float | None,
+        typer.Option(parser=_duration, metavar="DURATION", help="Dropped if not renewed."),
+    ] = None,
+    orchestrator_url: Annotated[
+        str | None,
+        typer.Option(
+            "--orchestrator-url",
+            help="Orchestrator base URL; --url is the instance's here (env ORCHESTRATOR_URL).",
+            show_default=False,
+        ),
+    ] = None,
+    config: ConfigOption = None,
+    output: OutputOption = None,
+) -> None:
+    """Register an instance at run time (registering again is its heartbeat)."""
+    from .render import instances_view
+
+    credentials = _secret_from_env(credentials_env, "'--credentials-env'")
+    with _client(orchestrator_url, config) as client:
+        info = client.register(
+            name,
+            instance_url,
+            driver=driver,
+            weight=weight,
+            tags=tag or (),
+            credentials=credentials,
+            health_path=health_path,
+            heartbeat_ttl=heartbeat_ttl,
+        )
+    _emit(info, output, lambda one: instances_view([one]))
+
+
+@app.command()
+def unregister(
+    name: Annotated[str, typer.Argument(help="The instance to remove.")],
+    url: UrlOption = None,
+    config: ConfigOption = None,
+    output: OutputOption = None,
+) -> None:
+    """Remove an instance (a configured one comes back at the next restart)."""
+    from .render import removed_view
+
+    with _client(url, config) as client:
+        client.unregister(name)
+    _emit({"removed": name}, output, lambda _: removed_view(name))
+
+
+# -- server commands -------------------------------------------------------------------------
+
+ServerConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", help="Server config file (.json/.toml/.yaml).", dir_okay=False),
+]
+
+
+@app.command()
+def serve(
+    config: ServerConfigOption = None,
+    host: Annotated[str | None, typer.Option(help="Bind address (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 18790).")] = None,
+    log_level: Annotated[str | None, typer.Option(help="debug|info|warning|error.")] = None,
+) -> None:
+    """Run the orchestrator API in the foreground."""
+    from ..runner import serve as serve_forever
+    from ..settings import load_settings
+
+    settings = load_settings(config, host=host, port=port, log_level=log_level)
+    serve_forever(settings)
+
+
+@app.command()
+def up(
+    instances: Annotated[
+        list[str],
+        typer.Option("--instances", metavar="NAMES", help="Names to start: A-H, w1-w4, A,C,E."),
+    ],
+    port: Annotated[int, typer.Option(help="Orchestrator port.")] = 18790,
+    base_port: Annotated[int, typer.Option(help="Port of the first instance.")] = 18801,
+    host: Annotated[str, typer.Option(help="Bind address of everything.")] = "127.0.0.1",
+    handler: Annotated[
+        str | None,
+        typer.Option(
+            help="Instance handler: echo, search or module:function (default: the demo's).",
+            show_default=False,
+        ),
+    ] = None,
+    config: ServerConfigOption = None,
+    health_interval: Annotated[
+        float | None,
+        typer.Option(parser=_duration, metavar="DURATION", help="Seconds between probes."),
+    ] = None,
+    demo: Annotated[bool, typer.Option("--demo", help="Run a demo workload once up.")] = False,
+) -> None:
+    """Start an orchestrator plus local reference instances, all in the foreground."""
+    from ..cluster import run_cluster
+
+    options: dict[str, Any] = {
+        "names": cluster_names(instances),
+        "host": host,
+        "port": port,
+        "base_port": base_port,
+        "config": config,
+        "health_interval": health_interval,
+        "demo": demo,
+    }
+    if handler is not None:  # otherwise run_cluster's default (the demo workload's handler)
+        options["handler"] = handler
+    raise typer.Exit(run_cluster(**options))
+
+
+def cluster_names(tokens: list[str]) -> list[str]:
+    """Expand ``up --instances`` without a registry: ranges (A-H, w1-w8) and lists only.
+
+    ``parse_targets`` expands ranges syntactically and reports every name it does not know in
+    ``details["unknown"]``; asked once with an empty registry, that list is exactly the names
+    meant, so a second call validates against it. ``all``/``tag:`` need a registry: errors.
+    """
+    from ..domain.targets import parse_targets
+    from ..errors import InvalidRequestError
+
+    try:
+        return parse_targets(tokens, [], field="--instances")
+    except InvalidRequestError as exc:
+        unknown = exc.details.get("unknown")
+        if not unknown:
+            hint = "up takes names and ranges (A-H, w1-w8, A,C,E), not 'all' or 'tag:'"
+            raise InvalidRequestError(f"{exc.message}; {hint}", field="--instances") from exc
+        return parse_targets(tokens, [(name, ()) for name in unknown], field="--instances")
+
+
+@instance_app.command("serve")
+def instance_serve(
+    name: Annotated[str, typer.Option("--name", help="Instance name, e.g. A.")],
+    port: Annotated[int, typer.Option("--port", help="Port (0: a free one).")],
+    host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
+    handler: Annotated[str, typer.Option(help="echo, search or module:function.")] = "echo",
+    shard: Annotated[
+        str | None, typer.Option(help="i/n: this instance's shard (search handler).")
+    ] = None,
+    token_env: Annotated[
+        str | None, typer.Option(help="Env var holding the bearer token callers must send.")
+    ] = None,
+    latency: Annotated[
+        float | None,
+        typer.Option(parser=_duration, metavar="DURATION", help="Fault: delay every task."),
+    ] = None,
+    fail_rate: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Fault: share of tasks that fail.")
+    ] = 0.0,
+    fail_status: Annotated[
+        int, typer.Option(min=400, max=599, help="Fault: status of a failed task.")
+    ] = 503,
+    fault_api: Annotated[
+        bool, typer.Option("--fault-api", help="Expose /api/instance/faults (tests only).")
+    ] = False,
+    register_url: Annotated[
+        str | None,
+        typer.Option("--register", metavar="URL", help="Orchestrator to self-register with."),
+    ] = None,
+    public_url: Annotated[str | None, typer.Option(help="URL announced when registering.")] = None,
+    heartbeat_ttl: Annotated[
+        float,
+        typer.Option(parser=_duration, metavar="DURATION", help="Registration lifetime."),
+    ] = 30.0,
+    log_level: Annotated[str, typer.Option(help="debug|info|warning|error.")] = "warning",
+    config: ConfigOption = None,
+) -> None:
+    """Serve one reference instance; with --register it announces itself and heartbeats."""
+    from ..reference.faults import FaultConfig
+    from ..reference.runner import run_instance
+
+    api_key = _api_key(config) if register_url else None
+    try:
+        faults = FaultConfig(latency=latency or 0.0, fail_rate=fail_rate, fail_status=fail_status)
+        run_instance(
+            name=name,
+            host=host,
+            port=port,
+            handler=handler,
+            shard=shard,
+            token=_secret_from_env(token_env, "'--token-env'"),
+            faults=faults,
+            fault_api=fault_api,
+            register_url=register_url,
+            api_key=api_key,
+            public_url=public_url,
+            heartbeat_ttl=heartbeat_ttl,
+            log_level=log_level,
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+
+
+def _api_key(config: Path | None) -> str | None:
+    """ORCHESTRATOR_API_KEY (or the config file's api_key), for self-registration."""
+    from ..settings import load_client_settings
+
+    key = load_client_settings(config).api_key
+    return None if key is None else key.get_secret_value()

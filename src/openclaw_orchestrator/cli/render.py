@@ -1,0 +1,246 @@
+"""Pure rendering: SDK results -> JSON text or Rich renderables; nothing here prints.
+
+JSON mode is what scripts read: each model's ``model_dump(mode="json")`` through orjson with
+a two-space indent (streams: one compact line per event, like the API's NDJSON). Table mode is
+for people. Rich is imported inside the table functions only, so JSON output never pays for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from pydantic import BaseModel
+
+from ..errors import OrchestratorError
+from ..models import FanoutEntry, FanoutResult, HealthDetail, InstanceInfo, RouteResult
+
+if TYPE_CHECKING:
+    from rich.console import RenderableType
+    from rich.table import Table
+    from rich.text import Text
+
+__all__ = [
+    "STATE_STYLES",
+    "STATUS_STYLES",
+    "entry_line",
+    "error_text",
+    "fanout_view",
+    "health_view",
+    "instances_view",
+    "removed_view",
+    "route_view",
+    "stream_line",
+    "to_json",
+]
+
+STATE_STYLES = {"healthy": "green", "degraded": "yellow", "down": "bold red", "unknown": "dim"}
+"""Colors of instance health states; anything else shows unstyled."""
+STATUS_STYLES = {"ok": "green", "error": "red", "timeout": "yellow", "cancelled": "dim"}
+"""Colors of fanout entry statuses and route attempt outcomes."""
+_OUTCOME_STYLES = {**STATUS_STYLES, "down": "bold red"}
+_SUMMARY_WIDTH = 60
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready data: models dumped in JSON mode, containers walked."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, Mapping):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return value
+
+
+def to_json(value: Any) -> str:
+    """``value`` (a model, a mapping or list of models, or plain data) as indented JSON."""
+    return orjson.dumps(_plain(value), option=orjson.OPT_INDENT_2).decode()
+
+
+def stream_line(item: FanoutEntry | FanoutResult) -> str:
+    """One compact NDJSON line of a streaming fanout, shaped like the API's own lines."""
+    if isinstance(item, FanoutEntry):
+        return orjson.dumps({"type": "entry", "entry": _plain(item)}).decode()
+    return orjson.dumps({"type": "result", "result": _plain(item)}).decode()
+
+
+def _summary(value: Any) -> str:
+    """A one-line, truncated JSON preview of a result for table cells."""
+    text = orjson.dumps(value).decode() if not isinstance(value, str) else value
+    return text if len(text) <= _SUMMARY_WIDTH else text[: _SUMMARY_WIDTH - 1] + "…"
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} ms"
+
+
+def _styled(text: str, styles: Mapping[str, str]) -> Text:
+    from rich.text import Text
+
+    return Text(text, style=styles.get(text, ""))
+
+
+def _error_summary(error: Mapping[str, Any] | None) -> str:
+    if not error:
+        return ""
+    return f"{error.get('code', 'error')}: {error.get('message', '')}".strip()
+
+
+def _table(*columns: str, title: str | None = None) -> Table:
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left", header_style="bold")
+    for column in columns:
+        table.add_column(column)
+    return table
+
+
+def route_view(result: RouteResult) -> RenderableType:
+    """Who served the task, its result, every attempt and skipped candidate, total time."""
+    from rich.console import Group
+    from rich.json import JSON
+    from rich.text import Text
+
+    header = Text.assemble(
+        ("served by ", "bold"), (result.instance, "bold cyan"), f" in {_ms(result.total_ms)}"
+    )
+    parts: list[RenderableType] = [header, JSON.from_data(result.result)]
+    attempts = _table("#", "instance", "outcome", "latency", "error", title="attempts")
+    for number, attempt in enumerate(result.attempts, start=1):
+        attempts.add_row(
+            str(number),
+            attempt.instance,
+            _styled(attempt.outcome, _OUTCOME_STYLES),
+            _ms(attempt.latency_ms),
+            _error_summary(attempt.error),
+        )
+    parts.append(attempts)
+    if result.skipped:
+        skipped = ", ".join(f"{skip.instance} ({skip.reason})" for skip in result.skipped)
+        parts.append(Text(f"skipped: {skipped}", style="dim"))
+    parts.append(Text(f"request {result.request_id}", style="dim"))
+    return Group(*parts)
+
+
+def _entries_table(entries: Sequence[FanoutEntry], title: str | None = None) -> Table:
+    table = _table("instance", "status", "latency", "result / error", title=title)
+    for entry in entries:
+        detail = _error_summary(entry.error) if entry.error else _summary(entry.result)
+        table.add_row(
+            entry.instance, _styled(entry.status, STATUS_STYLES), _ms(entry.latency_ms), detail
+        )
+    return table
+
+
+def fanout_view(result: FanoutResult) -> RenderableType:
+    """The per-target table, then the aggregate (or why it failed) and the counts."""
+    from rich.console import Group
+    from rich.json import JSON
+    from rich.text import Text
+
+    parts: list[RenderableType] = [_entries_table(result.results)]
+    if result.error:
+        parts.append(Text(f"aggregate failed: {_error_summary(result.error)}", style="red"))
+    elif result.aggregate is not None:
+        parts.append(Text(f"aggregate ({result.aggregate}):", style="bold"))
+        parts.append(JSON.from_data(result.value))
+    counts = (
+        f"{result.succeeded} ok, {result.failed} failed, {result.timed_out} timed out "
+        f"in {_ms(result.total_ms)}"
+    )
+    parts.append(Text(counts, style="dim"))
+    parts.append(Text(f"request {result.request_id}", style="dim"))
+    return Group(*parts)
+
+
+def entry_line(entry: FanoutEntry) -> Text:
+    """One streamed entry as a line: instance, colored status, latency, result or error."""
+    from rich.text import Text
+
+    detail = _error_summary(entry.error) if entry.error else _summary(entry.result)
+    return Text.assemble(
+        (f"{entry.instance:<8}", "bold"),
+        (f"{entry.status:<9}", STATUS_STYLES.get(entry.status, "")),
+        f"{_ms(entry.latency_ms):>10}  ",
+        detail,
+    )
+
+
+def health_view(states: Mapping[str, str] | Mapping[str, HealthDetail]) -> Table:
+    """Instance states, colored; with details: latency, failures in a row, last check (the
+    server's clock, UTC) and last error."""
+    details = [(name, value) for name, value in states.items() if isinstance(value, HealthDetail)]
+    if not details:
+        table = _table("instance", "state")
+        for name, state in states.items():
+            table.add_row(name, _styled(str(state), STATE_STYLES))
+        return table
+    table = _table("instance", "state", "latency", "failures", "last check", "last error")
+    for name, detail in details:
+        table.add_row(
+            name,
+            _styled(detail.state, STATE_STYLES),
+            _ms(detail.latency_ms),
+            str(detail.consecutive_failures),
+            detail.last_check.strftime("%H:%M:%S") if detail.last_check else "-",
+            detail.last_error or "",
+        )
+    return table
+
+
+def instances_view(instances: Sequence[InstanceInfo]) -> Table:
+    """Registered and configured instances with their live state; never credentials."""
+    table = _table("name", "url", "driver", "weight", "tags", "state", "source", "in flight")
+    for info in instances:
+        table.add_row(
+            info.name,
+            info.url,
+            info.driver,
+            f"{info.weight:g}",
+            ", ".join(info.tags),
+            _styled(info.state, STATE_STYLES),
+            info.source,
+            str(info.outstanding),
+        )
+    return table
+
+
+def removed_view(name: str) -> Text:
+    """The confirmation of ``unregister``."""
+    from rich.text import Text
+
+    return Text.assemble("removed ", (name, "bold"))
+
+
+def error_text(exc: BaseException) -> Text:
+    """``error: <code>: <message>`` in red, with the instance and field when set, and the
+    entries that did arrive when a fanout failed (``details.results``)."""
+    from rich.text import Text
+
+    if not isinstance(exc, OrchestratorError):
+        return Text(f"error: {exc}", style="red")
+    text = Text(f"error: {exc.code}: {exc.message}", style="red")
+    if exc.instance:
+        text.append(f" (instance {exc.instance})", style="red")
+    if exc.field:
+        text.append(f" (field {exc.field})", style="red")
+    for entry in _partial_results(exc):
+        text.append("\n  ")
+        text.append_text(entry_line(entry))
+    return text
+
+
+def _partial_results(exc: OrchestratorError) -> list[FanoutEntry]:
+    """The entries a failed fanout carries in ``details.results``; unreadable ones are skipped."""
+    raw = exc.details.get("results")
+    if not isinstance(raw, list):
+        return []
+    entries: list[FanoutEntry] = []
+    for item in raw:
+        try:
+            entries.append(FanoutEntry.model_validate(item))
+        except ValueError:
+            continue
+    return entries
