@@ -190,7 +190,7 @@ class AsyncClient:
         payload: Any = None,
         *,
         instances: TargetExpr | None = None,
-        timeout: float | str | None = None,  # noqa: ASYNC109  # server-side deadline
+        timeout: float | str | None = None,  # server-side deadline
         retry: int | None = None,
         policy: str | None = None,
         idempotency_key: str | None = None,
@@ -219,7 +219,7 @@ class AsyncClient:
         *,
         targets: TargetExpr = "all",
         aggregate: bool | str = True,
-        timeout: float | str | None = None,  # noqa: ASYNC109  # server-side deadline
+        timeout: float | str | None = None,  # server-side deadline
         min_success: int | None = None,
         quorum: int | None = None,
         top_k: int | None = None,
@@ -250,7 +250,7 @@ class AsyncClient:
         *,
         targets: TargetExpr = "all",
         aggregate: bool | str = True,
-        timeout: float | str | None = None,  # noqa: ASYNC109  # server-side deadline
+        timeout: float | str | None = None,  # server-side deadline
         min_success: int | None = None,
         quorum: int | None = None,
         top_k: int | None = None,

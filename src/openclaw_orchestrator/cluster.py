@@ -136,8 +136,15 @@ def cluster_settings(
     if health_interval is not None:
         health = health.model_copy(update={"interval": health_interval})
     key = base.api_key or SecretStr(secrets.token_urlsafe(24))
+    # In the foreground the console is for people: per-request logs only when asked for.
+    log_level = base.log_level if "log_level" in base.model_fields_set else "warning"
     settings = base.model_copy(
-        update={"instances": [*base.instances, *local], "health": health, "api_key": key}
+        update={
+            "instances": [*base.instances, *local],
+            "health": health,
+            "api_key": key,
+            "log_level": log_level,
+        }
     )
     return settings, base.api_key is None
 

@@ -8,8 +8,10 @@ can do themselves; the commands that do the same from a shell are printed beside
 from __future__ import annotations
 
 import asyncio
+import json
+import shlex
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.rule import Rule
@@ -23,7 +25,9 @@ if TYPE_CHECKING:
 __all__ = ["run_demo"]
 
 FAILOVER_VICTIM = 2  # the third instance ("C" in A-H) is the one stopped
-DOWN_WAIT = 10.0
+POLL_INTERVAL = 0.1
+POLLS = 100  # ten seconds at most
+QUERY = "distributed consensus leader election"
 
 
 async def run_demo(url: str, api_key: str, instances: Sequence[LocalInstance]) -> None:
@@ -34,21 +38,19 @@ async def run_demo(url: str, api_key: str, instances: Sequence[LocalInstance]) -
     async with AsyncClient(url, api_key) as client:
         await _wait_all_probed(client, span)
 
+        pair = names[:2]
         _step(
             console,
-            "1. route: one task to one of A, B",
-            _cmd('route --instances A B --payload \'{"data": "task"}\''),
+            f"1. route: one task to one of {' and '.join(pair)}",
+            _cmd(f"route --instances {' '.join(pair)} --payload {_quoted({'data': 'task'})}"),
         )
-        pair = names[:2]
         console.print(route_view(await client.route({"data": "task"}, instances=pair)))
 
-        query = {"query": "distributed consensus leader election", "k": 3}
+        query = {"query": QUERY, "k": 3}
         _step(
             console,
             f"2. fanout: distributed search over {span}, best 5 of every shard's top 3",
-            _cmd(
-                f'fanout --targets {span} --aggregate topk --top-k 5 --payload \'{{"query": "distributed consensus leader election", "k": 3}}\''
-            ),
+            _cmd(f"fanout --targets {span} --aggregate topk --top-k 5 --payload {_quoted(query)}"),
         )
         found = await client.fanout(query, targets=span, aggregate="topk", top_k=5, timeout=10)
         console.print(fanout_view(found))
@@ -70,7 +72,8 @@ async def _failover(
         f"4. failover: instance {victim.name} stopped (pid {victim.process.pid}); "
         f"a task for {victim.name} or {backup.name} is still served",
         _cmd(
-            f'route --instances {victim.name} {backup.name} --payload \'{{"data": "after failure"}}\''
+            f"route --instances {victim.name} {backup.name} "
+            f"--payload {_quoted({'data': 'after failure'})}"
         ),
     )
     victim.stop()
@@ -88,17 +91,21 @@ async def _failover(
 
 
 async def _wait_all_probed(client: AsyncClient, span: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + DOWN_WAIT
-    while "unknown" in (await client.health(span)).values() and loop.time() < deadline:
-        await asyncio.sleep(0.1)
+    for _ in range(POLLS):
+        if "unknown" not in (await client.health(span)).values():
+            return
+        await asyncio.sleep(POLL_INTERVAL)
 
 
 async def _wait_down(client: AsyncClient, name: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + DOWN_WAIT
-    while (await client.health(name)).get(name) != "down" and loop.time() < deadline:
-        await asyncio.sleep(0.1)
+    for _ in range(POLLS):
+        if (await client.health(name)).get(name) == "down":
+            return
+        await asyncio.sleep(POLL_INTERVAL)
+
+
+def _quoted(payload: dict[str, Any]) -> str:
+    return shlex.quote(json.dumps(payload))
 
 
 def _cmd(args: str) -> str:

@@ -152,7 +152,10 @@ class Registry:
         return gone
 
     def resolve(self, expr: str | list[str] | None, *, field: str) -> list[str]:
-        """Target syntax (``A-H``, ``A,C``, ``all``, ``tag:x``) to known names."""
+        """Target syntax (``A-H``, ``A,C``, ``all``, ``tag:x``) to known names; no expression
+        means every instance, which may be none."""
+        if expr is None:
+            return list(self._records)
         registry = [(rec.name, rec.spec.tags) for rec in self._records.values()]
         return parse_targets(expr, registry, field=field)
 

@@ -107,7 +107,7 @@ BUILTIN_HANDLERS = ("demo", "echo", "search")
 
 
 def resolve_handler(spec: str, *, shard: str | None = None) -> Handler:
-    """``echo``, ``search``, ``demo`` or ``module:function`` (``module:Class.attr`` works too) to a callable.
+    """``echo``, ``search``, ``demo`` or ``module:function`` (or ``module:Class.attr``).
 
     ``shard`` (``"i/n"``) applies to ``search`` only; without it the shard comes from the
     instance name. Raises ValueError with a message fit for a command line.
