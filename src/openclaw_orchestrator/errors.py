@@ -10,6 +10,8 @@ the same class through :data:`ERRORS_BY_CODE`, so server and client raise the sa
     ├── ForbiddenError                 403 forbidden            valid credential, wrong scope
     ├── NotFoundError                  404 not_found
     ├── ConflictError                  409 conflict             e.g. idempotency key reused
+    │   └── SessionExistsError         409 session_exists
+    ├── SessionClosedError             410 session_closed       closed or expired session
     ├── PayloadTooLargeError           413 payload_too_large
     ├── NoHealthyInstanceError         503 no_healthy_instance
     ├── AggregationError               502 aggregation_failed   results could not be combined
@@ -42,6 +44,8 @@ __all__ = [
     "NotFoundError",
     "OrchestratorError",
     "PayloadTooLargeError",
+    "SessionClosedError",
+    "SessionExistsError",
     "TimeoutExceededError",
     "UnauthorizedError",
     "error_from_body",
@@ -127,6 +131,20 @@ class ConflictError(OrchestratorError):
     status = 409
 
 
+class SessionExistsError(ConflictError):
+    """A spawn named a session id that is already taken."""
+
+    code = "session_exists"
+    status = 409
+
+
+class SessionClosedError(OrchestratorError):
+    """The session was closed or expired: it exists, but takes no more sends."""
+
+    code = "session_closed"
+    status = 410
+
+
 class PayloadTooLargeError(OrchestratorError):
     """The request body is over the configured limit."""
 
@@ -199,6 +217,8 @@ ERRORS_BY_CODE: dict[str, type[OrchestratorError]] = {
         ForbiddenError,
         NotFoundError,
         ConflictError,
+        SessionExistsError,
+        SessionClosedError,
         PayloadTooLargeError,
         NoHealthyInstanceError,
         AggregationError,

@@ -16,17 +16,27 @@ from .domain.balancing import Policy
 from .domain.duration import parse_duration
 
 __all__ = [
+    "SESSION_ID_PATTERN",
     "AggregateSpec",
     "Attempt",
     "FanoutEntry",
     "FanoutRequest",
     "FanoutResult",
     "HealthDetail",
+    "HistoryEntry",
+    "HistoryPage",
     "InstanceInfo",
     "InstanceSpec",
     "RouteRequest",
     "RouteResult",
+    "SendRequest",
+    "SendResult",
+    "SessionInfo",
+    "SessionList",
+    "SessionSendRequest",
     "Skip",
+    "SpawnRequest",
+    "SpawnResult",
     "TargetExpr",
 ]
 
@@ -216,3 +226,120 @@ class HealthDetail(_Wire):
 def is_valid_name(name: str) -> bool:
     """Whether ``name`` is usable as an instance name."""
     return bool(_NAME_RE.match(name))
+
+
+# -- sessions ------------------------------------------------------------------------------
+
+SESSION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+SessionState = Literal["open", "closed", "expired"]
+FailoverMode = Literal["none", "migrate"]
+
+
+class SpawnRequest(_Wire):
+    """``POST /api/orchestrator/sessions/spawn``; ``sessionId`` and ``session_id`` both work."""
+
+    session_id: str | None = Field(
+        default=None,
+        alias="sessionId",
+        pattern=SESSION_ID_PATTERN,
+        description="Generated if unset.",
+    )
+    instance: str | None = Field(default=None, description="Pin to this instance.")
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    ttl: float | None = Field(default=None, description="Idle seconds before expiry ('1h').")
+    failover: FailoverMode = Field(default="none", description="'migrate' moves the session.")
+    policy: str | None = Field(
+        default=None, description="Placement: consistent_hash, round_robin, least_outstanding, …"
+    )
+
+    @field_validator("ttl", mode="before")
+    @classmethod
+    def _ttl(cls, value: Any) -> float | None:
+        return _seconds(value, "ttl")
+
+
+class SessionInfo(_Wire):
+    """A session as the API shows it (never its token)."""
+
+    session_id: str
+    instance: str
+    state: SessionState
+    metadata: dict[str, Any]
+    ttl: float
+    failover: FailoverMode
+    created_at: datetime
+    last_active_at: datetime
+    expires_at: datetime | None = None
+    closed_at: datetime | None = None
+    messages: int = Field(description="How many sends the session has recorded.")
+
+
+class SpawnResult(SessionInfo):
+    """The reply of a spawn: the session, plus its token (shown this once)."""
+
+    token: str = Field(description="Credential for this session only: send, history, close.")
+
+
+class SendRequest(_Wire):
+    """``POST /api/orchestrator/sessions/{id}/send``."""
+
+    data: Any = Field(default_factory=dict)
+    timeout: float | None = Field(default=None, description="Seconds (or '10s').")
+
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _timeout(cls, value: Any) -> float | None:
+        return _seconds(value, "timeout")
+
+
+class SessionSendRequest(SendRequest):
+    """The seed's form, ``POST /api/orchestrator/sessions/send`` with ``sessionId`` inside."""
+
+    session_id: str = Field(alias="sessionId", pattern=SESSION_ID_PATTERN)
+
+
+class SendResult(_Wire):
+    """The reply of a send: the instance's reply, once it is durably recorded."""
+
+    session_id: str
+    seq: int = Field(description="Position of this message in the session's history (1-based).")
+    instance: str
+    reply: Any
+    latency_ms: float
+    request_id: str
+    migrated_from: str | None = Field(
+        default=None, description="Set when this send moved the session off a down instance."
+    )
+    replayed: bool = Field(
+        default=False, description="True when an Idempotency-Key matched an earlier send."
+    )
+
+
+class HistoryEntry(_Wire):
+    """One recorded event of a session: a message and its reply, or a migration."""
+
+    seq: int
+    kind: Literal["message", "migration"]
+    data: Any = None
+    reply: Any = None
+    instance: str
+    latency_ms: float | None = None
+    request_id: str | None = None
+    created_at: datetime
+
+
+class HistoryPage(_Wire):
+    """``GET /api/orchestrator/sessions/{id}/history``: oldest first, paginated."""
+
+    session_id: str
+    messages: list[HistoryEntry]
+    total: int
+    offset: int
+    limit: int
+    next_offset: int | None
+
+
+class SessionList(_Wire):
+    """``GET /api/orchestrator/sessions``."""
+
+    sessions: list[SessionInfo]

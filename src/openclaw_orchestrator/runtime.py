@@ -16,8 +16,9 @@ from .drivers.base import InstanceDriver
 from .drivers.worker import WorkerDriver
 from .service import Orchestrator, Reducer
 from .settings import ConfigError, Settings
+from .stores.sql import SqlStore, sqlite_url
 
-__all__ = ["build_drivers", "client_session", "load_reducers", "open_orchestrator"]
+__all__ = ["build_drivers", "client_session", "load_reducers", "open_orchestrator", "open_store"]
 
 POOL_LIMIT = 1024
 KEEPALIVE_SECONDS = 30.0
@@ -61,16 +62,27 @@ def build_drivers(session: aiohttp.ClientSession) -> dict[str, InstanceDriver]:
     return {"worker": WorkerDriver(session)}
 
 
+def open_store(settings: Settings) -> SqlStore:
+    """The configured store: ``database_url``, else SQLite under ``data_dir``."""
+    return SqlStore(settings.database_url or sqlite_url(settings.data_dir))
+
+
 @asynccontextmanager
 async def open_orchestrator(settings: Settings) -> AsyncIterator[Orchestrator]:
-    """An Orchestrator with its session and prober running; everything closed on exit."""
+    """An Orchestrator with its HTTP session, store, prober and sweeper running; everything
+    closed on exit."""
     reducers = load_reducers(settings.reducers)
-    async with client_session() as session:
-        drivers = build_drivers(session)
-        orchestrator = Orchestrator(settings, drivers=drivers, reducers=reducers)
-        try:
-            async with orchestrator:
-                yield orchestrator
-        finally:
-            for driver in drivers.values():
-                await driver.aclose()
+    store = open_store(settings)
+    await store.open()
+    try:
+        async with client_session() as session:
+            drivers = build_drivers(session)
+            orchestrator = Orchestrator(settings, drivers=drivers, reducers=reducers, store=store)
+            try:
+                async with orchestrator:
+                    yield orchestrator
+            finally:
+                for driver in drivers.values():
+                    await driver.aclose()
+    finally:
+        await store.aclose()

@@ -13,7 +13,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from .domain.aggregation import (
     Aggregator,
@@ -50,12 +50,17 @@ from .models import (
 )
 from .models import Skip as SkipModel
 from .registry import InstanceRecord, Registry
+from .session_service import SessionService
 from .settings import Settings
+from .stores.base import Store
 
 __all__ = ["Orchestrator", "Reducer"]
 
 Reducer = Callable[[list[dict[str, Any]]], Any]
 Sleep = Callable[[float], Awaitable[None]]
+T = TypeVar("T")
+DriverCall = Callable[[InstanceDriver, InstanceSpec, float], Awaitable[T]]
+"""``op(driver, spec, seconds_left)``: one call to one instance."""
 
 log = get_logger("orchestrator")
 
@@ -83,6 +88,7 @@ class Orchestrator:
         *,
         drivers: Mapping[str, InstanceDriver],
         reducers: Mapping[str, Reducer] | None = None,
+        store: Store | None = None,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
         sleep: Sleep = asyncio.sleep,
@@ -116,6 +122,23 @@ class Orchestrator:
         for spec in settings.instances:
             self._check_driver(spec)
             self.registry.upsert(spec, "config", self._clock())
+        self._sessions = None if store is None else SessionService(self, store)
+
+    @property
+    def sessions(self) -> SessionService:
+        """The session service; RuntimeError when the orchestrator was built without a store."""
+        if self._sessions is None:
+            raise RuntimeError("this Orchestrator has no store, so no sessions")
+        return self._sessions
+
+    def clock(self) -> float:
+        """Monotonic seconds, from the clock the orchestrator was given."""
+        return self._clock()
+
+    def plan(self, names: list[str], policy: Policy | None = None) -> tuple[str, ...]:
+        """The balancer's order over ``names`` (down ones left out)."""
+        candidates = [self.registry.get(n).candidate() for n in names]
+        return self._balancer.plan(candidates, policy=policy).order
 
     def __repr__(self) -> str:
         counts = self.registry.count_states()
@@ -125,12 +148,16 @@ class Orchestrator:
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the background prober (health checks and heartbeat expiry)."""
+        """Start the background prober (health checks and heartbeat expiry) and sweeper."""
         if self._prober is None:
             self._prober = asyncio.create_task(self._probe_loop(), name="orchestrator-prober")
+        if self._sessions is not None:
+            await self._sessions.start()
 
     async def aclose(self) -> None:
-        """Stop background work; drivers are closed by whoever opened them."""
+        """Stop background work; drivers and store are closed by whoever opened them."""
+        if self._sessions is not None:
+            await self._sessions.aclose()
         tasks = [t for t in (self._prober, *self._probes) if t is not None]
         for task in tasks:
             task.cancel()
@@ -244,7 +271,8 @@ class Orchestrator:
 
     # -- route -----------------------------------------------------------------------------
 
-    def _deadline(self, timeout: float | None) -> float:
+    def deadline(self, timeout: float | None) -> float:
+        """The monotonic instant a request with ``timeout`` (or the default) must end by."""
         budget = timeout if timeout is not None else self.settings.timeout
         if budget > self.settings.max_timeout:
             raise InvalidRequestError(
@@ -256,7 +284,7 @@ class Orchestrator:
     async def route(self, request: RouteRequest, *, request_id: str) -> RouteResult:
         """Deliver the payload to one candidate, failing over within the deadline."""
         started = self._clock()
-        deadline = self._deadline(request.timeout)
+        deadline = self.deadline(request.timeout)
         names = self.registry.resolve(request.instances, field="instances")
         policy = Policy(request.policy) if request.policy else None
         plan = self._balancer.plan([self.registry.get(n).candidate() for n in names], policy=policy)
@@ -409,7 +437,16 @@ class Orchestrator:
     async def _invoke(
         self, rec: InstanceRecord, payload: Any, deadline: float, request_id: str
     ) -> Any:
-        """Call the driver with the time left, tracking load and passive health."""
+        """Run a task on ``rec`` (see :meth:`call`)."""
+
+        def invoke(driver: InstanceDriver, spec: InstanceSpec, timeout: float) -> Awaitable[Any]:
+            return driver.invoke(spec, payload, timeout=timeout, request_id=request_id)
+
+        return await self.call(rec, deadline, invoke)
+
+    async def call(self, rec: InstanceRecord, deadline: float, op: DriverCall[T]) -> T:
+        """Call ``op`` with ``rec``'s driver and the time left before ``deadline``, counting
+        it as outstanding load and feeding its outcome to passive health detection."""
         remaining = deadline - self._clock()
         if remaining <= 0:
             raise TimeoutExceededError("the request's deadline passed", instance=rec.name)
@@ -417,9 +454,7 @@ class Orchestrator:
         rec.outstanding += 1
         started = self._clock()
         try:
-            result = await driver.invoke(
-                rec.spec, payload, timeout=remaining, request_id=request_id
-            )
+            result = await op(driver, rec.spec, remaining)
         except OrchestratorError as exc:
             if isinstance(exc, InstanceDownError | TimeoutExceededError):
                 event = rec.health.record_request_failure(
@@ -452,7 +487,7 @@ class Orchestrator:
         after every entry was yielded.
         """
         started = self._clock()
-        deadline = self._deadline(request.timeout)
+        deadline = self.deadline(request.timeout)
         names = self.registry.resolve(request.targets, field="targets")
         aggregator = self._aggregator(request, len(names))
         if request.min_success is not None and request.min_success > len(names):

@@ -9,6 +9,7 @@ arguments (CLI flags), environment variables, the config file, defaults. Nested 
 from __future__ import annotations
 
 import json
+import os
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ __all__ = [
     "ConfigError",
     "HealthSettings",
     "RetrySettings",
+    "SessionSettings",
     "Settings",
     "load_client_settings",
     "load_settings",
@@ -81,6 +83,47 @@ class RetrySettings(_Section):
     )
 
 
+def default_data_dir() -> Path:
+    """``$XDG_DATA_HOME/openclaw-orchestrator``, else ``~/.local/share/openclaw-orchestrator``."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "openclaw-orchestrator"
+
+
+class SessionSettings(_Section):
+    """Sessions: default idle TTL, how long closed histories are kept, the sweeper's pace."""
+
+    ttl: float = Field(default=3600.0, description="Idle seconds before a session expires.")
+    retention: float = Field(
+        default=7 * 24 * 3600.0, description="How long a closed session's history is kept."
+    )
+    sweep_interval: float = Field(default=30.0, description="Seconds between expiry sweeps.")
+    policy: str = Field(
+        default="consistent_hash", description="Placement when a spawn names no instance."
+    )
+
+    _durations = field_validator("ttl", "retention", "sweep_interval", mode="before")(
+        _duration_field
+    )
+
+    @field_validator("policy")
+    @classmethod
+    def _known_policy(cls, value: str) -> str:
+        return _placement_policy(value)
+
+
+def _placement_policy(value: str) -> str:
+    from .domain.balancing import Policy
+
+    value = value.replace("-", "_")
+    if value == "consistent_hash":
+        return value
+    try:
+        return Policy(value).value
+    except ValueError:
+        names = ", ".join(["consistent_hash", *(p.value for p in Policy)])
+        raise ValueError(f"unknown policy {value!r}; one of {names}") from None
+
+
 class Settings(BaseSettings):
     """Everything the server needs; tests build it directly: ``Settings(instances=[...])``."""
 
@@ -106,6 +149,15 @@ class Settings(BaseSettings):
     reducers: dict[str, str] = Field(
         default_factory=dict, description="name -> 'module:function' custom fanout reducers."
     )
+    data_dir: Path = Field(
+        default_factory=default_data_dir, description="Where the SQLite database lives."
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL; default SQLite in data_dir. PostgreSQL: "
+        "postgresql+asyncpg://user@host/db",
+    )
+    sessions: SessionSettings = Field(default_factory=SessionSettings)
     log_level: str = "info"
     log_format: str = Field(default="json", pattern="^(json|console)$")
 

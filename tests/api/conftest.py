@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import tempfile
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -91,8 +93,11 @@ async def start_cluster(
     wait_healthy: bool = True,
     **overrides: Any,
 ) -> AsyncIterator[Cluster]:
-    """Instances ``names`` plus an orchestrator knowing them, with fast health checks."""
+    """Instances ``names`` plus an orchestrator knowing them, with fast health checks and a
+    SQLite store in a fresh temporary folder (unless ``data_dir`` is given)."""
     servers: dict[str, BackgroundServer] = {}
+    scratch = tempfile.TemporaryDirectory(prefix="orchestrator-test-")
+    overrides.setdefault("data_dir", Path(scratch.name))
     try:
         for name in names:
             app = create_instance_app(name, resolve_handler(handler), fault_api=True)
@@ -124,6 +129,7 @@ async def start_cluster(
         for server in servers.values():  # all at once: each takes ~0.1 s to notice
             server.request_stop()
         await asyncio.gather(*(s.wait_stopped() for s in servers.values()))
+        scratch.cleanup()
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from ..logs import get_logger
 from ..runtime import open_orchestrator
 from ..service import Orchestrator
 from ..settings import Settings
+from . import sessions
 from .errors import install_error_handlers
 from .middleware import RequestContextMiddleware
 from .routes import cluster, orchestrator, public
@@ -59,5 +60,7 @@ def create_app(settings: Settings, *, service: Orchestrator | None = None) -> Fa
     app.include_router(public)
     app.include_router(orchestrator)
     app.include_router(cluster)
+    app.include_router(sessions.admin)
+    app.include_router(sessions.scoped)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
     return app

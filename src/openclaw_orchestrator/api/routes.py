@@ -25,6 +25,7 @@ from ..models import (
 )
 from ..service import Orchestrator
 from .middleware import request_id_of
+from .responses import json_response
 from .security import Authenticator
 
 __all__ = ["cluster", "orchestrator", "public"]
@@ -43,22 +44,16 @@ def _authorize(request: Request) -> None:
     auth.check(request.headers.get("authorization"))
 
 
-def _json(model: BaseModel, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(
-        model.model_dump_json(), status_code=status, media_type="application/json", headers=headers
-    )
-
-
 async def _idempotent(
     request: Request, key: str | None, scope: str, body: BaseModel, work: Any
 ) -> Response:
     """Run ``work`` once per Idempotency-Key; a replay says so in a header."""
     if key is None:
-        return _json(await work())
+        return json_response(await work())
     cache: IdempotencyCache[BaseModel] = request.app.state.idempotency
     digest = fingerprint(scope, body.model_dump(mode="json"))
     result, replayed = await cache.run(f"{scope}:{key}", digest, work)
-    return _json(result, headers={"Idempotent-Replayed": "true"} if replayed else None)
+    return json_response(result, headers={"Idempotent-Replayed": "true"} if replayed else None)
 
 
 public = APIRouter(tags=["liveness"])
@@ -143,13 +138,13 @@ class InstanceList(BaseModel):
 async def register(request: Request, body: InstanceSpec) -> Response:
     """Add an instance at run time; re-posting the same registration is its heartbeat."""
     info, created = _service(request).register(body)
-    return _json(info, 201 if created else 200)
+    return json_response(info, 201 if created else 200)
 
 
 @cluster.get("/instances", response_model=InstanceList)
 async def list_instances(request: Request) -> Response:
     """Every instance with its driver, weight, tags and state; never its credentials."""
-    return _json(InstanceList(instances=_service(request).instances()))
+    return json_response(InstanceList(instances=_service(request).instances()))
 
 
 @cluster.delete("/instances/{name}")

@@ -10,7 +10,8 @@ import hmac
 
 from pydantic import SecretStr
 
-from ..errors import UnauthorizedError
+from ..domain.sessions import TOKEN_PREFIX
+from ..errors import ForbiddenError, UnauthorizedError
 
 __all__ = ["Authenticator", "bearer_token"]
 
@@ -39,12 +40,20 @@ class Authenticator:
     def __repr__(self) -> str:
         return f"<Authenticator {'enabled' if self._key else 'open'}>"
 
+    def is_api_key(self, token: str) -> bool:
+        """Whether ``token`` is the API key (always true when no key is configured)."""
+        return self._key is None or hmac.compare_digest(token.encode(), self._key)
+
     def check(self, authorization: str | None) -> None:
-        """Raise ``UnauthorizedError`` unless the header carries the API key."""
+        """Raise unless the header carries the API key: ``UnauthorizedError`` for a missing or
+        wrong key, ``ForbiddenError`` for a session token (valid elsewhere, not here)."""
         if self._key is None:
             return
         token = bearer_token(authorization)
         if token is None:
             raise UnauthorizedError("missing 'Authorization: Bearer <ORCHESTRATOR_API_KEY>'")
-        if not hmac.compare_digest(token.encode(), self._key):
-            raise UnauthorizedError("invalid API key")
+        if self.is_api_key(token):
+            return
+        if token.startswith(TOKEN_PREFIX):
+            raise ForbiddenError("a session token grants its own session only, not this")
+        raise UnauthorizedError("invalid API key")

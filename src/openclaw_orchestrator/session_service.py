@@ -1,0 +1,440 @@
+"""Sessions: spawn, send in order, history, close, expiry and migration.
+
+A session is pinned to one instance. Sends to one session run one at a time, in arrival
+order (an asyncio lock per session, taken before anything is read); sends to different
+sessions run concurrently. A send is acknowledged only after the store has committed its
+message and reply. With ``failover: "migrate"`` a send to a session whose instance is down
+moves it: the history is replayed to a healthy instance, the move is recorded, and the
+message is delivered there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from .domain.balancing import Policy
+from .domain.sessions import (
+    MessageRecord,
+    SessionRecord,
+    check_sendable,
+    hash_token,
+    make_token,
+    rendezvous_order,
+    token_matches,
+)
+from .drivers.base import InstanceDriver
+from .errors import (
+    ForbiddenError,
+    InstanceDownError,
+    InvalidRequestError,
+    NoHealthyInstanceError,
+    NotFoundError,
+    OrchestratorError,
+    UnauthorizedError,
+)
+from .logs import get_logger
+from .models import (
+    HistoryEntry,
+    HistoryPage,
+    InstanceSpec,
+    SendResult,
+    SessionInfo,
+    SessionList,
+    SpawnRequest,
+    SpawnResult,
+)
+from .registry import InstanceRecord
+from .stores.base import Store
+
+if TYPE_CHECKING:
+    from .service import Orchestrator
+
+__all__ = ["SessionService"]
+
+log = get_logger("sessions")
+
+TOKEN_BYTES = 24
+MAX_HISTORY_PAGE = 1000
+CONSISTENT_HASH = "consistent_hash"
+
+
+def _wall(ts: float | None) -> datetime | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC)
+
+
+def _info(record: SessionRecord) -> dict[str, Any]:
+    return {
+        "session_id": record.id,
+        "instance": record.instance,
+        "state": record.state,
+        "metadata": dict(record.metadata),
+        "ttl": record.ttl,
+        "failover": record.failover,
+        "created_at": _wall(record.created_at),
+        "last_active_at": _wall(record.last_active_at),
+        "expires_at": _wall(record.expires_at),
+        "closed_at": _wall(record.closed_at),
+        "messages": record.messages,
+    }
+
+
+def _entry(m: MessageRecord) -> HistoryEntry:
+    return HistoryEntry(
+        seq=m.seq,
+        kind=m.kind,
+        data=m.data,
+        reply=m.reply,
+        instance=m.instance,
+        latency_ms=m.latency_ms,
+        request_id=m.request_id,
+        created_at=_wall(m.created_at),  # type: ignore[arg-type]  # never None for a message
+    )
+
+
+@dataclass(slots=True)
+class _Gate:
+    """A per-session lock and how many sends hold or wait for it (to drop idle gates)."""
+
+    lock: asyncio.Lock
+    users: int = 0
+
+
+class SessionService:
+    """The session half of the orchestrator; shares its registry, drivers and health."""
+
+    def __init__(
+        self,
+        orchestrator: Orchestrator,
+        store: Store,
+        *,
+        wall_clock: Callable[[], float] = time.time,
+        token_bytes: Callable[[int], bytes] = secrets.token_bytes,
+    ) -> None:
+        self._orc = orchestrator
+        self._store = store
+        self._settings = orchestrator.settings.sessions
+        self._now = wall_clock
+        self._token_bytes = token_bytes
+        self._gates: dict[str, _Gate] = {}
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"<SessionService [{len(self._gates)} busy] store={self._store!r}>"
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the expiry sweeper."""
+        if self._sweeper is None:
+            self._sweeper = asyncio.create_task(self._sweep_loop(), name="session-sweeper")
+
+    async def aclose(self) -> None:
+        """Stop the sweeper (the store is closed by whoever opened it)."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
+            self._sweeper = None
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+            except Exception:  # a store hiccup must not end the sweeper
+                log.exception("sessions.sweep_failed")
+            await asyncio.sleep(self._settings.sweep_interval)
+
+    async def sweep(self) -> tuple[int, int]:
+        """Expire idle sessions and purge old ones; returns (expired, purged)."""
+        now = self._now()
+        expired = await self._store.expire_idle(now)
+        for record in expired:
+            log.info("sessions.expired", session_id=record.id, instance=record.instance)
+            await self._close_on_instance(record)
+        purged = await self._store.purge(now - self._settings.retention)
+        if purged:
+            log.info("sessions.purged", count=purged)
+        return len(expired), purged
+
+    # -- access ----------------------------------------------------------------------------
+
+    async def authorize(self, session_id: str, token: str) -> None:
+        """Allow ``token`` for ``session_id`` only, and only while the session is open."""
+        record = await self._store.get_session(session_id)
+        if record is None or not token_matches(token, record):
+            raise ForbiddenError("this session token does not grant that session")
+        if record.state != "open":
+            raise UnauthorizedError(f"session token is no longer valid: session {record.state}")
+
+    # -- spawn -----------------------------------------------------------------------------
+
+    async def spawn(self, request: SpawnRequest) -> SpawnResult:
+        """Create a session pinned to a healthy instance; the token is returned this once."""
+        session_id = request.session_id or f"s_{secrets.token_hex(8)}"
+        instance = self._place(session_id, request)
+        token = make_token(self._token_bytes(TOKEN_BYTES))
+        now = self._now()
+        record = SessionRecord(
+            id=session_id,
+            instance=instance,
+            token_hash=hash_token(token),
+            ttl=request.ttl or self._settings.ttl,
+            failover=request.failover,
+            metadata=request.metadata,
+            created_at=now,
+            last_active_at=now,
+        )
+        await self._store.create_session(record)
+        log.info("sessions.spawned", session_id=session_id, instance=instance)
+        return SpawnResult(**_info(record), token=token)
+
+    def _place(self, session_id: str, request: SpawnRequest) -> str:
+        registry = self._orc.registry
+        if request.instance is not None:
+            if request.instance not in registry:
+                raise InvalidRequestError(
+                    f"unknown instance {request.instance!r}", field="instance"
+                )
+            if registry.get(request.instance).health.is_down():
+                raise InstanceDownError(
+                    f"instance {request.instance} is down", instance=request.instance
+                )
+            return request.instance
+        return self._choose(session_id, request.policy or self._settings.policy, exclude=())
+
+    def _choose(self, session_id: str, policy: str, *, exclude: tuple[str, ...]) -> str:
+        live = [r for r in self._orc.registry if not r.health.is_down() and r.name not in exclude]
+        if not live:
+            raise NoHealthyInstanceError("no healthy instance to place the session on")
+        policy = policy.replace("-", "_")
+        if policy == CONSISTENT_HASH:
+            weights = {r.name: r.spec.weight for r in live}
+            return rendezvous_order(session_id, [r.name for r in live], weights)[0]
+        try:
+            chosen = Policy(policy)
+        except ValueError:
+            raise InvalidRequestError(f"unknown policy {policy!r}", field="policy") from None
+        return self._orc.plan([r.name for r in live], chosen)[0]
+
+    # -- send ------------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _gate(self, session_id: str) -> AsyncIterator[None]:
+        gate = self._gates.setdefault(session_id, _Gate(asyncio.Lock()))
+        gate.users += 1
+        try:
+            async with gate.lock:
+                yield
+        finally:
+            gate.users -= 1
+            if gate.users == 0:
+                del self._gates[session_id]
+
+    async def send(
+        self,
+        session_id: str,
+        data: Any,
+        *,
+        timeout: float | None,
+        idempotency_key: str | None,
+        request_id: str,
+    ) -> SendResult:
+        """Deliver ``data`` to the session's instance, in order; acknowledge once durable."""
+        deadline = self._orc.deadline(timeout)
+        async with self._gate(session_id):
+            record = check_sendable(
+                await self._store.get_session(session_id), session_id, self._now()
+            )
+            if idempotency_key is not None:
+                earlier = await self._store.find_by_key(session_id, idempotency_key)
+                if earlier is not None:
+                    return self._result(earlier, request_id=request_id, replayed=True)
+            record, moved_from = await self._ensure_reachable(record, deadline, request_id)
+            started = self._orc.clock()
+            try:
+                reply = await self._deliver(record, data, deadline, request_id)
+            except InstanceDownError:
+                # Refused: the message never arrived, so moving and resending cannot
+                # duplicate it (a timeout could have, so it is never migrated on).
+                if record.failover != "migrate" or moved_from is not None:
+                    raise
+                moved_from = record.instance
+                record = await self._migrate(record, deadline, request_id)
+                started = self._orc.clock()
+                reply = await self._deliver(record, data, deadline, request_id)
+            message = MessageRecord(
+                session_id=session_id,
+                seq=record.messages + 1,
+                kind="message",
+                instance=record.instance,
+                data=data,
+                reply=reply,
+                latency_ms=round((self._orc.clock() - started) * 1000, 3),
+                request_id=request_id,
+                idempotency_key=idempotency_key,
+                created_at=self._now(),
+            )
+            await self._store.append(record, message)
+        return self._result(message, request_id=request_id, moved_from=moved_from)
+
+    def _result(
+        self,
+        m: MessageRecord,
+        *,
+        request_id: str,
+        replayed: bool = False,
+        moved_from: str | None = None,
+    ) -> SendResult:
+        return SendResult(
+            session_id=m.session_id,
+            seq=m.seq,
+            instance=m.instance,
+            reply=m.reply,
+            latency_ms=m.latency_ms or 0.0,
+            request_id=m.request_id if replayed and m.request_id else request_id,
+            migrated_from=moved_from,
+            replayed=replayed,
+        )
+
+    def _record_of(self, name: str) -> InstanceRecord | None:
+        registry = self._orc.registry
+        return registry.get(name) if name in registry else None
+
+    async def _ensure_reachable(
+        self, record: SessionRecord, deadline: float, request_id: str
+    ) -> tuple[SessionRecord, str | None]:
+        """The session, moved first if its instance is down and it may migrate."""
+        pinned = self._record_of(record.instance)
+        if pinned is not None and not pinned.health.is_down():
+            return record, None
+        if record.failover != "migrate":
+            raise InstanceDownError(
+                f"instance {record.instance} of session {record.id} is down; the session "
+                "stays pinned (spawn with failover 'migrate' to move it)",
+                instance=record.instance,
+            )
+        return await self._migrate(record, deadline, request_id), record.instance
+
+    async def _deliver(
+        self, record: SessionRecord, data: Any, deadline: float, request_id: str
+    ) -> Any:
+        rec = self._record_of(record.instance)
+        if rec is None:
+            raise InstanceDownError(
+                f"instance {record.instance} is no longer registered", instance=record.instance
+            )
+
+        def send(driver: InstanceDriver, spec: InstanceSpec, timeout: float) -> Awaitable[Any]:
+            return driver.session_send(
+                spec, record.id, data, timeout=timeout, request_id=request_id
+            )
+
+        return await self._orc.call(rec, deadline, send)
+
+    async def _migrate(
+        self, record: SessionRecord, deadline: float, request_id: str
+    ) -> SessionRecord:
+        """Replay the history to a healthy instance and record the move."""
+        target = self._choose(record.id, CONSISTENT_HASH, exclude=(record.instance,))
+        history = [
+            (m.data, m.reply) for m in await self._store.history(record.id) if m.kind == "message"
+        ]
+
+        def restore(driver: InstanceDriver, spec: InstanceSpec, timeout: float) -> Awaitable[None]:
+            return driver.session_restore(
+                spec, record.id, history, timeout=timeout, request_id=request_id
+            )
+
+        await self._orc.call(self._orc.registry.get(target), deadline, restore)
+        note = MessageRecord(
+            session_id=record.id,
+            seq=record.messages + 1,
+            kind="migration",
+            instance=target,
+            data={"from": record.instance, "to": target, "replayed": len(history)},
+            request_id=request_id,
+            created_at=self._now(),
+        )
+        moved = await self._store.append(record, note)
+        log.warning(
+            "sessions.migrated",
+            session_id=record.id,
+            old=record.instance,
+            new=target,
+            replayed=len(history),
+        )
+        return moved
+
+    # -- read and close --------------------------------------------------------------------
+
+    async def _get(self, session_id: str) -> SessionRecord:
+        record = await self._store.get_session(session_id)
+        if record is None:
+            raise NotFoundError(f"no session {session_id!r}", field="session_id")
+        return record
+
+    async def info(self, session_id: str) -> SessionInfo:
+        """One session's state."""
+        return SessionInfo(**_info(await self._get(session_id)))
+
+    async def history(self, session_id: str, *, offset: int, limit: int) -> HistoryPage:
+        """A page of the history, oldest first."""
+        if not 1 <= limit <= MAX_HISTORY_PAGE:
+            raise InvalidRequestError(f"limit must be 1 to {MAX_HISTORY_PAGE}", field="limit")
+        if offset < 0:
+            raise InvalidRequestError("offset must be 0 or more", field="offset")
+        record = await self._get(session_id)
+        entries = await self._store.history(session_id, offset=offset, limit=limit)
+        end = offset + len(entries)
+        return HistoryPage(
+            session_id=session_id,
+            messages=[_entry(m) for m in entries],
+            total=record.messages,
+            offset=offset,
+            limit=limit,
+            next_offset=end if end < record.messages else None,
+        )
+
+    async def list(
+        self, *, instance: str | None, state: str | None, active_within: float | None
+    ) -> SessionList:
+        """Sessions by instance, state and recent activity (minutes)."""
+        if state is not None and state not in ("open", "closed", "expired"):
+            raise InvalidRequestError("state must be open, closed or expired", field="state")
+        since = None if active_within is None else self._now() - active_within * 60
+        records = await self._store.list_sessions(
+            instance=instance, state=state, active_since=since
+        )
+        return SessionList(sessions=[SessionInfo(**_info(r)) for r in records])
+
+    async def close(self, session_id: str) -> SessionInfo:
+        """Close the session (after any send in flight); closing twice is harmless."""
+        async with self._gate(session_id):
+            await self._get(session_id)
+            record = await self._store.set_state(session_id, "closed", closed_at=self._now())
+        if record is None:  # purged between the two reads
+            raise NotFoundError(f"no session {session_id!r}", field="session_id")
+        await self._close_on_instance(record)
+        log.info("sessions.closed", session_id=session_id)
+        return SessionInfo(**_info(record))
+
+    async def _close_on_instance(self, record: SessionRecord) -> None:
+        """Tell the instance it can drop the session; best effort, never fails the caller."""
+        rec = self._record_of(record.instance)
+        if rec is None or rec.health.is_down():
+            return
+
+        def close(driver: InstanceDriver, spec: InstanceSpec, timeout: float) -> Awaitable[None]:
+            return driver.session_close(spec, record.id, timeout=timeout)
+
+        deadline = self._orc.clock() + self._orc.settings.health.probe_timeout
+        try:
+            await self._orc.call(rec, deadline, close)
+        except OrchestratorError as exc:
+            log.info("sessions.close_on_instance_failed", session_id=record.id, error=exc.code)

@@ -1,0 +1,73 @@
+"""The store interface the session service depends on.
+
+Every method is one transaction. ``append`` is the durability point: when it returns, the
+message and its reply are committed, and only then is a send acknowledged.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from ..domain.sessions import MessageRecord, SessionRecord
+
+__all__ = ["Store"]
+
+
+class Store(Protocol):
+    """Sessions and their histories."""
+
+    async def open(self) -> None:
+        """Create what is missing (tables, indexes) and get ready."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections."""
+        ...
+
+    async def create_session(self, record: SessionRecord) -> None:
+        """Insert a new session; ``SessionExistsError`` when the id is taken."""
+        ...
+
+    async def get_session(self, session_id: str) -> SessionRecord | None:
+        """The session, or None."""
+        ...
+
+    async def list_sessions(
+        self,
+        *,
+        instance: str | None = None,
+        state: str | None = None,
+        active_since: float | None = None,
+        limit: int = 1000,
+    ) -> list[SessionRecord]:
+        """Sessions matching every given filter, most recently active first."""
+        ...
+
+    async def append(self, record: SessionRecord, *entries: MessageRecord) -> SessionRecord:
+        """Commit ``entries`` (consecutive seqs after ``record.messages``) and the session's
+        new count, last activity and instance; returns the updated record."""
+        ...
+
+    async def find_by_key(self, session_id: str, idempotency_key: str) -> MessageRecord | None:
+        """The message sent earlier with this idempotency key, if any."""
+        ...
+
+    async def history(
+        self, session_id: str, *, offset: int = 0, limit: int | None = None
+    ) -> list[MessageRecord]:
+        """Entries oldest first, from ``offset`` (0-based), at most ``limit``."""
+        ...
+
+    async def set_state(
+        self, session_id: str, state: str, *, closed_at: float
+    ) -> SessionRecord | None:
+        """Close or expire a session; returns it, or None when unknown."""
+        ...
+
+    async def expire_idle(self, now: float) -> list[SessionRecord]:
+        """Mark open sessions idle past their TTL as expired; returns them."""
+        ...
+
+    async def purge(self, closed_before: float) -> int:
+        """Delete sessions (and histories) closed or expired before ``closed_before``."""
+        ...

@@ -1,0 +1,268 @@
+"""``SqlStore``: the Store on SQLAlchemy Core, for SQLite (aiosqlite) and PostgreSQL (asyncpg).
+
+SQLite runs in WAL mode with ``synchronous=FULL``: a commit is on disk before ``append``
+returns, so an acknowledged send survives ``kill -9`` and power loss alike. SQLite has one
+writer at a time; an in-process lock queues our writers instead of letting them fight over
+the database lock. PostgreSQL needs no such lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import delete, event, insert, select, update
+from sqlalchemy.engine import Row
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from ..domain.sessions import MessageRecord, SessionRecord
+from ..errors import SessionExistsError
+from .tables import messages, metadata, sessions
+
+__all__ = ["SqlStore", "sqlite_url"]
+
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+
+def sqlite_url(data_dir: Path) -> str:
+    """The default database: ``<data_dir>/orchestrator.db``."""
+    return f"sqlite+aiosqlite:///{data_dir / 'orchestrator.db'}"
+
+
+def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    for pragma in (
+        "PRAGMA journal_mode=WAL",
+        "PRAGMA synchronous=FULL",
+        f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}",
+        "PRAGMA foreign_keys=ON",
+    ):
+        cursor.execute(pragma)
+    cursor.close()
+
+
+def _session(row: Row[Any]) -> SessionRecord:
+    m = row._mapping
+    return SessionRecord(
+        id=m["id"],
+        instance=m["instance"],
+        token_hash=m["token_hash"],
+        ttl=m["ttl"],
+        failover=m["failover"],
+        metadata=m["metadata"] or {},
+        state=m["state"],
+        created_at=m["created_at"],
+        last_active_at=m["last_active_at"],
+        closed_at=m["closed_at"],
+        messages=m["messages"],
+    )
+
+
+def _message(row: Row[Any]) -> MessageRecord:
+    m = row._mapping
+    return MessageRecord(
+        session_id=m["session_id"],
+        seq=m["seq"],
+        kind=m["kind"],
+        instance=m["instance"],
+        data=m["data"],
+        reply=m["reply"],
+        latency_ms=m["latency_ms"],
+        request_id=m["request_id"],
+        idempotency_key=m["idempotency_key"],
+        created_at=m["created_at"],
+    )
+
+
+def _message_values(entry: MessageRecord) -> Mapping[str, Any]:
+    return {
+        "session_id": entry.session_id,
+        "seq": entry.seq,
+        "kind": entry.kind,
+        "instance": entry.instance,
+        "data": entry.data,
+        "reply": entry.reply,
+        "latency_ms": entry.latency_ms,
+        "request_id": entry.request_id,
+        "idempotency_key": entry.idempotency_key,
+        "created_at": entry.created_at,
+    }
+
+
+class SqlStore:
+    """Sessions and histories in SQLite or PostgreSQL, chosen by ``url``."""
+
+    def __init__(self, url: str, *, echo: bool = False) -> None:
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        if self.is_sqlite:
+            self._engine: AsyncEngine = create_async_engine(url, echo=echo)
+            event.listen(self._engine.sync_engine, "connect", _on_sqlite_connect)
+        else:
+            self._engine = create_async_engine(url, echo=echo, pool_size=10, max_overflow=10)
+        self._write_lock = asyncio.Lock() if self.is_sqlite else None
+
+    def __repr__(self) -> str:
+        kind = "sqlite" if self.is_sqlite else self._engine.dialect.name
+        return f"<SqlStore {kind} {self._engine.url.render_as_string(hide_password=True)}>"
+
+    async def open(self) -> None:
+        """Create the folder (SQLite) and any missing tables."""
+        if self.is_sqlite and (db := self._engine.url.database) and db != ":memory:":
+            Path(db).parent.mkdir(parents=True, exist_ok=True)
+        async with self._engine.begin() as conn:
+            await conn.run_sync(metadata.create_all)
+
+    async def aclose(self) -> None:
+        """Close every pooled connection."""
+        await self._engine.dispose()
+
+    @contextlib.asynccontextmanager
+    async def _writing(self) -> AsyncIterator[AsyncConnection]:
+        if self._write_lock is None:
+            async with self._engine.begin() as conn:
+                yield conn
+            return
+        async with self._write_lock, self._engine.begin() as conn:
+            yield conn
+
+    async def create_session(self, record: SessionRecord) -> None:
+        """Insert; SessionExistsError when the id is taken."""
+        try:
+            async with self._writing() as conn:
+                await conn.execute(
+                    insert(sessions).values(
+                        id=record.id,
+                        instance=record.instance,
+                        token_hash=record.token_hash,
+                        state=record.state,
+                        ttl=record.ttl,
+                        failover=record.failover,
+                        metadata=dict(record.metadata),
+                        created_at=record.created_at,
+                        last_active_at=record.last_active_at,
+                        closed_at=record.closed_at,
+                        messages=record.messages,
+                    )
+                )
+        except IntegrityError as exc:
+            raise SessionExistsError(
+                f"session {record.id!r} already exists", field="session_id"
+            ) from exc
+
+    async def get_session(self, session_id: str) -> SessionRecord | None:
+        """The session, or None."""
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(select(sessions).where(sessions.c.id == session_id))).first()
+        return None if row is None else _session(row)
+
+    async def list_sessions(
+        self,
+        *,
+        instance: str | None = None,
+        state: str | None = None,
+        active_since: float | None = None,
+        limit: int = 1000,
+    ) -> list[SessionRecord]:
+        """Filtered, most recently active first."""
+        query = select(sessions).order_by(sessions.c.last_active_at.desc()).limit(limit)
+        if instance is not None:
+            query = query.where(sessions.c.instance == instance)
+        if state is not None:
+            query = query.where(sessions.c.state == state)
+        if active_since is not None:
+            query = query.where(sessions.c.last_active_at >= active_since)
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [_session(r) for r in rows]
+
+    async def append(self, record: SessionRecord, *entries: MessageRecord) -> SessionRecord:
+        """Insert the entries and update the session, in one transaction."""
+        last = entries[-1] if entries else None
+        updated = replace(
+            record,
+            messages=record.messages + len(entries),
+            last_active_at=last.created_at if last else record.last_active_at,
+            instance=last.instance if last else record.instance,
+        )
+        async with self._writing() as conn:
+            if entries:
+                await conn.execute(insert(messages), [_message_values(e) for e in entries])
+            await conn.execute(
+                update(sessions)
+                .where(sessions.c.id == record.id)
+                .values(
+                    messages=updated.messages,
+                    last_active_at=updated.last_active_at,
+                    instance=updated.instance,
+                )
+            )
+        return updated
+
+    async def find_by_key(self, session_id: str, idempotency_key: str) -> MessageRecord | None:
+        """The earlier message with this key, if any."""
+        query = select(messages).where(
+            messages.c.session_id == session_id, messages.c.idempotency_key == idempotency_key
+        )
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        return None if row is None else _message(row)
+
+    async def history(
+        self, session_id: str, *, offset: int = 0, limit: int | None = None
+    ) -> list[MessageRecord]:
+        """Oldest first."""
+        query = (
+            select(messages)
+            .where(messages.c.session_id == session_id)
+            .order_by(messages.c.seq)
+            .offset(offset)
+        )
+        if limit is not None:
+            query = query.limit(limit)
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [_message(r) for r in rows]
+
+    async def set_state(
+        self, session_id: str, state: str, *, closed_at: float
+    ) -> SessionRecord | None:
+        """Close or expire; an already closed session keeps its first closing time."""
+        async with self._writing() as conn:
+            await conn.execute(
+                update(sessions)
+                .where(sessions.c.id == session_id, sessions.c.state == "open")
+                .values(state=state, closed_at=closed_at)
+            )
+            row = (await conn.execute(select(sessions).where(sessions.c.id == session_id))).first()
+        return None if row is None else _session(row)
+
+    async def expire_idle(self, now: float) -> list[SessionRecord]:
+        """Expire open sessions whose last activity plus TTL is in the past."""
+        idle = (sessions.c.state == "open") & (sessions.c.last_active_at + sessions.c.ttl < now)
+        async with self._writing() as conn:
+            rows = (await conn.execute(select(sessions).where(idle))).all()
+            if rows:
+                ids = [r._mapping["id"] for r in rows]
+                await conn.execute(
+                    update(sessions)
+                    .where(sessions.c.id.in_(ids), sessions.c.state == "open")
+                    .values(state="expired", closed_at=now)
+                )
+        return [_session(r) for r in rows]
+
+    async def purge(self, closed_before: float) -> int:
+        """Delete old closed/expired sessions and their histories."""
+        old = (sessions.c.state != "open") & (sessions.c.closed_at < closed_before)
+        async with self._writing() as conn:
+            ids = [r[0] for r in (await conn.execute(select(sessions.c.id).where(old))).all()]
+            if not ids:
+                return 0
+            await conn.execute(delete(messages).where(messages.c.session_id.in_(ids)))
+            await conn.execute(delete(sessions).where(sessions.c.id.in_(ids)))
+        return len(ids)
