@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from ..domain.sessions import MessageRecord, SessionRecord
-from ..errors import SessionExistsError
+from ..errors import ConflictError, SessionExistsError
 from .tables import messages, metadata, sessions
 
 __all__ = ["SqlStore", "sqlite_url"]
@@ -190,18 +190,25 @@ class SqlStore:
             last_active_at=last.created_at if last else record.last_active_at,
             instance=last.instance if last else record.instance,
         )
-        async with self._writing() as conn:
-            if entries:
-                await conn.execute(insert(messages), [_message_values(e) for e in entries])
-            await conn.execute(
-                update(sessions)
-                .where(sessions.c.id == record.id)
-                .values(
-                    messages=updated.messages,
-                    last_active_at=updated.last_active_at,
-                    instance=updated.instance,
+        try:
+            async with self._writing() as conn:
+                if entries:
+                    await conn.execute(insert(messages), [_message_values(e) for e in entries])
+                await conn.execute(
+                    update(sessions)
+                    .where(sessions.c.id == record.id)
+                    .values(
+                        messages=updated.messages,
+                        last_active_at=updated.last_active_at,
+                        instance=updated.instance,
+                    )
                 )
-            )
+        except IntegrityError as exc:
+            raise ConflictError(
+                f"session {record.id!r} was written concurrently (position {record.messages + 1} "
+                "is taken, or the idempotency key was used); nothing was recorded",
+                field="session_id",
+            ) from exc
         return updated
 
     async def find_by_key(self, session_id: str, idempotency_key: str) -> MessageRecord | None:
