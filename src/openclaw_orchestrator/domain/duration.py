@@ -1,4 +1,5 @@
-"""Durations as users write them: ``10``, ``2.5``, ``"10s"``, ``"500ms"``, ``"1m"``, ``"1h"``."""
+"""Durations as users write them: ``10``, ``2.5``, ``"10s"``, ``"500ms"``, ``"1m"``, ``"1h"``,
+``"7d"``."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ import re
 
 from ..errors import InvalidRequestError
 
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*(ms|s|m|h)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*(ms|s|m|h|d)?\s*$")
 
 
 def parse_duration(value: object, *, field: str = "timeout") -> float:
