@@ -8,7 +8,7 @@ into the error tree of :mod:`openclaw_orchestrator.errors` in one place,
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -40,7 +40,11 @@ class ProbeResult:
 
 class InstanceDriver(Protocol):
     """Talks to one kind of instance. Implementations never raise anything but
-    :class:`~openclaw_orchestrator.errors.OrchestratorError` subclasses."""
+    :class:`~openclaw_orchestrator.errors.OrchestratorError` subclasses.
+
+    The ``session_*`` methods drive a conversation the instance remembers between requests;
+    they raise what :meth:`invoke` raises, for the same reasons.
+    """
 
     kind: str
 
@@ -48,6 +52,38 @@ class InstanceDriver(Protocol):
         self, instance: InstanceSpec, payload: Any, *, timeout: float, request_id: str
     ) -> Any:
         """Run ``payload`` on ``instance`` and return its result (any JSON value)."""
+        ...
+
+    async def session_send(
+        self,
+        instance: InstanceSpec,
+        session_id: str,
+        payload: Any,
+        *,
+        timeout: float,
+        request_id: str,
+    ) -> Any:
+        """Send one message of session ``session_id`` (the instance creates the session on its
+        first message) and return the result, like :meth:`invoke`."""
+        ...
+
+    async def session_restore(
+        self,
+        instance: InstanceSpec,
+        session_id: str,
+        history: Sequence[tuple[Any, Any]],
+        *,
+        timeout: float,
+        request_id: str,
+    ) -> None:
+        """Replace ``instance``'s state of the session with ``history``, ``(payload, result)``
+        pairs oldest first, without re-running them (how a session migrates)."""
+        ...
+
+    async def session_close(
+        self, instance: InstanceSpec, session_id: str, *, timeout: float
+    ) -> None:
+        """Make ``instance`` forget the session; closing an unknown session succeeds."""
         ...
 
     async def probe(self, instance: InstanceSpec, *, timeout: float) -> ProbeResult:

@@ -2,9 +2,11 @@
 
 It sits on every routed request, so the hot path is short: constant headers built once, the
 body serialized by orjson straight to bytes, one ``ClientTimeout`` per call and the reply
-read as bytes and parsed by orjson. Replies map to the error tree by status::
+read as bytes and parsed by orjson. Tasks and the session calls share one request function,
+:meth:`WorkerDriver._exchange`, whose replies map to the error tree by status::
 
-    2xx              -> body["result"]              (no "result": InstanceProtocolError)
+    2xx              -> the parsed body; tasks and session messages return body["result"]
+                                                    (no "result": InstanceProtocolError)
     4xx but 429      -> InstanceRejectedError        the payload is wrong; never retried
     429, 5xx         -> InstanceError                upstream_status, retry_after
     anything else    -> InstanceProtocolError
@@ -17,8 +19,10 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import orjson
@@ -36,13 +40,16 @@ from .base import REQUEST_ID_HEADER, ProbeResult, map_client_errors
 __all__ = [
     "DEADLINE_HEADER",
     "DEFAULT_HEALTH_PATH",
+    "SESSIONS_PATH",
     "TASK_PATH",
     "WorkerDriver",
+    "encode_history",
     "encode_task",
     "parse_retry_after",
 ]
 
 TASK_PATH = "/api/instance/task"
+SESSIONS_PATH = "/api/instance/sessions"
 DEFAULT_HEALTH_PATH = "/api/health/check"
 DEADLINE_HEADER = "X-Deadline-Ms"
 
@@ -57,6 +64,17 @@ def encode_task(payload: Any) -> bytes:
     except orjson.JSONEncodeError as exc:
         raise InvalidRequestError(
             f"payload: cannot encode as JSON: {exc}", field="payload"
+        ) from exc
+
+
+def encode_history(history: Sequence[tuple[Any, Any]]) -> bytes:
+    """The body of a session restore: ``{"history": [{"payload", "result"}, ...]}``."""
+    items = [{"payload": payload, "result": result} for payload, result in history]
+    try:
+        return orjson.dumps({"history": items})
+    except orjson.JSONEncodeError as exc:
+        raise InvalidRequestError(
+            f"history: cannot encode as JSON: {exc}", field="history"
         ) from exc
 
 
@@ -107,6 +125,13 @@ def _reply_error(name: str, status: int, raw: bytes, retry_after: str | None) ->
     )
 
 
+def _result(name: str, reply: Any) -> Any:
+    """The ``result`` of a task or session message reply."""
+    if not isinstance(reply, dict) or "result" not in reply:
+        raise InstanceProtocolError(f"{name}: reply has no 'result' field", instance=name)
+    return reply["result"]
+
+
 class WorkerDriver:
     """Talks instance protocol v1 over a shared ``aiohttp.ClientSession`` it does not own."""
 
@@ -126,12 +151,54 @@ class WorkerDriver:
             url = self._urls[key] = URL(base.rstrip("/") + path)
         return url
 
+    def _session_url(self, base: str, session_id: str, suffix: str = "") -> URL:
+        """``{base}/api/instance/sessions/{id}{suffix}`` with the id percent-encoded as one
+        segment; only the prefix is cached (ids are many, each used for a while)."""
+        segment = quote(session_id, safe=":")
+        if segment in (".", ".."):  # a dot segment would be resolved away, not sent
+            segment = segment.replace(".", "%2E")
+        return URL(f"{self._url(base, SESSIONS_PATH)}/{segment}{suffix}", encoded=True)
+
     @staticmethod
     def _headers(instance: InstanceSpec, extra: dict[str, str]) -> dict[str, str]:
         headers = {**_BASE_HEADERS, **extra}
         if instance.credentials is not None:
             headers["Authorization"] = f"Bearer {instance.credentials.get_secret_value()}"
         return headers
+
+    async def _exchange(
+        self,
+        method: str,
+        instance: InstanceSpec,
+        url: URL,
+        body: bytes | None,
+        *,
+        timeout: float,
+        request_id: str | None,
+    ) -> Any:
+        """One call to ``instance`` with the protocol's headers; the parsed 2xx body.
+
+        ``timeout`` bounds the call and goes out as ``X-Deadline-Ms``; any non-2xx reply or
+        transport failure is raised as the error tree says (module docstring).
+        """
+        extra = {DEADLINE_HEADER: str(int(timeout * 1000))}
+        if request_id is not None:
+            extra[REQUEST_ID_HEADER] = request_id
+        with map_client_errors(instance.name):
+            async with self._session.request(
+                method,
+                url,
+                data=body,
+                headers=self._headers(instance, extra),
+                timeout=aiohttp.ClientTimeout(total=timeout),
+                allow_redirects=False,
+            ) as resp:
+                raw = await resp.read()
+                if not 200 <= resp.status < 300:
+                    raise _reply_error(
+                        instance.name, resp.status, raw, resp.headers.get("Retry-After")
+                    )
+            return orjson.loads(raw)
 
     async def invoke(
         self,
@@ -142,30 +209,54 @@ class WorkerDriver:
         request_id: str,
     ) -> Any:
         """``POST /api/instance/task`` with ``{"payload": ...}``; the instance's ``result``."""
-        headers = self._headers(
-            instance, {REQUEST_ID_HEADER: request_id, DEADLINE_HEADER: str(int(timeout * 1000))}
-        )
         url = self._url(instance.url, TASK_PATH)
         body = encode_task(payload)
-        with map_client_errors(instance.name):
-            async with self._session.post(
-                url,
-                data=body,
-                headers=headers,
-                timeout=aiohttp.ClientTimeout(total=timeout),
-                allow_redirects=False,
-            ) as resp:
-                raw = await resp.read()
-                if not 200 <= resp.status < 300:
-                    raise _reply_error(
-                        instance.name, resp.status, raw, resp.headers.get("Retry-After")
-                    )
-            reply = orjson.loads(raw)
-        if not isinstance(reply, dict) or "result" not in reply:
-            raise InstanceProtocolError(
-                f"{instance.name}: reply has no 'result' field", instance=instance.name
-            )
-        return reply["result"]
+        reply = await self._exchange(
+            "POST", instance, url, body, timeout=timeout, request_id=request_id
+        )
+        return _result(instance.name, reply)
+
+    async def session_send(
+        self,
+        instance: InstanceSpec,
+        session_id: str,
+        payload: Any,
+        *,
+        timeout: float,  # InstanceDriver's signature; sets ClientTimeout
+        request_id: str,
+    ) -> Any:
+        """``POST /api/instance/sessions/{id}/messages``; the instance's ``result``."""
+        url = self._session_url(instance.url, session_id, "/messages")
+        body = encode_task(payload)
+        reply = await self._exchange(
+            "POST", instance, url, body, timeout=timeout, request_id=request_id
+        )
+        return _result(instance.name, reply)
+
+    async def session_restore(
+        self,
+        instance: InstanceSpec,
+        session_id: str,
+        history: Sequence[tuple[Any, Any]],
+        *,
+        timeout: float,  # InstanceDriver's signature; sets ClientTimeout
+        request_id: str,
+    ) -> None:
+        """``PUT /api/instance/sessions/{id}`` with the ``(payload, result)`` pairs to replay."""
+        url = self._session_url(instance.url, session_id)
+        body = encode_history(history)
+        await self._exchange("PUT", instance, url, body, timeout=timeout, request_id=request_id)
+
+    async def session_close(
+        self,
+        instance: InstanceSpec,
+        session_id: str,
+        *,
+        timeout: float,  # InstanceDriver's signature; sets ClientTimeout
+    ) -> None:
+        """``DELETE /api/instance/sessions/{id}``; an id the instance never saw is fine too."""
+        url = self._session_url(instance.url, session_id)
+        await self._exchange("DELETE", instance, url, None, timeout=timeout, request_id=None)
 
     async def probe(
         self,

@@ -7,18 +7,27 @@ id and one exception lookup mapping :class:`HandlerError` (and routing errors) t
 
 Routes::
 
-    GET  /api/health/check      {"status", "instance", "uptime_s", "inflight"}; 503 when unhealthy
-    POST /api/instance/task     {"payload": ...} -> {"result": ..., "instance": name}
-    GET  /api/instance/faults   the live FaultConfig (only with fault_api=True)
-    PUT  /api/instance/faults   change it at run time (only with fault_api=True)
+    GET    /api/health/check        {"status", "instance", "uptime_s", "inflight"}; 503 unhealthy
+    POST   /api/instance/task       {"payload": ...} -> {"result": ..., "instance": name}
+    POST   /api/instance/sessions/{id}/messages
+                                    {"payload": ...} -> {"result", "instance", "seen"}
+    PUT    /api/instance/sessions/{id}   {"history": [...]} -> {"session_id", "seen"}
+    GET    /api/instance/sessions/{id}   {"session_id", "seen", "history"}; 404 when unknown
+    DELETE /api/instance/sessions/{id}   {"closed": id}, known or not
+    GET    /api/instance/faults     the live FaultConfig (only with fault_api=True)
+    PUT    /api/instance/faults     change it at run time (only with fault_api=True)
+
+A session message is a task that sees, and extends, its session (:mod:`.sessions`): messages
+of one session run one at a time, in arrival order, under the session's lock.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -34,11 +43,21 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .faults import FaultConfig, Faults
 from .handlers import Handler, HandlerContext, HandlerError, Invoker
+from .sessions import (
+    DEFAULT_MAX_HISTORY,
+    DEFAULT_MAX_SESSIONS,
+    Session,
+    SessionStore,
+    is_valid_session_id,
+    parse_history,
+)
 
 __all__ = [
     "DEADLINE_GRACE",
     "DEFAULT_MAX_BODY_BYTES",
     "HEALTH_PATH",
+    "MESSAGES_PATH",
+    "SESSION_PATH",
     "TASK_PATH",
     "ReferenceInstance",
     "create_instance_app",
@@ -52,6 +71,9 @@ so it always sees its own timeout rather than racing our 504."""
 HEALTH_PATH = "/api/health/check"
 TASK_PATH = "/api/instance/task"
 FAULTS_PATH = "/api/instance/faults"
+SESSION_PATH = "/api/instance/sessions/{session_id:path}"
+"""``:path`` so that even an id holding an encoded ``/`` gets the 400 naming ``session_id``."""
+MESSAGES_PATH = SESSION_PATH + "/messages"
 REQUEST_ID_SCOPE_KEY = "openclaw.request_id"
 
 _REQUEST_ID = b"x-request-id"
@@ -107,6 +129,14 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
+def _result_response(body: dict[str, Any]) -> Response:
+    """A 200 carrying a handler's result; one orjson cannot encode is the handler's 500."""
+    try:
+        return _json(200, body)
+    except orjson.JSONEncodeError as exc:
+        raise HandlerError(500, "handler_error", f"result is not JSON: {exc}") from exc
+
+
 def _too_large(limit: int) -> HandlerError:
     return HandlerError(413, "payload_too_large", f"request body is over {limit} bytes")
 
@@ -129,6 +159,34 @@ def _parse_deadline(value: str | None) -> float | None:
         raise HandlerError(400, "invalid_request", message) from None
 
 
+def _session_id(request: Request) -> str:
+    """The path's session id; a 400 naming ``session_id`` unless it has the documented form."""
+    session_id: str = request.path_params["session_id"]
+    if not is_valid_session_id(session_id):
+        message = (
+            "session_id: expected 1-128 characters of A-Za-z0-9._:-,"
+            " starting with a letter or digit"
+        )
+        raise HandlerError(400, "invalid_request", message)
+    return session_id
+
+
+@contextlib.asynccontextmanager
+async def _turn(session: Session, deadline: float | None) -> AsyncIterator[None]:
+    """Hold ``session``'s lock, queued in arrival order; a 504 if the caller's deadline (plus
+    :data:`DEADLINE_GRACE`) passes first, so a message nobody waits for never runs."""
+    budget = None if deadline is None else max(0.0, deadline - time.monotonic()) + DEADLINE_GRACE
+    acquired = False
+    with anyio.move_on_after(budget):
+        acquired = await session.lock.acquire()
+    if not acquired:
+        raise HandlerError(504, "deadline_exceeded", "the session was busy past X-Deadline-Ms")
+    try:
+        yield
+    finally:
+        session.lock.release()
+
+
 async def _wait_for_disconnect(receive: Receive) -> None:
     """Block until the client goes away (the body has already been read)."""
     while (await receive())["type"] != "http.disconnect":
@@ -139,11 +197,19 @@ class ReferenceInstance:
     """The state and endpoints of one instance; ``app.state.instance`` in the running app."""
 
     def __init__(
-        self, name: str, handler: Handler, *, token: str | None, faults: Faults, max_body: int
+        self,
+        name: str,
+        handler: Handler,
+        *,
+        token: str | None,
+        faults: Faults,
+        max_body: int,
+        sessions: SessionStore,
     ) -> None:
         self.name = name
         self.invoker = Invoker(handler)
         self.faults = faults
+        self.sessions = sessions
         self.max_body_bytes = max_body
         self.inflight = 0
         self.started = time.monotonic()
@@ -173,24 +239,79 @@ class ReferenceInstance:
         }
         return _json(503 if config.health_fail else 200, body)
 
-    async def task(self, request: Request) -> Response:
-        """``POST /api/instance/task``: auth, body, faults, then the handler."""
+    async def _read_task(self, request: Request) -> tuple[Any, float | None]:
+        """``(payload, deadline)`` of a task or session message, after the auth check."""
         self.authorize(request)
         deadline = _parse_deadline(request.headers.get("x-deadline-ms"))
         body = _parse_json(await _read_body(request, self.max_body_bytes))
         if not isinstance(body, dict) or "payload" not in body:
             message = 'body: expected a JSON object {"payload": ...}'
             raise HandlerError(400, "invalid_request", message)
+        return body["payload"], deadline
+
+    async def task(self, request: Request) -> Response:
+        """``POST /api/instance/task``: auth, body, faults, then the handler."""
+        payload, deadline = await self._read_task(request)
         context = HandlerContext(self.name, request.scope[REQUEST_ID_SCOPE_KEY], deadline)
         self.inflight += 1
         try:
             await self._inject_faults(request)
-            result = await self._run(body["payload"], context)
-            return _json(200, {"result": result, "instance": self.name})
-        except orjson.JSONEncodeError as exc:
-            raise HandlerError(500, "handler_error", f"result is not JSON: {exc}") from exc
+            result = await self._run(payload, context)
+            return _result_response({"result": result, "instance": self.name})
         finally:
             self.inflight -= 1
+
+    async def message(self, request: Request) -> Response:
+        """``POST .../sessions/{id}/messages``: a task run in its session's turn, then kept.
+
+        A message that fails (fault, handler error, deadline) leaves the session unchanged.
+        """
+        payload, deadline = await self._read_task(request)
+        session = self.sessions.open(_session_id(request))
+        request_id = request.scope[REQUEST_ID_SCOPE_KEY]
+        self.inflight += 1
+        try:
+            async with _turn(session, deadline):
+                await self._inject_faults(request)
+                context = HandlerContext(self.name, request_id, deadline, session.context())
+                result = await self._run(payload, context)
+                seen = session.seen + 1
+                response = _result_response({"result": result, "instance": self.name, "seen": seen})
+                session.record(payload, result)
+            return response
+        finally:
+            self.inflight -= 1
+
+    async def restore(self, request: Request) -> Response:
+        """``PUT .../sessions/{id}``: become the replayed history; no handler runs."""
+        self.authorize(request)
+        deadline = _parse_deadline(request.headers.get("x-deadline-ms"))
+        body = _parse_json(await _read_body(request, self.max_body_bytes))
+        session_id = _session_id(request)
+        try:
+            exchanges = parse_history(body)
+        except ValueError as exc:
+            raise HandlerError(400, "invalid_request", str(exc)) from None
+        session = self.sessions.open(session_id)
+        async with _turn(session, deadline):
+            session.replace(exchanges)
+        return _json(200, {"session_id": session_id, "seen": len(exchanges)})
+
+    async def get_session(self, request: Request) -> Response:
+        """``GET .../sessions/{id}``: what this instance remembers; 404 when nothing."""
+        self.authorize(request)
+        session_id = _session_id(request)
+        session = self.sessions.get(session_id)
+        if session is None:
+            raise HandlerError(404, "not_found", f"session {session_id}: not on this instance")
+        return _json(200, session.to_dict())
+
+    async def close(self, request: Request) -> Response:
+        """``DELETE .../sessions/{id}``: forget the session; idempotent."""
+        self.authorize(request)
+        session_id = _session_id(request)
+        self.sessions.close(session_id)
+        return _json(200, {"closed": session_id})
 
     async def _inject_faults(self, request: Request) -> None:
         config = self.faults.config
@@ -236,6 +357,10 @@ class ReferenceInstance:
         routes = [
             Route(HEALTH_PATH, self.health, methods=["GET"]),
             Route(TASK_PATH, self.task, methods=["POST"]),
+            Route(MESSAGES_PATH, self.message, methods=["POST"]),
+            Route(SESSION_PATH, self.get_session, methods=["GET"]),
+            Route(SESSION_PATH, self.restore, methods=["PUT"]),
+            Route(SESSION_PATH, self.close, methods=["DELETE"]),
         ]
         if fault_api:
             routes.append(Route(FAULTS_PATH, self.get_faults, methods=["GET"]))
@@ -243,7 +368,10 @@ class ReferenceInstance:
         return routes
 
     def __repr__(self) -> str:
-        return f"<ReferenceInstance {self.name} inflight={self.inflight} {self.faults!r}>"
+        return (
+            f"<ReferenceInstance {self.name} inflight={self.inflight}"
+            f" sessions={len(self.sessions)} {self.faults!r}>"
+        )
 
 
 def _handler_error(request: Request, exc: Exception) -> Response:
@@ -275,18 +403,27 @@ def create_instance_app(
     faults: FaultConfig | None = None,
     fault_api: bool = False,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    max_sessions: int = DEFAULT_MAX_SESSIONS,
+    max_history: int = DEFAULT_MAX_HISTORY,
     lifespan: AppLifespan | None = None,
 ) -> Starlette:
     """An ASGI app for instance ``name`` running ``handler`` (see :mod:`.handlers`).
 
-    ``token`` requires ``Authorization: Bearer <token>`` on tasks and the fault API;
-    ``fault_api`` exposes ``/api/instance/faults``; ``lifespan`` runs around serving
-    (self-registration uses it).
+    ``token`` requires ``Authorization: Bearer <token>`` on tasks, sessions and the fault
+    API; ``fault_api`` exposes ``/api/instance/faults``; ``max_sessions`` (least recently
+    used forgotten first) and ``max_history`` (exchanges kept per session) bound session
+    memory; ``lifespan`` runs around serving (self-registration uses it).
     """
     if max_body_bytes < 1:
         raise ValueError("max_body_bytes must be positive")
+    sessions = SessionStore(max_sessions=max_sessions, max_history=max_history)
     instance = ReferenceInstance(
-        name, handler, token=token, faults=Faults(faults), max_body=max_body_bytes
+        name,
+        handler,
+        token=token,
+        faults=Faults(faults),
+        max_body=max_body_bytes,
+        sessions=sessions,
     )
     app = Starlette(
         routes=instance.routes(fault_api=fault_api),

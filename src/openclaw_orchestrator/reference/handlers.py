@@ -18,6 +18,7 @@ from typing import Any
 import anyio.to_thread
 
 from ..logs import get_logger
+from .sessions import SessionContext
 
 __all__ = [
     "BUILTIN_HANDLERS",
@@ -61,12 +62,14 @@ class HandlerError(Exception):
 class HandlerContext:
     """Facts about the request a two-parameter handler receives.
 
-    ``deadline`` is a ``time.monotonic()`` instant (``None`` when the caller sent no budget).
+    ``deadline`` is a ``time.monotonic()`` instant (``None`` when the caller sent no budget);
+    ``session`` is the conversation so far for a session message, ``None`` for a plain task.
     """
 
     instance: str
     request_id: str
     deadline: float | None = None
+    session: SessionContext | None = None
 
     def time_left(self) -> float | None:
         """Seconds until the caller gives up, never negative; ``None`` without a deadline."""
@@ -76,8 +79,14 @@ class HandlerContext:
 
 
 async def echo(payload: Any, context: HandlerContext) -> Any:
-    """Built-in ``echo``: the payload back, tagged with the instance that saw it."""
-    return {"instance": context.instance, "payload": payload}
+    """Built-in ``echo``: the payload back, tagged with the instance that saw it.
+
+    In a session it adds ``{"session": {"id", "seen"}}``, ``seen`` counting this message.
+    """
+    reply: dict[str, Any] = {"instance": context.instance, "payload": payload}
+    if context.session is not None:
+        reply["session"] = {"id": context.session.id, "seen": context.session.seen + 1}
+    return reply
 
 
 def _builtin_search(shard: str | None) -> Handler:

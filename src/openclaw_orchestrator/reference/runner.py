@@ -26,6 +26,7 @@ from ..server import bind_socket, uvicorn_config
 from .app import DEFAULT_MAX_BODY_BYTES, AppLifespan, create_instance_app
 from .faults import FaultConfig
 from .handlers import Handler, resolve_handler
+from .sessions import DEFAULT_MAX_HISTORY, DEFAULT_MAX_SESSIONS
 
 __all__ = [
     "DEFAULT_HEARTBEAT_TTL",
@@ -211,6 +212,8 @@ def run_instance(
     faults: FaultConfig | None = None,
     fault_api: bool = False,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    max_sessions: int = DEFAULT_MAX_SESSIONS,
+    max_history: int = DEFAULT_MAX_HISTORY,
     register_url: str | None = None,
     api_key: str | None = None,
     public_url: str | None = None,
@@ -245,6 +248,8 @@ def run_instance(
             faults=faults,
             fault_api=fault_api,
             max_body_bytes=max_body_bytes,
+            max_sessions=max_sessions,
+            max_history=max_history,
             lifespan=lifespan,
         )
         uvicorn.Server(uvicorn_config(app, log_level=log_level)).run(sockets=[sock])
