@@ -20,11 +20,17 @@ WIRE_MODELS = [
     "FanoutEntry",
     "FanoutResult",
     "HealthDetail",
+    "HistoryEntry",
+    "HistoryPage",
     "InstanceInfo",
     "InstanceSpec",
     "RouteResult",
+    "SendResult",
+    "SessionInfo",
     "Skip",
+    "SpawnResult",
 ]
+SDK_CLASSES = ["AsyncClient", "AsyncSession", "AsyncSessions", "Client", "Session", "Sessions"]
 
 
 def _type_checking_imports() -> set[str]:
@@ -76,11 +82,18 @@ def test_wire_models_and_clients_are_exported() -> None:
     """The SDK, its wire models and the version are importable from the package root."""
     for name in WIRE_MODELS:
         assert getattr(openclaw_orchestrator, name) is getattr(models, name)
-    from openclaw_orchestrator.client import AsyncClient, Client
+    from openclaw_orchestrator import client
 
-    assert openclaw_orchestrator.AsyncClient is AsyncClient
-    assert openclaw_orchestrator.Client is Client
+    for name in SDK_CLASSES:
+        assert getattr(openclaw_orchestrator, name) is getattr(client, name)
     assert openclaw_orchestrator.__version__ == __version__
+
+
+def test_session_errors_are_exported() -> None:
+    """``except SessionExistsError`` / ``SessionClosedError`` work from the package root."""
+    assert openclaw_orchestrator.SessionExistsError is errors.SessionExistsError
+    assert openclaw_orchestrator.SessionClosedError is errors.SessionClosedError
+    assert issubclass(openclaw_orchestrator.SessionExistsError, errors.ConflictError)
 
 
 def test_unknown_attribute_raises_attribute_error() -> None:
@@ -105,7 +118,9 @@ def test_package_import_is_light() -> None:
 
 def test_sdk_import_skips_server_and_cli() -> None:
     """Using the SDK never imports fastapi, uvicorn, typer or rich."""
-    loaded = _modules_after("from openclaw_orchestrator import AsyncClient, Client")
+    loaded = _modules_after(
+        "from openclaw_orchestrator import AsyncClient, AsyncSession, Client, Session, SessionInfo"
+    )
     assert "aiohttp" in loaded
     assert not loaded & {"fastapi", "uvicorn", "typer", "rich"}
 

@@ -1,7 +1,8 @@
 """openclaw-orchestrator: delegate tasks to named agent instances, from Python or the shell.
 
-The public surface is the SDK: :class:`AsyncClient` and its synchronous facade :class:`Client`,
-the wire models they return, and the error tree they raise. Names are loaded on first use
+The public surface is the SDK: :class:`AsyncClient` and its synchronous facade :class:`Client`
+(with their session namespaces and handles), the wire models they return, and the error tree
+they raise. Names are loaded on first use
 (PEP 562), so ``import openclaw_orchestrator`` — and with it every run of the ``openclaw``
 command, most of which only hand over to the real OpenClaw CLI — costs almost nothing;
 type checkers read the imports below.
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from .__about__ import __version__
 
 if TYPE_CHECKING:
-    from .client import AsyncClient, Client
+    from .client import AsyncClient, AsyncSession, AsyncSessions, Client, Session, Sessions
     from .errors import (
         AggregationError,
         ConflictError,
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
         NotFoundError,
         OrchestratorError,
         PayloadTooLargeError,
+        SessionClosedError,
+        SessionExistsError,
         TimeoutExceededError,
         UnauthorizedError,
     )
@@ -38,10 +41,15 @@ if TYPE_CHECKING:
         FanoutEntry,
         FanoutResult,
         HealthDetail,
+        HistoryEntry,
+        HistoryPage,
         InstanceInfo,
         InstanceSpec,
         RouteResult,
+        SendResult,
+        SessionInfo,
         Skip,
+        SpawnResult,
         TargetExpr,
     )
     from .settings import ConfigError
@@ -49,6 +57,8 @@ if TYPE_CHECKING:
 __all__ = [
     "AggregationError",
     "AsyncClient",
+    "AsyncSession",
+    "AsyncSessions",
     "Attempt",
     "Client",
     "ConfigError",
@@ -58,6 +68,8 @@ __all__ = [
     "FanoutResult",
     "ForbiddenError",
     "HealthDetail",
+    "HistoryEntry",
+    "HistoryPage",
     "InstanceDownError",
     "InstanceError",
     "InstanceInfo",
@@ -70,7 +82,14 @@ __all__ = [
     "OrchestratorError",
     "PayloadTooLargeError",
     "RouteResult",
+    "SendResult",
+    "Session",
+    "SessionClosedError",
+    "SessionExistsError",
+    "SessionInfo",
+    "Sessions",
     "Skip",
+    "SpawnResult",
     "TargetExpr",
     "TimeoutExceededError",
     "UnauthorizedError",

@@ -11,16 +11,22 @@ Transport failures are translated in one place, :func:`_map_transport_errors`::
 
 The client-side HTTP deadline is the request's own ``timeout`` plus :data:`DEFAULT_TIMEOUT_MARGIN`,
 so the server's 504 (with its partial results) arrives before the client gives up.
+
+Sessions live under ``client.sessions`` (:class:`AsyncSessions`): calls made there carry the
+client's API key, while a handle (:class:`AsyncSession`) that holds a session token sends that
+token instead, so a program given only a token needs no key. The sync :class:`Client`,
+:class:`Sessions` and :class:`Session` drive the same objects on a private loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import builtins
 import os
 import re
 import socket
 from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeAlias, TypeVar
@@ -34,23 +40,57 @@ from .__about__ import __version__
 from .domain.duration import parse_duration
 from .errors import (
     ConnectionFailedError,
+    InvalidRequestError,
+    NotFoundError,
     OrchestratorError,
+    SessionClosedError,
     TimeoutExceededError,
+    UnauthorizedError,
     error_from_body,
 )
-from .models import FanoutEntry, FanoutResult, HealthDetail, InstanceInfo, RouteResult, TargetExpr
+from .models import (
+    SESSION_ID_PATTERN,
+    FailoverMode,
+    FanoutEntry,
+    FanoutResult,
+    HealthDetail,
+    HistoryEntry,
+    HistoryPage,
+    InstanceInfo,
+    RouteResult,
+    SendResult,
+    SessionInfo,
+    SessionList,
+    SessionState,
+    SpawnResult,
+    TargetExpr,
+)
 from .settings import load_client_settings
 
-__all__ = ["DEFAULT_TIMEOUT", "DEFAULT_TIMEOUT_MARGIN", "AsyncClient", "Client"]
+__all__ = [
+    "DEFAULT_HISTORY_PAGE",
+    "DEFAULT_TIMEOUT",
+    "DEFAULT_TIMEOUT_MARGIN",
+    "AsyncClient",
+    "AsyncSession",
+    "AsyncSessions",
+    "Client",
+    "Session",
+    "Sessions",
+]
 
 DEFAULT_TIMEOUT = 60.0
 """Seconds a call without its own ``timeout`` may take (above the server's default of 30 s)."""
 DEFAULT_TIMEOUT_MARGIN = 5.0
 """Seconds the client waits beyond a request's own ``timeout`` for the server's answer."""
+DEFAULT_HISTORY_PAGE = 100
+"""Entries per page of a session's history (the server takes 1 to 1000)."""
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _USER_AGENT = f"openclaw-orchestrator-sdk/{__version__}"
 _USERINFO = re.compile(r"//[^/@]*@")
+_SESSION_ID = re.compile(SESSION_ID_PATTERN)
+SESSIONS_PATH = "/api/orchestrator/sessions"
 
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
@@ -156,6 +196,7 @@ class AsyncClient:
         self._session = session
         self._owns_session = session is None
         self._closed = False
+        self._sessions = AsyncSessions(self)
 
     async def __aenter__(self) -> Self:
         return self
@@ -175,6 +216,11 @@ class AsyncClient:
     def is_closed(self) -> bool:
         """Whether :meth:`aclose` was called; a closed client refuses every call."""
         return self._closed
+
+    @property
+    def sessions(self) -> AsyncSessions:
+        """Stateful conversations pinned to one instance: spawn, send, history, close."""
+        return self._sessions
 
     async def aclose(self) -> None:
         """Close the pooled session (unless it was passed in). Safe to call twice."""
@@ -360,16 +406,21 @@ class AsyncClient:
         params: Mapping[str, str] | None = None,
         deadline: float | None = None,
         idempotency_key: str | None = None,
+        token: str | None = None,
     ) -> Any:
-        """Send one request and return its decoded JSON; every failure is an OrchestratorError."""
+        """Send one request and return its decoded JSON; every failure is an OrchestratorError.
+
+        ``token`` (a session token) replaces the client's API key for this request only.
+        """
         session = self._ensure_session()
+        headers = self._request_headers(idempotency_key, has_body=body is not None, token=token)
         with self._map_transport_errors(deadline):
             async with session.request(
                 method,
                 f"{self.url}{path}",
                 data=None if body is None else orjson.dumps(body),
                 params=params,
-                headers=self._request_headers(idempotency_key, has_body=body is not None),
+                headers=headers,
                 timeout=self._client_timeout(deadline),
             ) as response:
                 raw = await response.read()
@@ -383,8 +434,12 @@ class AsyncClient:
                 upstream_status=response.status,
             ) from exc
 
-    def _request_headers(self, idempotency_key: str | None, *, has_body: bool) -> dict[str, str]:
+    def _request_headers(
+        self, idempotency_key: str | None, *, has_body: bool, token: str | None = None
+    ) -> dict[str, str]:
         headers = dict(self._headers)
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
         if has_body:
             headers["Content-Type"] = "application/json"
         if idempotency_key is not None:
@@ -466,6 +521,270 @@ def _expect_object(data: Any, path: str) -> dict[str, Any]:
     return data
 
 
+def _session_path(session_id: str, *suffix: str) -> str:
+    """``/api/orchestrator/sessions/<id>[/suffix]``; an id the server would refuse fails here."""
+    if not isinstance(session_id, str) or not _SESSION_ID.match(session_id):
+        raise InvalidRequestError(
+            f"session_id: {session_id!r} is not a session id (letters, digits, '._:-', "
+            "starting with a letter or digit, at most 128)",
+            field="session_id",
+        )
+    return "/".join((SESSIONS_PATH, session_id, *suffix))
+
+
+def _check_token(token: str | None) -> str | None:
+    """A usable bearer value or None; the message never repeats the token."""
+    if token is not None and (
+        not isinstance(token, str) or not token or not token.isprintable() or " " in token
+    ):
+        raise ValueError("a session token must be a non-empty string without spaces")
+    return token
+
+
+def _public_info(info: SessionInfo) -> SessionInfo:
+    """``info`` without the token a :class:`SpawnResult` carries (so its repr can be shown)."""
+    if isinstance(info, SpawnResult):
+        return SessionInfo.model_validate(info.model_dump(exclude={"token"}))
+    return info
+
+
+class AsyncSessions:
+    """``client.sessions``: sessions are conversations pinned to one instance, durable in the
+    orchestrator. Calls here use the client's API key; the :class:`AsyncSession` handles that
+    :meth:`spawn` and :meth:`session` return use their session token when they hold one."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} url={_display_url(self._client.url)!r}>"
+
+    async def spawn(
+        self,
+        session_id: str | None = None,
+        *,
+        instance: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        ttl: float | str | None = None,
+        failover: FailoverMode = "none",
+        policy: str | None = None,
+    ) -> AsyncSession:
+        """Create a session (id generated when None) and return its handle, holding the token
+        the server shows this once; :class:`~.errors.SessionExistsError` if the id is taken."""
+        if session_id is not None:
+            _session_path(session_id)
+        body = _body(
+            sessionId=session_id,
+            instance=instance,
+            metadata=None if metadata is None else dict(metadata),
+            ttl=_seconds(ttl, "ttl"),
+            failover=failover,
+            policy=policy,
+        )
+        data = await self._client._request("POST", f"{SESSIONS_PATH}/spawn", body=body)
+        spawned = _parse(SpawnResult, data)
+        return AsyncSession(self, spawned.session_id, token=spawned.token, info=spawned)
+
+    async def send(
+        self,
+        session_id: str,
+        data: Any = None,
+        *,
+        timeout: float | str | None = None,  # server-side deadline
+        idempotency_key: str | None = None,
+    ) -> SendResult:
+        """Deliver ``data`` (``None`` sends ``{}``) to the session's instance, in order; the
+        reply comes back once it is durably recorded."""
+        return await self._send(session_id, data, timeout, idempotency_key, token=None)
+
+    async def history(
+        self, session_id: str, *, offset: int = 0, limit: int = DEFAULT_HISTORY_PAGE
+    ) -> HistoryPage:
+        """One page of the session's history, oldest first; ``next_offset`` is None at the end."""
+        return await self._history(session_id, offset, limit, token=None)
+
+    def iter_history(
+        self, session_id: str, *, offset: int = 0, page_size: int = DEFAULT_HISTORY_PAGE
+    ) -> AsyncGenerator[HistoryEntry, None]:
+        """Every history entry from ``offset`` on, fetching pages of ``page_size`` as needed."""
+        return self._iter_history(session_id, offset, page_size, token=None)
+
+    async def list(
+        self,
+        *,
+        instance: str | None = None,
+        state: SessionState | None = None,
+        active_within: float | None = None,  # minutes
+    ) -> builtins.list[SessionInfo]:
+        """Sessions, filtered by instance, state and activity within the last N minutes."""
+        params = _body(
+            instance=instance,
+            state=state,
+            active_within=None if active_within is None else f"{active_within:g}",
+        )
+        data = await self._client._request("GET", SESSIONS_PATH, params=params)
+        return _parse(SessionList, data).sessions
+
+    async def get(self, session_id: str) -> SessionInfo:
+        """One session's state; :class:`~.errors.NotFoundError` when it is unknown."""
+        return await self._get(session_id, token=None)
+
+    async def close(self, session_id: str) -> SessionInfo:
+        """Close the session (after any send in flight); closing it again is harmless."""
+        return await self._close(session_id, token=None)
+
+    def session(self, session_id: str, token: str | None = None) -> AsyncSession:
+        """A handle to an existing session, without a request; with ``token`` its calls send
+        that token instead of the client's API key."""
+        _session_path(session_id)
+        return AsyncSession(self, session_id, token=_check_token(token))
+
+    # -- shared by the namespace (API key) and the handles (their token) -------------------
+
+    async def _send(
+        self,
+        session_id: str,
+        data: Any,
+        timeout: float | str | None,
+        idempotency_key: str | None,
+        *,
+        token: str | None,
+    ) -> SendResult:
+        deadline = _seconds(timeout, "timeout")
+        reply = await self._client._request(
+            "POST",
+            _session_path(session_id, "send"),
+            body=_body(data={} if data is None else data, timeout=deadline),
+            deadline=deadline,
+            idempotency_key=idempotency_key,
+            token=token,
+        )
+        return _parse(SendResult, reply)
+
+    async def _history(
+        self, session_id: str, offset: int, limit: int, *, token: str | None
+    ) -> HistoryPage:
+        path = _session_path(session_id, "history")
+        params = {"offset": str(offset), "limit": str(limit)}
+        data = await self._client._request("GET", path, params=params, token=token)
+        return _parse(HistoryPage, data)
+
+    async def _iter_history(
+        self, session_id: str, offset: int, page_size: int, *, token: str | None
+    ) -> AsyncGenerator[HistoryEntry, None]:
+        next_offset: int | None = offset
+        while next_offset is not None:
+            page = await self._history(session_id, next_offset, page_size, token=token)
+            for entry in page.messages:
+                yield entry
+            if page.next_offset is not None and page.next_offset <= next_offset:
+                raise OrchestratorError(
+                    "the orchestrator sent a history page that does not advance"
+                )
+            next_offset = page.next_offset
+
+    async def _get(self, session_id: str, *, token: str | None) -> SessionInfo:
+        data = await self._client._request("GET", _session_path(session_id), token=token)
+        return _parse(SessionInfo, data)
+
+    async def _close(self, session_id: str, *, token: str | None) -> SessionInfo:
+        path = _session_path(session_id, "close")
+        data = await self._client._request("POST", path, token=token)
+        return _parse(SessionInfo, data)
+
+
+class AsyncSession:
+    """A handle to one session: ``send``, ``history``, ``close``; ``async with`` closes it.
+
+    ``token`` is the session token (None for a handle opened by id with the API key); when
+    set, every call sends it instead of the client's key. It never appears in the repr.
+    ``info`` is the last :class:`SessionInfo` seen (from spawn, :meth:`get` or :meth:`close`),
+    without the token.
+    """
+
+    def __init__(
+        self,
+        sessions: AsyncSessions,
+        session_id: str,
+        *,
+        token: str | None = None,
+        info: SessionInfo | None = None,
+    ) -> None:
+        self._sessions = sessions
+        self._id = session_id
+        self._token = token
+        self.info = None if info is None else _public_info(info)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} id={self._id!r}>"
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Close the session unless it is known closed; already closed or gone is fine."""
+        if self.is_closed:
+            return
+        with suppress(SessionClosedError, NotFoundError, *self._token_refusals()):
+            await self.close()
+
+    @property
+    def id(self) -> str:
+        """The session id."""
+        return self._id
+
+    @property
+    def token(self) -> str | None:
+        """The session token, or None when this handle uses the client's API key."""
+        return self._token
+
+    @property
+    def is_closed(self) -> bool:
+        """Whether the last state seen is ``closed`` or ``expired``."""
+        return self.info is not None and self.info.state != "open"
+
+    async def send(
+        self,
+        data: Any = None,
+        *,
+        timeout: float | str | None = None,  # server-side deadline
+        idempotency_key: str | None = None,
+    ) -> SendResult:
+        """See :meth:`AsyncSessions.send`."""
+        return await self._sessions._send(
+            self._id, data, timeout, idempotency_key, token=self._token
+        )
+
+    async def history(self, *, offset: int = 0, limit: int = DEFAULT_HISTORY_PAGE) -> HistoryPage:
+        """See :meth:`AsyncSessions.history`."""
+        return await self._sessions._history(self._id, offset, limit, token=self._token)
+
+    def iter_history(
+        self, *, offset: int = 0, page_size: int = DEFAULT_HISTORY_PAGE
+    ) -> AsyncGenerator[HistoryEntry, None]:
+        """See :meth:`AsyncSessions.iter_history`."""
+        return self._sessions._iter_history(self._id, offset, page_size, token=self._token)
+
+    async def get(self) -> SessionInfo:
+        """The session's current state (also kept in :attr:`info`)."""
+        self.info = await self._sessions._get(self._id, token=self._token)
+        return self.info
+
+    async def close(self) -> SessionInfo:
+        """Close the session; the closed :class:`SessionInfo` is kept in :attr:`info`."""
+        self.info = await self._sessions._close(self._id, token=self._token)
+        return self.info
+
+    def _token_refusals(self) -> tuple[type[OrchestratorError], ...]:
+        """A token stops granting anything once its session is closed or expired (401)."""
+        return (UnauthorizedError,) if self._token is not None else ()
+
+
 class Client:
     """Synchronous facade over :class:`AsyncClient`, driving it on a private event loop.
 
@@ -483,6 +802,7 @@ class Client:
     ) -> None:
         self._client = AsyncClient(url, api_key, timeout=timeout, config=config)
         self._loop = asyncio.new_event_loop()
+        self._sessions = Sessions(self)
 
     def __enter__(self) -> Self:
         return self
@@ -507,6 +827,11 @@ class Client:
     def is_closed(self) -> bool:
         """Whether :meth:`close` was called."""
         return self._loop.is_closed()
+
+    @property
+    def sessions(self) -> Sessions:
+        """See :attr:`AsyncClient.sessions`; the same calls, synchronous."""
+        return self._sessions
 
     def close(self) -> None:
         """Close the session and the private loop. Safe to call twice."""
@@ -596,16 +921,7 @@ class Client:
             retry=retry,
             idempotency_key=idempotency_key,
         )
-        try:
-            while True:
-                try:
-                    item = self._run(stream.__anext__())
-                except StopAsyncIteration:
-                    return
-                yield item
-        finally:
-            if not self._loop.is_closed():
-                self._loop.run_until_complete(stream.aclose())
+        return self._iterate(stream)
 
     def health(self, instances: TargetExpr | None = None) -> dict[str, str]:
         """See :meth:`AsyncClient.health`."""
@@ -653,6 +969,19 @@ class Client:
         """See :meth:`AsyncClient.unregister`."""
         self._run(self._client.unregister(name))
 
+    def _iterate(self, stream: AsyncGenerator[T, None]) -> Iterator[T]:
+        """Drive ``stream`` one item per ``next()`` on the private loop; closed when done."""
+        try:
+            while True:
+                try:
+                    item = self._run(stream.__anext__())
+                except StopAsyncIteration:
+                    return
+                yield item
+        finally:
+            if not self._loop.is_closed():
+                self._loop.run_until_complete(stream.aclose())
+
     def _run(self, awaitable: Coroutine[Any, Any, T]) -> T:
         """Drive ``awaitable`` to completion on the private loop."""
         if self._loop.is_closed():
@@ -672,3 +1001,162 @@ def _in_running_loop() -> bool:
     except RuntimeError:
         return False
     return True
+
+
+class Sessions:
+    """``Client.sessions``: :class:`AsyncSessions` driven on the client's private loop."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} url={_display_url(self._client.url)!r}>"
+
+    @property
+    def _async(self) -> AsyncSessions:
+        return self._client._client.sessions
+
+    def spawn(
+        self,
+        session_id: str | None = None,
+        *,
+        instance: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        ttl: float | str | None = None,
+        failover: FailoverMode = "none",
+        policy: str | None = None,
+    ) -> Session:
+        """See :meth:`AsyncSessions.spawn`."""
+        handle = self._client._run(
+            self._async.spawn(
+                session_id,
+                instance=instance,
+                metadata=metadata,
+                ttl=ttl,
+                failover=failover,
+                policy=policy,
+            )
+        )
+        return Session(self._client, handle)
+
+    def send(
+        self,
+        session_id: str,
+        data: Any = None,
+        *,
+        timeout: float | str | None = None,
+        idempotency_key: str | None = None,
+    ) -> SendResult:
+        """See :meth:`AsyncSessions.send`."""
+        return self._client._run(
+            self._async.send(session_id, data, timeout=timeout, idempotency_key=idempotency_key)
+        )
+
+    def history(
+        self, session_id: str, *, offset: int = 0, limit: int = DEFAULT_HISTORY_PAGE
+    ) -> HistoryPage:
+        """See :meth:`AsyncSessions.history`."""
+        return self._client._run(self._async.history(session_id, offset=offset, limit=limit))
+
+    def iter_history(
+        self, session_id: str, *, offset: int = 0, page_size: int = DEFAULT_HISTORY_PAGE
+    ) -> Iterator[HistoryEntry]:
+        """See :meth:`AsyncSessions.iter_history`; pages are fetched as you iterate."""
+        stream = self._async.iter_history(session_id, offset=offset, page_size=page_size)
+        return self._client._iterate(stream)
+
+    def list(
+        self,
+        *,
+        instance: str | None = None,
+        state: SessionState | None = None,
+        active_within: float | None = None,
+    ) -> builtins.list[SessionInfo]:
+        """See :meth:`AsyncSessions.list`."""
+        return self._client._run(
+            self._async.list(instance=instance, state=state, active_within=active_within)
+        )
+
+    def get(self, session_id: str) -> SessionInfo:
+        """See :meth:`AsyncSessions.get`."""
+        return self._client._run(self._async.get(session_id))
+
+    def close(self, session_id: str) -> SessionInfo:
+        """See :meth:`AsyncSessions.close`."""
+        return self._client._run(self._async.close(session_id))
+
+    def session(self, session_id: str, token: str | None = None) -> Session:
+        """See :meth:`AsyncSessions.session`."""
+        return Session(self._client, self._async.session(session_id, token))
+
+
+class Session:
+    """A handle to one session (see :class:`AsyncSession`); ``with`` closes it on exit."""
+
+    def __init__(self, client: Client, handle: AsyncSession) -> None:
+        self._client = client
+        self._handle = handle
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} id={self.id!r}>"
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._client._run(self._handle.__aexit__(exc_type, exc, tb))
+
+    @property
+    def id(self) -> str:
+        """The session id."""
+        return self._handle.id
+
+    @property
+    def token(self) -> str | None:
+        """The session token, or None when this handle uses the client's API key."""
+        return self._handle.token
+
+    @property
+    def info(self) -> SessionInfo | None:
+        """The last :class:`SessionInfo` seen, without the token."""
+        return self._handle.info
+
+    @property
+    def is_closed(self) -> bool:
+        """Whether the last state seen is ``closed`` or ``expired``."""
+        return self._handle.is_closed
+
+    def send(
+        self,
+        data: Any = None,
+        *,
+        timeout: float | str | None = None,
+        idempotency_key: str | None = None,
+    ) -> SendResult:
+        """See :meth:`AsyncSessions.send`."""
+        return self._client._run(
+            self._handle.send(data, timeout=timeout, idempotency_key=idempotency_key)
+        )
+
+    def history(self, *, offset: int = 0, limit: int = DEFAULT_HISTORY_PAGE) -> HistoryPage:
+        """See :meth:`AsyncSessions.history`."""
+        return self._client._run(self._handle.history(offset=offset, limit=limit))
+
+    def iter_history(
+        self, *, offset: int = 0, page_size: int = DEFAULT_HISTORY_PAGE
+    ) -> Iterator[HistoryEntry]:
+        """See :meth:`AsyncSessions.iter_history`; pages are fetched as you iterate."""
+        return self._client._iterate(self._handle.iter_history(offset=offset, page_size=page_size))
+
+    def get(self) -> SessionInfo:
+        """See :meth:`AsyncSession.get`."""
+        return self._client._run(self._handle.get())
+
+    def close(self) -> SessionInfo:
+        """See :meth:`AsyncSession.close`."""
+        return self._client._run(self._handle.close())

@@ -277,7 +277,9 @@ class SessionInfo(_Wire):
 class SpawnResult(SessionInfo):
     """The reply of a spawn: the session, plus its token (shown this once)."""
 
-    token: str = Field(description="Credential for this session only: send, history, close.")
+    token: str = Field(
+        repr=False, description="Credential for this session only: send, history, close."
+    )
 
 
 class SendRequest(_Wire):

@@ -17,7 +17,7 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 import orjson
@@ -36,9 +36,16 @@ from openclaw_orchestrator.cli.main import (
     cluster_names,
     exit_code_for,
 )
-from openclaw_orchestrator.client import DEFAULT_TIMEOUT_MARGIN, AsyncClient, Client
+from openclaw_orchestrator.client import (
+    DEFAULT_TIMEOUT_MARGIN,
+    AsyncClient,
+    AsyncSession,
+    Client,
+    Session,
+)
 from openclaw_orchestrator.errors import (
     AggregationError,
+    ConflictError,
     ConnectionFailedError,
     ForbiddenError,
     InstanceDownError,
@@ -47,6 +54,8 @@ from openclaw_orchestrator.errors import (
     NoHealthyInstanceError,
     NotFoundError,
     OrchestratorError,
+    SessionClosedError,
+    SessionExistsError,
     TimeoutExceededError,
     UnauthorizedError,
 )
@@ -56,11 +65,18 @@ from openclaw_orchestrator.models import (
     FanoutRequest,
     FanoutResult,
     HealthDetail,
+    HistoryEntry,
+    HistoryPage,
     InstanceInfo,
     InstanceSpec,
     RouteRequest,
     RouteResult,
+    SendRequest,
+    SendResult,
+    SessionInfo,
     Skip,
+    SpawnRequest,
+    SpawnResult,
 )
 from openclaw_orchestrator.settings import ConfigError
 
@@ -201,6 +217,9 @@ def _text(renderable: RenderableType, *, styles: bool = False) -> str:
         (InstanceDownError("x"), ExitCode.TASK_FAILED),
         (AggregationError("x"), ExitCode.TASK_FAILED),
         (NotFoundError("x"), ExitCode.TASK_FAILED),
+        (SessionExistsError("x"), ExitCode.TASK_FAILED),
+        (SessionClosedError("x"), ExitCode.TASK_FAILED),
+        (ConflictError("x"), ExitCode.TASK_FAILED),
         (OrchestratorError("x"), ExitCode.TASK_FAILED),
         (OSError(98, "Address already in use"), ExitCode.TASK_FAILED),
         (ValueError("x"), None),
@@ -798,3 +817,460 @@ async def test_sync_client_refuses_a_running_loop(closed_url: str) -> None:
     with Client(closed_url) as client:
         with pytest.raises(RuntimeError, match="use AsyncClient"):
             client.health()
+
+
+# -- sessions: models, rendering, SDK and CLI against canned replies -------------------------
+
+TOKEN = "ocs_never-shown-0123456789abcdef"
+WHEN = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+S = "/api/orchestrator/sessions"
+
+
+def _session_info(**overrides: Any) -> SessionInfo:
+    fields: dict[str, Any] = {
+        "session_id": "session1",
+        "instance": "A",
+        "state": "open",
+        "metadata": {"user": "u1"},
+        "ttl": 3600.0,
+        "failover": "none",
+        "created_at": WHEN,
+        "last_active_at": WHEN,
+        "expires_at": datetime(2026, 1, 2, 4, 4, 5, tzinfo=UTC),
+        "messages": 2,
+    }
+    return SessionInfo(**(fields | overrides))
+
+
+def _spawned(**overrides: Any) -> SpawnResult:
+    return SpawnResult(**_session_info(**overrides).model_dump(), token=TOKEN)
+
+
+def _sent(**overrides: Any) -> SendResult:
+    fields: dict[str, Any] = {
+        "session_id": "session1",
+        "seq": 3,
+        "instance": "B",
+        "reply": {"answer": 42},
+        "latency_ms": 7.5,
+        "request_id": "req-9",
+    }
+    return SendResult(**(fields | overrides))
+
+
+def _entry(seq: int, kind: Literal["message", "migration"] = "message") -> HistoryEntry:
+    return HistoryEntry(
+        seq=seq,
+        kind=kind,
+        data={"n": seq} if kind == "message" else {"from": "A", "to": "B"},
+        reply={"ok": seq} if kind == "message" else None,
+        instance="A",
+        latency_ms=1.0,
+        created_at=WHEN,
+    )
+
+
+def _page(entries: list[HistoryEntry], offset: int, total: int, limit: int) -> HistoryPage:
+    end = offset + len(entries)
+    return HistoryPage(
+        session_id="session1",
+        messages=entries,
+        total=total,
+        offset=offset,
+        limit=limit,
+        next_offset=end if end < total else None,
+    )
+
+
+def _model_reply(model: Any, status: int = 200) -> Handler:
+    return _json_reply(model.model_dump(mode="json"), status)
+
+
+def test_session_view_shows_the_token_once_with_the_notice() -> None:
+    """Table mode for a spawn: the session's fields, then `token: … (keep it: …)`."""
+    text = _text(render.session_view(_spawned(), token=TOKEN))
+    assert "session1" in text
+    assert "2026-01-02 03:04:05" in text
+    assert '{"user":"u1"}' in text
+    assert f"token: {TOKEN} (keep it: it is shown once)" in text
+    assert TOKEN not in _text(render.session_view(_spawned()))
+
+
+def test_session_view_colors_the_state() -> None:
+    """Session states are colored: open green, expired yellow."""
+    assert "\x1b[32mopen" in _text(render.session_view(_session_info()), styles=True)
+    expired = _session_info(state="expired", expires_at=None)
+    assert "\x1b[33mexpired" in _text(render.session_view(expired), styles=True)
+
+
+def test_send_view_shows_seq_instance_reply_latency_and_migration() -> None:
+    """Table mode for a send: message number, instance, latency, reply, and a migration."""
+    text = _text(render.send_view(_sent(migrated_from="A", replayed=True)))
+    assert "message #3 of session1 on B in 7.5 ms" in text
+    assert "migrated from A" in text
+    assert "replayed" in text
+    assert '"answer": 42' in text
+    assert "request req-9" in text
+    assert "migrated" not in _text(render.send_view(_sent()))
+
+
+def test_history_view_lists_entries_and_position() -> None:
+    """Table mode for history: seq, kind, instance, time, data and reply summaries, paging."""
+    page = _page([_entry(1), _entry(2, "migration")], offset=0, total=5, limit=2)
+    text = _text(render.history_view(page))
+    assert '{"n":1}' in text
+    assert '{"ok":1}' in text
+    assert "migration" in text
+    assert "2026-01-02 03:04:05" in text
+    assert "2 of 5 from offset 0; next offset 2" in text
+    last = _text(render.history_view(_page([_entry(5)], offset=4, total=5, limit=2)))
+    assert "1 of 5 from offset 4; end" in last
+
+
+def test_sessions_view_has_one_row_per_session_and_no_token() -> None:
+    """The session list shows id, instance, state and counts; JSON mode is the model dump."""
+    infos = [_session_info(), _session_info(session_id="s2", instance="C", state="closed")]
+    text = _text(render.sessions_view(infos))
+    assert "session1" in text
+    assert "s2" in text
+    assert "closed" in text
+    assert orjson.loads(render.to_json(infos))[1]["instance"] == "C"
+
+
+def test_session_handles_never_show_the_token() -> None:
+    """AsyncSession/Session reprs name the id only; their info carries no token."""
+    client = AsyncClient("http://127.0.0.1:1", api_key=SECRET)
+    handle = AsyncSession(client.sessions, "session1", token=TOKEN, info=_spawned())
+    assert repr(handle) == "<AsyncSession id='session1'>"
+    assert handle.token == TOKEN
+    assert type(handle.info) is SessionInfo
+    assert TOKEN not in repr(handle.info)
+    with Client("http://127.0.0.1:1") as sync:
+        session = sync.sessions.session("session1", token=TOKEN)
+        assert repr(session) == "<Session id='session1'>"
+        assert session.token == TOKEN
+        assert session.info is None
+        assert repr(sync.sessions) == "<Sessions url='http://127.0.0.1:1'>"
+
+
+def test_session_handle_checks_id_and_token_without_echoing_the_token() -> None:
+    """A malformed id is invalid_request naming session_id; a bad token is a ValueError."""
+    sessions = AsyncClient("http://127.0.0.1:1").sessions
+    with pytest.raises(InvalidRequestError, match="session_id") as info:
+        sessions.session("../admin")
+    assert info.value.field == "session_id"
+    with pytest.raises(ValueError, match="session token") as bad:
+        sessions.session("s1", token="has a space ocs_secret")
+    assert "ocs_secret" not in str(bad.value)
+
+
+async def test_sdk_session_calls_use_the_api_paths_and_bodies(
+    canned: Callable[[str, str, Handler], str],
+) -> None:
+    """spawn/send/list/get/close send the documented paths, bodies and query parameters."""
+    seen: dict[str, Any] = {}
+
+    def recording(name: str, reply: Handler) -> Handler:
+        async def handler(request: web.Request) -> web.StreamResponse:
+            raw = await request.read()
+            seen[name] = {
+                "body": orjson.loads(raw) if raw else None,
+                "query": dict(request.query),
+                "auth": request.headers.get("Authorization"),
+                "key": request.headers.get("Idempotency-Key"),
+            }
+            return await reply(request)
+
+        return handler
+
+    canned("POST", f"{S}/spawn", recording("spawn", _model_reply(_spawned(), 201)))
+    canned("POST", f"{S}/session1/send", recording("send", _model_reply(_sent())))
+    canned(
+        "GET",
+        S,
+        recording("list", _json_reply({"sessions": [_session_info().model_dump(mode="json")]})),
+    )
+    canned("GET", f"{S}/session1", recording("get", _model_reply(_session_info())))
+    closed = _session_info(state="closed", closed_at=WHEN, expires_at=None)
+    url = canned("POST", f"{S}/session1/close", recording("close", _model_reply(closed)))
+    async with AsyncClient(url, api_key=SECRET) as client:
+        session = await client.sessions.spawn(
+            "session1", instance="A", metadata={"user": "u1"}, ttl="1h", failover="migrate"
+        )
+        assert (session.id, session.token, session.info) == ("session1", TOKEN, _session_info())
+        sent = await client.sessions.send(
+            "session1", {"k": "v"}, timeout="10s", idempotency_key="i"
+        )
+        listed = await client.sessions.list(instance="A", state="open", active_within=5)
+        assert await client.sessions.get("session1") == _session_info()
+        assert (await client.sessions.close("session1")).state == "closed"
+    assert sent == _sent()
+    assert listed == [_session_info()]
+    assert seen["spawn"]["body"] == {
+        "sessionId": "session1",
+        "instance": "A",
+        "metadata": {"user": "u1"},
+        "ttl": 3600.0,
+        "failover": "migrate",
+    }
+    assert SpawnRequest.model_validate(seen["spawn"]["body"]).session_id == "session1"
+    assert seen["send"]["body"] == {"data": {"k": "v"}, "timeout": 10.0}
+    assert set(seen["send"]["body"]) <= set(SendRequest.model_fields)
+    assert seen["send"]["key"] == "i"
+    assert seen["list"]["query"] == {"instance": "A", "state": "open", "active_within": "5"}
+    assert {call["auth"] for call in seen.values()} == {f"Bearer {SECRET}"}
+
+
+async def test_session_handle_sends_its_token_instead_of_the_key(
+    canned: Callable[[str, str, Handler], str],
+) -> None:
+    """A handle holding a token authenticates with it; the namespace keeps the API key."""
+    auths: list[str | None] = []
+
+    async def send(request: web.Request) -> web.StreamResponse:
+        auths.append(request.headers.get("Authorization"))
+        return web.json_response(_sent().model_dump(mode="json"))
+
+    url = canned("POST", f"{S}/session1/send", send)
+    async with AsyncClient(url, api_key=SECRET) as client:
+        await client.sessions.session("session1", token=TOKEN).send()
+        await client.sessions.session("session1").send()
+        await client.sessions.send("session1")
+    async with AsyncClient(url) as keyless:
+        await keyless.sessions.session("session1", token=TOKEN).send({"x": 1})
+    assert auths == [f"Bearer {TOKEN}", f"Bearer {SECRET}", f"Bearer {SECRET}", f"Bearer {TOKEN}"]
+
+
+async def test_forbidden_token_error_does_not_echo_the_token(
+    canned: Callable[[str, str, Handler], str],
+) -> None:
+    """A 403 for a token used on another session is ForbiddenError without the token."""
+    envelope = {"error": {"code": "forbidden", "message": "this token does not grant that"}}
+    url = canned("POST", f"{S}/other/send", _json_reply(envelope, status=403))
+    async with AsyncClient(url) as client:
+        with pytest.raises(ForbiddenError) as info:
+            await client.sessions.session("other", token=TOKEN).send({"x": 1})
+    assert TOKEN not in str(info.value)
+    assert TOKEN not in repr(info.value)
+    assert exit_code_for(info.value) == ExitCode.AUTH
+
+
+async def test_iter_history_follows_next_offset(
+    canned: Callable[[str, str, Handler], str],
+) -> None:
+    """iter_history asks page after page until next_offset is null, oldest first."""
+    entries = [_entry(seq) for seq in range(1, 6)]
+    offsets: list[str] = []
+
+    async def history(request: web.Request) -> web.StreamResponse:
+        offset, limit = int(request.query["offset"]), int(request.query["limit"])
+        offsets.append(f"{offset}/{limit}")
+        page = _page(entries[offset : offset + limit], offset=offset, total=5, limit=limit)
+        return web.json_response(page.model_dump(mode="json"))
+
+    url = canned("GET", f"{S}/session1/history", history)
+    async with AsyncClient(url) as client:
+        seen = [e.seq async for e in client.sessions.iter_history("session1", page_size=2)]
+        first = await client.sessions.history("session1", limit=3)
+    assert seen == [1, 2, 3, 4, 5]
+    assert offsets[:3] == ["0/2", "2/2", "4/2"]
+    assert (len(first.messages), first.next_offset) == (3, 3)
+
+
+async def test_history_page_that_does_not_advance_is_an_error(
+    canned: Callable[[str, str, Handler], str],
+) -> None:
+    """A server sending next_offset that does not move forward cannot loop the SDK forever."""
+    stuck = HistoryPage(
+        session_id="session1", messages=[], total=9, offset=0, limit=2, next_offset=0
+    )
+    url = canned("GET", f"{S}/session1/history", _model_reply(stuck))
+    async with AsyncClient(url) as client:
+        with pytest.raises(OrchestratorError, match="does not advance"):
+            _ = [e async for e in client.sessions.iter_history("session1")]
+
+
+@pytest.mark.parametrize("status", [404, 410])
+async def test_async_with_closes_and_tolerates_a_gone_session(
+    canned: Callable[[str, str, Handler], str], status: int
+) -> None:
+    """Leaving `async with` closes the session; already closed (410) or gone (404) is fine."""
+    code = {404: "not_found", 410: "session_closed"}[status]
+    calls: list[str] = []
+
+    async def close(request: web.Request) -> web.StreamResponse:
+        calls.append(request.path)
+        body = {"error": {"code": code, "message": "gone"}}
+        return web.json_response(body, status=status)
+
+    url = canned("POST", f"{S}/session1/close", close)
+    async with AsyncClient(url) as client:
+        async with client.sessions.session("session1") as session:
+            assert isinstance(session, AsyncSession)
+        with pytest.raises(NotFoundError if status == 404 else SessionClosedError):
+            await session.close()
+    assert len(calls) == 2
+
+
+async def test_async_with_skips_close_when_already_closed(
+    canned: Callable[[str, str, Handler], str],
+) -> None:
+    """A handle that closed itself does not close again on exit; a token's 401 is tolerated."""
+    calls: list[str | None] = []
+    closed = _session_info(state="closed", closed_at=WHEN, expires_at=None)
+
+    async def close(request: web.Request) -> web.StreamResponse:
+        calls.append(request.headers.get("Authorization"))
+        if len(calls) > 1:
+            body = {
+                "error": {"code": "unauthorized", "message": "session token is no longer valid"}
+            }
+            return web.json_response(body, status=401)
+        return web.json_response(closed.model_dump(mode="json"))
+
+    url = canned("POST", f"{S}/session1/close", close)
+    async with AsyncClient(url) as client:
+        async with client.sessions.session("session1", token=TOKEN) as session:
+            await session.close()
+            assert session.is_closed
+        async with client.sessions.session("session1", token=TOKEN):
+            pass  # the server answers 401: the token died with its session
+        with pytest.raises(UnauthorizedError):
+            await client.sessions.session("session1").close()
+    assert calls == [f"Bearer {TOKEN}", f"Bearer {TOKEN}", None]
+
+
+async def test_sync_sessions_in_a_worker_thread(
+    canned: Callable[[str, str, Handler], str],
+) -> None:
+    """Client.sessions wraps the async calls on the private loop; Session closes on exit."""
+    closed = _session_info(state="closed", closed_at=WHEN, expires_at=None)
+    pages = [_entry(1), _entry(2), _entry(3)]
+
+    async def history(request: web.Request) -> web.StreamResponse:
+        offset, limit = int(request.query["offset"]), int(request.query["limit"])
+        page = _page(pages[offset : offset + limit], offset=offset, total=3, limit=limit)
+        return web.json_response(page.model_dump(mode="json"))
+
+    canned("POST", f"{S}/spawn", _model_reply(_spawned(), 201))
+    canned("POST", f"{S}/session1/send", _model_reply(_sent()))
+    canned("GET", f"{S}/session1/history", history)
+    url = canned("POST", f"{S}/session1/close", _model_reply(closed))
+
+    def use() -> tuple[Session, list[int], SendResult]:
+        with Client(url) as client, client.sessions.spawn("session1") as session:
+            sent = session.send({"k": "v"})
+            seqs = [entry.seq for entry in session.iter_history(page_size=2)]
+            return session, seqs, sent
+
+    session, seqs, sent = await asyncio.to_thread(use)
+    assert sent == _sent()
+    assert seqs == [1, 2, 3]
+    assert session.is_closed
+    assert session.info == closed
+
+
+def test_sessions_send_data_not_json_exits_2_naming_data() -> None:
+    """sessions_send --data that is not JSON (or an unreadable @file) exits 2 naming --data."""
+    bad_json = CliRunner().invoke(app, ["sessions_send", "--id", "s1", "--data", "{key: 1}"])
+    assert bad_json.exit_code == 2
+    assert "--data" in bad_json.stderr
+    assert "not valid JSON" in bad_json.stderr
+    missing = CliRunner().invoke(app, ["sessions_send", "--id", "s1", "--data", "@/nonexistent"])
+    assert missing.exit_code == 2
+    assert "--data" in missing.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "option"),
+    [
+        (["sessions_spawn", "--metadata", "[1, 2]"], "--metadata"),
+        (["sessions_spawn", "--metadata", "{nope"], "--metadata"),
+        (["sessions_spawn", "--ttl", "forever"], "--ttl"),
+        (["sessions_spawn", "--failover", "teleport"], "--failover"),
+        (["sessions_send", "--data", "{}"], "--id"),
+        (
+            ["sessions_send", "--id", "s1", "--token-env", "OPENCLAW_TEST_UNSET_TOKEN"],
+            "--token-env",
+        ),
+        (["sessions_list", "--state", "sleeping"], "--state"),
+        (["sessions_list", "--active-within", "-1"], "--active-within"),
+        (["sessions_history", "--id", "s1", "--limit", "1001"], "--limit"),
+        (["sessions_history", "--id", "s1", "--offset", "-1"], "--offset"),
+        (["sessions_close", "--id", "s1", "--token", "ocs_x"], "--token"),
+    ],
+)
+def test_session_command_usage_errors_exit_2(argv: list[str], option: str) -> None:
+    """Bad session options exit 2 naming the option; a token is never a plain flag value."""
+    result = CliRunner().invoke(app, [*argv, "--url", "http://127.0.0.1:1"])
+    assert result.exit_code == 2, result.output
+    assert option in result.stderr
+
+
+def test_session_commands_are_spelled_with_underscores() -> None:
+    """The commands are `sessions_spawn`, … exactly as the seed writes them."""
+    result = CliRunner().invoke(app, ["--help"])
+    for name in ("sessions_spawn", "sessions_send", "sessions_list", "sessions_history"):
+        assert name in result.stdout
+    assert "sessions_close" in result.stdout
+    assert "sessions-spawn" not in result.stdout
+
+
+async def test_cli_session_commands_against_canned_replies(
+    canned: Callable[[str, str, Handler], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The commands turn their flags into the SDK calls: spawn body, token by env, --all."""
+    seen: dict[str, Any] = {}
+    pages = [_entry(seq) for seq in range(1, 4)]
+
+    async def spawn(request: web.Request) -> web.StreamResponse:
+        seen.setdefault("spawn", orjson.loads(await request.read()))
+        return web.json_response(_spawned().model_dump(mode="json"), status=201)
+
+    async def send(request: web.Request) -> web.StreamResponse:
+        seen["send"] = (orjson.loads(await request.read()), request.headers.get("Authorization"))
+        return web.json_response(_sent().model_dump(mode="json"))
+
+    async def history(request: web.Request) -> web.StreamResponse:
+        offset, limit = int(request.query["offset"]), int(request.query["limit"])
+        page = _page(pages[offset : offset + limit], offset=offset, total=3, limit=limit)
+        return web.json_response(page.model_dump(mode="json"))
+
+    canned("POST", f"{S}/spawn", spawn)
+    canned("POST", f"{S}/session1/send", send)
+    url = canned("GET", f"{S}/session1/history", history)
+    monkeypatch.setenv("ORCHESTRATOR_API_KEY", SECRET)
+    monkeypatch.setenv("MY_SESSION_TOKEN", TOKEN)
+
+    def run(*argv: str) -> Any:
+        return CliRunner().invoke(app, [*argv, "--url", url])
+
+    spawned, sent, table, everything = [
+        await asyncio.to_thread(run, *argv)
+        for argv in (
+            ["sessions_spawn", "--id", "session1", "--ttl", "1h", "--metadata", '{"u": 1}',
+             "--failover", "migrate", "--instance", "A", "-o", "json"],
+            ["sessions_send", "--id", "session1", "--data", '{"key": "value"}',
+             "--timeout", "10s", "--token-env", "MY_SESSION_TOKEN"],
+            ["sessions_spawn", "--id", "session1", "-o", "table"],
+            ["sessions_history", "--id", "session1", "--all", "--limit", "2"],
+        )
+    ]  # fmt: skip
+    for result in (spawned, sent, table, everything):
+        assert result.exit_code == 0, result.output
+    assert orjson.loads(spawned.stdout) == _spawned().model_dump(mode="json")
+    assert seen["spawn"] == {
+        "sessionId": "session1",
+        "instance": "A",
+        "metadata": {"u": 1},
+        "ttl": 3600.0,
+        "failover": "migrate",
+    }
+    assert orjson.loads(sent.stdout) == _sent().model_dump(mode="json")
+    assert seen["send"] == ({"data": {"key": "value"}, "timeout": 10.0}, f"Bearer {TOKEN}")
+    assert f"token: {TOKEN} (keep it: it is shown once)" in table.stdout
+    whole = orjson.loads(everything.stdout)
+    assert [m["seq"] for m in whole["messages"]] == [1, 2, 3]
+    assert (whole["total"], whole["next_offset"]) == (3, None)
+    assert SECRET not in spawned.output + sent.output + everything.output
+    assert TOKEN not in sent.output + everything.output

@@ -33,7 +33,8 @@ usage: openclaw orchestrator <command> [options]
        openclaw <other command> ...
 
   openclaw orchestrator --help   route, fanout, health, instances, register, unregister,
-                                 serve, up, instance serve
+                                 sessions_spawn, sessions_send, sessions_list,
+                                 sessions_history, sessions_close, serve, up, instance serve
   openclaw <anything else>       handed over to the OpenClaw CLI: {target}
 """
 

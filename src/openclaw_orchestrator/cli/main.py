@@ -6,9 +6,11 @@ call and hands the result to :mod:`.render`. Failures leave through one exit,
 exits with the code :func:`exit_code_for` finds in :data:`EXIT_CODES`:
 
     0  ok (a fanout with failed entries is still ok unless min_success was unmet)
-    1  the task failed: any other OrchestratorError (instance_error, no_healthy_instance, ...)
-    2  usage or configuration: bad options, bad --payload JSON, ConfigError, invalid_request
-    3  authentication: unauthorized, forbidden
+    1  the task failed: any other OrchestratorError (instance_error, no_healthy_instance,
+       not_found, session_exists, session_closed, ...)
+    2  usage or configuration: bad options, bad --payload/--data JSON, ConfigError,
+       invalid_request
+    3  authentication: unauthorized, forbidden (e.g. a session token used on another session)
     4  the orchestrator is unreachable or the deadline passed: connection_failed, timeout
 
 The SDK, Rich and the server modules are imported inside the commands, so ``--help`` and
@@ -31,7 +33,8 @@ from typer.core import TyperGroup
 if TYPE_CHECKING:
     from rich.console import RenderableType
 
-    from ..client import Client
+    from ..client import Client, Session
+    from ..models import HistoryPage, SpawnResult
 
 __all__ = ["EXIT_CODES", "ExitCode", "Output", "app", "exit_code_for"]
 
@@ -54,6 +57,9 @@ EXIT_CODES: dict[str, ExitCode] = {
     "InvalidRequestError": ExitCode.USAGE,
     "InstanceRejectedError": ExitCode.USAGE,
     "ConfigError": ExitCode.USAGE,
+    "NotFoundError": ExitCode.TASK_FAILED,
+    "SessionExistsError": ExitCode.TASK_FAILED,
+    "SessionClosedError": ExitCode.TASK_FAILED,
     "OrchestratorError": ExitCode.TASK_FAILED,
     "OSError": ExitCode.TASK_FAILED,
 }
@@ -100,7 +106,7 @@ _SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 app = typer.Typer(
     cls=_Commands,
     name="openclaw-orchestrator",
-    help="Delegate tasks to named agent instances: route, fan out, health, cluster.",
+    help="Delegate tasks to named agent instances: route, fan out, sessions, health, cluster.",
     no_args_is_help=True,
     add_completion=False,
     context_settings=_SETTINGS,
@@ -120,6 +126,21 @@ class Output(StrEnum):
 
     json = "json"
     table = "table"
+
+
+class Failover(StrEnum):
+    """What a session does when its instance is down."""
+
+    none = "none"
+    migrate = "migrate"
+
+
+class SessionState(StrEnum):
+    """The states ``sessions_list --state`` filters on."""
+
+    open = "open"
+    closed = "closed"
+    expired = "expired"
 
 
 def _duration(value: str) -> float:
@@ -192,19 +213,35 @@ def _client(url: str | None, config: Path | None) -> Client:
 
 def _payload(text: str) -> Any:
     """The ``--payload`` value as JSON: inline, ``@file`` or ``-`` (stdin)."""
+    return _json_option(text, "--payload")
+
+
+def _json_option(text: str, option: str) -> Any:
+    """A JSON option's value: inline, ``@file`` or ``-`` (stdin); usage errors name ``option``."""
     import orjson
 
+    hint = f"'{option}'"
     try:
         if text == "-":
             text = sys.stdin.read()
         elif text.startswith("@"):
             text = Path(text[1:]).read_text(encoding="utf-8")
     except OSError as exc:
-        raise typer.BadParameter(f"cannot read it: {exc}", param_hint="'--payload'") from exc
+        raise typer.BadParameter(f"cannot read it: {exc}", param_hint=hint) from exc
     try:
         return orjson.loads(text)
     except orjson.JSONDecodeError as exc:
-        raise typer.BadParameter(f"not valid JSON: {exc}", param_hint="'--payload'") from exc
+        raise typer.BadParameter(f"not valid JSON: {exc}", param_hint=hint) from exc
+
+
+def _metadata(text: str | None) -> dict[str, Any] | None:
+    """``--metadata`` as a JSON object (anything else is a usage error), or None."""
+    if text is None:
+        return None
+    value = _json_option(text, "--metadata")
+    if not isinstance(value, dict):
+        raise typer.BadParameter("must be a JSON object", param_hint="'--metadata'")
+    return value
 
 
 def _targets(tokens: list[str] | None) -> str | list[str] | None:
@@ -443,6 +480,188 @@ def unregister(
     with _client(url, config) as client:
         client.unregister(name)
     _emit({"removed": name}, output, lambda _: removed_view(name))
+
+
+# -- session commands ------------------------------------------------------------------------
+
+SessionIdOption = Annotated[str, typer.Option("--id", help="The session id, e.g. session1.")]
+TokenEnvOption = Annotated[
+    str | None,
+    typer.Option(
+        "--token-env",
+        metavar="VAR",
+        help="Env var holding the session token, sent instead of the API key.",
+    ),
+]
+
+
+@app.command("sessions_spawn")
+def sessions_spawn(
+    session_id: Annotated[
+        str | None,
+        typer.Option("--id", help="Session id (generated when omitted).", show_default=False),
+    ] = None,
+    instance: Annotated[
+        str | None,
+        typer.Option("--instance", help="Pin to this instance (default: placed by --policy)."),
+    ] = None,
+    ttl: Annotated[
+        float | None,
+        typer.Option(parser=_duration, metavar="DURATION", help="Idle time before expiry: 1h."),
+    ] = None,
+    metadata: Annotated[
+        str | None,
+        typer.Option(help="JSON object kept with the session; @file.json and - work too."),
+    ] = None,
+    failover: Annotated[
+        Failover,
+        typer.Option(case_sensitive=False, help="migrate: move the session off a down instance."),
+    ] = Failover.none,
+    policy: Annotated[
+        str | None,
+        typer.Option(help="consistent_hash | round_robin | least_outstanding | weighted_random."),
+    ] = None,
+    url: UrlOption = None,
+    config: ConfigOption = None,
+    output: OutputOption = None,
+) -> None:
+    """Start a session pinned to one instance; prints its token, which is shown only once."""
+    from .render import session_view
+
+    meta = _metadata(metadata)
+    with _client(url, config) as client:
+        session = client.sessions.spawn(
+            session_id,
+            instance=instance,
+            metadata=meta,
+            ttl=ttl,
+            failover=failover.value,
+            policy=policy,
+        )
+    spawned = _spawn_result(session)
+    _emit(spawned, output, lambda result: session_view(result, token=result.token))
+
+
+def _spawn_result(session: Session) -> SpawnResult:
+    """The spawn's reply (the session and its token) back from the handle that holds it."""
+    from ..models import SpawnResult
+
+    if session.info is None or session.token is None:  # spawn always sets both
+        raise RuntimeError("the SDK returned a spawned session without its info or token")
+    return SpawnResult(**session.info.model_dump(), token=session.token)
+
+
+@app.command("sessions_send")
+def sessions_send(
+    session_id: SessionIdOption,
+    data: Annotated[
+        str,
+        typer.Option("--data", help="Message JSON; @file.json reads a file, - reads stdin."),
+    ] = "{}",
+    timeout: TimeoutOption = None,
+    idempotency_key: IdempotencyOption = None,
+    token_env: TokenEnvOption = None,
+    url: UrlOption = None,
+    config: ConfigOption = None,
+    output: OutputOption = None,
+) -> None:
+    """Send a message to a session's instance, in order, and print its reply."""
+    from .render import send_view
+
+    body = _json_option(data, "--data")
+    token = _secret_from_env(token_env, "'--token-env'")
+    with _client(url, config) as client:
+        result = client.sessions.session(session_id, token).send(
+            body, timeout=timeout, idempotency_key=idempotency_key
+        )
+    _emit(result, output, send_view)
+
+
+@app.command("sessions_list")
+def sessions_list(
+    instance: Annotated[
+        str | None, typer.Option("--instance", help="Only this instance's.")
+    ] = None,
+    state: Annotated[
+        SessionState | None,
+        typer.Option(case_sensitive=False, help="open | closed | expired.", show_default=False),
+    ] = None,
+    active_within: Annotated[
+        float | None,
+        typer.Option(min=0, metavar="MINUTES", help="Only sessions active in the last N minutes."),
+    ] = None,
+    url: UrlOption = None,
+    config: ConfigOption = None,
+    output: OutputOption = None,
+) -> None:
+    """List sessions by instance, state and recent activity (never their tokens)."""
+    from .render import sessions_view
+
+    with _client(url, config) as client:
+        infos = client.sessions.list(
+            instance=instance,
+            state=None if state is None else state.value,
+            active_within=active_within,
+        )
+    _emit(infos, output, sessions_view)
+
+
+@app.command("sessions_history")
+def sessions_history(
+    session_id: SessionIdOption,
+    offset: Annotated[int, typer.Option(min=0, help="First entry to show (0-based).")] = 0,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="Entries per page.")] = 100,
+    all_pages: Annotated[
+        bool, typer.Option("--all", help="Every entry from --offset on, page after page.")
+    ] = False,
+    token_env: TokenEnvOption = None,
+    url: UrlOption = None,
+    config: ConfigOption = None,
+    output: OutputOption = None,
+) -> None:
+    """A session's messages and replies (and migrations), oldest first."""
+    from .render import history_view
+
+    token = _secret_from_env(token_env, "'--token-env'")
+    with _client(url, config) as client:
+        session = client.sessions.session(session_id, token)
+        if all_pages:
+            page = _whole_history(session, offset, limit)
+        else:
+            page = session.history(offset=offset, limit=limit)
+    _emit(page, output, history_view)
+
+
+def _whole_history(session: Session, offset: int, page_size: int) -> HistoryPage:
+    """Every entry from ``offset`` on, as one page ending the history (``next_offset`` null)."""
+    from ..models import HistoryPage
+
+    entries = list(session.iter_history(offset=offset, page_size=page_size))
+    return HistoryPage(
+        session_id=session.id,
+        messages=entries,
+        total=offset + len(entries),
+        offset=offset,
+        limit=len(entries),
+        next_offset=None,
+    )
+
+
+@app.command("sessions_close")
+def sessions_close(
+    session_id: SessionIdOption,
+    token_env: TokenEnvOption = None,
+    url: UrlOption = None,
+    config: ConfigOption = None,
+    output: OutputOption = None,
+) -> None:
+    """Close a session (closing a closed one again is fine); prints its final state."""
+    from .render import session_view
+
+    token = _secret_from_env(token_env, "'--token-env'")
+    with _client(url, config) as client:
+        info = client.sessions.session(session_id, token).close()
+    _emit(info, output, session_view)
 
 
 # -- server commands -------------------------------------------------------------------------

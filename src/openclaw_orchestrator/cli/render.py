@@ -8,13 +8,23 @@ for people. Rich is imported inside the table functions only, so JSON output nev
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
 from pydantic import BaseModel
 
 from ..errors import OrchestratorError
-from ..models import FanoutEntry, FanoutResult, HealthDetail, InstanceInfo, RouteResult
+from ..models import (
+    FanoutEntry,
+    FanoutResult,
+    HealthDetail,
+    HistoryPage,
+    InstanceInfo,
+    RouteResult,
+    SendResult,
+    SessionInfo,
+)
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
@@ -22,15 +32,21 @@ if TYPE_CHECKING:
     from rich.text import Text
 
 __all__ = [
+    "SESSION_STATE_STYLES",
     "STATE_STYLES",
     "STATUS_STYLES",
+    "TOKEN_NOTICE",
     "entry_line",
     "error_text",
     "fanout_view",
     "health_view",
+    "history_view",
     "instances_view",
     "removed_view",
     "route_view",
+    "send_view",
+    "session_view",
+    "sessions_view",
     "stream_line",
     "to_json",
 ]
@@ -39,6 +55,10 @@ STATE_STYLES = {"healthy": "green", "degraded": "yellow", "down": "bold red", "u
 """Colors of instance health states; anything else shows unstyled."""
 STATUS_STYLES = {"ok": "green", "error": "red", "timeout": "yellow", "cancelled": "dim"}
 """Colors of fanout entry statuses and route attempt outcomes."""
+SESSION_STATE_STYLES = {"open": "green", "closed": "dim", "expired": "yellow"}
+"""Colors of session states."""
+TOKEN_NOTICE = "(keep it: it is shown once)"  # noqa: S105  # a notice, not a secret
+"""Follows the token of a freshly spawned session in table mode."""
 _OUTCOME_STYLES = {**STATUS_STYLES, "down": "bold red"}
 _SUMMARY_WIDTH = 60
 
@@ -74,6 +94,11 @@ def _summary(value: Any) -> str:
 
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f} ms"
+
+
+def _when(value: datetime | None) -> str:
+    """A timestamp as the server sent it (UTC), to the second; ``-`` when unset."""
+    return "-" if value is None else value.strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _styled(text: str, styles: Mapping[str, str]) -> Text:
@@ -203,6 +228,97 @@ def instances_view(instances: Sequence[InstanceInfo]) -> Table:
             _styled(info.state, STATE_STYLES),
             info.source,
             str(info.outstanding),
+        )
+    return table
+
+
+def session_view(info: SessionInfo, token: str | None = None) -> RenderableType:
+    """One session as label/value lines; after a spawn, its token and that it is shown once."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    rows: list[tuple[str, str | Text]] = [
+        ("session", Text(info.session_id, style="bold cyan")),
+        ("instance", info.instance),
+        ("state", _styled(info.state, SESSION_STATE_STYLES)),
+        ("messages", str(info.messages)),
+        ("failover", info.failover),
+        ("ttl", f"{info.ttl:g} s"),
+        ("created", _when(info.created_at)),
+        ("last active", _when(info.last_active_at)),
+        ("expires", _when(info.expires_at)),
+        ("closed", _when(info.closed_at)),
+        ("metadata", _summary(info.metadata) if info.metadata else "-"),
+    ]
+    for label, value in rows:
+        grid.add_row(label, value)
+    if token is None:
+        return grid
+    notice = Text.assemble(("token: ", "bold"), (token, "bold yellow"), f" {TOKEN_NOTICE}")
+    return Group(grid, notice)
+
+
+def send_view(result: SendResult) -> RenderableType:
+    """A send's reply: message number, instance, latency, a migration or replay, the reply."""
+    from rich.console import Group
+    from rich.json import JSON
+    from rich.text import Text
+
+    header = Text.assemble(
+        ("message ", "bold"),
+        (f"#{result.seq}", "bold"),
+        " of ",
+        (result.session_id, "bold"),
+        " on ",
+        (result.instance, "bold cyan"),
+        f" in {_ms(result.latency_ms)}",
+    )
+    parts: list[RenderableType] = [header]
+    if result.migrated_from:
+        parts.append(Text(f"migrated from {result.migrated_from}", style="yellow"))
+    if result.replayed:
+        parts.append(Text("replayed: the idempotency key matched an earlier send", style="dim"))
+    parts.append(JSON.from_data(result.reply))
+    parts.append(Text(f"request {result.request_id}", style="dim"))
+    return Group(*parts)
+
+
+def history_view(page: HistoryPage) -> RenderableType:
+    """One row per entry (migrations in yellow), then where the page sits in the history."""
+    from rich.console import Group
+    from rich.text import Text
+
+    table = _table("seq", "kind", "instance", "time", "data", "reply")
+    for entry in page.messages:
+        table.add_row(
+            str(entry.seq),
+            Text(entry.kind, style="yellow" if entry.kind == "migration" else ""),
+            entry.instance,
+            _when(entry.created_at),
+            _summary(entry.data),
+            _summary(entry.reply),
+        )
+    shown = f"{len(page.messages)} of {page.total} from offset {page.offset}"
+    more = "end" if page.next_offset is None else f"next offset {page.next_offset}"
+    return Group(table, Text(f"{shown}; {more}", style="dim"))
+
+
+def sessions_view(sessions: Sequence[SessionInfo]) -> Table:
+    """Sessions with their instance, state, message count and activity; never tokens."""
+    table = _table("session", "instance", "state", "messages", "failover", "last active", "expires")
+    for info in sessions:
+        table.add_row(
+            info.session_id,
+            info.instance,
+            _styled(info.state, SESSION_STATE_STYLES),
+            str(info.messages),
+            info.failover,
+            _when(info.last_active_at),
+            _when(info.expires_at),
         )
     return table
 
