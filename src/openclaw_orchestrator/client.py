@@ -37,6 +37,7 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from .__about__ import __version__
+from .bodies import outgoing_body
 from .domain.duration import parse_duration
 from .errors import (
     ConnectionFailedError,
@@ -316,7 +317,7 @@ class AsyncClient:
         with self._map_transport_errors(deadline):
             async with session.post(
                 f"{self.url}/api/orchestrator/fanout",
-                data=orjson.dumps(body),
+                data=outgoing_body(orjson.dumps(body)),
                 headers=headers,
                 timeout=self._client_timeout(deadline),
             ) as response:
@@ -418,7 +419,7 @@ class AsyncClient:
             async with session.request(
                 method,
                 f"{self.url}{path}",
-                data=None if body is None else orjson.dumps(body),
+                data=None if body is None else outgoing_body(orjson.dumps(body)),
                 params=params,
                 headers=headers,
                 timeout=self._client_timeout(deadline),

@@ -120,10 +120,11 @@ def cluster_settings(
     base_port: int,
     config: Path | None,
     health_interval: float | None,
+    data_dir: Path | None = None,
 ) -> tuple[Settings, bool]:
     """Settings for the orchestrator of a local cluster: the config file's, plus the local
     instances, plus an API key (the environment's, else a fresh one: then ``True``)."""
-    base = load_settings(config, host=host, port=port)
+    base = load_settings(config, host=host, port=port, data_dir=data_dir)
     local = [
         InstanceSpec(name=n, url=f"http://{host}:{base_port + i}", tags=["local"])
         for i, n in enumerate(names)
@@ -159,6 +160,7 @@ def run_cluster(
     config: Path | None = None,
     health_interval: float | None = None,
     demo: bool = False,
+    data_dir: Path | None = None,
 ) -> int:
     """Run the cluster in the foreground until Ctrl-C/SIGTERM; returns the exit code."""
     settings, generated = cluster_settings(
@@ -168,6 +170,7 @@ def run_cluster(
         base_port=base_port,
         config=config,
         health_interval=health_interval,
+        data_dir=data_dir,
     )
     check_bind(settings)
     configure_logging(settings.log_level, settings.log_format)

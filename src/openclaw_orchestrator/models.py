@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
@@ -221,6 +222,15 @@ class HealthDetail(_Wire):
     last_error: str | None = None
     last_change: datetime | None = None
     url: str
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password in its userinfo masked: safe for logs and replies."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
 def is_valid_name(name: str) -> bool:

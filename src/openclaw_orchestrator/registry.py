@@ -16,7 +16,7 @@ from .domain.balancing import Candidate
 from .domain.health import HealthPolicy, HealthState, InstanceHealth
 from .domain.targets import parse_targets
 from .errors import InvalidRequestError, NotFoundError
-from .models import HealthDetail, InstanceInfo, InstanceSpec
+from .models import HealthDetail, InstanceInfo, InstanceSpec, redact_url
 
 __all__ = ["InstanceRecord", "Registry"]
 
@@ -54,7 +54,7 @@ class InstanceRecord:
         spec = self.spec
         return InstanceInfo(
             name=spec.name,
-            url=spec.url,
+            url=redact_url(spec.url),
             driver=spec.driver,
             weight=spec.weight,
             tags=list(spec.tags),
@@ -77,7 +77,7 @@ class InstanceRecord:
             consecutive_failures=h.consecutive_failures,
             last_error=h.last_error,
             last_change=None if h.last_change is None else to_wall(h.last_change),
-            url=self.spec.url,
+            url=redact_url(self.spec.url),
         )
 
 

@@ -47,6 +47,7 @@ from .models import (
     RouteRequest,
     RouteResult,
     TargetExpr,
+    redact_url,
 )
 from .models import Skip as SkipModel
 from .registry import InstanceRecord, Registry
@@ -178,7 +179,9 @@ class Orchestrator:
         self._check_driver(spec)
         record, created = self.registry.upsert(spec, "registered", self._clock())
         if created:
-            log.info("orchestrator.instance_registered", instance=spec.name, url=spec.url)
+            log.info(
+                "orchestrator.instance_registered", instance=spec.name, url=redact_url(spec.url)
+            )
         return record.info(), created
 
     def unregister(self, name: str) -> None:

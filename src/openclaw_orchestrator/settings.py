@@ -16,7 +16,12 @@ from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from .domain.duration import parse_duration
 from .errors import InvalidRequestError
@@ -49,7 +54,12 @@ class _Section(BaseModel):
 
 
 def _duration_field(value: Any, info: Any) -> float:
-    return parse_duration(value, field=str(info.field_name))
+    """A duration field; a ValueError (not our InvalidRequestError) so that pydantic keeps
+    validating and reports every bad field at once."""
+    try:
+        return parse_duration(value, field=str(info.field_name))
+    except InvalidRequestError as exc:
+        raise ValueError(exc.message.removeprefix(f"{info.field_name}: ")) from None
 
 
 class HealthSettings(_Section):
@@ -256,14 +266,29 @@ def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
     file_values = read_config_file(config) if config else {}
     explicit = {k: v for k, v in overrides.items() if v is not None}
     env_only = Settings.model_fields.keys() - explicit.keys()
+    origin = str(config) if config else "settings"
     try:
         from_env = _env_values(env_only)
-        merged = {**file_values, **from_env, **explicit}
-        return Settings.model_validate(merged)
+    except SettingsError as exc:
+        raise ConfigError(f"environment: {exc} (lists and objects must be JSON)") from exc
+    try:
+        return Settings.model_validate(_deep_merge(_deep_merge(file_values, from_env), explicit))
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, str(config) if config else "settings")) from exc
+        raise ConfigError(_describe(exc, origin)) from exc
     except InvalidRequestError as exc:
-        raise ConfigError(f"{config or 'settings'}: {exc.message}") from exc
+        raise ConfigError(f"{origin}: {exc.message}") from exc
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` on top of ``base``; sections (dicts) merge key by key, so
+    ``ORCHESTRATOR_HEALTH__INTERVAL`` changes the interval and keeps the file's other keys."""
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def _env_values(fields: Any) -> dict[str, Any]:

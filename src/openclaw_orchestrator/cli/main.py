@@ -672,18 +672,30 @@ ServerConfigOption = Annotated[
 ]
 
 
+DataDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        help="Folder of the SQLite store (default: $XDG_DATA_HOME/openclaw-orchestrator, "
+        "else ~/.local/share/openclaw-orchestrator).",
+        show_default=False,
+    ),
+]
+
+
 @app.command()
 def serve(
     config: ServerConfigOption = None,
     host: Annotated[str | None, typer.Option(help="Bind address (default 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default 18790).")] = None,
     log_level: Annotated[str | None, typer.Option(help="debug|info|warning|error.")] = None,
+    data_dir: DataDirOption = None,
 ) -> None:
     """Run the orchestrator API in the foreground."""
     from ..runner import serve as serve_forever
     from ..settings import load_settings
 
-    settings = load_settings(config, host=host, port=port, log_level=log_level)
+    settings = load_settings(config, host=host, port=port, log_level=log_level, data_dir=data_dir)
     serve_forever(settings)
 
 
@@ -709,6 +721,7 @@ def up(
         typer.Option(parser=_duration, metavar="DURATION", help="Seconds between probes."),
     ] = None,
     demo: Annotated[bool, typer.Option("--demo", help="Run a demo workload once up.")] = False,
+    data_dir: DataDirOption = None,
 ) -> None:
     """Start an orchestrator plus local reference instances, all in the foreground."""
     from ..cluster import run_cluster
@@ -721,6 +734,7 @@ def up(
         "config": config,
         "health_interval": health_interval,
         "demo": demo,
+        "data_dir": data_dir,
     }
     if handler is not None:  # otherwise run_cluster's default (the demo workload's handler)
         options["handler"] = handler

@@ -28,6 +28,7 @@ import aiohttp
 import orjson
 from yarl import URL
 
+from ..bodies import outgoing_body
 from ..errors import (
     InstanceError,
     InstanceProtocolError,
@@ -188,7 +189,7 @@ class WorkerDriver:
             async with self._session.request(
                 method,
                 url,
-                data=body,
+                data=None if body is None else outgoing_body(body),
                 headers=self._headers(instance, extra),
                 timeout=aiohttp.ClientTimeout(total=timeout),
                 allow_redirects=False,
