@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.rule import Rule
 
-from .cli.render import fanout_view, health_view, route_view
+from .cli.render import fanout_view, health_view, history_view, route_view, send_view
 from .client import AsyncClient
 
 if TYPE_CHECKING:
@@ -61,6 +61,8 @@ async def run_demo(url: str, api_key: str, instances: Sequence[LocalInstance]) -
         if len(instances) >= 3:
             await _failover(console, client, instances, span)
 
+        await _session(console, client)
+
 
 async def _failover(
     console: Console, client: AsyncClient, instances: Sequence[LocalInstance], span: str
@@ -88,6 +90,18 @@ async def _failover(
     console.print(route_view(result))
     await _wait_down(client, victim.name)
     console.print(health_view(await client.health(span)))
+
+
+async def _session(console: Console, client: AsyncClient) -> None:
+    _step(
+        console,
+        "5. session: a conversation pinned to one instance, durable, in order",
+        _cmd("sessions_spawn --id <id>") + "; " + _cmd("sessions_send --id <id> --data JSON"),
+    )
+    async with await client.sessions.spawn(metadata={"demo": True}) as session:
+        for text in ("hello", "how many messages have you seen?"):
+            console.print(send_view(await session.send({"text": text})))
+        console.print(history_view(await session.history()))
 
 
 async def _wait_all_probed(client: AsyncClient, span: str) -> None:
