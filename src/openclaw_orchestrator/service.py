@@ -322,7 +322,8 @@ class Orchestrator:
                 name = next_name
                 continue
             for skip_name in set(skipped) & set(tried):
-                del skipped[skip_name]
+                if skipped[skip_name] != "already_tried":  # tried, so in attempts instead
+                    del skipped[skip_name]
             return RouteResult(
                 instance=name,
                 result=result,
