@@ -24,6 +24,7 @@ from pydantic import SecretStr
 
 from .logs import configure_logging
 from .models import InstanceSpec
+from .openclaw.fleet import OpenClawFleet, fleet_banner, gateway_names, local_fleet
 from .runner import check_bind
 from .settings import ConfigError, Settings, load_settings
 
@@ -161,8 +162,12 @@ def run_cluster(
     health_interval: float | None = None,
     demo: bool = False,
     data_dir: Path | None = None,
+    openclaw: int = 0,
 ) -> int:
-    """Run the cluster in the foreground until Ctrl-C/SIGTERM; returns the exit code."""
+    """Run the cluster in the foreground until Ctrl-C/SIGTERM; returns the exit code.
+
+    ``openclaw`` > 0 also starts that many real OpenClaw gateways O1... (see
+    :func:`_openclaw_cluster`)."""
     settings, generated = cluster_settings(
         names,
         host=host,
@@ -174,6 +179,10 @@ def run_cluster(
     )
     check_bind(settings)
     configure_logging(settings.log_level, settings.log_format)
+    if openclaw > 0:
+        return _openclaw_cluster(
+            settings, names, host, base_port, handler, demo, generated, openclaw
+        )
     import uvloop
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
@@ -188,6 +197,7 @@ async def _run(
     handler: str,
     demo: bool,
     generated: bool,
+    fleet: OpenClawFleet | None = None,
 ) -> int:
     from .api.app import create_app
     from .server import running
@@ -205,16 +215,57 @@ async def _run(
         api_key = settings.api_key.get_secret_value() if settings.api_key else ""
         async with running(create_app(settings), host=settings.host, port=settings.port) as url:
             _banner(url, api_key, instances, generated=generated)
-            if demo:
+            if fleet is not None:
+                print(fleet_banner(fleet), flush=True)
+            if demo and instances:
                 from .demo import run_demo
 
                 await run_demo(url, api_key, instances)
+            if demo and fleet is not None:
+                from .openclaw.demo import run_openclaw_demo
+
+                gateways = [gw.name for gw in fleet.gateways]
+                await run_openclaw_demo(url, api_key, gateways, list(names))
             print("Ctrl-C stops the orchestrator and every instance.", flush=True)
             await stop.wait()
     finally:
         for inst in instances:
             inst.stop()
     return 0
+
+
+# -- OpenClaw gateways (``up --openclaw N``) -------------------------------------------------
+
+
+def _openclaw_cluster(
+    settings: Settings,
+    names: Sequence[str],
+    host: str,
+    base_port: int,
+    handler: str,
+    demo: bool,
+    generated: bool,
+    count: int,
+) -> int:
+    """The cluster plus ``count`` real OpenClaw gateways O1... sharing one stub model.
+
+    The gateways start first (synchronously, from this main thread: they die with it), are
+    registered as ``driver: "openclaw"`` instances with their own tokens, and stop after the
+    orchestrator and the reference instances.
+    """
+    taken = [*names, *(spec.name for spec in settings.instances)]
+    clash = sorted(set(gateway_names(count)).intersection(taken))
+    if clash:
+        raise ConfigError(f"instances {', '.join(clash)} clash with the OpenClaw gateway names")
+    with local_fleet(count, base_port=base_port, taken=taken) as fleet:
+        instances = [*settings.instances, *fleet.specs()]
+        settings = settings.model_copy(update={"instances": instances})
+        import uvloop
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(
+                _run(settings, names, host, base_port, handler, demo, generated, fleet)
+            )
 
 
 def _banner(url: str, api_key: str, instances: Sequence[LocalInstance], *, generated: bool) -> None:

@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 import aiohttp
 
 from .drivers.base import InstanceDriver
+from .drivers.openclaw import OpenClawDriver
 from .drivers.worker import WorkerDriver
 from .service import Orchestrator, Reducer
 from .settings import ConfigError, Settings
@@ -58,8 +59,9 @@ def client_session() -> aiohttp.ClientSession:
 
 
 def build_drivers(session: aiohttp.ClientSession) -> dict[str, InstanceDriver]:
-    """One driver per instance kind, all sharing ``session``."""
-    return {"worker": WorkerDriver(session)}
+    """One driver per instance kind, all sharing ``session``: ``worker`` (our instance
+    protocol) and ``openclaw`` (real OpenClaw gateways)."""
+    return {"worker": WorkerDriver(session), "openclaw": OpenClawDriver(session)}
 
 
 def open_store(settings: Settings) -> SqlStore:

@@ -256,7 +256,7 @@ class Orchestrator:
         else:
             latency = self._clock() - started
             event = rec.health.record_probe_success(
-                latency, self._clock(), degraded=result.degraded
+                latency, self._clock(), degraded=result.degraded, detail=result.detail
             )
             self._log_change(event)
         finally:

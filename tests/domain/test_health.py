@@ -71,6 +71,29 @@ def test_probe_success(
 
 
 @pytest.mark.parametrize(
+    ("degraded", "detail", "last_error", "reason"),
+    [
+        (
+            True,
+            "misconfigured: token",
+            "misconfigured: token",
+            "probe reported degraded: misconfigured: token",
+        ),
+        (True, None, None, "probe reported degraded"),
+        (False, "ignored when healthy", None, "probe ok in 0.100s"),
+    ],
+)
+def test_probe_success_detail(
+    degraded: bool, detail: str | None, last_error: str | None, reason: str
+) -> None:
+    """A degraded probe's detail becomes last_error and the reason; a healthy one clears it."""
+    health = health_in(D)
+    event = health.record_probe_success(0.1, 10.0, degraded=degraded, detail=detail)
+    assert event is not None
+    assert (health.last_error, event.reason) == (last_error, reason)
+
+
+@pytest.mark.parametrize(
     ("kinds", "states"),
     [
         ([REFUSED], [D]),

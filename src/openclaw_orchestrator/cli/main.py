@@ -722,6 +722,15 @@ def up(
     ] = None,
     demo: Annotated[bool, typer.Option("--demo", help="Run a demo workload once up.")] = False,
     data_dir: DataDirOption = None,
+    openclaw: Annotated[
+        int,
+        typer.Option(
+            "--openclaw",
+            min=0,
+            metavar="N",
+            help="Also start N real OpenClaw gateways O1..ON (docs/openclaw.md).",
+        ),
+    ] = 0,
 ) -> None:
     """Start an orchestrator plus local reference instances, all in the foreground."""
     from ..cluster import run_cluster
@@ -735,6 +744,7 @@ def up(
         "health_interval": health_interval,
         "demo": demo,
         "data_dir": data_dir,
+        "openclaw": openclaw,
     }
     if handler is not None:  # otherwise run_cluster's default (the demo workload's handler)
         options["handler"] = handler

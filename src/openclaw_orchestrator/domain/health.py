@@ -126,14 +126,20 @@ class InstanceHealth:
         self._down_streak = 0
 
     def record_probe_success(
-        self, latency: float, now: float, *, degraded: bool = False
+        self, latency: float, now: float, *, degraded: bool = False, detail: str | None = None
     ) -> HealthChanged | None:
-        """A probe answered: healthy, or degraded when it says so or answered slowly."""
+        """A probe answered: healthy, or degraded when it says so or answered slowly.
+
+        A degraded probe's ``detail`` (why: "misconfigured: …", "not ready: …") becomes
+        ``last_error``, so health detail shows it; a healthy probe clears ``last_error``.
+        """
         self.consecutive_failures = 0
-        self.last_check, self.last_latency, self.last_error = now, latency, None
+        self.last_check, self.last_latency = now, latency
+        self.last_error = detail if degraded else None
         self.next_probe_at = now + self.policy.interval
         if degraded:
-            return self._move(HealthState.DEGRADED, "probe reported degraded", now)
+            reason = f"probe reported degraded: {detail}" if detail else "probe reported degraded"
+            return self._move(HealthState.DEGRADED, reason, now)
         if latency > self.policy.degraded_latency:
             slow = f"probe slow: {latency:.3f}s > {self.policy.degraded_latency:.3f}s"
             return self._move(HealthState.DEGRADED, slow, now)
