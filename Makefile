@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 SRC    := pyproject.toml
 
-.PHONY: run test check lint clean
+.PHONY: run test check lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,16 +20,19 @@ run: $(STAMP)  ## the orchestrator with eight reference instances A-H, and the m
 	$(BIN)/openclaw orchestrator up --instances A-H --demo
 
 check: $(STAMP)  ## formatting, lint and types
-	$(BIN)/ruff format --check src tests
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
 
 test: check  ## every test
 	$(BIN)/pytest
 
 lint: $(STAMP)  ## fix what the formatter and linter can
-	$(BIN)/ruff format src tests
-	$(BIN)/ruff check --fix src tests
+	$(BIN)/ruff format src tests bench
+	$(BIN)/ruff check --fix src tests bench
+
+bench: $(STAMP)  ## benchmarks vs direct, nginx and hand-written clients (QUICK=1: < 1 min)
+	$(BIN)/python -m bench $(if $(QUICK),--quick,)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

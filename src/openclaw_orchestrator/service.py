@@ -360,6 +360,9 @@ class Orchestrator:
         delay = compute_backoff(
             len(attempts), self._retry_policy, self._rng, retry_after=retry_after
         )
+        if next_name != tried[-1] and isinstance(exc, InstanceDownError):
+            delay = 0.0  # refused: nothing was delivered, and another instance is not busy
+
         if now + delay >= deadline:
             exc.details["reason"] = "deadline reached before the next retry"
             return None, 0.0, [*skips, *(Skip(n, "deadline") for n in untried)]
@@ -475,7 +478,7 @@ class Orchestrator:
 
     async def fanout(self, request: FanoutRequest, *, request_id: str) -> FanoutResult:
         """Send to every target at once and aggregate; see :meth:`fanout_events`."""
-        async for event in self.fanout_events(request, request_id=request_id):
+        async for event in self._fanout(request, request_id=request_id):
             if isinstance(event, FanoutResult):
                 return event
         raise RuntimeError("fanout ended without a result")  # pragma: no cover
@@ -490,6 +493,14 @@ class Orchestrator:
         soon as ``min_success`` can no longer be met. Raises when ``min_success`` is unmet,
         after every entry was yielded.
         """
+        async for event in self._fanout(request, request_id=request_id):
+            yield _wire_entry(event) if isinstance(event, Entry) else event
+
+    async def _fanout(
+        self, request: FanoutRequest, *, request_id: str
+    ) -> AsyncIterator[Entry | FanoutResult]:
+        """:meth:`fanout_events` with the entries as domain values (the non-streamed fanout
+        never puts them on the wire one by one, so it does not build wire models for them)."""
         started = self._clock()
         deadline = self.deadline(request.timeout)
         names = self.registry.resolve(request.targets, field="targets")
@@ -509,7 +520,7 @@ class Orchestrator:
         arrived: list[Entry] = []
         try:
             async for entry in self._gather(tasks, arrived, aggregator, request, deadline):
-                yield _wire_entry(entry)
+                yield entry
         finally:
             for task in tasks:
                 task.cancel()
@@ -532,28 +543,41 @@ class Orchestrator:
         request: FanoutRequest,
         deadline: float,
     ) -> AsyncIterator[Entry]:
-        pending = set(tasks)
+        """Yield entries as their tasks finish (in target order within one wake-up), until
+        all are in, the deadline passes or the aggregate/min_success settles it.
+
+        Each task reports itself through a done callback, so a wake-up costs what finished,
+        not what is pending (``asyncio.wait`` re-arms every pending task on each call,
+        quadratic in the number of targets).
+        """
+        finished = _Finished(asyncio.get_running_loop())
+        for task in tasks:
+            task.add_done_callback(finished.add)
+        waiting = set(tasks)
+        succeeded = 0
         started = self._clock()
         stop_status = "timeout"
-        while pending:
-            timeout = deadline - self._clock()
-            if timeout <= 0:
-                break
-            done, pending = await asyncio.wait(
-                pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-            )
-            for task in sorted(done, key=lambda t: tasks[t][0]):
+        while waiting:
+            if not finished.tasks:
+                timeout = deadline - self._clock()
+                if timeout <= 0:
+                    break
+                await finished.wait(timeout)
+                continue
+            batch = finished.take()
+            for task in sorted(batch, key=lambda t: tasks[t][0]):
+                waiting.discard(task)
                 entry = task.result()
+                succeeded += entry.status == "ok"
                 arrived.append(entry)
                 yield entry
-            succeeded = sum(1 for e in arrived if e.status == "ok")
-            if aggregator is not None and aggregator.is_settled(arrived, len(pending)):
+            if aggregator is not None and aggregator.is_settled(arrived, len(waiting)):
                 stop_status = "cancelled"
                 break
-            if not can_meet(request.min_success, succeeded, len(pending)):
+            if not can_meet(request.min_success, succeeded, len(waiting)):
                 stop_status = "cancelled"
                 break
-        for task in sorted(pending, key=lambda t: tasks[t][0]):
+        for task in sorted(waiting, key=lambda t: tasks[t][0]):
             task.cancel()
             index, name = tasks[task]
             entry = _unfinished(index, name, stop_status, _ms(self._clock() - started))
@@ -660,6 +684,43 @@ class Orchestrator:
         )
 
 
+class _Finished:
+    """Tasks that finished since the last :meth:`take`, and a wake-up for whoever waits."""
+
+    __slots__ = ("_loop", "_waiter", "tasks")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._waiter: asyncio.Future[None] | None = None
+        self.tasks: list[asyncio.Task[Entry]] = []
+
+    def add(self, task: asyncio.Task[Entry]) -> None:
+        """The done callback of every target's task."""
+        self.tasks.append(task)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def take(self) -> list[asyncio.Task[Entry]]:
+        """Every task finished so far, once."""
+        batch, self.tasks = self.tasks, []
+        return batch
+
+    async def wait(self, timeout: float) -> None:
+        """Until a task finishes or ``timeout`` seconds pass, whichever is first."""
+        self._waiter = waiter = self._loop.create_future()
+        timer = self._loop.call_later(timeout, _resolve, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 def _unfinished(index: int, name: str, status: str, latency_ms: float) -> Entry:
     """The entry of a target the fanout stopped waiting for."""
     if status == "timeout":
@@ -670,7 +731,9 @@ def _unfinished(index: int, name: str, status: str, latency_ms: float) -> Entry:
 
 
 def _wire_entry(entry: Entry) -> FanoutEntry:
-    return FanoutEntry(
+    """The wire model of a domain entry; its fields are valid by construction, so no
+    validation runs (a thousand-target fanout builds a thousand of these)."""
+    return FanoutEntry.model_construct(
         instance=entry.instance,
         status=entry.status,
         result=entry.result,

@@ -21,6 +21,7 @@ from ..service import Orchestrator
 from ..settings import Settings
 from . import sessions
 from .errors import install_error_handlers
+from .fastpath import FastPaths
 from .middleware import RequestContextMiddleware
 from .routes import cluster, orchestrator, public
 from .security import Authenticator
@@ -62,5 +63,6 @@ def create_app(settings: Settings, *, service: Orchestrator | None = None) -> Fa
     app.include_router(cluster)
     app.include_router(sessions.admin)
     app.include_router(sessions.scoped)
+    app.add_middleware(FastPaths)  # inside the request id and body limit, before FastAPI
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
     return app

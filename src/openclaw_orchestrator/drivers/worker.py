@@ -12,6 +12,12 @@ read as bytes and parsed by orjson. Tasks and the session calls share one reques
     anything else    -> InstanceProtocolError
     transport        -> map_client_errors()          refused: down, timeout, non-JSON
 
+The two hot calls, a task and a session message, are small JSON POSTs; over ``http://``
+they go through :class:`~.lean.LeanHttp` (a keep-alive HTTP/1.1 client on httptools, same
+replies, same errors) instead of aiohttp, which costs several times the CPU per request.
+Everything else — probes, restores, closes, large bodies, ``https://``, URLs with userinfo
+— goes through the shared aiohttp session.
+
 The bearer credential goes into a header and nowhere else: no message, log or repr.
 """
 
@@ -28,7 +34,7 @@ import aiohttp
 import orjson
 from yarl import URL
 
-from ..bodies import outgoing_body
+from ..bodies import STREAM_FROM_BYTES, outgoing_body
 from ..errors import (
     InstanceError,
     InstanceProtocolError,
@@ -37,6 +43,7 @@ from ..errors import (
 )
 from ..models import InstanceSpec
 from .base import REQUEST_ID_HEADER, ProbeResult, map_client_errors
+from .lean import LeanHttp, Target, map_lean_errors
 
 __all__ = [
     "DEADLINE_HEADER",
@@ -126,6 +133,14 @@ def _reply_error(name: str, status: int, raw: bytes, retry_after: str | None) ->
     )
 
 
+def _segment(session_id: str) -> str:
+    """A session id percent-encoded as one path segment."""
+    segment = quote(session_id, safe=":")
+    if segment in (".", ".."):  # a dot segment would be resolved away, not sent
+        segment = segment.replace(".", "%2E")
+    return segment
+
+
 def _result(name: str, reply: Any) -> Any:
     """The ``result`` of a task or session message reply."""
     if not isinstance(reply, dict) or "result" not in reply:
@@ -133,14 +148,99 @@ def _result(name: str, reply: Any) -> Any:
     return reply["result"]
 
 
+def _lean_base(base: str) -> tuple[str, int, bytes, bytes] | None:
+    """``(host, port, Host header, path prefix)`` of a plain ``http://`` base URL, else None
+    (https, userinfo, a query: aiohttp handles those)."""
+    url = URL(base.rstrip("/"))
+    if url.scheme != "http" or url.user or url.password or url.query_string or url.fragment:
+        return None
+    host, port = url.raw_host, url.port
+    if not host or port is None or not url.raw_path.isascii():
+        return None
+    authority = f"[{host}]" if ":" in host else host
+    if url.explicit_port is not None:
+        authority += f":{port}"
+    return host, port, authority.encode(), url.raw_path.rstrip("/").encode()
+
+
+def _header_lines(headers: dict[str, str]) -> bytes | None:
+    """``Name: value\r\n`` lines, or None when a value could not go out verbatim."""
+    lines = []
+    for name, value in headers.items():
+        if not value.isascii() or "\r" in value or "\n" in value:
+            return None
+        lines.append(f"{name}: {value}\r\n")
+    return "".join(lines).encode()
+
+
 class WorkerDriver:
-    """Talks instance protocol v1 over a shared ``aiohttp.ClientSession`` it does not own."""
+    """Talks instance protocol v1 over a shared ``aiohttp.ClientSession`` it does not own,
+    and its own :class:`~.lean.LeanHttp` pool for tasks and session messages."""
 
     kind = "worker"
 
-    def __init__(self, session: aiohttp.ClientSession) -> None:
+    def __init__(self, session: aiohttp.ClientSession, *, lean: LeanHttp | None = None) -> None:
         self._session = session
         self._urls: dict[tuple[str, str], URL] = {}
+        self._owns_lean = lean is None
+        self._lean = LeanHttp() if lean is None else lean
+        self._bases: dict[str, tuple[str, int, bytes, bytes] | None] = {}
+
+    def _lean_target(self, base: str, path: str) -> Target | None:
+        """Where the lean client sends ``base + path``; None when aiohttp must."""
+        if base not in self._bases:
+            if len(self._bases) >= _MAX_CACHED_URLS:
+                self._bases.clear()
+            self._bases[base] = _lean_base(base)
+        parts = self._bases[base]
+        if parts is None:
+            return None
+        host, port, authority, prefix = parts
+        return Target(host, port, prefix + path.encode(), authority)
+
+    async def _post_lean(
+        self, instance: InstanceSpec, target: Target, body: bytes, timeout: float, request_id: str
+    ) -> Any | None:
+        """The parsed 2xx body of a POST through the lean client, like :meth:`_exchange`;
+        None (nothing sent) when a header cannot go out verbatim."""
+        extra = {DEADLINE_HEADER: str(int(timeout * 1000)), REQUEST_ID_HEADER: request_id}
+        if instance.credentials is not None:
+            extra["Authorization"] = f"Bearer {instance.credentials.get_secret_value()}"
+        headers = _header_lines(extra)
+        if headers is None:
+            return None
+        with map_lean_errors(instance.name):
+            reply = await self._lean.post(target, headers, body, timeout=timeout)
+            if not 200 <= reply.status < 300:
+                raise _reply_error(instance.name, reply.status, reply.body, reply.retry_after)
+            return orjson.loads(reply.body)
+
+    async def _post(
+        self,
+        instance: InstanceSpec,
+        path: str,
+        body: bytes,
+        *,
+        timeout: float,
+        request_id: str,
+    ) -> Any:
+        """A protocol POST of ``body`` to ``instance.url + path`` (``path`` already encoded):
+        lean when it can be, else aiohttp; the parsed 2xx body either way."""
+        target = self._lean_target(instance.url, path) if len(body) < STREAM_FROM_BYTES else None
+        if target is not None:
+            reply = await self._post_lean(instance, target, body, timeout, request_id)
+            if reply is not None:
+                return reply
+        if path.startswith(SESSIONS_PATH):  # as _session_url builds it
+            url = URL(
+                f"{self._url(instance.url, SESSIONS_PATH)}{path[len(SESSIONS_PATH) :]}",
+                encoded=True,
+            )
+        else:
+            url = self._url(instance.url, path)
+        return await self._exchange(
+            "POST", instance, url, body, timeout=timeout, request_id=request_id
+        )
 
     def _url(self, base: str, path: str) -> URL:
         """The parsed URL of ``base + path``, cached: parsing costs more than the lookup."""
@@ -155,9 +255,7 @@ class WorkerDriver:
     def _session_url(self, base: str, session_id: str, suffix: str = "") -> URL:
         """``{base}/api/instance/sessions/{id}{suffix}`` with the id percent-encoded as one
         segment; only the prefix is cached (ids are many, each used for a while)."""
-        segment = quote(session_id, safe=":")
-        if segment in (".", ".."):  # a dot segment would be resolved away, not sent
-            segment = segment.replace(".", "%2E")
+        segment = _segment(session_id)
         return URL(f"{self._url(base, SESSIONS_PATH)}/{segment}{suffix}", encoded=True)
 
     @staticmethod
@@ -210,11 +308,8 @@ class WorkerDriver:
         request_id: str,
     ) -> Any:
         """``POST /api/instance/task`` with ``{"payload": ...}``; the instance's ``result``."""
-        url = self._url(instance.url, TASK_PATH)
         body = encode_task(payload)
-        reply = await self._exchange(
-            "POST", instance, url, body, timeout=timeout, request_id=request_id
-        )
+        reply = await self._post(instance, TASK_PATH, body, timeout=timeout, request_id=request_id)
         return _result(instance.name, reply)
 
     async def session_send(
@@ -227,11 +322,9 @@ class WorkerDriver:
         request_id: str,
     ) -> Any:
         """``POST /api/instance/sessions/{id}/messages``; the instance's ``result``."""
-        url = self._session_url(instance.url, session_id, "/messages")
+        path = f"{SESSIONS_PATH}/{_segment(session_id)}/messages"
         body = encode_task(payload)
-        reply = await self._exchange(
-            "POST", instance, url, body, timeout=timeout, request_id=request_id
-        )
+        reply = await self._post(instance, path, body, timeout=timeout, request_id=request_id)
         return _result(instance.name, reply)
 
     async def session_restore(
@@ -292,7 +385,9 @@ class WorkerDriver:
         )
 
     async def aclose(self) -> None:
-        """Nothing to release: the session belongs to the caller."""
+        """Close the lean pool if this driver made it; the session belongs to the caller."""
+        if self._owns_lean:
+            await self._lean.aclose()
 
     async def __aenter__(self) -> WorkerDriver:
         return self
@@ -306,4 +401,4 @@ class WorkerDriver:
         await self.aclose()
 
     def __repr__(self) -> str:
-        return f"<WorkerDriver kind={self.kind} urls_cached={len(self._urls)}>"
+        return f"<WorkerDriver kind={self.kind} urls_cached={len(self._urls)} lean={self._lean!r}>"

@@ -4,6 +4,14 @@ SQLite runs in WAL mode with ``synchronous=FULL``: a commit is on disk before ``
 returns, so an acknowledged send survives ``kill -9`` and power loss alike. SQLite has one
 writer at a time; an in-process lock queues our writers instead of letting them fight over
 the database lock. PostgreSQL needs no such lock.
+
+On SQLite, appends are *group-committed*: the fsync per commit, not the SQL, is what limits
+a single writer, so concurrent appends (from different sessions) are queued and written by
+one flusher task in one transaction, one fsync for all of them. Each caller's ``append``
+returns only after the transaction holding its entries has committed; while one batch is
+being committed the next one gathers, so a lone append waits for nothing extra. When a
+batch hits a constraint (a taken position, a reused idempotency key), it is rolled back and
+its appends are retried one transaction each, so only the offending one fails.
 """
 
 from __future__ import annotations
@@ -11,11 +19,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, event, insert, select, update
+from sqlalchemy import bindparam, delete, event, insert, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -27,6 +35,7 @@ from .tables import messages, metadata, sessions
 __all__ = ["SqlStore", "sqlite_url"]
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+SQLITE_POOL_SIZE = 32
 
 
 def sqlite_url(data_dir: Path) -> str:
@@ -94,6 +103,45 @@ def _message_values(entry: MessageRecord) -> Mapping[str, Any]:
     }
 
 
+@dataclass(slots=True)
+class _Append:
+    """One queued ``append``: what to write and the future its caller awaits."""
+
+    record: SessionRecord
+    entries: tuple[MessageRecord, ...]
+    updated: SessionRecord
+    done: asyncio.Future[None]
+
+
+_UPDATE_SESSION = (
+    update(sessions)
+    .where(sessions.c.id == bindparam("b_id"))
+    .values(
+        messages=bindparam("b_messages"),
+        last_active_at=bindparam("b_last_active_at"),
+        instance=bindparam("b_instance"),
+    )
+)
+
+
+def _session_values(item: _Append) -> dict[str, Any]:
+    u = item.updated
+    return {
+        "b_id": u.id,
+        "b_messages": u.messages,
+        "b_last_active_at": u.last_active_at,
+        "b_instance": u.instance,
+    }
+
+
+def _conflict(record: SessionRecord) -> ConflictError:
+    return ConflictError(
+        f"session {record.id!r} was written concurrently (position {record.messages + 1} "
+        "is taken, or the idempotency key was used); nothing was recorded",
+        field="session_id",
+    )
+
+
 class SqlStore:
     """Sessions and histories in SQLite or PostgreSQL, chosen by ``url``."""
 
@@ -101,15 +149,29 @@ class SqlStore:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         if self.is_sqlite:
-            self._engine: AsyncEngine = create_async_engine(url, echo=echo)
+            # Every aiosqlite connection is a thread: a pool big enough for the concurrent
+            # reads of a busy server keeps them (the default 5 + 10 overflow opened and
+            # closed a connection, a thread and four PRAGMAs per read under load). Reads
+            # never open a transaction and writes always end theirs, so a returned
+            # connection needs no reset (a rollback: one more thread hop per read).
+            self._engine: AsyncEngine = create_async_engine(
+                url,
+                echo=echo,
+                pool_size=SQLITE_POOL_SIZE,
+                max_overflow=0,
+                pool_reset_on_return=None,
+            )
             event.listen(self._engine.sync_engine, "connect", _on_sqlite_connect)
         else:
             self._engine = create_async_engine(url, echo=echo, pool_size=10, max_overflow=10)
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
+        self._queue: list[_Append] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         kind = "sqlite" if self.is_sqlite else self._engine.dialect.name
-        return f"<SqlStore {kind} {self._engine.url.render_as_string(hide_password=True)}>"
+        url = self._engine.url.render_as_string(hide_password=True)
+        return f"<SqlStore {kind} {url} [{len(self._queue)} appends queued]>"
 
     async def open(self) -> None:
         """Create the folder (SQLite) and any missing tables."""
@@ -119,7 +181,9 @@ class SqlStore:
             await conn.run_sync(metadata.create_all)
 
     async def aclose(self) -> None:
-        """Close every pooled connection."""
+        """Finish the appends in flight, then close every pooled connection."""
+        if self._flusher is not None:
+            await asyncio.gather(self._flusher, return_exceptions=True)
         await self._engine.dispose()
 
     @contextlib.asynccontextmanager
@@ -182,7 +246,8 @@ class SqlStore:
         return [_session(r) for r in rows]
 
     async def append(self, record: SessionRecord, *entries: MessageRecord) -> SessionRecord:
-        """Insert the entries and update the session, in one transaction."""
+        """Insert the entries and update the session, in one transaction (on SQLite shared
+        with concurrent appends: group commit, see the module docstring)."""
         last = entries[-1] if entries else None
         updated = replace(
             record,
@@ -190,26 +255,60 @@ class SqlStore:
             last_active_at=last.created_at if last else record.last_active_at,
             instance=last.instance if last else record.instance,
         )
+        item = _Append(record, entries, updated, asyncio.get_running_loop().create_future())
+        if not self.is_sqlite:
+            await self._write_alone(item)
+            await item.done  # raises what the write raised
+            return updated
+        self._queue.append(item)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush(), name="sql-group-commit")
+        await asyncio.shield(item.done)  # a cancelled caller does not cancel the batch
+        return updated
+
+    async def _flush(self) -> None:
+        """Commit queued appends, batch after batch, until the queue is empty."""
+        while self._queue:
+            batch, self._queue = self._queue, []
+            try:
+                async with self._writing() as conn:
+                    await self._write(conn, batch)
+            except IntegrityError:
+                for item in batch:  # one of them conflicts: find which, alone
+                    await self._write_alone(item)
+                continue
+            except Exception as exc:
+                for item in batch:
+                    item.done.set_exception(exc)
+                    item.done.exception()  # retrieved here: a cancelled caller logs nothing
+                continue
+            for item in batch:
+                item.done.set_result(None)
+
+    async def _write_alone(self, item: _Append) -> None:
+        """``item`` in its own transaction; its outcome (a conflict named as such) goes to
+        its future, marked retrieved so that a caller who gave up leaves no warning."""
         try:
             async with self._writing() as conn:
-                if entries:
-                    await conn.execute(insert(messages), [_message_values(e) for e in entries])
-                await conn.execute(
-                    update(sessions)
-                    .where(sessions.c.id == record.id)
-                    .values(
-                        messages=updated.messages,
-                        last_active_at=updated.last_active_at,
-                        instance=updated.instance,
-                    )
-                )
+                await self._write(conn, [item])
         except IntegrityError as exc:
-            raise ConflictError(
-                f"session {record.id!r} was written concurrently (position {record.messages + 1} "
-                "is taken, or the idempotency key was used); nothing was recorded",
-                field="session_id",
-            ) from exc
-        return updated
+            conflict = _conflict(item.record)
+            conflict.__cause__ = exc
+            item.done.set_exception(conflict)
+            item.done.exception()
+        except Exception as exc:
+            item.done.set_exception(exc)
+            item.done.exception()
+        else:
+            item.done.set_result(None)
+
+    @staticmethod
+    async def _write(conn: AsyncConnection, batch: list[_Append]) -> None:
+        """Every entry of ``batch`` in one INSERT, every session in one UPDATE."""
+        rows = [_message_values(e) for item in batch for e in item.entries]
+        if rows:
+            await conn.execute(insert(messages), rows)
+        await conn.execute(_UPDATE_SESSION, [_session_values(item) for item in batch])
 
     async def find_by_key(self, session_id: str, idempotency_key: str) -> MessageRecord | None:
         """The earlier message with this key, if any."""

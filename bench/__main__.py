@@ -1,0 +1,5 @@
+"""``python -m bench [--quick] [--only SCENARIO ...]``."""
+
+from .runner import main
+
+raise SystemExit(main())

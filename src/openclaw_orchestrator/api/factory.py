@@ -1,0 +1,25 @@
+"""``uvicorn openclaw_orchestrator.api.factory:app --factory``: the API from the environment.
+
+For process managers that start the app themselves (uvicorn ``--workers N``, gunicorn with
+uvicorn workers): the settings come from ``ORCHESTRATOR_*`` variables, as ``serve`` reads
+them, and the same safety check and logging set-up run in every worker.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from ..logs import configure_logging
+from ..runner import check_bind
+from ..settings import load_settings
+from .app import create_app
+
+__all__ = ["app"]
+
+
+def app() -> FastAPI:
+    """A new app for ``load_settings()`` (called once per worker by uvicorn's ``--factory``)."""
+    settings = load_settings()
+    check_bind(settings)
+    configure_logging(settings.log_level, settings.log_format)
+    return create_app(settings)
