@@ -17,7 +17,9 @@ from .drivers.openclaw import OpenClawDriver
 from .drivers.worker import WorkerDriver
 from .service import Orchestrator, Reducer
 from .settings import ConfigError, Settings
+from .stores.base import Store
 from .stores.sql import SqlStore, sqlite_url
+from .stores.sqlite_writer import SqliteStore, sqlite_path
 
 __all__ = ["build_drivers", "client_session", "load_reducers", "open_orchestrator", "open_store"]
 
@@ -64,9 +66,14 @@ def build_drivers(session: aiohttp.ClientSession) -> dict[str, InstanceDriver]:
     return {"worker": WorkerDriver(session), "openclaw": OpenClawDriver(session)}
 
 
-def open_store(settings: Settings) -> SqlStore:
-    """The configured store: ``database_url``, else SQLite under ``data_dir``."""
-    return SqlStore(settings.database_url or sqlite_url(settings.data_dir))
+def open_store(settings: Settings) -> Store:
+    """The configured store: ``database_url``, else SQLite under ``data_dir``. A SQLite
+    file gets :class:`SqliteStore` (plain ``sqlite3``, one writer thread, group commit);
+    PostgreSQL and ``:memory:`` get :class:`SqlStore` (SQLAlchemy)."""
+    url = settings.database_url or sqlite_url(settings.data_dir)
+    if sqlite_path(url) is not None:
+        return SqliteStore(url)
+    return SqlStore(url)
 
 
 @asynccontextmanager

@@ -92,9 +92,17 @@ def _is_shim(candidate: Path) -> bool:
 
 
 def _run(argv: Sequence[str], *, prog_name: str) -> NoReturn:
+    args = expand_multi_value_options(argv)
+    if args and args[0] in ("health", "instances"):  # JSON health/instances skip Typer
+        from .quick import try_quick
+
+        code = try_quick(args)
+        if code is not None:
+            sys.stdout.flush()
+            raise SystemExit(code)
     from .main import app
 
-    app(args=expand_multi_value_options(argv), prog_name=prog_name)
+    app(args=args, prog_name=prog_name)
     raise SystemExit(0)  # Typer exits by itself; this only satisfies NoReturn
 
 

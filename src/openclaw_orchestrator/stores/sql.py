@@ -1,5 +1,9 @@
 """``SqlStore``: the Store on SQLAlchemy Core, for SQLite (aiosqlite) and PostgreSQL (asyncpg).
 
+The server uses it for PostgreSQL; a SQLite *file* is served by the faster
+:class:`~.sqlite_writer.SqliteStore` (same schema, same behaviour; ``runtime.open_store``
+chooses). SqlStore on SQLite stays correct and is kept for ``:memory:`` and direct use.
+
 SQLite runs in WAL mode with ``synchronous=FULL``: a commit is on disk before ``append``
 returns, so an acknowledged send survives ``kill -9`` and power loss alike. SQLite has one
 writer at a time; an in-process lock queues our writers instead of letting them fight over

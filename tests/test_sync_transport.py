@@ -1,0 +1,246 @@
+"""The stdlib transport (:mod:`openclaw_orchestrator.transport`) on real sockets: replies,
+keep-alive, and the mapping of every failure onto the SDK's error tree and messages."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, ClassVar
+
+import orjson
+import pytest
+
+from openclaw_orchestrator.errors import (
+    ConnectionFailedError,
+    NotFoundError,
+    OrchestratorError,
+    TimeoutExceededError,
+    UnauthorizedError,
+)
+from openclaw_orchestrator.transport import SyncTransport, UnsupportedURLError
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    seen: ClassVar[list[dict[str, Any]]] = []
+    peers: ClassVar[set[int]] = set()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet."""
+
+    def _reply(self, status: int, body: bytes, ctype: str = "application/json") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        _Handler.peers.add(self.client_address[1])
+        _Handler.seen.append({"path": self.path, "headers": dict(self.headers)})
+        if self.path.startswith(("/ok", "/api/orchestrator/health")):
+            self._reply(200, orjson.dumps({"A": "healthy"}))
+        elif self.path == "/missing":
+            body = {"error": {"code": "not_found", "message": "no instance Z"}}
+            self._reply(404, orjson.dumps(body))
+        elif self.path == "/auth":
+            body = {"error": {"code": "unauthorized", "message": "bad key"}}
+            self._reply(401, orjson.dumps(body))
+        elif self.path == "/html":
+            self._reply(502, b"<html>bad gateway</html>", "text/html")
+        elif self.path == "/notjson":
+            self._reply(200, b"not json", "text/plain")
+        elif self.path == "/slow":
+            threading.Event().wait(1.0)
+            self._reply(200, b"{}")
+
+    def do_POST(self) -> None:
+        length = int(self.headers["Content-Length"])
+        body = orjson.loads(self.rfile.read(length))
+        _Handler.seen.append({"path": self.path, "headers": dict(self.headers), "body": body})
+        self._reply(200, orjson.dumps({"echo": body}))
+
+
+@pytest.fixture
+def server() -> Iterator[str]:
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    _Handler.seen.clear()
+    _Handler.peers.clear()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def test_get_with_params_headers_and_keep_alive(server: str) -> None:
+    with SyncTransport(server + "/", api_key="k1") as transport:
+        first = transport.request("GET", "/ok", params={"instances": "A-C,E", "detail": "true"})
+        second = transport.request("GET", "/ok")
+    assert first == second == {"A": "healthy"}
+    assert _Handler.seen[0]["path"] == "/ok?instances=A-C,E&detail=true"
+    headers = _Handler.seen[0]["headers"]
+    assert headers["Authorization"] == "Bearer k1"
+    assert headers["Accept"] == "application/json"
+    assert headers["User-Agent"].startswith("openclaw-orchestrator-sdk/")
+    assert len(_Handler.peers) == 1  # one kept-alive connection for both calls
+
+
+def test_post_sends_json(server: str) -> None:
+    with SyncTransport(server) as transport:
+        assert transport.request("POST", "/x", body={"a": 1}) == {"echo": {"a": 1}}
+    assert _Handler.seen[0]["headers"]["Content-Type"] == "application/json"
+    assert "Authorization" not in _Handler.seen[0]["headers"]
+
+
+def test_error_bodies_map_to_their_classes(server: str) -> None:
+    with SyncTransport(server) as transport:
+        with pytest.raises(NotFoundError, match="no instance Z") as missing:
+            transport.request("GET", "/missing")
+        assert missing.value.code == "not_found"
+        with pytest.raises(UnauthorizedError, match="bad key"):
+            transport.request("GET", "/auth")
+        with pytest.raises(OrchestratorError, match="HTTP 502 from the orchestrator: <html>"):
+            transport.request("GET", "/html")
+        with pytest.raises(OrchestratorError, match="reply that is not JSON"):
+            transport.request("GET", "/notjson")
+        assert transport.request("GET", "/ok") == {"A": "healthy"}  # still usable
+
+
+def test_refused_connection_is_connection_failed() -> None:
+    url = f"http://127.0.0.1:{_free_port()}"
+    with SyncTransport(url) as transport, pytest.raises(ConnectionFailedError) as caught:
+        transport.request("GET", "/ok")
+    assert str(caught.value.message) == (
+        f"cannot reach the orchestrator at {url}: Connection refused"
+    )
+
+
+def test_deadline_is_timeout_exceeded(server: str) -> None:
+    with SyncTransport(server, timeout=0.2) as transport:
+        with pytest.raises(TimeoutExceededError) as caught:
+            transport.request("GET", "/slow")
+        assert caught.value.message == f"no answer from the orchestrator at {server} within 0.2s"
+        assert transport.request("GET", "/ok") == {"A": "healthy"}  # reconnects
+
+
+def test_a_dropped_idle_connection_is_retried_once(server: str) -> None:
+    with SyncTransport(server) as transport:
+        transport.request("GET", "/ok")
+        assert transport._conn is not None
+        assert transport._conn.sock is not None
+        transport._conn.sock.shutdown(socket.SHUT_RDWR)  # as if the server closed it
+        assert transport.request("GET", "/ok") == {"A": "healthy"}
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ftp://127.0.0.1:1",
+        "http://user:pw@127.0.0.1:1",
+        "http://127.0.0.1:99999",
+        "x",
+        "http://[::1",
+    ],
+)
+def test_unsupported_urls_are_refused_up_front(url: str) -> None:
+    with pytest.raises(UnsupportedURLError):
+        SyncTransport(url)
+
+
+def test_cli_quick_path_prints_json_and_defers_the_rest(
+    server: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from openclaw_orchestrator.cli.quick import try_quick
+
+    code = try_quick(
+        ["health", "--instances", "A", "--instances", "B", "--url", server, "-o", "json"]
+    )
+    assert code == 0
+    assert orjson.loads(capsys.readouterr().out) == {"A": "healthy"}
+    assert _Handler.seen[-1]["path"] == "/api/orchestrator/health?instances=A,B"
+    for argv in (
+        ["health", "--output", "table"],
+        ["health", "--help"],
+        ["health", "--config", "x.json", "-o", "json"],
+        ["health", "--bogus", "-o", "json"],
+        ["health", "--url", "a", "--url", "b", "-o", "json"],
+        ["route", "-o", "json"],
+        ["health", "--url", "http://u:p@127.0.0.1:1", "-o", "json"],
+    ):
+        assert try_quick(argv) is None, argv
+
+
+def test_cli_quick_path_errors_exit_like_the_app(capsys: pytest.CaptureFixture[str]) -> None:
+    from openclaw_orchestrator.cli.quick import try_quick
+
+    url = f"http://127.0.0.1:{_free_port()}"
+    assert try_quick(["health", "--url", url, "-o", "json"]) == 4
+    assert f"error: connection_failed: cannot reach the orchestrator at {url}" in (
+        capsys.readouterr().err
+    )
+
+
+@pytest.mark.parametrize(
+    ("environ", "url"),
+    [
+        ({}, None),
+        ({"ORCHESTRATOR_URL": "http://h:1", "ORCHESTRATOR_API_KEY": "k"}, None),
+        ({"orchestrator_url": "http://h:2", "Orchestrator_Api_Key": "k2"}, None),
+        ({"ORCHESTRATOR_URL": "http://h:1"}, "http://flag:3"),
+        ({"ORCHESTRATOR_URL": "http://h:1"}, ""),
+        ({"ORCHESTRATOR_API_KEY": "k", "OTHER": "x"}, None),
+    ],
+)
+def test_client_env_agrees_with_the_full_settings(
+    environ: dict[str, str], url: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from openclaw_orchestrator.client_env import client_env
+    from openclaw_orchestrator.settings import load_client_settings
+
+    for name in [n for n in os_environ() if n.lower().startswith("orchestrator_")]:
+        monkeypatch.delenv(name)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    light = client_env(url, environ)
+    full = load_client_settings(None, url=url)
+    key = full.api_key
+    assert light == (full.url, None if key is None else key.get_secret_value())
+
+
+@pytest.mark.parametrize(
+    "environ",
+    [
+        {"ORCHESTRATOR_URL": ""},
+        {"ORCHESTRATOR_API_KEY": ""},
+        {"ORCHESTRATOR_API_KEY": "a", "orchestrator_api_key": "b"},
+    ],
+)
+def test_client_env_defers_when_unsure(environ: dict[str, str]) -> None:
+    from openclaw_orchestrator.client_env import client_env
+
+    assert client_env(None, environ) is None
+
+
+def test_client_env_default_url_is_the_settings_default() -> None:
+    from openclaw_orchestrator import client_env, settings
+
+    assert client_env.DEFAULT_URL == settings.DEFAULT_URL
+
+
+def os_environ() -> list[str]:
+    import os
+
+    return list(os.environ)
