@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import aiohttp
+import orjson
 
 from ..errors import (
     InstanceDownError,
@@ -24,7 +25,7 @@ from ..errors import (
 )
 from ..models import InstanceSpec
 
-__all__ = ["InstanceDriver", "ProbeResult", "map_client_errors"]
+__all__ = ["InstanceDriver", "ProbeResult", "error_fields", "map_client_errors"]
 
 REQUEST_ID_HEADER = "X-Request-ID"
 
@@ -122,3 +123,17 @@ def map_client_errors(instance: str) -> Iterator[None]:
         ) from exc
     except aiohttp.ClientError as exc:
         raise InstanceError(f"instance {instance} failed: {exc}", instance=instance) from exc
+
+
+def error_fields(raw: bytes, kind_key: str = "code") -> tuple[str | None, str | None]:
+    """``(kind, message)`` of an ``{"error": {kind_key: ..., "message": ...}}`` reply body;
+    Nones for whatever is missing, not a string, or not JSON at all."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None, None
+    err = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(err, dict):
+        return None, None
+    kind, message = err.get(kind_key), err.get("message")
+    return (kind if isinstance(kind, str) else None, message if isinstance(message, str) else None)

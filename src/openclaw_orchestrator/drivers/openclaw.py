@@ -61,7 +61,7 @@ from ..errors import (
     InstanceRejectedError,
 )
 from ..models import InstanceSpec
-from .base import REQUEST_ID_HEADER, ProbeResult, map_client_errors
+from .base import REQUEST_ID_HEADER, ProbeResult, error_fields, map_client_errors
 from .worker import parse_retry_after
 
 __all__ = [
@@ -283,24 +283,11 @@ def _tool_result(name: str, tool: str, reply: Any) -> dict[str, Any]:
     return {"tool": tool, "result": result, "raw": reply}
 
 
-def _error_message(raw: bytes) -> tuple[str | None, str | None]:
-    """``(type, message)`` of an ``{"error": {...}}`` body (OpenAI and tools styles)."""
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None, None
-    err = body.get("error") if isinstance(body, dict) else None
-    if not isinstance(err, dict):
-        return None, None
-    kind, message = err.get("type"), err.get("message")
-    return (kind if isinstance(kind, str) else None, message if isinstance(message, str) else None)
-
-
 def _reply_error(
     name: str, status: int, raw: bytes, retry_after: str | None, *, path: str
 ) -> InstanceError:
     """The error for a non-2xx gateway reply (module docstring)."""
-    kind, message = _error_message(raw)
+    kind, message = error_fields(raw, "type")
     details = {"upstream_type": kind} if kind else None
     text = f"{name}: {message or f'HTTP {status}'}"
     if status == 401:

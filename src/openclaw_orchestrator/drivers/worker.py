@@ -42,7 +42,7 @@ from ..errors import (
     InvalidRequestError,
 )
 from ..models import InstanceSpec
-from .base import REQUEST_ID_HEADER, ProbeResult, map_client_errors
+from .base import REQUEST_ID_HEADER, ProbeResult, error_fields, map_client_errors
 from .lean import LeanHttp, Target, map_lean_errors
 
 __all__ = [
@@ -97,25 +97,9 @@ def parse_retry_after(value: str | None) -> float | None:
     return seconds if math.isfinite(seconds) and seconds >= 0 else None
 
 
-def _error_envelope(raw: bytes) -> tuple[str | None, str | None]:
-    """``(code, message)`` from an ``{"error": {...}}`` body, or Nones when there is none."""
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None, None
-    err = body.get("error") if isinstance(body, dict) else None
-    if not isinstance(err, dict):
-        return None, None
-    code, message = err.get("code"), err.get("message")
-    return (
-        code if isinstance(code, str) else None,
-        message if isinstance(message, str) else None,
-    )
-
-
 def _reply_error(name: str, status: int, raw: bytes, retry_after: str | None) -> InstanceError:
     """The error for a non-2xx reply: rejected (4xx), retryable-looking (429/5xx) or protocol."""
-    code, message = _error_envelope(raw)
+    code, message = error_fields(raw)
     text = f"{name}: {message or f'HTTP {status}'}"
     details = {"upstream_code": code} if code else None
     if 400 <= status < 500 and status != 429:
