@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
+import aiohttp
 import pytest
 import uvloop
+
+from openclaw_orchestrator.server import running
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -23,3 +28,21 @@ def pytest_asyncio_loop_factories(
 ) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
     """uvloop, as in production: servers and clients in tests run on the loop users get."""
     return {"uvloop": uvloop.new_event_loop}
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    """A real aiohttp client session (what drivers share), closed after the test."""
+    async with aiohttp.ClientSession() as client:
+        yield client
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Callable[[Any], Awaitable[str]]]:
+    """``await serve(app)`` runs ``app`` on 127.0.0.1:0 until the test ends; returns its URL."""
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def start(app: Any) -> str:
+            return await stack.enter_async_context(running(app))
+
+        yield start

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import re
 import socket
@@ -39,24 +38,6 @@ Serve = Callable[[Any], Awaitable[str]]
 TASK = "/api/instance/task"
 HEALTH = "/api/health/check"
 FAULTS = "/api/instance/faults"
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    """A plain client session, closed after the test."""
-    async with aiohttp.ClientSession() as client:
-        yield client
-
-
-@pytest.fixture
-async def serve() -> AsyncIterator[Serve]:
-    """``await serve(app)`` runs ``app`` on 127.0.0.1:0 until the test ends; returns its URL."""
-    async with contextlib.AsyncExitStack() as stack:
-
-        async def start(app: Any) -> str:
-            return await stack.enter_async_context(running(app))
-
-        yield start
 
 
 async def _call(

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -26,30 +25,11 @@ from openclaw_orchestrator.reference.sessions import (
     is_valid_session_id,
     parse_history,
 )
-from openclaw_orchestrator.server import running
 
 Serve = Callable[[Any], Awaitable[str]]
 SESSIONS = "/api/instance/sessions"
 HEALTH = "/api/health/check"
 FAULTS = "/api/instance/faults"
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    """A plain client session, closed after the test."""
-    async with aiohttp.ClientSession() as client:
-        yield client
-
-
-@pytest.fixture
-async def serve() -> AsyncIterator[Serve]:
-    """``await serve(app)`` runs ``app`` on 127.0.0.1:0 until the test ends; returns its URL."""
-    async with contextlib.AsyncExitStack() as stack:
-
-        async def start(app: Any) -> str:
-            return await stack.enter_async_context(running(app))
-
-        yield start
 
 
 async def _call(
