@@ -213,7 +213,9 @@ async def _run(
     try:
         await wait_ready(instances)
         api_key = settings.api_key.get_secret_value() if settings.api_key else ""
-        async with running(create_app(settings), host=settings.host, port=settings.port) as url:
+        async with running(
+            create_app(settings, server_process=True), host=settings.host, port=settings.port
+        ) as url:
             _banner(url, api_key, instances, generated=generated)
             if fleet is not None:
                 print(fleet_banner(fleet), flush=True)

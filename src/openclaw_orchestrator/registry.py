@@ -14,7 +14,7 @@ from typing import Literal
 
 from .domain.balancing import Candidate
 from .domain.health import HealthPolicy, HealthState, InstanceHealth
-from .domain.targets import parse_targets
+from .domain.targets import parse_targets, plain_names
 from .errors import InvalidRequestError, NotFoundError
 from .models import HealthDetail, InstanceInfo, InstanceSpec, redact_url
 
@@ -156,6 +156,9 @@ class Registry:
         means every instance, which may be none."""
         if expr is None:
             return list(self._records)
+        names = plain_names(expr)
+        if names is not None and all(name in self._records for name in names):
+            return names
         registry = [(rec.name, rec.spec.tags) for rec in self._records.values()]
         return parse_targets(expr, registry, field=field)
 

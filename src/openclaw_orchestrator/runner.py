@@ -49,4 +49,4 @@ def serve(settings: Settings) -> None:
     if settings.api_key is None:
         log.warning("runner.auth_disabled", reason="no ORCHESTRATOR_API_KEY; loopback only")
     log.info("runner.listening", url=settings.url)
-    serve_forever(create_app(settings), host=settings.host, port=settings.port)
+    serve_forever(create_app(settings, server_process=True), host=settings.host, port=settings.port)

@@ -7,7 +7,7 @@ from typing import Any, cast
 
 import pytest
 
-from openclaw_orchestrator.domain.targets import MAX_RANGE_SIZE, parse_targets
+from openclaw_orchestrator.domain.targets import MAX_RANGE_SIZE, parse_targets, plain_names
 from openclaw_orchestrator.errors import InvalidRequestError
 
 LETTERS = ["A", "B", "C", "D", "E", "F", "G", "H"]
@@ -145,3 +145,27 @@ def test_accepts_any_collection_of_tags() -> None:
     """Tags may come as a set, list or tuple, whatever the registry keeps."""
     registry: list[tuple[str, Collection[str]]] = [("A", ["x"]), ("B", ("x", "y")), ("C", {"y"})]
     assert parse_targets("tag:y", registry) == ["B", "C"]
+
+
+@pytest.mark.parametrize(
+    ("expr", "names"),
+    [
+        (["A"], ["A"]),
+        ("A", ["A"]),
+        ("A,C", ["A", "C"]),
+        (["A", "C", "A"], ["A", "C"]),
+        (["A B", "C"], ["A", "B", "C"]),
+        (["w1", "gpu.2:x"], ["w1", "gpu.2:x"]),
+    ],
+)
+def test_plain_names_lists_plain_names(expr: Any, names: list[str]) -> None:
+    """A list of plain names needs no expansion: the shortcut returns it, deduplicated."""
+    assert plain_names(expr) == names
+
+
+@pytest.mark.parametrize(
+    "expr", ["all", ["ALL"], "A-D", ["tag:gpu"], ["A", "w1-w4"], [], [""], ["A", 3], "bad name!"]
+)
+def test_plain_names_leaves_anything_else_to_the_parser(expr: Any) -> None:
+    """Ranges, 'all', tags, malformed or empty expressions: None (parse_targets decides)."""
+    assert plain_names(expr) is None

@@ -12,8 +12,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.types import Receive, Scope, Send
 
 from .. import __about__
+from ..gc_tuning import settle_after_startup
 from ..idempotency import IdempotencyCache
 from ..logs import get_logger
 from ..runtime import open_orchestrator
@@ -26,13 +28,31 @@ from .middleware import RequestContextMiddleware
 from .routes import cluster, orchestrator, public
 from .security import Authenticator
 
-__all__ = ["create_app"]
+__all__ = ["OrchestratorApp", "create_app"]
 
 log = get_logger("api")
 
 
-def create_app(settings: Settings, *, service: Orchestrator | None = None) -> FastAPI:
-    """The orchestrator's HTTP API for ``settings``."""
+class OrchestratorApp(FastAPI):
+    """FastAPI with :class:`~.fastpath.FastPaths` in front of everything, middleware
+    included: the ordinary hot request never enters the framework's layers."""
+
+    def use_fast_paths(self, *, max_body_bytes: int) -> None:
+        """Serve the hot endpoints' ordinary requests before the middleware stack."""
+        self._fast_paths = FastPaths(
+            super().__call__, state=self.state, max_body_bytes=max_body_bytes
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._fast_paths(scope, receive, send)
+
+
+def create_app(
+    settings: Settings, *, service: Orchestrator | None = None, server_process: bool = False
+) -> OrchestratorApp:
+    """The orchestrator's HTTP API for ``settings``. ``server_process``: the app owns its
+    process (``serve``, uvicorn workers), so the garbage collector is tuned for serving
+    once start-up is done (:mod:`..gc_tuning`)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -47,9 +67,11 @@ def create_app(settings: Settings, *, service: Orchestrator | None = None) -> Fa
                 instances=len(built.registry),
                 auth="enabled" if app.state.authenticator.is_enabled else "disabled",
             )
+            if server_process:
+                settle_after_startup()
             yield
 
-    app = FastAPI(
+    app = OrchestratorApp(
         title="openclaw-orchestrator",
         version=__about__.__version__,
         description="Delegate work to many agent instances: route, fanout, health.",
@@ -63,6 +85,6 @@ def create_app(settings: Settings, *, service: Orchestrator | None = None) -> Fa
     app.include_router(cluster)
     app.include_router(sessions.admin)
     app.include_router(sessions.scoped)
-    app.add_middleware(FastPaths)  # inside the request id and body limit, before FastAPI
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.use_fast_paths(max_body_bytes=settings.max_body_bytes)
     return app

@@ -22,4 +22,4 @@ def app() -> FastAPI:
     settings = load_settings()
     check_bind(settings)
     configure_logging(settings.log_level, settings.log_format)
-    return create_app(settings)
+    return create_app(settings, server_process=True)

@@ -1,16 +1,21 @@
-"""The three hot endpoints served without FastAPI's per-request machinery.
+"""The three hot endpoints served before any framework layer runs.
 
 ``POST /api/orchestrator/route``, ``/fanout`` (not streamed) and ``/sessions/{id}/send``
-sit on every task's path; FastAPI's dependency solving, body handling and response
-plumbing cost about as much as the orchestrator's own work. :class:`FastPaths` is raw ASGI
-middleware that serves the *ordinary* request of those endpoints itself: JSON body, the API
-key, a valid body, no ``Idempotency-Key``. It makes the very same service call and answers
-with the very same response (:func:`~.responses.json_response`, :func:`~.errors.error_response`).
+sit on every task's path. Starlette's middleware stack (error, telemetry, body-limit and our
+request-context layers, each wrapping ``send``/``receive``), FastAPI's dependency solving
+and response plumbing together cost more CPU than the orchestrator's own work, so
+:class:`FastPaths` is the app's outermost layer (see :class:`~.app.OrchestratorApp`) and
+serves the *ordinary* request of those endpoints itself: JSON body within the size limit,
+the API key, a valid body, no ``Idempotency-Key``. It gives the request the same id as the
+request-context middleware would, makes the very same service call, and answers with the
+very same body and status (:func:`~.errors.error_response` for errors, a generic 500 for a
+bug, logged like the app's own handler does).
 
 Anything else — another path or method, another content type, a missing or wrong key, a
-session token, JSON or a body that does not validate, an idempotency key, streaming — is
-handed to the FastAPI app with the body replayed, so every error, status and message stays
-exactly what the FastAPI routes (still there, and in the OpenAPI schema) produce.
+session token, JSON or a body that does not validate, a body over the limit, an idempotency
+key, streaming — goes to the full app with the body replayed, so every error, status and
+message stays exactly what the FastAPI routes (still there, and in the OpenAPI schema)
+produce.
 """
 
 from __future__ import annotations
@@ -20,51 +25,55 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
+import structlog
 from pydantic import BaseModel, ValidationError
+from starlette.datastructures import State
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import OrchestratorError
+from ..logs import get_logger
 from ..models import SESSION_ID_PATTERN, FanoutRequest, RouteRequest, SendRequest
-from ..service import Orchestrator
 from .errors import error_response
-from .middleware import request_id_of
-from .responses import json_response
+from .middleware import incoming_request_id, new_request_id
 from .security import Authenticator
 
 __all__ = ["FastPaths"]
 
+log = get_logger("api")
+
 Call = Callable[[], Awaitable[BaseModel]]
-Prepare = Callable[[Scope, dict[bytes, bytes], Any, str], Call | None]
+Prepare = Callable[[State, Any, str, str, dict[bytes, bytes]], Call | None]
 
 ROUTE_PATH = "/api/orchestrator/route"
 FANOUT_PATH = "/api/orchestrator/fanout"
 _SEND_PATH = re.compile(r"/api/orchestrator/sessions/([^/]+)/send")
 _SESSION_ID = re.compile(SESSION_ID_PATTERN)
 _NDJSON = b"application/x-ndjson"
+_JSON_HEADER = (b"content-type", b"application/json")
+_NO_HEADERS: list[tuple[bytes, bytes]] = []
 
 
-def _route(scope: Scope, headers: dict[bytes, bytes], raw: Any, _: str) -> Call | None:
+def _route(state: State, raw: Any, _: str, rid: str, headers: dict[bytes, bytes]) -> Call | None:
     body = RouteRequest.model_validate(raw)
-    service: Orchestrator = scope["app"].state.orchestrator
-    rid = request_id_of(scope)
+    service = state.orchestrator
     return lambda: service.route(body, request_id=rid)
 
 
-def _fanout(scope: Scope, headers: dict[bytes, bytes], raw: Any, _: str) -> Call | None:
+def _fanout(state: State, raw: Any, _: str, rid: str, headers: dict[bytes, bytes]) -> Call | None:
     body = FanoutRequest.model_validate(raw)
     if body.stream or _NDJSON in headers.get(b"accept", b""):
         return None
-    service: Orchestrator = scope["app"].state.orchestrator
-    rid = request_id_of(scope)
+    service = state.orchestrator
     return lambda: service.fanout(body, request_id=rid)
 
 
-def _send(scope: Scope, headers: dict[bytes, bytes], raw: Any, session_id: str) -> Call | None:
+def _send(
+    state: State, raw: Any, session_id: str, rid: str, headers: dict[bytes, bytes]
+) -> Call | None:
     if not _SESSION_ID.fullmatch(session_id):
         return None
     body = SendRequest.model_validate(raw)
-    sessions = scope["app"].state.orchestrator.sessions
-    rid = request_id_of(scope)
+    sessions = state.orchestrator.sessions
     return lambda: sessions.send(
         session_id, body.data, timeout=body.timeout, idempotency_key=None, request_id=rid
     )
@@ -85,19 +94,32 @@ def _is_json(headers: dict[bytes, bytes]) -> bool:
     return kind == b"application/json"
 
 
-async def _read_body(receive: Receive) -> bytes | None:
-    """The whole body; None when the client left (or the size guard answered 413)."""
+def _declared_length(headers: dict[bytes, bytes]) -> int | None:
+    try:
+        return int(headers[b"content-length"])
+    except (KeyError, ValueError):
+        return None
+
+
+async def _read_body(receive: Receive, limit: int) -> tuple[bytes, bool] | None:
+    """``(body, complete)``: the whole body, or the part read when it passed ``limit``
+    (the full app then answers 413); None when the client left."""
     chunks: list[bytes] = []
+    seen = 0
     while True:
         message = await receive()
         if message["type"] != "http.request":
             return None
-        chunks.append(message.get("body", b""))
+        chunk = message.get("body", b"")
+        chunks.append(chunk)
+        seen += len(chunk)
         if not message.get("more_body", False):
-            return b"".join(chunks)
+            return b"".join(chunks), True
+        if seen > limit:
+            return b"".join(chunks), False
 
 
-def _replay(body: bytes, receive: Receive) -> Receive:
+def _replay(body: bytes, more: bool, receive: Receive) -> Receive:
     """A ``receive`` that hands ``body`` out once, then defers to the real one."""
     sent = False
 
@@ -106,17 +128,19 @@ def _replay(body: bytes, receive: Receive) -> Receive:
         if sent:
             return await receive()
         sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
+        return {"type": "http.request", "body": body, "more_body": more}
 
     return replayed
 
 
 class FastPaths:
     """Serves the ordinary route/fanout/send request directly; everything else goes on to
-    ``app`` unchanged (see the module docstring)."""
+    ``app`` (the full application) unchanged. See the module docstring."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, *, state: State, max_body_bytes: int) -> None:
         self.app = app
+        self.state = state
+        self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or scope.get("root_path"):
@@ -127,26 +151,52 @@ class FastPaths:
         if prepare is None or not _is_json(headers) or b"idempotency-key" in headers:
             await self.app(scope, receive, send)
             return
-        body = await _read_body(receive)
-        if body is None:
+        declared = _declared_length(headers)
+        if declared is not None and declared > self.max_body_bytes:
+            await self.app(scope, receive, send)  # 413 from the request-context middleware
             return
-        replay = _replay(body, receive)
-        call = self._prepare(prepare, scope, headers, body, param)
+        read = await _read_body(receive, self.max_body_bytes)
+        if read is None:
+            return
+        body, complete = read
+        replay = _replay(body, not complete, receive)
+        rid = incoming_request_id(headers.get(b"x-request-id")) or new_request_id()
+        call = self._prepare(prepare, headers, body, param, rid) if complete else None
         if call is None:
             await self.app(scope, replay, send)
             return
+        structlog.contextvars.bind_contextvars(request_id=rid)
         try:
-            response = json_response(await call())
+            status, raw, extra = 200, _to_json(await call()), _NO_HEADERS
         except OrchestratorError as exc:
-            response = error_response(exc)
-        await response(scope, replay, send)
+            status, raw, extra = _error_parts(exc)
+        except Exception as exc:  # a bug: the app's generic 500, details only in the log
+            log.error("api.unexpected_error", path=scope["path"], exc_info=exc)
+            status, raw, extra = _error_parts(
+                OrchestratorError("internal error; see the orchestrator log")
+            )
+        finally:
+            structlog.contextvars.unbind_contextvars("request_id")
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    _JSON_HEADER,
+                    (b"content-length", str(len(raw)).encode()),
+                    *extra,
+                    (b"x-request-id", rid.encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": raw})
 
-    @staticmethod
     def _prepare(
-        prepare: Prepare, scope: Scope, headers: dict[bytes, bytes], body: bytes, param: str
+        self, prepare: Prepare, headers: dict[bytes, bytes], body: bytes, param: str, rid: str
     ) -> Call | None:
-        """The service call, or None when FastAPI should answer (any precondition failed)."""
-        auth: Authenticator = scope["app"].state.authenticator
+        """The service call, or None when the full app should answer (a precondition
+        failed: it will say which, in its own words)."""
+        auth: Authenticator = self.state.authenticator
         if auth.is_enabled:
             authorization = headers.get(b"authorization")
             if authorization is None:
@@ -156,6 +206,20 @@ class FastPaths:
             except OrchestratorError:
                 return None
         try:
-            return prepare(scope, headers, orjson.loads(body) if body else None, param)
+            return prepare(self.state, orjson.loads(body) if body else None, param, rid, headers)
         except (orjson.JSONDecodeError, ValidationError, OrchestratorError):
             return None
+
+
+def _to_json(model: BaseModel) -> bytes:
+    """``model_dump_json()`` as bytes, without decoding and re-encoding the text."""
+    return model.__pydantic_serializer__.to_json(model)
+
+
+def _error_parts(exc: OrchestratorError) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    """Status, body and extra headers of :func:`~.errors.error_response` for ``exc``."""
+    response = error_response(exc)
+    extra = [
+        (k, v) for k, v in response.raw_headers if k not in (b"content-type", b"content-length")
+    ]
+    return response.status_code, bytes(response.body), extra

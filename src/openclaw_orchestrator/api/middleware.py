@@ -8,8 +8,8 @@ without ever being held in memory.
 
 from __future__ import annotations
 
+import os
 import re
-import uuid
 from typing import Any
 
 import orjson
@@ -18,7 +18,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import PayloadTooLargeError
 
-__all__ = ["RequestContextMiddleware", "request_id_of"]
+__all__ = [
+    "RequestContextMiddleware",
+    "incoming_request_id",
+    "new_request_id",
+    "request_id_of",
+]
 
 _SAFE_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -39,7 +44,7 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = _incoming_id(scope) or uuid.uuid4().hex
+        request_id = _incoming_id(scope) or new_request_id()
         scope.setdefault("state", {})["request_id"] = request_id
         header = (b"x-request-id", request_id.encode())
 
@@ -95,8 +100,18 @@ class _BodyGuard:
 def _incoming_id(scope: Scope) -> str | None:
     for name, value in scope["headers"]:
         if name == b"x-request-id":
-            return value.decode() if _SAFE_ID.match(value) else None
+            return incoming_request_id(value)
     return None
+
+
+def new_request_id() -> str:
+    """128 random bits in hex, as random as ``uuid4().hex`` at a quarter of the cost."""
+    return os.urandom(16).hex()
+
+
+def incoming_request_id(value: bytes | None) -> str | None:
+    """The caller's ``X-Request-ID`` when it is sane (safe characters, ≤ 128), else None."""
+    return value.decode() if value is not None and _SAFE_ID.match(value) else None
 
 
 def _content_length(scope: Scope) -> int | None:

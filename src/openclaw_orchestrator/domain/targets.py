@@ -19,7 +19,7 @@ from collections.abc import Collection, Sequence
 
 from ..errors import InvalidRequestError
 
-__all__ = ["INSTANCE_NAME", "MAX_RANGE_SIZE", "Registry", "parse_targets"]
+__all__ = ["INSTANCE_NAME", "MAX_RANGE_SIZE", "Registry", "parse_targets", "plain_names"]
 
 INSTANCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:]{0,63}")
 MAX_RANGE_SIZE = 1024  # a typo like w1-w1000000 must not allocate a million names
@@ -52,6 +52,29 @@ def parse_targets(
             details={"unknown": unknown, "known": known},
         )
     return expanded
+
+
+def plain_names(expr: str | Sequence[str]) -> list[str] | None:
+    """The names ``expr`` lists when it is nothing but plain names (the common request:
+    ``["A"]``, ``"A,C"``), deduplicated in order; None when it holds anything
+    :func:`parse_targets` must expand (``all``, ``tag:``, ranges) or is malformed. Lets a
+    caller that can check membership cheaply skip the full parse."""
+    items = [expr] if isinstance(expr, str) else expr
+    if not isinstance(items, list | tuple):
+        return None
+    names: list[str] = []
+    for item in items:
+        if not isinstance(item, str):
+            return None
+        for token in _SEPARATORS.split(item):
+            if not token:
+                continue
+            if not INSTANCE_NAME.fullmatch(token) or token.lower() == "all":
+                return None
+            if token[:4].lower() == "tag:":
+                return None
+            names.append(token)
+    return _unique(names) if names else None
 
 
 def _tokens(expr: str | Sequence[str], field: str) -> list[str]:

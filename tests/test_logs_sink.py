@@ -1,0 +1,108 @@
+"""``LineSink``: log lines batched per event-loop iteration, never lost, never reordered."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import io
+import subprocess
+import sys
+import threading
+
+from openclaw_orchestrator.gc_tuning import YOUNG_THRESHOLD, settle_after_startup
+from openclaw_orchestrator.logs import LineSink
+
+
+class CountingFile(io.StringIO):
+    """A text file that counts its writes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+async def test_lines_of_one_loop_step_are_one_write_after_the_step() -> None:
+    """Lines logged in one step reach the file together, in order, once the step is done."""
+    out = CountingFile()
+    sink = LineSink(out)
+    for i in range(5):
+        sink.info(f"line {i}")
+    assert out.getvalue() == ""  # still in this step
+    await asyncio.sleep(0)
+    assert out.getvalue() == "".join(f"line {i}\n" for i in range(5))
+    assert out.writes == 1
+    sink.info("later")
+    await asyncio.sleep(0)
+    assert out.getvalue().endswith("line 4\nlater\n")
+    assert out.writes == 2
+
+
+def test_without_a_loop_lines_are_written_at_once() -> None:
+    """Start-up, shutdown and other threads have no loop to wait for."""
+    out = CountingFile()
+    sink = LineSink(out)
+    sink.error("now")
+    assert out.getvalue() == "now\n"
+    seen: list[str] = []
+    thread = threading.Thread(target=lambda: (sink.info("from a thread"), seen.append("x")))
+    thread.start()
+    thread.join()
+    assert out.getvalue() == "now\nfrom a thread\n"
+
+
+def test_a_line_queued_on_a_loop_that_ended_is_written_by_the_next_one() -> None:
+    """A loop closed before its flush ran: the next line (or exit) writes both, in order."""
+    out = CountingFile()
+    sink = LineSink(out)
+
+    async def log_and_leave() -> None:
+        sink.info("first")
+
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(log_and_leave())
+    loop.close()  # the scheduled flush may never run
+    asyncio.run(log_and_leave())
+    sink.flush()
+    assert out.getvalue().startswith("first\n")
+    assert out.getvalue().count("first\n") == 2
+
+
+def test_lines_still_queued_at_exit_are_written() -> None:
+    """The interpreter's exit flushes what a last loop iteration left queued."""
+    code = (
+        "import asyncio\n"
+        "from openclaw_orchestrator.logs import configure_logging, get_logger\n"
+        "configure_logging('info', 'json')\n"
+        "log = get_logger('t')\n"
+        "async def main():\n"
+        "    log.info('queued.line', n=1)\n"
+        "loop = asyncio.new_event_loop()\n"
+        "loop.run_until_complete(main())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert '"event":"queued.line"' in done.stderr
+
+
+def test_a_closed_file_never_breaks_the_caller() -> None:
+    """Logging must not raise because stderr went away."""
+    out = io.StringIO()
+    out.close()
+    LineSink(out).info("into the void")
+
+
+def test_settle_after_startup_freezes_and_raises_the_young_threshold() -> None:
+    """What exists at start-up is frozen; young collections happen less often."""
+    before = gc.get_threshold()
+    try:
+        settle_after_startup()
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold() == (YOUNG_THRESHOLD, before[1], before[2])
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
