@@ -1,7 +1,7 @@
 """Structured logs: one JSON object per line on stderr, via structlog.
 
-Every line carries a timestamp, level and event name; request-scoped fields (``request_id``)
-come from contextvars bound by the API middleware, so a log line inside a driver call still
+Every line carries a timestamp, level and event name; the request id comes from a context
+variable bound by the API (:func:`bind_request_id`), so a log line inside a driver call still
 names its request. Secrets never reach a log call: specs are logged by name and URL only.
 
 Lines logged on a running event loop are written together once the loop's current step is
@@ -18,12 +18,21 @@ import atexit
 import logging
 import sys
 import threading
+import time
+from contextvars import ContextVar, Token
 from typing import Any, TextIO
 
 import orjson
 import structlog
+from structlog.typing import EventDict
 
-__all__ = ["LineSink", "configure_logging", "get_logger"]
+__all__ = [
+    "LineSink",
+    "bind_request_id",
+    "configure_logging",
+    "get_logger",
+    "reset_request_id",
+]
 
 
 class LineSink:
@@ -89,6 +98,53 @@ def _orjson_dumps(obj: Any, default: Any = None) -> str:
     return orjson.dumps(obj, default=default).decode()
 
 
+_request_id: ContextVar[str | None] = ContextVar("openclaw_request_id", default=None)
+
+
+def bind_request_id(request_id: str) -> Token[str | None]:
+    """Name ``request_id`` on every line logged in this context until :func:`reset_request_id`."""
+    return _request_id.set(request_id)
+
+
+def reset_request_id(token: Token[str | None]) -> None:
+    """Undo the :func:`bind_request_id` that returned ``token``."""
+    _request_id.reset(token)
+
+
+_LEVELS = {"warn": "warning", "exception": "error", "msg": "info"}
+
+
+class _Annotate:
+    """Every line's common fields in one processor (each processor is a call per line):
+
+    - ``request_id`` from :func:`bind_request_id`, unless the call names one (one
+      ContextVar; structlog's ``merge_contextvars`` copies and scans the whole context);
+    - ``level``, as ``add_log_level`` names it;
+    - ``timestamp``: ISO 8601 UTC with microseconds (``2026-11-24T08:00:00.123456Z``), the
+      part down to the second formatted once per second, not once per line;
+    - ``exc_info`` turned into text by ``format_exc_info``, when there is one.
+    """
+
+    def __init__(self) -> None:
+        self._second: tuple[int, str] = (-1, "")
+
+    def __call__(self, logger: Any, method: str, event_dict: EventDict) -> EventDict:
+        request_id = _request_id.get()
+        if request_id is not None:
+            event_dict.setdefault("request_id", request_id)
+        event_dict["level"] = _LEVELS.get(method, method)
+        now = time.time()
+        second = int(now)
+        cached, prefix = self._second
+        if second != cached:
+            prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = (second, prefix)
+        event_dict["timestamp"] = f"{prefix}.{int((now - second) * 1_000_000):06d}Z"
+        if "exc_info" in event_dict:
+            return structlog.processors.format_exc_info(logger, method, event_dict)
+        return event_dict
+
+
 def configure_logging(level: str = "info", fmt: str = "json") -> None:
     """Set up structlog once per process; ``fmt`` is ``json`` or ``console``."""
     numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
@@ -103,10 +159,7 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
     sink = _sink = LineSink(sys.stderr)
     structlog.configure(
         processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
+            _Annotate(),
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),

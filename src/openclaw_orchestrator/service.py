@@ -731,9 +731,9 @@ def _unfinished(index: int, name: str, status: str, latency_ms: float) -> Entry:
 
 
 def _wire_entry(entry: Entry) -> FanoutEntry:
-    """The wire model of a domain entry; its fields are valid by construction, so no
-    validation runs (a thousand-target fanout builds a thousand of these)."""
-    return FanoutEntry.model_construct(
+    """The wire model of a domain entry. (Validated: pydantic's compiled validation of these
+    five fields costs less than ``model_construct``'s Python loop.)"""
+    return FanoutEntry(
         instance=entry.instance,
         status=entry.status,
         result=entry.result,

@@ -25,13 +25,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
-import structlog
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import State
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import OrchestratorError
-from ..logs import get_logger
+from ..logs import bind_request_id, get_logger, reset_request_id
 from ..models import SESSION_ID_PATTERN, FanoutRequest, RouteRequest, SendRequest
 from .errors import error_response
 from .middleware import incoming_request_id, new_request_id
@@ -165,7 +164,7 @@ class FastPaths:
         if call is None:
             await self.app(scope, replay, send)
             return
-        structlog.contextvars.bind_contextvars(request_id=rid)
+        bound = bind_request_id(rid)
         try:
             status, raw, extra = 200, _to_json(await call()), _NO_HEADERS
         except OrchestratorError as exc:
@@ -176,7 +175,7 @@ class FastPaths:
                 OrchestratorError("internal error; see the orchestrator log")
             )
         finally:
-            structlog.contextvars.unbind_contextvars("request_id")
+            reset_request_id(bound)
         await send(
             {
                 "type": "http.response.start",

@@ -13,10 +13,10 @@ import re
 from typing import Any
 
 import orjson
-import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import PayloadTooLargeError
+from ..logs import bind_request_id, reset_request_id
 
 __all__ = [
     "RequestContextMiddleware",
@@ -57,12 +57,12 @@ class RequestContextMiddleware:
         if declared is not None and declared > self.max_body_bytes:
             await _reject_too_large(send_with_id, self.max_body_bytes)
             return
-        structlog.contextvars.bind_contextvars(request_id=request_id)
+        bound = bind_request_id(request_id)
         guard = _BodyGuard(receive, send_with_id, self.max_body_bytes)
         try:
             await self.app(scope, guard.receive, guard.send)
         finally:
-            structlog.contextvars.unbind_contextvars("request_id")
+            reset_request_id(bound)
 
 
 class _BodyGuard:

@@ -147,14 +147,18 @@ def _lean_base(base: str) -> tuple[str, int, bytes, bytes] | None:
     return host, port, authority.encode(), url.raw_path.rstrip("/").encode()
 
 
-def _header_lines(headers: dict[str, str]) -> bytes | None:
-    """``Name: value\r\n`` lines, or None when a value could not go out verbatim."""
-    lines = []
-    for name, value in headers.items():
-        if not value.isascii() or "\r" in value or "\n" in value:
-            return None
-        lines.append(f"{name}: {value}\r\n")
-    return "".join(lines).encode()
+def _verbatim(value: str) -> bool:
+    """Whether ``value`` can go out as a header value byte for byte."""
+    return value.isascii() and "\r" not in value and "\n" not in value
+
+
+def _auth_line(instance: InstanceSpec) -> bytes | None:
+    """The ``Authorization`` header line for ``instance`` (``b""`` without credentials),
+    or None when the credentials could not go out verbatim."""
+    if instance.credentials is None:
+        return b""
+    value = f"Bearer {instance.credentials.get_secret_value()}"
+    return f"Authorization: {value}\r\n".encode() if _verbatim(value) else None
 
 
 class WorkerDriver:
@@ -169,30 +173,39 @@ class WorkerDriver:
         self._owns_lean = lean is None
         self._lean = LeanHttp() if lean is None else lean
         self._bases: dict[str, tuple[str, int, bytes, bytes] | None] = {}
+        self._targets: dict[tuple[str, str], Target | None] = {}
 
     def _lean_target(self, base: str, path: str) -> Target | None:
-        """Where the lean client sends ``base + path``; None when aiohttp must."""
+        """Where the lean client sends ``base + path``; None when aiohttp must. Cached:
+        a fanout sends the same task path to every instance."""
+        key = (base, path)
+        if key in self._targets:
+            return self._targets[key]
         if base not in self._bases:
             if len(self._bases) >= _MAX_CACHED_URLS:
                 self._bases.clear()
             self._bases[base] = _lean_base(base)
         parts = self._bases[base]
-        if parts is None:
-            return None
-        host, port, authority, prefix = parts
-        return Target(host, port, prefix + path.encode(), authority)
+        target: Target | None = None
+        if parts is not None:
+            host, port, authority, prefix = parts
+            target = Target(host, port, prefix + path.encode(), authority)
+        if len(self._targets) >= _MAX_CACHED_URLS:  # session paths are many
+            self._targets.clear()
+        self._targets[key] = target
+        return target
 
     async def _post_lean(
         self, instance: InstanceSpec, target: Target, body: bytes, timeout: float, request_id: str
     ) -> Any | None:
         """The parsed 2xx body of a POST through the lean client, like :meth:`_exchange`;
         None (nothing sent) when a header cannot go out verbatim."""
-        extra = {DEADLINE_HEADER: str(int(timeout * 1000)), REQUEST_ID_HEADER: request_id}
-        if instance.credentials is not None:
-            extra["Authorization"] = f"Bearer {instance.credentials.get_secret_value()}"
-        headers = _header_lines(extra)
-        if headers is None:
+        auth = _auth_line(instance)
+        if auth is None or not _verbatim(request_id):
             return None
+        headers = (
+            f"{DEADLINE_HEADER}: {int(timeout * 1000)}\r\n{REQUEST_ID_HEADER}: {request_id}\r\n"
+        ).encode() + auth
         with map_lean_errors(instance.name):
             reply = await self._lean.post(target, headers, body, timeout=timeout)
             if not 200 <= reply.status < 300:

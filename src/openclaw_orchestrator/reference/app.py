@@ -23,6 +23,7 @@ of one session run one at a time, in arrival order, under the session's lock.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import time
@@ -41,6 +42,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..logs import get_logger
 from .faults import FaultConfig, Faults
 from .handlers import Handler, HandlerContext, HandlerError, Invoker
 from .sessions import (
@@ -77,6 +79,7 @@ MESSAGES_PATH = SESSION_PATH + "/messages"
 REQUEST_ID_SCOPE_KEY = "openclaw.request_id"
 
 _REQUEST_ID = b"x-request-id"
+_log = get_logger("reference.app")
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
 
 AppLifespan = Callable[[Starlette], AbstractAsyncContextManager[None]]
@@ -129,12 +132,18 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-def _result_response(body: dict[str, Any]) -> Response:
-    """A 200 carrying a handler's result; one orjson cannot encode is the handler's 500."""
+def _encode_result(body: dict[str, Any]) -> bytes:
+    """The JSON of a 200 carrying a handler's result; one orjson cannot encode is the
+    handler's 500."""
     try:
-        return _json(200, body)
+        return orjson.dumps(body)
     except orjson.JSONEncodeError as exc:
         raise HandlerError(500, "handler_error", f"result is not JSON: {exc}") from exc
+
+
+def _result_response(body: dict[str, Any]) -> Response:
+    """A 200 carrying a handler's result (see :func:`_encode_result`)."""
+    return Response(_encode_result(body), 200, media_type="application/json")
 
 
 def _too_large(limit: int) -> HandlerError:
@@ -213,14 +222,15 @@ class ReferenceInstance:
         self.max_body_bytes = max_body
         self.inflight = 0
         self.started = time.monotonic()
-        self._expected_auth = f"Bearer {token}".encode() if token else None
+        self.expected_auth = f"Bearer {token}".encode() if token else None
+        """The whole ``Authorization`` header a request must carry; None: no token."""
 
     def authorize(self, request: Request) -> None:
         """Constant-time check of the bearer token, when one is configured."""
-        if self._expected_auth is None:
+        if self.expected_auth is None:
             return
         given = request.headers.get("authorization", "").encode()
-        if not hmac.compare_digest(given, self._expected_auth):
+        if not hmac.compare_digest(given, self.expected_auth):
             raise HandlerError(401, "unauthorized", "missing or wrong bearer token")
 
     async def health(self, request: Request) -> Response:
@@ -252,12 +262,21 @@ class ReferenceInstance:
     async def task(self, request: Request) -> Response:
         """``POST /api/instance/task``: auth, body, faults, then the handler."""
         payload, deadline = await self._read_task(request)
-        context = HandlerContext(self.name, request.scope[REQUEST_ID_SCOPE_KEY], deadline)
+        request_id = request.scope[REQUEST_ID_SCOPE_KEY]
+        body = await self.run_task(payload, deadline, request_id, request.receive)
+        return Response(body, 200, media_type="application/json")
+
+    async def run_task(
+        self, payload: Any, deadline: float | None, request_id: str, receive: Receive
+    ) -> bytes:
+        """A task past auth and parsing: faults, the handler, the encoded 200 body.
+        Raises :class:`HandlerError` for every protocol error."""
+        context = HandlerContext(self.name, request_id, deadline)
         self.inflight += 1
         try:
-            await self._inject_faults(request)
+            await self._inject_faults(receive)
             result = await self._run(payload, context)
-            return _result_response({"result": result, "instance": self.name})
+            return _encode_result({"result": result, "instance": self.name})
         finally:
             self.inflight -= 1
 
@@ -272,7 +291,7 @@ class ReferenceInstance:
         self.inflight += 1
         try:
             async with _turn(session, deadline):
-                await self._inject_faults(request)
+                await self._inject_faults(request.receive)
                 context = HandlerContext(self.name, request_id, deadline, session.context())
                 result = await self._run(payload, context)
                 seen = session.seen + 1
@@ -313,13 +332,13 @@ class ReferenceInstance:
         self.sessions.close(session_id)
         return _json(200, {"closed": session_id})
 
-    async def _inject_faults(self, request: Request) -> None:
+    async def _inject_faults(self, receive: Receive) -> None:
         config = self.faults.config
         if config.hang:
-            await _wait_for_disconnect(request.receive)
+            await _wait_for_disconnect(receive)
             raise HandlerError(504, "injected_hang", "the client gave up; nobody reads this")
         if delay := self.faults.delay():
-            await anyio.sleep(delay)
+            await asyncio.sleep(delay)
         if self.faults.should_fail():
             message = f"instance {self.name}: injected failure"
             raise HandlerError(
@@ -327,13 +346,20 @@ class ReferenceInstance:
             )
 
     async def _run(self, payload: Any, context: HandlerContext) -> Any:
-        """The handler, abandoned :data:`DEADLINE_GRACE` after the caller's deadline."""
+        """The handler, abandoned :data:`DEADLINE_GRACE` after the caller's deadline.
+
+        (asyncio's timeout, not anyio's cancel scope: the app only runs on asyncio, and the
+        scope costs several times as much on every task.)"""
         budget = context.time_left()
         if budget is None:
             return await self.invoker(payload, context)
-        with anyio.move_on_after(budget + DEADLINE_GRACE):
-            return await self.invoker(payload, context)
-        raise HandlerError(504, "deadline_exceeded", "the handler ran past X-Deadline-Ms")
+        try:
+            async with asyncio.timeout(budget + DEADLINE_GRACE):
+                return await self.invoker(payload, context)
+        except TimeoutError:  # the Invoker turns a handler's own errors into HandlerError
+            raise HandlerError(
+                504, "deadline_exceeded", "the handler ran past X-Deadline-Ms"
+            ) from None
 
     async def get_faults(self, request: Request) -> Response:
         """``GET /api/instance/faults``: the live configuration."""
@@ -374,14 +400,138 @@ class ReferenceInstance:
         )
 
 
-def _handler_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HandlerError)  # registered for HandlerError only
+def _error_headers(exc: HandlerError) -> dict[str, str]:
     headers = {}
     if exc.retry_after is not None:
         headers["Retry-After"] = f"{exc.retry_after:g}"
     if exc.status == 401:
         headers["WWW-Authenticate"] = "Bearer"
-    return error_response(exc.status, exc.code, exc.message, headers)
+    return headers
+
+
+def _handler_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HandlerError)  # registered for HandlerError only
+    return error_response(exc.status, exc.code, exc.message, _error_headers(exc))
+
+
+class InstanceApp(Starlette):
+    """Starlette with the protocol's hot request served in front of everything.
+
+    ``POST /api/instance/task`` is what every routed request and every fanout target costs
+    an instance: Starlette's middleware, routing and Request objects took more CPU than the
+    task (benchmark, docs/performance.md). The ordinary task — the right token, a sane
+    deadline, a JSON body within the limit, no hang injected — is served here, through the
+    very same :meth:`ReferenceInstance.run_task`, with the same headers and errors. Anything
+    else goes to the full app with the body replayed, which answers it as it always has.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "http"
+            and scope["method"] == "POST"
+            and scope["path"] == TASK_PATH
+            and not scope.get("root_path")
+        ):
+            await self._task(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+    async def _task(self, scope: Scope, receive: Receive, send: Send) -> None:
+        instance: ReferenceInstance = self.state.instance
+        headers = dict(reversed(scope["headers"]))  # the first of a name wins
+        try:
+            parsed = await _fast_task(instance, headers, receive)
+        except _ClientGone:
+            return  # nobody to answer
+        if isinstance(parsed, bytes | None):  # not ordinary: the full app answers
+            replay = receive if parsed is None else _replay(parsed, receive)
+            await super().__call__(scope, replay, send)
+            return
+        payload, deadline = parsed
+        request_id = headers.get(_REQUEST_ID) or uuid.uuid4().hex.encode()
+        extra: dict[str, str] = {}
+        try:
+            status, body = (
+                200,
+                await instance.run_task(payload, deadline, request_id.decode("latin-1"), receive),
+            )
+        except HandlerError as exc:
+            status, extra = exc.status, _error_headers(exc)
+            body = orjson.dumps({"error": {"code": exc.code, "message": exc.message}})
+        except Exception:
+            _log.exception("instance.unexpected_error", path=TASK_PATH)
+            status, body = (
+                500,
+                orjson.dumps({"error": {"code": "internal_error", "message": "internal error"}}),
+            )
+        response_headers = [
+            (b"content-length", str(len(body)).encode()),
+            (b"content-type", b"application/json"),
+            *((k.lower().encode(), v.encode()) for k, v in extra.items()),
+            (_REQUEST_ID, request_id),
+        ]
+        await send({"type": "http.response.start", "status": status, "headers": response_headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+class _ClientGone(Exception):
+    """The client disconnected before its body was read."""
+
+
+async def _fast_task(
+    instance: ReferenceInstance, headers: dict[bytes, bytes], receive: Receive
+) -> tuple[Any, float | None] | bytes | None:
+    """``(payload, deadline)`` of an ordinary task; else what was read of the body (bytes,
+    to replay) or None (nothing read) for the full app to answer."""
+    expected = instance.expected_auth
+    if expected is not None and not hmac.compare_digest(
+        headers.get(b"authorization", b""), expected
+    ):
+        return None
+    if instance.faults.config.hang:
+        return None
+    declared = headers.get(b"content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > instance.max_body_bytes):
+        return None
+    deadline_ms = headers.get(b"x-deadline-ms")
+    if deadline_ms is not None and not deadline_ms.isdigit():
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise _ClientGone
+        chunk = message.get("body", b"")
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > instance.max_body_bytes or not message.get("more_body", False):
+            break
+    raw = b"".join(chunks)
+    if size > instance.max_body_bytes or message.get("more_body", False):
+        return raw
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return raw
+    if not isinstance(body, dict) or "payload" not in body:
+        return raw
+    deadline = None if deadline_ms is None else time.monotonic() + int(deadline_ms) / 1000
+    return body["payload"], deadline
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that hands ``body`` out first, then defers to the real one."""
+    sent = False
+
+    async def replayed() -> Message:
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replayed
 
 
 def _http_error(request: Request, exc: Exception) -> Response:
@@ -425,7 +575,7 @@ def create_instance_app(
         max_body=max_body_bytes,
         sessions=sessions,
     )
-    app = Starlette(
+    app = InstanceApp(
         routes=instance.routes(fault_api=fault_api),
         middleware=[Middleware(RequestIdMiddleware)],
         exception_handlers={
