@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import gc
 import io
+import json
 import subprocess
 import sys
 import threading
 
 from openclaw_orchestrator.gc_tuning import YOUNG_THRESHOLD, settle_after_startup
-from openclaw_orchestrator.logs import LineSink
+from openclaw_orchestrator.logs import LineSink, after_this_step
 
 
 class CountingFile(io.StringIO):
@@ -106,3 +107,45 @@ def test_settle_after_startup_freezes_and_raises_the_young_threshold() -> None:
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+def test_a_logger_made_before_configuration_follows_it() -> None:
+    """Module loggers are made at import, often before configure_logging: they must still
+    write JSON lines to the configured sink, with their name."""
+    code = (
+        "from openclaw_orchestrator.logs import configure_logging, get_logger\n"
+        "early = get_logger('early.module')\n"
+        "configure_logging('info', 'json')\n"
+        "early.info('made.before', n=1)\n"
+        "early.debug('filtered.out')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout == ""
+    lines = [json.loads(line) for line in done.stderr.splitlines()]
+    assert len(lines) == 1
+    assert lines[0]["event"] == "made.before"
+    assert lines[0]["logger"] == "early.module"
+    assert lines[0]["level"] == "info"
+    assert lines[0]["timestamp"].endswith("Z")
+
+
+async def test_after_this_step_logs_once_the_step_is_done() -> None:
+    """The deferred line comes after what the step still does, with the step's context."""
+    order: list[str] = []
+
+    def method(event: str, **fields: object) -> None:
+        order.append(f"{event} {fields}")
+
+    after_this_step(method, "late", n=1)
+    order.append("reply sent")
+    await asyncio.sleep(0)
+    assert order == ["reply sent", "late {'n': 1}"]
+
+
+def test_after_this_step_without_a_loop_logs_now() -> None:
+    """No loop: nothing to wait for."""
+    seen: list[str] = []
+    after_this_step(lambda event, **_: seen.append(event), "now")
+    assert seen == ["now"]

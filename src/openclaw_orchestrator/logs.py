@@ -19,7 +19,9 @@ import logging
 import sys
 import threading
 import time
+from collections.abc import Callable
 from contextvars import ContextVar, Token
+from functools import partial
 from typing import Any, TextIO
 
 import orjson
@@ -28,6 +30,7 @@ from structlog.typing import EventDict
 
 __all__ = [
     "LineSink",
+    "after_this_step",
     "bind_request_id",
     "configure_logging",
     "get_logger",
@@ -83,6 +86,15 @@ class LineSink:
                 pass
 
 
+class _Named:
+    """What a named logger writes to: the process's :class:`LineSink`, plus the name."""
+
+    def __init__(self, name: str | None, sink: LineSink) -> None:
+        self.name = name
+        self.msg = self.log = self.debug = self.info = self.warning = self.error = sink.msg
+        self.warn = self.err = self.critical = self.exception = sink.msg
+
+
 _sink: LineSink | None = None
 
 
@@ -117,6 +129,7 @@ _LEVELS = {"warn": "warning", "exception": "error", "msg": "info"}
 class _Annotate:
     """Every line's common fields in one processor (each processor is a call per line):
 
+    - ``logger``: the name given to :func:`get_logger`;
     - ``request_id`` from :func:`bind_request_id`, unless the call names one (one
       ContextVar; structlog's ``merge_contextvars`` copies and scans the whole context);
     - ``level``, as ``add_log_level`` names it;
@@ -129,6 +142,8 @@ class _Annotate:
         self._second: tuple[int, str] = (-1, "")
 
     def __call__(self, logger: Any, method: str, event_dict: EventDict) -> EventDict:
+        if "logger" not in event_dict:
+            event_dict["logger"] = getattr(logger, "name", None)
         request_id = _request_id.get()
         if request_id is not None:
             event_dict.setdefault("request_id", request_id)
@@ -143,6 +158,22 @@ class _Annotate:
         if "exc_info" in event_dict:
             return structlog.processors.format_exc_info(logger, method, event_dict)
         return event_dict
+
+
+def after_this_step(method: Callable[..., Any], event: str, **fields: Any) -> None:
+    """Log ``event`` once the event loop's current step is done (now, without a loop).
+
+    For the line a request logs last, just before its reply: a routed request's successful
+    attempt. Formatting it after the reply is written takes it off the request's latency;
+    the context (the request id) goes with it. ``fields`` must be values that do not change
+    in the meantime (numbers, strings).
+    """
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        method(event, **fields)
+        return
+    loop.call_soon(partial(method, event, **fields))
 
 
 def configure_logging(level: str = "info", fmt: str = "json") -> None:
@@ -163,11 +194,13 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=lambda *_: sink,
+        logger_factory=lambda name=None, *_: _Named(name, sink),
         cache_logger_on_first_use=True,
     )
 
 
 def get_logger(name: str) -> Any:
-    """A structlog logger bound with ``logger=name``."""
-    return structlog.get_logger(name).bind(logger=name)
+    """A logger whose lines say ``"logger": name``. Lazy: a module-level logger made at
+    import, before :func:`configure_logging`, still follows the configuration made later
+    (bound at import, it would keep structlog's default console output for good)."""
+    return structlog.get_logger(name)

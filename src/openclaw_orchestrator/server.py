@@ -33,13 +33,16 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 
 def uvicorn_config(app: Any, *, log_level: str = "warning", **kwargs: Any) -> uvicorn.Config:
-    """Our uvicorn defaults: uvloop, httptools, no access log (we log requests ourselves)."""
+    """Our uvicorn defaults: uvloop, httptools, no access log (we log requests ourselves),
+    and no ``X-Forwarded-*`` rewriting: nothing here reads the client's address, and that
+    middleware is a layer on every request."""
     return uvicorn.Config(
         app,
         loop="uvloop",
         http="httptools",
         lifespan="on",
         access_log=False,
+        proxy_headers=False,
         log_level=log_level,
         server_header=False,
         timeout_graceful_shutdown=5,

@@ -35,7 +35,7 @@ from .errors import (
     OrchestratorError,
     TimeoutExceededError,
 )
-from .logs import get_logger
+from .logs import after_this_step, get_logger
 from .models import (
     Attempt,
     FanoutEntry,
@@ -431,7 +431,8 @@ class Orchestrator:
             raise
         latency = self._clock() - started
         attempts.append(Attempt(instance=name, outcome="ok", latency_ms=_ms(latency)))
-        log.info(
+        after_this_step(  # the request's last line: written after its reply
+            log.info,
             "orchestrator.attempt",
             request_id=request_id,
             instance=name,
@@ -494,13 +495,18 @@ class Orchestrator:
         after every entry was yielded.
         """
         async for event in self._fanout(request, request_id=request_id):
-            yield _wire_entry(event) if isinstance(event, Entry) else event
+            if isinstance(event, FanoutResult):
+                yield event
+            else:
+                for entry in event:
+                    yield _wire_entry(entry)
 
     async def _fanout(
         self, request: FanoutRequest, *, request_id: str
-    ) -> AsyncIterator[Entry | FanoutResult]:
-        """:meth:`fanout_events` with the entries as domain values (the non-streamed fanout
-        never puts them on the wire one by one, so it does not build wire models for them)."""
+    ) -> AsyncIterator[list[Entry] | FanoutResult]:
+        """:meth:`fanout_events` with the entries as domain values, in batches (what
+        arrived by one wake-up): the non-streamed fanout never puts them on the wire one by
+        one, so it builds no wire model and takes no generator step per entry."""
         started = self._clock()
         deadline = self.deadline(request.timeout)
         names = self.registry.resolve(request.targets, field="targets")
@@ -519,8 +525,8 @@ class Orchestrator:
         }
         arrived: list[Entry] = []
         try:
-            async for entry in self._gather(tasks, arrived, aggregator, request, deadline):
-                yield entry
+            async for batch in self._gather(tasks, arrived, aggregator, request, deadline):
+                yield batch
         finally:
             for task in tasks:
                 task.cancel()
@@ -542,8 +548,8 @@ class Orchestrator:
         aggregator: Aggregator | None,
         request: FanoutRequest,
         deadline: float,
-    ) -> AsyncIterator[Entry]:
-        """Yield entries as their tasks finish (in target order within one wake-up), until
+    ) -> AsyncIterator[list[Entry]]:
+        """Yield entries as their tasks finish, a batch per wake-up in target order, until
         all are in, the deadline passes or the aggregate/min_success settles it.
 
         Each task reports itself through a done callback, so a wake-up costs what finished,
@@ -564,25 +570,26 @@ class Orchestrator:
                     break
                 await finished.wait(timeout)
                 continue
-            batch = finished.take()
-            for task in sorted(batch, key=lambda t: tasks[t][0]):
-                waiting.discard(task)
-                entry = task.result()
-                succeeded += entry.status == "ok"
-                arrived.append(entry)
-                yield entry
+            done = finished.take()
+            waiting.difference_update(done)
+            batch = sorted((task.result() for task in done), key=_by_index)
+            succeeded += sum(entry.status == "ok" for entry in batch)
+            arrived.extend(batch)
+            yield batch
             if aggregator is not None and aggregator.is_settled(arrived, len(waiting)):
                 stop_status = "cancelled"
                 break
             if not can_meet(request.min_success, succeeded, len(waiting)):
                 stop_status = "cancelled"
                 break
+        unfinished = []
         for task in sorted(waiting, key=lambda t: tasks[t][0]):
             task.cancel()
             index, name = tasks[task]
-            entry = _unfinished(index, name, stop_status, _ms(self._clock() - started))
-            arrived.append(entry)
-            yield entry
+            unfinished.append(_unfinished(index, name, stop_status, _ms(self._clock() - started)))
+        if unfinished:
+            arrived.extend(unfinished)
+            yield unfinished
 
     async def _call_target(
         self, index: int, name: str, payload: Any, deadline: float, retries: int, request_id: str
@@ -595,7 +602,8 @@ class Orchestrator:
                 rec = self.registry.get(name)
                 if rec.health.is_down():
                     raise InstanceDownError(f"instance {name} is down", instance=name)
-                self._budget.record_request(self._clock())
+                if attempt == 0:  # the budget counts first attempts; retries spend it
+                    self._budget.record_request(self._clock())
                 result = await self._invoke(rec, payload, deadline, request_id)
             except OrchestratorError as exc:
                 attempt += 1
@@ -714,6 +722,10 @@ class _Finished:
         finally:
             timer.cancel()
             self._waiter = None
+
+
+def _by_index(entry: Entry) -> int:
+    return entry.index
 
 
 def _resolve(waiter: asyncio.Future[None]) -> None:

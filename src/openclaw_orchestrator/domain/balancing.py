@@ -41,6 +41,9 @@ DEFAULT_POLICY = Policy.ROUND_ROBIN
 
 # Health tiers in preference order; DOWN is never routed to.
 _TIERS = (HealthState.HEALTHY, HealthState.UNKNOWN, HealthState.DEGRADED)
+_DOWN = HealthState.DOWN
+_WEIGHTED_RANDOM = Policy.WEIGHTED_RANDOM  # module constants: an enum member lookup per
+_LEAST_OUTSTANDING = Policy.LEAST_OUTSTANDING  # call is measurable on the route path
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,22 +103,22 @@ class Balancer:
         """The failover order of every non-down candidate; the rotation advances per call."""
         chosen = Policy(policy) if policy is not None else self.policy
         cursor, self._cursor = self._cursor, self._cursor + 1
-        order = [
-            name
-            for tier in _TIERS
-            for name in self._order([c for c in candidates if c.state is tier], chosen, cursor)
-        ]
-        down = (Skip(c.name, "down") for c in candidates if c.state is HealthState.DOWN)
-        return Plan(tuple(order), tuple(down))
+        order: list[str] = []
+        for tier in _TIERS:
+            members = [c for c in candidates if c.state is tier]
+            if members:
+                order += self._order(members, chosen, cursor)
+        down = tuple(Skip(c.name, "down") for c in candidates if c.state is _DOWN)
+        return Plan(tuple(order), down)
 
     def _order(self, tier: list[Candidate], policy: Policy, cursor: int) -> list[str]:
         """One tier in policy order; ties in load fall back to the round-robin rotation."""
-        if policy is Policy.WEIGHTED_RANDOM:
+        if policy is _WEIGHTED_RANDOM:
             # Efraimidis-Spirakis: key u ** (1 / w), largest first, picks w=3 first ~3x as often.
             ranked = sorted(tier, key=lambda c: self._rng.random() ** (1 / c.weight), reverse=True)
             return [c.name for c in ranked]
         rotated = _rotate(tier, cursor)
-        if policy is Policy.LEAST_OUTSTANDING:
+        if policy is _LEAST_OUTSTANDING:
             rotated.sort(key=lambda c: c.outstanding / c.weight)
         return [c.name for c in rotated]
 

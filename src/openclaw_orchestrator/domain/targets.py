@@ -14,6 +14,7 @@ user fixes the expression in one go.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Collection, Sequence
 
@@ -58,14 +59,19 @@ def plain_names(expr: str | Sequence[str]) -> list[str] | None:
     """The names ``expr`` lists when it is nothing but plain names (the common request:
     ``["A"]``, ``"A,C"``), deduplicated in order; None when it holds anything
     :func:`parse_targets` must expand (``all``, ``tag:``, ranges) or is malformed. Lets a
-    caller that can check membership cheaply skip the full parse."""
-    items = [expr] if isinstance(expr, str) else expr
-    if not isinstance(items, list | tuple):
+    caller that can check membership cheaply skip the full parse. (Remembered: the same
+    few expressions come again and again.)"""
+    items = (expr,) if isinstance(expr, str) else expr
+    if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
         return None
+    names = _plain_names(tuple(items))
+    return None if names is None else list(names)
+
+
+@functools.lru_cache(maxsize=1024)
+def _plain_names(items: tuple[str, ...]) -> tuple[str, ...] | None:
     names: list[str] = []
     for item in items:
-        if not isinstance(item, str):
-            return None
         for token in _SEPARATORS.split(item):
             if not token:
                 continue
@@ -74,7 +80,7 @@ def plain_names(expr: str | Sequence[str]) -> list[str] | None:
             if token[:4].lower() == "tag:":
                 return None
             names.append(token)
-    return _unique(names) if names else None
+    return tuple(_unique(names)) if names else None
 
 
 def _tokens(expr: str | Sequence[str], field: str) -> list[str]:

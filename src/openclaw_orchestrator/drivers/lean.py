@@ -43,6 +43,7 @@ __all__ = [
     "LeanHttp",
     "Reply",
     "Target",
+    "lean_error",
     "map_lean_errors",
 ]
 
@@ -118,7 +119,7 @@ class _Connection(asyncio.Protocol):
 
     # httptools callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
-        if name.lower() == b"retry-after":
+        if len(name) == 11 and name.lower() == b"retry-after":  # a call per header: be quick
             self._retry_after = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
@@ -267,23 +268,35 @@ def map_lean_errors(instance: str) -> Iterator[None]:
     """Translate this client's failures into the orchestrator's errors (module docstring)."""
     try:
         yield
-    except OrchestratorError:
-        raise
-    except TimeoutError as exc:
-        raise TimeoutExceededError(
+    except Exception as exc:
+        translated = lean_error(exc, instance)
+        if translated is exc:
+            raise
+        raise translated from exc
+
+
+def lean_error(exc: Exception, instance: str) -> Exception:
+    """What :func:`map_lean_errors` raises for ``exc`` (``exc`` itself when it is already
+    ours or not the client's); for hot paths, where a generator context manager per call
+    costs more than a ``try``."""
+    if isinstance(exc, OrchestratorError):
+        return exc
+    if isinstance(exc, TimeoutError):
+        return TimeoutExceededError(
             f"instance {instance} did not answer in time", instance=instance
-        ) from exc
-    except ConnectFailed as exc:
-        raise InstanceDownError(
+        )
+    if isinstance(exc, ConnectFailed):
+        return InstanceDownError(
             f"cannot connect to instance {instance}: {exc.strerror or exc}", instance=instance
-        ) from exc
-    except OSError as exc:  # ConnectionResetError and friends: the connection broke
-        raise InstanceDownError(
+        )
+    if isinstance(exc, OSError):  # ConnectionResetError and friends: the connection broke
+        return InstanceDownError(
             f"connection to instance {instance} failed: {exc}", instance=instance
-        ) from exc
-    except BadResponse as exc:
-        raise InstanceError(f"instance {instance} failed: {exc}", instance=instance) from exc
-    except ValueError as exc:
-        raise InstanceProtocolError(
+        )
+    if isinstance(exc, BadResponse):
+        return InstanceError(f"instance {instance} failed: {exc}", instance=instance)
+    if isinstance(exc, ValueError):
+        return InstanceProtocolError(
             f"instance {instance} sent a reply that is not JSON: {exc}", instance=instance
-        ) from exc
+        )
+    return exc

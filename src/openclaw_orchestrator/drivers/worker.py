@@ -43,7 +43,7 @@ from ..errors import (
 )
 from ..models import InstanceSpec
 from .base import REQUEST_ID_HEADER, ProbeResult, error_fields, map_client_errors
-from .lean import LeanHttp, Target, map_lean_errors
+from .lean import LeanHttp, Target, lean_error
 
 __all__ = [
     "DEADLINE_HEADER",
@@ -206,11 +206,16 @@ class WorkerDriver:
         headers = (
             f"{DEADLINE_HEADER}: {int(timeout * 1000)}\r\n{REQUEST_ID_HEADER}: {request_id}\r\n"
         ).encode() + auth
-        with map_lean_errors(instance.name):
+        try:
             reply = await self._lean.post(target, headers, body, timeout=timeout)
             if not 200 <= reply.status < 300:
                 raise _reply_error(instance.name, reply.status, reply.body, reply.retry_after)
             return orjson.loads(reply.body)
+        except Exception as exc:
+            translated = lean_error(exc, instance.name)
+            if translated is exc:
+                raise
+            raise translated from exc
 
     async def _post(
         self,

@@ -348,18 +348,26 @@ class ReferenceInstance:
     async def _run(self, payload: Any, context: HandlerContext) -> Any:
         """The handler, abandoned :data:`DEADLINE_GRACE` after the caller's deadline.
 
-        (asyncio's timeout, not anyio's cancel scope: the app only runs on asyncio, and the
-        scope costs several times as much on every task.)"""
+        One timer that cancels this task, told apart from any other cancellation with
+        ``uncancel()`` as ``asyncio.timeout`` does it, at a fraction of its cost (anyio's
+        cancel scope cost more still): every orchestrated task carries a deadline."""
         budget = context.time_left()
         if budget is None:
             return await self.invoker(payload, context)
+        task = asyncio.current_task()
+        assert task is not None  # always inside a request's task
+        expiry = _Expiry(task)
+        timer = asyncio.get_running_loop().call_later(budget + DEADLINE_GRACE, expiry)
         try:
-            async with asyncio.timeout(budget + DEADLINE_GRACE):
-                return await self.invoker(payload, context)
-        except TimeoutError:  # the Invoker turns a handler's own errors into HandlerError
-            raise HandlerError(
-                504, "deadline_exceeded", "the handler ran past X-Deadline-Ms"
-            ) from None
+            return await self.invoker(payload, context)
+        except asyncio.CancelledError:
+            if expiry.fired and task.uncancel() == 0:  # ours, and nobody else's too
+                raise HandlerError(
+                    504, "deadline_exceeded", "the handler ran past X-Deadline-Ms"
+                ) from None
+            raise
+        finally:
+            timer.cancel()
 
     async def get_faults(self, request: Request) -> Response:
         """``GET /api/instance/faults``: the live configuration."""
@@ -412,6 +420,20 @@ def _error_headers(exc: HandlerError) -> dict[str, str]:
 def _handler_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HandlerError)  # registered for HandlerError only
     return error_response(exc.status, exc.code, exc.message, _error_headers(exc))
+
+
+class _Expiry:
+    """The deadline timer's callback: cancels the task and remembers that it did."""
+
+    __slots__ = ("fired", "task")
+
+    def __init__(self, task: asyncio.Task[Any]) -> None:
+        self.task = task
+        self.fired = False
+
+    def __call__(self) -> None:
+        self.fired = True
+        self.task.cancel()
 
 
 class InstanceApp(Starlette):
