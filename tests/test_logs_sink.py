@@ -149,3 +149,57 @@ def test_after_this_step_without_a_loop_logs_now() -> None:
     seen: list[str] = []
     after_this_step(lambda event, **_: seen.append(event), "now")
     assert seen == ["now"]
+
+
+def _run(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+
+
+def test_a_frequent_event_writes_the_line_structlog_would() -> None:
+    """Same fields and values (the timestamp aside), same sink, request id from context."""
+    code = (
+        "from openclaw_orchestrator.logs import FrequentEvent, bind_request_id,"
+        " configure_logging, get_logger\n"
+        "configure_logging('info', 'json')\n"
+        "bind_request_id('rid-7')\n"
+        "FrequentEvent('svc', 'svc.attempt')(instance='A', attempt=1, latency_ms=0.5)\n"
+        "get_logger('svc').info('svc.attempt', instance='A', attempt=1, latency_ms=0.5)\n"
+    )
+    fast, slow = (json.loads(line) for line in _run(code).stderr.splitlines())
+    assert fast.pop("timestamp").endswith("Z")
+    slow.pop("timestamp")
+    assert fast == slow
+    assert fast == {
+        "event": "svc.attempt",
+        "logger": "svc",
+        "request_id": "rid-7",
+        "level": "info",
+        "instance": "A",
+        "attempt": 1,
+        "latency_ms": 0.5,
+    }
+
+
+def test_a_frequent_event_follows_level_and_format() -> None:
+    """Filtered out above info; console format when asked; structlog's own before any
+    configuration."""
+    quiet = _run(
+        "from openclaw_orchestrator.logs import FrequentEvent, configure_logging\n"
+        "configure_logging('warning', 'json')\n"
+        "FrequentEvent('svc', 'svc.attempt')(n=1)\n"
+    )
+    assert quiet.stderr == ""
+    console = _run(
+        "from openclaw_orchestrator.logs import FrequentEvent, configure_logging\n"
+        "configure_logging('info', 'console')\n"
+        "FrequentEvent('svc', 'svc.attempt')(n=1)\n"
+    )
+    assert "svc.attempt" in console.stderr
+    assert "n=1" in console.stderr
+    unconfigured = _run(
+        "from openclaw_orchestrator.logs import FrequentEvent\n"
+        "FrequentEvent('svc', 'svc.attempt')(n=1)\n"
+    )
+    assert "svc.attempt" in unconfigured.stdout + unconfigured.stderr

@@ -29,6 +29,7 @@ import structlog
 from structlog.typing import EventDict
 
 __all__ = [
+    "FrequentEvent",
     "LineSink",
     "after_this_step",
     "bind_request_id",
@@ -89,10 +90,11 @@ class LineSink:
 class _Named:
     """What a named logger writes to: the process's :class:`LineSink`, plus the name."""
 
-    def __init__(self, name: str | None, sink: LineSink) -> None:
+    def __init__(self, name: str | None, sink: LineSink | None) -> None:
         self.name = name
-        self.msg = self.log = self.debug = self.info = self.warning = self.error = sink.msg
-        self.warn = self.err = self.critical = self.exception = sink.msg
+        if sink is not None:
+            self.msg = self.log = self.debug = self.info = self.warning = self.error = sink.msg
+            self.warn = self.err = self.critical = self.exception = sink.msg
 
 
 _sink: LineSink | None = None
@@ -160,8 +162,9 @@ class _Annotate:
         return event_dict
 
 
-def after_this_step(method: Callable[..., Any], event: str, **fields: Any) -> None:
-    """Log ``event`` once the event loop's current step is done (now, without a loop).
+def after_this_step(log: Callable[..., Any], *args: Any, **fields: Any) -> None:
+    """Call ``log(*args, **fields)`` once the event loop's current step is done (now,
+    without a loop).
 
     For the line a request logs last, just before its reply: a routed request's successful
     attempt. Formatting it after the reply is written takes it off the request's latency;
@@ -171,9 +174,40 @@ def after_this_step(method: Callable[..., Any], event: str, **fields: Any) -> No
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:
-        method(event, **fields)
+        log(*args, **fields)
         return
-    loop.call_soon(partial(method, event, **fields))
+    loop.call_soon(partial(log, *args, **fields))
+
+
+class FrequentEvent:
+    """An ``info`` line logged per target or attempt, written without structlog's per-call
+    machinery (proxy, bound logger, context copy): the same processors and sink, so the
+    same line, at about half the cost; a thousand-target fanout logs a thousand.
+
+    ``FrequentEvent("orchestrator", "orchestrator.attempt")(instance="A", ...)`` logs what
+    ``get_logger("orchestrator").info("orchestrator.attempt", instance="A", ...)`` would.
+    """
+
+    __slots__ = ("_event", "_fallback", "_named")
+
+    def __init__(self, logger: str, event: str) -> None:
+        self._event = event
+        self._named = _Named(logger, None)
+        self._fallback = get_logger(logger)
+
+    def __call__(self, **fields: Any) -> None:
+        pipeline = _pipeline
+        if pipeline is None:  # structlog's own configuration: let it decide
+            self._fallback.info(self._event, **fields)
+            return
+        info_enabled, annotate, render, sink = pipeline
+        if not info_enabled:
+            return
+        fields["event"] = self._event
+        sink.msg(render(self._named, "info", annotate(self._named, "info", fields)))
+
+
+_pipeline: tuple[bool, _Annotate, Callable[..., Any], LineSink] | None = None
 
 
 def configure_logging(level: str = "info", fmt: str = "json") -> None:
@@ -184,15 +218,14 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
         if fmt == "json"
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
-    global _sink
+    global _sink, _pipeline
     if _sink is not None:
         _sink.flush()
     sink = _sink = LineSink(sys.stderr)
+    annotate = _Annotate()
+    _pipeline = (numeric <= logging.INFO, annotate, renderer, sink)
     structlog.configure(
-        processors=[
-            _Annotate(),
-            renderer,
-        ],
+        processors=[annotate, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=lambda name=None, *_: _Named(name, sink),
         cache_logger_on_first_use=True,

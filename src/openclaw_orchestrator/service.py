@@ -35,7 +35,7 @@ from .errors import (
     OrchestratorError,
     TimeoutExceededError,
 )
-from .logs import after_this_step, get_logger
+from .logs import FrequentEvent, after_this_step, get_logger
 from .models import (
     Attempt,
     FanoutEntry,
@@ -64,6 +64,8 @@ DriverCall = Callable[[InstanceDriver, InstanceSpec, float], Awaitable[T]]
 """``op(driver, spec, seconds_left)``: one call to one instance."""
 
 log = get_logger("orchestrator")
+_log_attempt = FrequentEvent("orchestrator", "orchestrator.attempt")
+_log_target = FrequentEvent("orchestrator", "orchestrator.fanout_target")
 
 _OUTCOME_BY_CODE = {"instance_down": "down", "timeout": "timeout"}
 
@@ -419,8 +421,7 @@ class Orchestrator:
                     error=exc.to_dict()["error"],
                 )
             )
-            log.info(
-                "orchestrator.attempt",
+            _log_attempt(
                 request_id=request_id,
                 instance=name,
                 attempt=len(attempts),
@@ -432,8 +433,7 @@ class Orchestrator:
         latency = self._clock() - started
         attempts.append(Attempt(instance=name, outcome="ok", latency_ms=_ms(latency)))
         after_this_step(  # the request's last line: written after its reply
-            log.info,
-            "orchestrator.attempt",
+            _log_attempt,
             request_id=request_id,
             instance=name,
             attempt=len(attempts),
@@ -613,8 +613,7 @@ class Orchestrator:
                     status: EntryStatus = (
                         "timeout" if isinstance(exc, TimeoutExceededError) else "error"
                     )
-                    log.info(
-                        "orchestrator.fanout_target",
+                    _log_target(
                         request_id=request_id,
                         instance=name,
                         attempt=attempt,
@@ -626,8 +625,7 @@ class Orchestrator:
                 await self._sleep(delay)
                 continue
             latency = _ms(self._clock() - started)
-            log.info(
-                "orchestrator.fanout_target",
+            _log_target(
                 request_id=request_id,
                 instance=name,
                 attempt=attempt + 1,

@@ -20,6 +20,7 @@ import aiohttp
 import uvicorn
 from starlette.applications import Starlette
 
+from ..gc_tuning import settle_after_startup
 from ..logs import configure_logging, get_logger
 from ..models import is_valid_name
 from ..server import bind_socket, uvicorn_config
@@ -252,6 +253,8 @@ def run_instance(
             max_history=max_history,
             lifespan=lifespan,
         )
-        uvicorn.Server(uvicorn_config(app, log_level=log_level)).run(sockets=[sock])
+        server = uvicorn.Server(uvicorn_config(app, log_level=log_level))
+        settle_after_startup()  # this process serves until it stops (see gc_tuning)
+        server.run(sockets=[sock])
     finally:
         sock.close()
