@@ -336,7 +336,16 @@ def _failover_row(variant: str, samples: list[tuple[float, int, Any]], **extra: 
     refused = [
         s[0] * 1000 - sum(a["latency_ms"] for a in s[2]["attempts"] if a["outcome"] == "ok")
         for s in samples
-        if s[1] == 200 and any(a["outcome"] == "down" for a in s[2]["attempts"])
+        if s[1] == 200
+        and any(a["outcome"] == "down" for a in s[2]["attempts"])
+        and not any(a["outcome"] == "timeout" for a in s[2]["attempts"])
+    ]
+    hung = [
+        a["latency_ms"]
+        for s in samples
+        if s[1] == 200
+        for a in s[2]["attempts"]
+        if a["outcome"] == "timeout"
     ]
     return Row(
         scenario="failover",
@@ -351,6 +360,8 @@ def _failover_row(variant: str, samples: list[tuple[float, int, Any]], **extra: 
             "refused_attempts": len(refused),
             "refused_cost_ms_p50": round(statistics.median(refused), 3) if refused else None,
             "refused_cost_ms_max": round(max(refused), 3) if refused else None,
+            "hung_attempts": len(hung),
+            "hung_attempt_ms_max": round(max(hung), 3) if hung else None,
             **extra,
         },
     )
@@ -380,8 +391,11 @@ async def failover_cost(workdir: Path, sizes: Sizes) -> list[Row]:
         count = 50 if sizes.quick else 400
         route = orch.url + "/api/orchestrator/route"
         fanout = orch.url + "/api/orchestrator/fanout"
-        body = orjson.dumps({"instances": "A-H", "payload": PAYLOAD, "timeout": 1})
-        fan = orjson.dumps({"targets": "A-H", "payload": PAYLOAD, "timeout": 1})
+        # A hang can only be given up by a clock: each attempt gets at most 100 ms, so a
+        # route that meets the stuck C fails over within its 1 s deadline.
+        limits = {"timeout": 1, "attempt_timeout": 0.1}
+        body = orjson.dumps({"instances": "A-H", "payload": PAYLOAD, **limits})
+        fan = orjson.dumps({"targets": "A-H", "payload": PAYLOAD, **limits})
         try:
             async with aiohttp.ClientSession() as http:
                 await _wait_states(http, orch.url, lambda s: set(s.values()) == {"healthy"})
@@ -389,8 +403,8 @@ async def failover_cost(workdir: Path, sizes: Sizes) -> list[Row]:
                 rows.append(await _refusals(http, orch.url, proxies["B"], 2 if sizes.quick else 12))
                 await proxies["B"].refuse()  # B crashes for good
                 proxies["C"].hang()  # C is stuck for good
+                first = await _routes(http, route, 16, body)  # the first to meet B and C pay
                 fan_wall, _ = await _fanout_once(http, fanout, fan)
-                first = await _routes(http, route, 16, body)
                 rows.append(
                     _failover_row(
                         "right_after_failure", first, fanout_wall_ms=round(fan_wall * 1000, 1)

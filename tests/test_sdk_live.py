@@ -221,6 +221,20 @@ async def test_hanging_instance_raises_timeout(live: Cluster, client: AsyncClien
     assert isinstance(caught.value, InstanceError)
 
 
+async def test_attempt_timeout_fails_over_past_a_hang(live: Cluster, client: AsyncClient) -> None:
+    """attempt_timeout gives up on the hanging candidate in time for the next one."""
+    await live.set_faults("G", hang=True)
+    served = [
+        await client.route({"x": 1}, instances=["G", "H"], timeout=5, attempt_timeout="200ms")
+        for _ in range(2)
+    ]
+    assert {r.instance for r in served} == {"H"}
+    assert any(r.attempts[0].instance == "G" and r.attempts[0].outcome == "timeout" for r in served)
+    with pytest.raises(InvalidRequestError) as bad:
+        await client.route({"x": 1}, instances=["H"], attempt_timeout="soon")
+    assert bad.value.field == "attempt_timeout"
+
+
 async def test_oversized_payload_is_payload_too_large() -> None:
     """A body over max_body_bytes raises PayloadTooLargeError (413); a smaller one passes."""
     async with (

@@ -241,13 +241,18 @@ class AsyncClient:
         retry: int | None = None,
         policy: str | None = None,
         idempotency_key: str | None = None,
+        attempt_timeout: float | str | None = None,
     ) -> RouteResult:
-        """Run ``payload`` on one healthy instance among ``instances``, failing over on errors."""
+        """Run ``payload`` on one healthy instance among ``instances``, failing over on errors.
+
+        ``attempt_timeout`` caps each attempt, so that a candidate that hangs is given up in
+        time to try the next one within ``timeout``."""
         deadline = _seconds(timeout, "timeout")
         body = _body(
             instances=instances,
             payload={} if payload is None else payload,
             timeout=deadline,
+            attempt_timeout=_seconds(attempt_timeout, "attempt_timeout"),
             retry=retry,
             policy=policy,
         )
@@ -272,8 +277,10 @@ class AsyncClient:
         top_k: int | None = None,
         retry: int | None = None,
         idempotency_key: str | None = None,
+        attempt_timeout: float | str | None = None,
     ) -> FanoutResult:
-        """Run ``payload`` on every target and aggregate the results.
+        """Run ``payload`` on every target and aggregate the results (``attempt_timeout``:
+        see :meth:`route`; with ``retry`` it leaves time for a target's retry).
 
         Raises :class:`~.errors.TimeoutExceededError` when ``min_success`` is not met; its
         ``details["results"]`` holds the entries that did arrive.
@@ -282,6 +289,7 @@ class AsyncClient:
         body = _fanout_body(
             payload, targets, aggregate, deadline, min_success, quorum, top_k, retry
         )
+        body.update(_body(attempt_timeout=_seconds(attempt_timeout, "attempt_timeout")))
         data = await self._request(
             "POST",
             "/api/orchestrator/fanout",
@@ -303,6 +311,7 @@ class AsyncClient:
         top_k: int | None = None,
         retry: int | None = None,
         idempotency_key: str | None = None,
+        attempt_timeout: float | str | None = None,
     ) -> AsyncGenerator[StreamItem, None]:
         """Like :meth:`fanout`, but yield each :class:`FanoutEntry` as it arrives, then the
         final :class:`FanoutResult`; an unmet ``min_success`` raises after the entries."""
@@ -310,6 +319,7 @@ class AsyncClient:
         body = _fanout_body(
             payload, targets, aggregate, deadline, min_success, quorum, top_k, retry
         )
+        body.update(_body(attempt_timeout=_seconds(attempt_timeout, "attempt_timeout")))
         body["stream"] = True
         headers = self._request_headers(idempotency_key, has_body=True)
         session = self._ensure_session()
@@ -856,6 +866,7 @@ class Client:
         retry: int | None = None,
         policy: str | None = None,
         idempotency_key: str | None = None,
+        attempt_timeout: float | str | None = None,
     ) -> RouteResult:
         """See :meth:`AsyncClient.route`."""
         return self._run(
@@ -866,6 +877,7 @@ class Client:
                 retry=retry,
                 policy=policy,
                 idempotency_key=idempotency_key,
+                attempt_timeout=attempt_timeout,
             )
         )
 
@@ -881,6 +893,7 @@ class Client:
         top_k: int | None = None,
         retry: int | None = None,
         idempotency_key: str | None = None,
+        attempt_timeout: float | str | None = None,
     ) -> FanoutResult:
         """See :meth:`AsyncClient.fanout`."""
         return self._run(
@@ -894,6 +907,7 @@ class Client:
                 top_k=top_k,
                 retry=retry,
                 idempotency_key=idempotency_key,
+                attempt_timeout=attempt_timeout,
             )
         )
 
@@ -909,6 +923,7 @@ class Client:
         top_k: int | None = None,
         retry: int | None = None,
         idempotency_key: str | None = None,
+        attempt_timeout: float | str | None = None,
     ) -> Iterator[StreamItem]:
         """See :meth:`AsyncClient.fanout_stream`; each item is fetched as you iterate."""
         stream = self._client.fanout_stream(
@@ -921,6 +936,7 @@ class Client:
             top_k=top_k,
             retry=retry,
             idempotency_key=idempotency_key,
+            attempt_timeout=attempt_timeout,
         )
         return self._iterate(stream)
 

@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 
 from .domain.balancing import Policy
 from .domain.duration import parse_duration
@@ -122,15 +122,20 @@ class RouteRequest(_Wire):
     )
     payload: Any = Field(default_factory=dict)
     timeout: float | None = Field(default=None, description="Seconds (or '10s', '500ms').")
+    attempt_timeout: float | None = Field(
+        default=None,
+        description="Most one attempt may take before the next candidate is tried (seconds "
+        "or '500ms'); default: the configured retry.attempt_timeout, else the whole deadline.",
+    )
     retry: int | None = Field(default=None, ge=0, le=10, description="Max retries.")
     policy: str | None = Field(
         default=None, description="round_robin | least_outstanding | weighted_random"
     )
 
-    @field_validator("timeout", mode="before")
+    @field_validator("timeout", "attempt_timeout", mode="before")
     @classmethod
-    def _timeout(cls, value: Any) -> float | None:
-        return _seconds(value, "timeout")
+    def _timeout(cls, value: Any, info: ValidationInfo) -> float | None:
+        return _seconds(value, str(info.field_name))
 
     @field_validator("policy")
     @classmethod
@@ -178,12 +183,17 @@ class FanoutRequest(_Wire):
     quorum: int | None = Field(default=None, ge=1, description="Votes needed (quorum).")
     top_k: int | None = Field(default=None, ge=1, le=10_000, description="k for 'topk'.")
     retry: int | None = Field(default=None, ge=0, le=10, description="Retries per target.")
+    attempt_timeout: float | None = Field(
+        default=None,
+        description="Most one attempt at a target may take, so a retry fits in the deadline "
+        "(seconds or '500ms'); default: retry.attempt_timeout, else the whole deadline.",
+    )
     stream: bool = False
 
-    @field_validator("timeout", mode="before")
+    @field_validator("timeout", "attempt_timeout", mode="before")
     @classmethod
-    def _timeout(cls, value: Any) -> float | None:
-        return _seconds(value, "timeout")
+    def _timeout(cls, value: Any, info: ValidationInfo) -> float | None:
+        return _seconds(value, str(info.field_name))
 
 
 class FanoutEntry(_Wire):

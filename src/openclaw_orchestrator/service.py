@@ -286,10 +286,29 @@ class Orchestrator:
             )
         return self._clock() + budget
 
+    def _attempt_timeout(self, requested: float | None) -> float | None:
+        """How long one attempt may take: the request's ``attempt_timeout``, else the
+        configured one, else None (the whole remaining deadline)."""
+        limit = requested if requested is not None else self.settings.retry.attempt_timeout
+        if limit is not None and limit > self.settings.max_timeout:
+            raise InvalidRequestError(
+                f"attempt_timeout: {limit:g}s is over the maximum of "
+                f"{self.settings.max_timeout:g}s",
+                field="attempt_timeout",
+            )
+        return limit
+
+    def _attempt_deadline(self, deadline: float, attempt_timeout: float | None) -> float:
+        """The end of an attempt starting now: never past the request's ``deadline``."""
+        if attempt_timeout is None:
+            return deadline
+        return min(deadline, self._clock() + attempt_timeout)
+
     async def route(self, request: RouteRequest, *, request_id: str) -> RouteResult:
         """Deliver the payload to one candidate, failing over within the deadline."""
         started = self._clock()
         deadline = self.deadline(request.timeout)
+        attempt_timeout = self._attempt_timeout(request.attempt_timeout)
         names = self.registry.resolve(request.instances, field="instances")
         policy = Policy(request.policy) if request.policy else None
         plan = self._balancer.plan([self.registry.get(n).candidate() for n in names], policy=policy)
@@ -304,7 +323,13 @@ class Orchestrator:
         while True:
             tried.append(name)
             try:
-                result = await self._attempt(name, request.payload, deadline, request_id, attempts)
+                result = await self._attempt(
+                    name,
+                    request.payload,
+                    self._attempt_deadline(deadline, attempt_timeout),
+                    request_id,
+                    attempts,
+                )
             except OrchestratorError as exc:
                 step = self._next_step(exc, plan.order, tried, attempts, retries, deadline)
                 next_name, delay, skips = step
@@ -362,8 +387,11 @@ class Orchestrator:
         delay = compute_backoff(
             len(attempts), self._retry_policy, self._rng, retry_after=retry_after
         )
-        if next_name != tried[-1] and isinstance(exc, InstanceDownError):
-            delay = 0.0  # refused: nothing was delivered, and another instance is not busy
+        if next_name != tried[-1] and isinstance(exc, InstanceDownError | TimeoutExceededError):
+            # Refused: nothing was delivered, and another instance is not the one in trouble.
+            # Timed out: the attempt already waited its whole attempt_timeout, and the
+            # instance is marked down. Either way waiting more only adds latency.
+            delay = 0.0
 
         if now + delay >= deadline:
             exc.details["reason"] = "deadline reached before the next retry"
@@ -509,6 +537,7 @@ class Orchestrator:
         one, so it builds no wire model and takes no generator step per entry."""
         started = self._clock()
         deadline = self.deadline(request.timeout)
+        attempt_timeout = self._attempt_timeout(request.attempt_timeout)
         names = self.registry.resolve(request.targets, field="targets")
         aggregator = self._aggregator(request, len(names))
         if request.min_success is not None and request.min_success > len(names):
@@ -519,7 +548,9 @@ class Orchestrator:
         retries = request.retry or 0
         tasks = {
             asyncio.create_task(
-                self._call_target(i, name, request.payload, deadline, retries, request_id)
+                self._call_target(
+                    i, name, request.payload, deadline, attempt_timeout, retries, request_id
+                )
             ): (i, name)
             for i, name in enumerate(names)
         }
@@ -592,7 +623,14 @@ class Orchestrator:
             yield unfinished
 
     async def _call_target(
-        self, index: int, name: str, payload: Any, deadline: float, retries: int, request_id: str
+        self,
+        index: int,
+        name: str,
+        payload: Any,
+        deadline: float,
+        attempt_timeout: float | None,
+        retries: int,
+        request_id: str,
     ) -> Entry:
         """One fanout target to completion: never raises, the outcome is the entry."""
         started = self._clock()
@@ -604,7 +642,8 @@ class Orchestrator:
                     raise InstanceDownError(f"instance {name} is down", instance=name)
                 if attempt == 0:  # the budget counts first attempts; retries spend it
                     self._budget.record_request(self._clock())
-                result = await self._invoke(rec, payload, deadline, request_id)
+                until = self._attempt_deadline(deadline, attempt_timeout)
+                result = await self._invoke(rec, payload, until, request_id)
             except OrchestratorError as exc:
                 attempt += 1
                 delay = self._fanout_retry_delay(exc, attempt, retries, deadline)

@@ -87,10 +87,20 @@ class RetrySettings(_Section):
     budget_min_retries: int = Field(
         default=10, ge=0, description="Retries always allowed per window, even at low traffic."
     )
+    attempt_timeout: float | None = Field(
+        default=None,
+        description="Most one attempt may take before it counts as timed out and the next "
+        "candidate is tried; unset: an attempt may use the whole remaining deadline.",
+    )
 
     _durations = field_validator("backoff_base", "backoff_max", "budget_window", mode="before")(
         _duration_field
     )
+
+    @field_validator("attempt_timeout", mode="before")
+    @classmethod
+    def _attempt_timeout(cls, value: Any, info: Any) -> float | None:
+        return None if value is None else _duration_field(value, info)
 
 
 def default_data_dir() -> Path:

@@ -141,3 +141,76 @@ async def test_failures_are_not_remembered(cluster: Cluster) -> None:
         "/api/orchestrator/route", {"instances": "A"}, **{"Idempotency-Key": "again"}
     )
     assert (s1, s2) == (502, 200)
+
+
+async def test_attempt_timeout_fails_over_past_a_hanging_instance() -> None:
+    """A candidate that accepts and never answers costs one attempt_timeout, not the
+    deadline: the next candidate serves at once (no backoff: the attempt already waited),
+    and the hanging one is marked down."""
+    async with start_cluster("AB", retry={"backoff_base": 1.0, "backoff_max": 1.0}) as cluster:
+        await _fail_over_past_a_hang(cluster)
+
+
+async def _fail_over_past_a_hang(cluster: Cluster) -> None:
+    await cluster.set_faults("A", hang=True)
+    body = {
+        "instances": ["A", "B"],
+        "timeout": 5,
+        "attempt_timeout": "200ms",
+        "policy": "round_robin",
+    }
+    for _ in range(2):  # round robin: one of two requests starts with A
+        started = time.perf_counter()
+        status, reply = await cluster.post("/api/orchestrator/route", body)
+        elapsed = time.perf_counter() - started
+        assert status == 200, reply
+        assert reply["instance"] == "B"
+        if reply["attempts"][0]["instance"] == "A":
+            first = reply["attempts"][0]
+            assert first["outcome"] == "timeout"
+            assert 180 <= first["latency_ms"] < 1000
+            assert elapsed < 2.0
+            waited = reply["total_ms"] - sum(a["latency_ms"] for a in reply["attempts"])
+            assert waited < 50  # a backoff would have been uniform(0, 1 s)
+            break
+    else:
+        raise AssertionError("no request tried A first")
+    await cluster.wait_state("A", "down", timeout=1)
+
+
+async def test_attempt_timeout_from_the_configuration() -> None:
+    """retry.attempt_timeout applies when the request names none; the request's wins."""
+    async with start_cluster("AB", retry={"attempt_timeout": 0.2}) as cluster:
+        await cluster.set_faults("A", hang=True)
+        started = time.perf_counter()
+        status, reply = await cluster.post(
+            "/api/orchestrator/route", {"instances": ["A"], "timeout": 5, "retry": 0}
+        )
+        assert time.perf_counter() - started < 2.0
+        assert status == 504
+        assert reply["error"]["details"]["attempts"][0]["outcome"] == "timeout"
+
+
+async def test_fanout_attempt_timeout_ends_a_hanging_target_early(cluster: Cluster) -> None:
+    """A fanout does not wait for its deadline when each attempt is capped."""
+    await cluster.set_faults("C", hang=True)
+    started = time.perf_counter()
+    status, reply = await cluster.post(
+        "/api/orchestrator/fanout",
+        {"targets": "A-D", "timeout": 10, "attempt_timeout": 0.3, "retry": 1},
+    )
+    assert time.perf_counter() - started < 3.0
+    assert status == 200, reply
+    by_name = {e["instance"]: e for e in reply["results"]}
+    assert by_name["C"]["status"] == "timeout"
+    assert all(by_name[n]["status"] == "ok" for n in "ABD")
+
+
+async def test_attempt_timeout_is_validated(cluster: Cluster) -> None:
+    """Zero, a non-duration or more than max_timeout: 400 naming attempt_timeout."""
+    for value in (0, "soon", 10_000):
+        status, reply = await cluster.post(
+            "/api/orchestrator/route", {"instances": ["A"], "attempt_timeout": value}
+        )
+        assert status == 400, reply
+        assert reply["error"]["field"] == "attempt_timeout"

@@ -225,6 +225,18 @@ async def test_retry_and_timeout_fail_over(live: Cluster) -> None:
     assert all(a["instance"] == "A" for a in body["attempts"][:-1])
 
 
+async def test_attempt_timeout_fails_over_past_a_hang(live: Cluster) -> None:
+    """`--attempt-timeout 200ms`: a hanging A costs one short attempt, then B serves."""
+    await live.set_faults("A", hang=True)
+    args = ["route", "--instances", "A", "B", "--timeout", "5s", "--attempt-timeout", "200ms"]
+    runs = [await cli(*args, env=cluster_env(live)) for _ in range(2)]  # one starts with A
+    for run in runs:
+        assert run.code == 0, run
+        assert run.json()["instance"] == "B"
+    firsts = [run.json()["attempts"][0] for run in runs]
+    assert any(a["instance"] == "A" and a["outcome"] == "timeout" for a in firsts), firsts
+
+
 async def test_bad_option_values_are_usage_errors(live: Cluster) -> None:
     """`--retry 11` and `--timeout '10 parsecs'` exit 2 naming the option; nothing is sent."""
     env = cluster_env(live)

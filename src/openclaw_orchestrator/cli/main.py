@@ -152,6 +152,15 @@ TimeoutOption = Annotated[
         "--timeout", parser=_duration, metavar="DURATION", help="Deadline: 10s, 500ms, 1m."
     ),
 ]
+AttemptTimeoutOption = Annotated[
+    float | None,
+    typer.Option(
+        "--attempt-timeout",
+        parser=_duration,
+        metavar="DURATION",
+        help="Most one attempt may take before the next candidate is tried: 500ms, 2s.",
+    ),
+]
 RetryOption = Annotated[
     int | None, typer.Option("--retry", min=0, max=10, help="Retries after the first try.")
 ]
@@ -250,6 +259,7 @@ def route(
     instances: InstancesOption = None,
     payload: PayloadOption = "{}",
     timeout: TimeoutOption = None,
+    attempt_timeout: AttemptTimeoutOption = None,
     retry: RetryOption = None,
     policy: Annotated[
         str | None,
@@ -269,6 +279,7 @@ def route(
             body,
             instances=_targets(instances),
             timeout=timeout,
+            attempt_timeout=attempt_timeout,
             retry=retry,
             policy=policy,
             idempotency_key=idempotency_key,
@@ -296,6 +307,7 @@ def fanout(
     quorum: Annotated[int | None, typer.Option(min=1, help="Votes needed (quorum).")] = None,
     top_k: Annotated[int | None, typer.Option(min=1, help="k for the topk aggregate.")] = None,
     retry: RetryOption = None,
+    attempt_timeout: AttemptTimeoutOption = None,
     stream: Annotated[bool, typer.Option("--stream", help="Print entries as they arrive.")] = False,
     idempotency_key: IdempotencyOption = None,
     url: UrlOption = None,
@@ -314,6 +326,7 @@ def fanout(
         "quorum": quorum,
         "top_k": top_k,
         "retry": retry,
+        "attempt_timeout": attempt_timeout,
         "idempotency_key": idempotency_key,
     }
     with _client(url, config) as client:
