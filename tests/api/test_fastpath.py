@@ -166,3 +166,22 @@ async def test_the_ordinary_request_never_reaches_the_framework(cluster: Cluster
         sent = await _call(paths, body, **headers)
         assert sent[0]["status"] == 299
     assert len(passed_on) == 7
+
+
+def test_forked_processes_make_different_request_ids() -> None:
+    """Workers forked after import (gunicorn --preload) must not repeat each other's ids."""
+    import os
+
+    from openclaw_orchestrator.api.middleware import new_request_id
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its next id and leave at once
+        os.write(write, new_request_id().encode())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert len(child) == 32
+    assert child != new_request_id()

@@ -9,6 +9,7 @@ without ever being held in memory.
 from __future__ import annotations
 
 import os
+import random
 import re
 from typing import Any
 
@@ -104,9 +105,14 @@ def _incoming_id(scope: Scope) -> str | None:
     return None
 
 
+_ids = random.Random(os.urandom(32))  # noqa: S311  # correlation ids, not secrets
+os.register_at_fork(after_in_child=lambda: _ids.seed(os.urandom(32)))  # forked workers differ
+
+
 def new_request_id() -> str:
-    """128 random bits in hex, as random as ``uuid4().hex`` at a quarter of the cost."""
-    return os.urandom(16).hex()
+    """128 random bits in hex, like ``uuid4().hex``. A request id only correlates log lines
+    (it is no credential), so it comes from a seeded generator: no system call per request."""
+    return f"{_ids.getrandbits(128):032x}"
 
 
 def incoming_request_id(value: bytes | None) -> str | None:
