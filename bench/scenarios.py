@@ -86,7 +86,10 @@ class Sizes:
 
     @property
     def fanout_processes(self) -> int:
-        return 2 if self.quick else 4
+        """Reference-instance processes hosting the fanout's targets: one per core. More
+        only adds context switches on the same cores (measured in docs/performance.md:
+        4 processes on this 2-core machine cost the 1,000-target fanout ~10 ms)."""
+        return max(2, os.cpu_count() or 2)
 
     @property
     def send_requests(self) -> int:
