@@ -154,8 +154,11 @@ def plot(folder: Path, rows: list[Row]) -> list[Path]:
                 axes[0].plot(xs, [r.p50_ms for r in pts], marker="o", label=variant)
                 axes[1].plot(xs, [r.cpu_us_per_req or 0 for r in pts], marker="o", label=variant)
             axes[0].axhline(mine[0].extra["ideal_ms"], color="grey", linestyle=":", label="ideal")
+            # log scales both ways: httpx is two orders of magnitude above the others
             axes[0].set(xscale="log", xlabel="targets", ylabel="p50 wall ms", title="fanout wall")
             axes[1].set(xscale="log", xlabel="targets", ylabel="CPU µs / target", title="CPU")
+            axes[0].set_yscale("log")
+            axes[1].set_yscale("log")
             axes[0].legend()
             axes[1].legend()
         else:
