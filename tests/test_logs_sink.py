@@ -14,6 +14,13 @@ from openclaw_orchestrator.gc_tuning import YOUNG_THRESHOLD, settle_after_startu
 from openclaw_orchestrator.logs import LineSink, after_this_step
 
 
+def _run(code: str) -> subprocess.CompletedProcess[str]:
+    """``code`` in a fresh interpreter (logging is configured once per process)."""
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+
+
 class CountingFile(io.StringIO):
     """A text file that counts its writes."""
 
@@ -84,9 +91,7 @@ def test_lines_still_queued_at_exit_are_written() -> None:
         "loop = asyncio.new_event_loop()\n"
         "loop.run_until_complete(main())\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
-    )
+    done = _run(code)
     assert '"event":"queued.line"' in done.stderr
 
 
@@ -119,9 +124,7 @@ def test_a_logger_made_before_configuration_follows_it() -> None:
         "early.info('made.before', n=1)\n"
         "early.debug('filtered.out')\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
-    )
+    done = _run(code)
     assert done.stdout == ""
     lines = [json.loads(line) for line in done.stderr.splitlines()]
     assert len(lines) == 1
@@ -149,12 +152,6 @@ def test_after_this_step_without_a_loop_logs_now() -> None:
     seen: list[str] = []
     after_this_step(lambda event, **_: seen.append(event), "now")
     assert seen == ["now"]
-
-
-def _run(code: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
-    )
 
 
 def test_a_frequent_event_writes_the_line_structlog_would() -> None:

@@ -145,3 +145,30 @@ async def test_a_generated_request_id_is_hex(serve: Serve, session: aiohttp.Clie
         assert resp.status == 200
         assert len(resp.headers["X-Request-ID"]) == 32
         int(resp.headers["X-Request-ID"], 16)
+
+
+async def test_a_body_over_the_limit_in_one_piece_is_413() -> None:
+    """No Content-Length, and the whole (valid) body in one message: still over the limit."""
+    app = create_instance_app("A", echo, max_body_bytes=100)
+    body = orjson.dumps({"payload": "x" * 200})
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+    sent: list[Any] = []
+
+    async def receive() -> Any:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": TASK,
+        "root_path": "",
+        "headers": [(b"transfer-encoding", b"chunked")],
+        "query_string": b"",
+        "app": app,
+    }
+    await app(scope, receive, send)
+    assert sent[0]["status"] == 413
+    assert orjson.loads(sent[1]["body"])["error"]["code"] == "payload_too_large"

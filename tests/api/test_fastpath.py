@@ -162,10 +162,11 @@ async def test_the_ordinary_request_never_reaches_the_framework(cluster: Cluster
         (b"{not json", auth),
         (b'{"instances": ["A"], "surprise": 1}', auth),
         (b"x" * 2048, auth),
+        (orjson.dumps({"instances": ["A"], "payload": "x" * 2048}), auth),  # valid, too long
     ]:
         sent = await _call(paths, body, **headers)
         assert sent[0]["status"] == 299
-    assert len(passed_on) == 7
+    assert len(passed_on) == 8
 
 
 def test_forked_processes_make_different_request_ids() -> None:

@@ -27,8 +27,9 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import State
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ..asgi import read_body, replay
 from ..errors import OrchestratorError
 from ..logs import bind_request_id, get_logger, reset_request_id
 from ..models import SESSION_ID_PATTERN, FanoutRequest, RouteRequest, SendRequest
@@ -100,38 +101,6 @@ def _declared_length(headers: dict[bytes, bytes]) -> int | None:
         return None
 
 
-async def _read_body(receive: Receive, limit: int) -> tuple[bytes, bool] | None:
-    """``(body, complete)``: the whole body, or the part read when it passed ``limit``
-    (the full app then answers 413); None when the client left."""
-    chunks: list[bytes] = []
-    seen = 0
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            return None
-        chunk = message.get("body", b"")
-        chunks.append(chunk)
-        seen += len(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks), True
-        if seen > limit:
-            return b"".join(chunks), False
-
-
-def _replay(body: bytes, more: bool, receive: Receive) -> Receive:
-    """A ``receive`` that hands ``body`` out once, then defers to the real one."""
-    sent = False
-
-    async def replayed() -> Message:
-        nonlocal sent
-        if sent:
-            return await receive()
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": more}
-
-    return replayed
-
-
 class FastPaths:
     """Serves the ordinary route/fanout/send request directly; everything else goes on to
     ``app`` (the full application) unchanged. See the module docstring."""
@@ -154,15 +123,15 @@ class FastPaths:
         if declared is not None and declared > self.max_body_bytes:
             await self.app(scope, receive, send)  # 413 from the request-context middleware
             return
-        read = await _read_body(receive, self.max_body_bytes)
+        read = await read_body(receive, self.max_body_bytes)
         if read is None:
             return
-        body, complete = read
-        replay = _replay(body, not complete, receive)
+        body, more = read
         rid = incoming_request_id(headers.get(b"x-request-id")) or new_request_id()
-        call = self._prepare(prepare, headers, body, param, rid) if complete else None
-        if call is None:
-            await self.app(scope, replay, send)
+        within = not more and len(body) <= self.max_body_bytes
+        call = self._prepare(prepare, headers, body, param, rid) if within else None
+        if call is None:  # not ordinary: the full app answers (413 if too long)
+            await self.app(scope, replay(body, receive, more=more), send)
             return
         bound = bind_request_id(rid)
         try:

@@ -30,7 +30,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio
 import orjson
@@ -42,6 +42,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..asgi import read_body, replay
 from ..logs import get_logger
 from .faults import FaultConfig, Faults
 from .handlers import Handler, HandlerContext, HandlerError, Invoker
@@ -462,30 +463,26 @@ class InstanceApp(Starlette):
         instance: ReferenceInstance = self.state.instance
         headers = dict(reversed(scope["headers"]))  # the first of a name wins
         try:
-            parsed = await _fast_task(instance, headers, receive)
+            task = await _ordinary_task(instance, headers, receive)
         except _ClientGone:
             return  # nobody to answer
-        if isinstance(parsed, bytes | None):  # not ordinary: the full app answers
-            replay = receive if parsed is None else _replay(parsed, receive)
-            await super().__call__(scope, replay, send)
+        if isinstance(task, _PassOn):  # not ordinary: the full app answers, as always
+            if task.body is not None:
+                receive = replay(task.body, receive, more=not task.complete)
+            await super().__call__(scope, receive, send)
             return
-        payload, deadline = parsed
         request_id = headers.get(_REQUEST_ID) or uuid.uuid4().hex.encode()
         extra: dict[str, str] = {}
         try:
-            status, body = (
-                200,
-                await instance.run_task(payload, deadline, request_id.decode("latin-1"), receive),
-            )
+            rid = request_id.decode("latin-1")
+            status, body = 200, await instance.run_task(task.payload, task.deadline, rid, receive)
         except HandlerError as exc:
             status, extra = exc.status, _error_headers(exc)
             body = orjson.dumps({"error": {"code": exc.code, "message": exc.message}})
         except Exception:
             _log.exception("instance.unexpected_error", path=TASK_PATH)
-            status, body = (
-                500,
-                orjson.dumps({"error": {"code": "internal_error", "message": "internal error"}}),
-            )
+            status = 500
+            body = orjson.dumps({"error": {"code": "internal_error", "message": "internal error"}})
         response_headers = [
             (b"content-length", str(len(body)).encode()),
             (b"content-type", b"application/json"),
@@ -500,60 +497,53 @@ class _ClientGone(Exception):
     """The client disconnected before its body was read."""
 
 
-async def _fast_task(
+class _Ordinary(NamedTuple):
+    """A task the fast path serves."""
+
+    payload: Any
+    deadline: float | None
+
+
+class _PassOn(NamedTuple):
+    """A request for the full app: what was read of its body (None: nothing) and whether
+    that is all of it."""
+
+    body: bytes | None = None
+    complete: bool = True
+
+
+async def _ordinary_task(
     instance: ReferenceInstance, headers: dict[bytes, bytes], receive: Receive
-) -> tuple[Any, float | None] | bytes | None:
-    """``(payload, deadline)`` of an ordinary task; else what was read of the body (bytes,
-    to replay) or None (nothing read) for the full app to answer."""
+) -> _Ordinary | _PassOn:
+    """The task, when it is an ordinary one: the right token, no hang injected, a sane
+    ``Content-Length`` and ``X-Deadline-Ms``, a JSON object with a payload within the limit."""
     expected = instance.expected_auth
     if expected is not None and not hmac.compare_digest(
         headers.get(b"authorization", b""), expected
     ):
-        return None
+        return _PassOn()
     if instance.faults.config.hang:
-        return None
+        return _PassOn()
     declared = headers.get(b"content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > instance.max_body_bytes):
-        return None
+        return _PassOn()
     deadline_ms = headers.get(b"x-deadline-ms")
     if deadline_ms is not None and not deadline_ms.isdigit():
-        return None
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            raise _ClientGone
-        chunk = message.get("body", b"")
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > instance.max_body_bytes or not message.get("more_body", False):
-            break
-    raw = b"".join(chunks)
-    if size > instance.max_body_bytes or message.get("more_body", False):
-        return raw
+        return _PassOn()
+    read = await read_body(receive, instance.max_body_bytes)
+    if read is None:
+        raise _ClientGone
+    raw, more = read
+    if more or len(raw) > instance.max_body_bytes:  # the full app answers 413
+        return _PassOn(raw, complete=not more)
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        return raw
+        return _PassOn(raw)
     if not isinstance(body, dict) or "payload" not in body:
-        return raw
+        return _PassOn(raw)
     deadline = None if deadline_ms is None else time.monotonic() + int(deadline_ms) / 1000
-    return body["payload"], deadline
-
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    """A ``receive`` that hands ``body`` out first, then defers to the real one."""
-    sent = False
-
-    async def replayed() -> Message:
-        nonlocal sent
-        if sent:
-            return await receive()
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    return replayed
+    return _Ordinary(body["payload"], deadline)
 
 
 def _http_error(request: Request, exc: Exception) -> Response:
