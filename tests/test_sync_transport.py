@@ -177,7 +177,12 @@ def test_cli_quick_path_prints_json_and_defers_the_rest(
         ["health", "--config", "x.json", "-o", "json"],
         ["health", "--bogus", "-o", "json"],
         ["health", "--url", "a", "--url", "b", "-o", "json"],
-        ["route", "-o", "json"],
+        ["route", "--payload", "-", "-o", "json"],  # stdin: read once, by the Typer command
+        ["route", "--retry", "11", "-o", "json"],
+        ["route", "--timeout", "soon", "-o", "json"],
+        ["fanout", "--stream", "-o", "json"],
+        ["fanout", "--top-k", "0", "-o", "json"],
+        ["sessions_send", "-o", "json"],
         ["health", "--url", "http://u:p@127.0.0.1:1", "-o", "json"],
     ):
         assert try_quick(argv) is None, argv
@@ -191,6 +196,9 @@ def test_cli_quick_path_errors_exit_like_the_app(capsys: pytest.CaptureFixture[s
     assert f"error: connection_failed: cannot reach the orchestrator at {url}" in (
         capsys.readouterr().err
     )
+    for command in (["route", "--instances", "A"], ["fanout", "--targets", "A-C"]):
+        assert try_quick([*command, "--url", url, "-o", "json"]) == 4, command
+        assert "error: connection_failed" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

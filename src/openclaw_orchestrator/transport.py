@@ -117,12 +117,14 @@ class SyncTransport:
         body: Any = None,
         params: Mapping[str, str] | None = None,
         deadline: float | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> Any:
-        """Send one request and return its decoded JSON; every failure is an OrchestratorError."""
+        """Send one request and return its decoded JSON; every failure is an OrchestratorError.
+        ``deadline``: the server-side one, waited for with a margin; ``headers``: extra ones."""
         target = self._prefix + path
         if params:
             target += "?" + urlencode(params, safe=",:")
-        headers = dict(self._headers)
+        headers = {**self._headers, **(headers or {})}
         data = None
         if body is not None:
             data = orjson.dumps(body)

@@ -500,3 +500,83 @@ async def test_register_flags(live: Cluster) -> None:
     assert "--credentials-env" in unset.err
     assert "NO_SUCH_VAR_X" in unset.err
     assert "J" not in live.service.registry
+
+
+# -- the quick path (cli/quick.py) against the Typer commands ---------------------------------
+
+
+async def typer_cli(*args: str, env: dict[str, str]) -> Run:
+    """The Typer app itself, skipping the quick path that ``openclaw`` takes first."""
+    code = "from openclaw_orchestrator.cli.main import app; app(prog_name='openclaw orchestrator')"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", code, *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), RUN_TIMEOUT)
+    assert proc.returncode is not None
+    return Run([sys.executable, *args], proc.returncode, out.decode(), err.decode())
+
+
+def _without_timings(value: Any) -> Any:
+    if isinstance(value, dict):
+        drop = {"latency_ms", "total_ms", "request_id"}
+        return {k: _without_timings(v) for k, v in value.items() if k not in drop}
+    if isinstance(value, list):
+        return [_without_timings(v) for v in value]
+    return value
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["route", "--instances", "B", "--payload", '{"n": 1}', "--timeout", "5s", "--retry", "1"],
+        ["route", "--instances", "C", "--policy", "least_outstanding", "--attempt-timeout", "2s"],
+        ["fanout", "--targets", "A-D", "--payload", '{"q": 2}', "--aggregate", "merge"],
+        ["fanout", "--targets", "A", "--targets", "C", "--min-success", "2", "--timeout", "5s"],
+        ["route", "--instances", "nope"],  # unknown: the same error line, exit 2
+        ["fanout", "--targets", "A-B", "--aggregate", "no-such-reducer"],
+    ],
+)
+async def test_quick_route_and_fanout_print_what_the_commands_print(
+    live: Cluster, args: list[str]
+) -> None:
+    """The quick path's JSON, error line and exit code are the Typer command's."""
+    env = cluster_env(live)
+    quick, full = await asyncio.gather(cli(*args, env=env), typer_cli(*args, env=env))
+    assert quick.code == full.code, (quick, full)
+    assert quick.err == full.err
+    if quick.code == 0:
+        assert _without_timings(quick.json()) == _without_timings(full.json())
+
+
+async def test_quick_route_sends_the_idempotency_key(live: Cluster) -> None:
+    """Twice with one key: the second reply is the first one (same request id)."""
+    env = cluster_env(live)
+    args = ["route", "--instances", "A", "--idempotency-key", "quick-key-1"]
+    first = await cli(*args, env=env)
+    second = await cli(*args, env=env)
+    assert first.code == second.code == 0, (first, second)
+    assert first.json()["request_id"] == second.json()["request_id"]
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["route", "--retry", "11"], "--retry"),
+        (["route", "--timeout", "soon"], "--timeout"),
+        (["fanout", "--quorum", "0"], "--quorum"),
+        (["route", "--payload", "{not json"], "--payload"),
+        (["route", "--payload", "@/no/such/file.json"], "--payload"),
+    ],
+)
+async def test_values_the_quick_path_cannot_vouch_for_are_typer_usage_errors(
+    live: Cluster, args: list[str], option: str
+) -> None:
+    """An invalid value goes to Typer, which reports it (exit 2) and sends nothing."""
+    run = await cli(*args, env=cluster_env(live))
+    assert run.code == 2, run
+    assert option in run.err
+    assert run.out == ""

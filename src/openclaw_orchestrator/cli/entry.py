@@ -15,6 +15,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from .quick import QUICK_COMMANDS
+
 __all__ = [
     "MULTI_VALUE_OPTIONS",
     "expand_multi_value_options",
@@ -93,7 +95,7 @@ def _is_shim(candidate: Path) -> bool:
 
 def _run(argv: Sequence[str], *, prog_name: str) -> NoReturn:
     args = expand_multi_value_options(argv)
-    if args and args[0] in ("health", "instances"):  # JSON health/instances skip Typer
+    if args and args[0] in QUICK_COMMANDS:  # JSON health/instances/route/fanout skip Typer
         from .quick import try_quick
 
         code = try_quick(args)

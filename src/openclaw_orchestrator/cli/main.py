@@ -30,6 +30,7 @@ import typer
 from typer.core import TyperGroup
 
 from .exits import EXIT_CODES, ExitCode, exit_code_for
+from .options import aggregate_value, targets_value
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
@@ -185,16 +186,13 @@ def _json_option(text: str, option: str) -> Any:
     """A JSON option's value: inline, ``@file`` or ``-`` (stdin); usage errors name ``option``."""
     import orjson
 
+    from .options import json_text
+
     hint = f"'{option}'"
     try:
-        if text == "-":
-            text = sys.stdin.read()
-        elif text.startswith("@"):
-            text = Path(text[1:]).read_text(encoding="utf-8")
+        return json_text(text)
     except OSError as exc:
         raise typer.BadParameter(f"cannot read it: {exc}", param_hint=hint) from exc
-    try:
-        return orjson.loads(text)
     except orjson.JSONDecodeError as exc:
         raise typer.BadParameter(f"not valid JSON: {exc}", param_hint=hint) from exc
 
@@ -206,20 +204,6 @@ def _metadata(text: str | None) -> dict[str, Any] | None:
     value = _json_option(text, "--metadata")
     if not isinstance(value, dict):
         raise typer.BadParameter("must be a JSON object", param_hint="'--metadata'")
-    return value
-
-
-def _targets(tokens: list[str] | None) -> str | list[str] | None:
-    """Target tokens as the SDK takes them: one string, a list, or None (server default)."""
-    if not tokens:
-        return None
-    return tokens[0] if len(tokens) == 1 else tokens
-
-
-def _aggregate(value: str) -> bool | str:
-    lowered = value.lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
     return value
 
 
@@ -277,7 +261,7 @@ def route(
     with _client(url, config) as client:
         result = client.route(
             body,
-            instances=_targets(instances),
+            instances=targets_value(instances),
             timeout=timeout,
             attempt_timeout=attempt_timeout,
             retry=retry,
@@ -319,8 +303,8 @@ def fanout(
 
     body = _payload(payload)
     options: dict[str, Any] = {
-        "targets": _targets(targets) or "all",
-        "aggregate": _aggregate(aggregate),
+        "targets": targets_value(targets) or "all",
+        "aggregate": aggregate_value(aggregate),
         "timeout": timeout,
         "min_success": min_success,
         "quorum": quorum,
@@ -369,7 +353,7 @@ def health(
     from .render import health_view
 
     with _client(url, config) as client:
-        targets = _targets(instances)
+        targets = targets_value(instances)
         states = client.health_detail(targets) if detail else client.health(targets)
     _emit(states, output, health_view)
 

@@ -1,10 +1,12 @@
-"""A quick path for the simplest JSON commands, taken before Typer, Rich or aiohttp load.
+"""A quick path for the most scripted JSON commands, taken before Typer, Rich or aiohttp load.
 
-``health`` and ``instances`` printing JSON make up most scripted calls and cost one GET each;
-building the Typer app (≈ 100 ms), Rich (≈ 35 ms) and the aiohttp SDK (≈ 130 ms) for them
-would dominate the run. :func:`try_quick` accepts only a strict subset of those commands'
-options (the ones spelled out below) and returns None for anything else — help, table output,
-``--config``, unknown or repeated options — so the Typer app handles it exactly as before.
+``health``, ``instances``, ``route`` and ``fanout`` printing JSON make up most scripted calls
+and cost one request each; building the Typer app (≈ 100 ms), Rich (≈ 35 ms) and the aiohttp
+SDK (≈ 130 ms) for them would dominate the run. :func:`try_quick` accepts only a strict subset
+of those commands' options (the ones spelled out below) with values it can vouch for, and
+returns None for anything else — help, table output, ``--config``, ``--stream``, stdin as
+``--payload -``, an unknown, repeated or invalid option — so the Typer app handles it exactly
+as before (usage errors included).
 
 Same settings (:func:`~..settings.load_client_settings`), same request, same JSON
 (:func:`.render.to_json`), same error line and exit codes as the Typer commands.
@@ -18,12 +20,49 @@ from typing import Any
 
 __all__ = ["QUICK_COMMANDS", "try_quick"]
 
-QUICK_COMMANDS = frozenset({"health", "instances"})
+QUICK_COMMANDS = frozenset({"health", "instances", "route", "fanout"})
+_COMMON = frozenset({"--url", "--output", "-o"})
 _VALUE_OPTIONS = {
-    "health": frozenset({"--instances", "--url", "--output", "-o"}),
-    "instances": frozenset({"--url", "--output", "-o"}),
+    "health": _COMMON | {"--instances"},
+    "instances": _COMMON,
+    "route": _COMMON
+    | {
+        "--instances",
+        "--payload",
+        "--timeout",
+        "--attempt-timeout",
+        "--retry",
+        "--policy",
+        "--idempotency-key",
+    },
+    "fanout": _COMMON
+    | {
+        "--targets",
+        "--payload",
+        "--aggregate",
+        "--timeout",
+        "--attempt-timeout",
+        "--min-success",
+        "--quorum",
+        "--top-k",
+        "--retry",
+        "--idempotency-key",
+    },
 }
-_FLAGS = {"health": frozenset({"--detail"}), "instances": frozenset()}
+_FLAGS = {
+    "health": frozenset({"--detail"}),
+    "instances": frozenset(),
+    "route": frozenset(),
+    "fanout": frozenset(),
+}
+_REPEATABLE = frozenset({"--instances", "--targets"})
+# Integer options and their bounds, as the Typer commands declare them.
+_INTS = {
+    "--retry": (0, 10),
+    "--min-success": (0, None),
+    "--quorum": (1, None),
+    "--top-k": (1, None),
+}
 
 
 def _parse(argv: Sequence[str]) -> tuple[str, dict[str, list[str]]] | None:
@@ -57,7 +96,7 @@ def _parse(argv: Sequence[str]) -> tuple[str, dict[str, list[str]]] | None:
         else:
             return None  # anything unusual: Typer parses it (and reports usage errors)
         index += 1
-    if any(len(v) > 1 for k, v in options.items() if k != "--instances"):
+    if any(len(v) > 1 for k, v in options.items() if k not in _REPEATABLE):
         return None
     return command, options
 
@@ -88,8 +127,14 @@ def try_quick(argv: Sequence[str]) -> int | None:
             transport = SyncTransport(url, api_key=api_key)
         except UnsupportedURLError:
             return None
+        task = _task_request(command, options) if command in ("route", "fanout") else None
+        if command in ("route", "fanout") and task is None:
+            return None  # a value the Typer command must judge (and report)
         with transport:
-            result = _call(transport, command, options)
+            if task is not None:
+                result = _send_task(transport, command, *task)
+            else:
+                result = _call(transport, command, options)
     except Exception as exc:  # mapped like the Typer app's one error exit
         return _fail(exc)
     try:
@@ -156,6 +201,73 @@ def _call(transport: Any, command: str, options: dict[str, list[str]]) -> Any:
 
         return {str(name): _model(HealthDetail, value) for name, value in data.items()}
     return {str(name): str(state) for name, state in data.items()}
+
+
+_Task = tuple[dict[str, Any], float | None, str | None]
+
+
+def _task_request(command: str, options: dict[str, list[str]]) -> _Task | None:
+    """``(body, deadline, idempotency key)`` of a route or fanout, shaped as the SDK sends it,
+    or None when a value is one the Typer command would refuse or must read itself."""
+    import orjson
+
+    from ..domain.duration import parse_duration
+    from ..errors import InvalidRequestError
+    from .options import aggregate_value, json_text, targets_value
+
+    one = {name: values[0] for name, values in options.items() if values}
+    payload_text = one.get("--payload", "{}")
+    if payload_text == "-":
+        return None  # stdin can be read once: the Typer command reads it
+    try:
+        payload = json_text(payload_text)
+        durations = {
+            name: parse_duration(one[name], field="duration")
+            for name in ("--timeout", "--attempt-timeout")
+            if name in one
+        }
+    except (OSError, orjson.JSONDecodeError, InvalidRequestError):
+        return None
+    numbers: dict[str, int] = {}
+    for name, (low, high) in _INTS.items():
+        if name in one:
+            text = one[name]
+            if not text.lstrip("-").isdigit():
+                return None
+            number = int(text)
+            if number < low or (high is not None and number > high):
+                return None
+            numbers[name] = number
+    timeout = durations.get("--timeout")
+    fields: dict[str, Any] = {
+        "payload": payload,
+        "timeout": timeout,
+        "attempt_timeout": durations.get("--attempt-timeout"),
+        "retry": numbers.get("--retry"),
+    }
+    if command == "route":
+        fields["instances"] = targets_value(options.get("--instances"))
+        fields["policy"] = one.get("--policy")
+    else:
+        fields["targets"] = targets_value(options.get("--targets")) or "all"
+        fields["aggregate"] = aggregate_value(one.get("--aggregate", "true"))
+        fields["min_success"] = numbers.get("--min-success")
+        fields["quorum"] = numbers.get("--quorum")
+        fields["top_k"] = numbers.get("--top-k")
+    body = {name: value for name, value in fields.items() if value is not None}
+    return body, timeout, one.get("--idempotency-key")
+
+
+def _send_task(
+    transport: Any, command: str, body: dict[str, Any], deadline: float | None, key: str | None
+) -> Any:
+    """POST the task as :class:`~..client.AsyncClient` does; its typed result."""
+    from ..models import FanoutResult, RouteResult
+
+    path = f"/api/orchestrator/{command}"
+    headers = None if key is None else {"Idempotency-Key": key}
+    data = transport.request("POST", path, body=body, deadline=deadline, headers=headers)
+    return _model(RouteResult if command == "route" else FanoutResult, data)
 
 
 def _expect_object(data: Any, path: str) -> dict[str, Any]:
