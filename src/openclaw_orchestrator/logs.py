@@ -34,6 +34,7 @@ __all__ = [
     "after_this_step",
     "bind_request_id",
     "configure_logging",
+    "flush_logs",
     "get_logger",
     "reset_request_id",
 ]
@@ -100,12 +101,13 @@ class _Named:
 _sink: LineSink | None = None
 
 
-def _flush_at_exit() -> None:
+def flush_logs() -> None:
+    """Write every queued line now (at shutdown: the last loop step may not come)."""
     if _sink is not None:
         _sink.flush()
 
 
-atexit.register(_flush_at_exit)
+atexit.register(flush_logs)
 
 
 def _orjson_dumps(obj: Any, default: Any = None) -> str:

@@ -17,7 +17,7 @@ from starlette.types import Receive, Scope, Send
 from .. import __about__
 from ..gc_tuning import settle_after_startup
 from ..idempotency import IdempotencyCache
-from ..logs import get_logger
+from ..logs import flush_logs, get_logger
 from ..runtime import open_orchestrator
 from ..service import Orchestrator
 from ..settings import Settings
@@ -60,16 +60,19 @@ def create_app(
             app.state.orchestrator = service
             yield
             return
-        async with open_orchestrator(settings) as built:
-            app.state.orchestrator = built
-            log.info(
-                "api.started",
-                instances=len(built.registry),
-                auth="enabled" if app.state.authenticator.is_enabled else "disabled",
-            )
-            if server_process:
-                settle_after_startup()
-            yield
+        try:
+            async with open_orchestrator(settings) as built:
+                app.state.orchestrator = built
+                log.info(
+                    "api.started",
+                    instances=len(built.registry),
+                    auth="enabled" if app.state.authenticator.is_enabled else "disabled",
+                )
+                if server_process:
+                    settle_after_startup()
+                yield
+        finally:  # uvicorn may end the process by re-raising SIGTERM: no atexit after that
+            flush_logs()
 
     app = OrchestratorApp(
         title="openclaw-orchestrator",

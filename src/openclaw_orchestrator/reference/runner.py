@@ -21,7 +21,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from ..gc_tuning import settle_after_startup
-from ..logs import configure_logging, get_logger
+from ..logs import configure_logging, flush_logs, get_logger
 from ..models import is_valid_name
 from ..server import bind_socket, uvicorn_config
 from .app import DEFAULT_MAX_BODY_BYTES, AppLifespan, create_instance_app
@@ -189,8 +189,11 @@ def registration_lifespan(registration: Registration) -> AppLifespan:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with Registrar(registration):
-            yield
+        try:
+            async with Registrar(registration):
+                yield
+        finally:  # the deregistration's lines, before uvicorn re-raises SIGTERM
+            flush_logs()
 
     return lifespan
 
