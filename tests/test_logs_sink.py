@@ -6,9 +6,11 @@ import asyncio
 import gc
 import io
 import json
+import os
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 from openclaw_orchestrator.gc_tuning import YOUNG_THRESHOLD, settle_after_startup
 from openclaw_orchestrator.logs import LineSink, after_this_step
@@ -200,3 +202,43 @@ def test_a_frequent_event_follows_level_and_format() -> None:
         "FrequentEvent('svc', 'svc.attempt')(n=1)\n"
     )
     assert "svc.attempt" in unconfigured.stdout + unconfigured.stderr
+
+
+def test_lines_logged_while_shutting_down_on_sigterm_are_written(tmp_path: Path) -> None:
+    """uvicorn ends the process by re-raising SIGTERM (no atexit): the line an instance logs
+    while deregistering from an orchestrator that is gone must still reach stderr."""
+    import signal
+    import socket
+    import time
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        gone = probe.getsockname()[1]  # nothing listens here once closed
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    argv = [
+        str(Path(sys.executable).parent / "openclaw-orchestrator"),
+        "instance", "serve", "--name", "Q", "--port", str(port),
+        "--register", f"http://127.0.0.1:{gone}", "--log-level", "info",
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRATOR_")}
+    env["ORCHESTRATOR_API_KEY"] = "k"
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with socket.socket() as client:
+                if client.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.05)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    events = [
+        json.loads(line)["event"] for line in err.decode().splitlines() if line.startswith("{")
+    ]
+    assert "instance.deregister_failed" in events, err.decode()

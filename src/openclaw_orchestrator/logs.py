@@ -7,8 +7,9 @@ names its request. Secrets never reach a log call: specs are logged by name and 
 Lines logged on a running event loop are written together once the loop's current step is
 done (:class:`LineSink`): a routed request logs a line per attempt, and one ``write`` per
 line on the request's path cost more than the rest of the logging (docs/performance.md).
-A line waits at most one loop iteration; elsewhere (threads, no loop, exit) it is written
-at once, and nothing is ever dropped.
+A line waits at most one loop iteration; elsewhere (threads, no loop) it is written at
+once. Queued lines are written at exit and by :func:`flush_logs` (the app lifespans end with
+it); only a process killed outright (SIGKILL) can lose the lines of the step it was in.
 """
 
 from __future__ import annotations
