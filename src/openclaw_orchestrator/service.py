@@ -348,9 +348,10 @@ class Orchestrator:
                 await self._sleep(delay)
                 name = next_name
                 continue
-            for skip_name in set(skipped) & set(tried):
-                if skipped[skip_name] != "already_tried":  # tried, so in attempts instead
-                    del skipped[skip_name]
+            if skipped:  # the usual route skips nothing: no sets to build
+                for skip_name in set(skipped) & set(tried):
+                    if skipped[skip_name] != "already_tried":  # tried, so in attempts instead
+                        del skipped[skip_name]
             return RouteResult(
                 instance=name,
                 result=result,
