@@ -182,7 +182,9 @@ def test_cli_quick_path_prints_json_and_defers_the_rest(
         ["route", "--timeout", "soon", "-o", "json"],
         ["fanout", "--stream", "-o", "json"],
         ["fanout", "--top-k", "0", "-o", "json"],
-        ["sessions_send", "-o", "json"],
+        ["sessions_send", "-o", "json"],  # no --id: Typer's usage error
+        ["sessions_send", "--id", "bad id", "-o", "json"],
+        ["sessions_send", "--id", "s1", "--token-env", "SURELY_NOT_SET_VAR", "-o", "json"],
         ["health", "--url", "http://u:p@127.0.0.1:1", "-o", "json"],
     ):
         assert try_quick(argv) is None, argv
@@ -196,7 +198,11 @@ def test_cli_quick_path_errors_exit_like_the_app(capsys: pytest.CaptureFixture[s
     assert f"error: connection_failed: cannot reach the orchestrator at {url}" in (
         capsys.readouterr().err
     )
-    for command in (["route", "--instances", "A"], ["fanout", "--targets", "A-C"]):
+    for command in (
+        ["route", "--instances", "A"],
+        ["fanout", "--targets", "A-C"],
+        ["sessions_send", "--id", "s1", "--data", "[1]"],
+    ):
         assert try_quick([*command, "--url", url, "-o", "json"]) == 4, command
         assert "error: connection_failed" in capsys.readouterr().err
 

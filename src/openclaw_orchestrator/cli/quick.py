@@ -1,6 +1,7 @@
 """A quick path for the most scripted JSON commands, taken before Typer, Rich or aiohttp load.
 
-``health``, ``instances``, ``route`` and ``fanout`` printing JSON make up most scripted calls
+``health``, ``instances``, ``route``, ``fanout`` and ``sessions_send`` printing JSON make up
+most scripted calls
 and cost one request each; building the Typer app (≈ 100 ms), Rich (≈ 35 ms) and the aiohttp
 SDK (≈ 130 ms) for them would dominate the run. :func:`try_quick` accepts only a strict subset
 of those commands' options (the ones spelled out below) with values it can vouch for, and
@@ -16,11 +17,11 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = ["QUICK_COMMANDS", "try_quick"]
 
-QUICK_COMMANDS = frozenset({"health", "instances", "route", "fanout"})
+QUICK_COMMANDS = frozenset({"health", "instances", "route", "fanout", "sessions_send"})
 _COMMON = frozenset({"--url", "--output", "-o"})
 _VALUE_OPTIONS = {
     "health": _COMMON | {"--instances"},
@@ -48,13 +49,16 @@ _VALUE_OPTIONS = {
         "--retry",
         "--idempotency-key",
     },
+    "sessions_send": _COMMON | {"--id", "--data", "--timeout", "--idempotency-key", "--token-env"},
 }
 _FLAGS = {
     "health": frozenset({"--detail"}),
     "instances": frozenset(),
     "route": frozenset(),
     "fanout": frozenset(),
+    "sessions_send": frozenset(),
 }
+_TASKS = frozenset({"route", "fanout", "sessions_send"})
 _REPEATABLE = frozenset({"--instances", "--targets"})
 # Integer options and their bounds, as the Typer commands declare them.
 _INTS = {
@@ -127,12 +131,12 @@ def try_quick(argv: Sequence[str]) -> int | None:
             transport = SyncTransport(url, api_key=api_key)
         except UnsupportedURLError:
             return None
-        task = _task_request(command, options) if command in ("route", "fanout") else None
-        if command in ("route", "fanout") and task is None:
+        task = _task_request(command, options) if command in _TASKS else None
+        if command in _TASKS and task is None:
             return None  # a value the Typer command must judge (and report)
         with transport:
             if task is not None:
-                result = _send_task(transport, command, *task)
+                result = _send_task(transport, command, task)
             else:
                 result = _call(transport, command, options)
     except Exception as exc:  # mapped like the Typer app's one error exit
@@ -203,7 +207,14 @@ def _call(transport: Any, command: str, options: dict[str, list[str]]) -> Any:
     return {str(name): str(state) for name, state in data.items()}
 
 
-_Task = tuple[dict[str, Any], float | None, str | None]
+class _Task(NamedTuple):
+    """One POST the quick path makes: where, what, the server-side deadline, the headers."""
+
+    path: str
+    body: dict[str, Any]
+    deadline: float | None
+    idempotency_key: str | None
+    token: str | None = None  # a session token, sent instead of the API key
 
 
 def _task_request(command: str, options: dict[str, list[str]]) -> _Task | None:
@@ -216,6 +227,8 @@ def _task_request(command: str, options: dict[str, list[str]]) -> _Task | None:
     from .options import aggregate_value, json_text, targets_value
 
     one = {name: values[0] for name, values in options.items() if values}
+    if command == "sessions_send":
+        return _send_request(one)
     payload_text = one.get("--payload", "{}")
     if payload_text == "-":
         return None  # stdin can be read once: the Typer command reads it
@@ -255,19 +268,54 @@ def _task_request(command: str, options: dict[str, list[str]]) -> _Task | None:
         fields["quorum"] = numbers.get("--quorum")
         fields["top_k"] = numbers.get("--top-k")
     body = {name: value for name, value in fields.items() if value is not None}
-    return body, timeout, one.get("--idempotency-key")
+    return _Task(f"/api/orchestrator/{command}", body, timeout, one.get("--idempotency-key"))
 
 
-def _send_task(
-    transport: Any, command: str, body: dict[str, Any], deadline: float | None, key: str | None
-) -> Any:
-    """POST the task as :class:`~..client.AsyncClient` does; its typed result."""
-    from ..models import FanoutResult, RouteResult
+def _send_request(one: dict[str, str]) -> _Task | None:
+    """``sessions_send`` as the SDK's session handle sends it (its token instead of the API
+    key with ``--token-env``), or None for anything the Typer command must judge."""
+    import os
+    import re
 
-    path = f"/api/orchestrator/{command}"
-    headers = None if key is None else {"Idempotency-Key": key}
-    data = transport.request("POST", path, body=body, deadline=deadline, headers=headers)
-    return _model(RouteResult if command == "route" else FanoutResult, data)
+    import orjson
+
+    from ..domain.duration import parse_duration
+    from ..errors import InvalidRequestError
+    from ..models import SESSION_ID_PATTERN
+    from .options import json_text
+
+    session_id, data_text = one.get("--id"), one.get("--data", "{}")
+    if session_id is None or not re.match(SESSION_ID_PATTERN, session_id) or data_text == "-":
+        return None
+    token = None
+    if "--token-env" in one:
+        token = os.environ.get(one["--token-env"])
+        if not token or not token.isprintable() or " " in token:
+            return None
+    try:
+        data = json_text(data_text)
+        timeout = parse_duration(one["--timeout"], field="duration") if "--timeout" in one else None
+    except (OSError, orjson.JSONDecodeError, InvalidRequestError):
+        return None
+    body = {"data": data} if timeout is None else {"data": data, "timeout": timeout}
+    path = f"/api/orchestrator/sessions/{session_id}/send"
+    return _Task(path, body, timeout, one.get("--idempotency-key"), token)
+
+
+def _send_task(transport: Any, command: str, task: _Task) -> Any:
+    """POST ``task`` as :class:`~..client.AsyncClient` does; its typed result."""
+    from ..models import FanoutResult, RouteResult, SendResult
+
+    headers: dict[str, str] = {}
+    if task.idempotency_key is not None:
+        headers["Idempotency-Key"] = task.idempotency_key
+    if task.token is not None:
+        headers["Authorization"] = f"Bearer {task.token}"
+    data = transport.request(
+        "POST", task.path, body=task.body, deadline=task.deadline, headers=headers
+    )
+    model = {"route": RouteResult, "fanout": FanoutResult, "sessions_send": SendResult}[command]
+    return _model(model, data)
 
 
 def _expect_object(data: Any, path: str) -> dict[str, Any]:
