@@ -179,6 +179,8 @@ def test_cli_quick_path_prints_json_and_defers_the_rest(
         ["health", "--url", "a", "--url", "b", "-o", "json"],
         ["route", "--payload", "-", "-o", "json"],  # stdin: read once, by the Typer command
         ["route", "--retry", "11", "-o", "json"],
+        ["route", "--retry=--5", "-o", "json"],
+        ["fanout", "--quorum=two", "-o", "json"],
         ["route", "--timeout", "soon", "-o", "json"],
         ["fanout", "--stream", "-o", "json"],
         ["fanout", "--top-k", "0", "-o", "json"],

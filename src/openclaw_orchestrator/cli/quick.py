@@ -218,7 +218,7 @@ class _Task(NamedTuple):
 
 
 def _task_request(command: str, options: dict[str, list[str]]) -> _Task | None:
-    """``(body, deadline, idempotency key)`` of a route or fanout, shaped as the SDK sends it,
+    """The POST of a ``route``, ``fanout`` or ``sessions_send``, shaped as the SDK sends it,
     or None when a value is one the Typer command would refuse or must read itself."""
     import orjson
 
@@ -244,10 +244,10 @@ def _task_request(command: str, options: dict[str, list[str]]) -> _Task | None:
     numbers: dict[str, int] = {}
     for name, (low, high) in _INTS.items():
         if name in one:
-            text = one[name]
-            if not text.lstrip("-").isdigit():
+            try:
+                number = int(one[name])  # as click parses an int option
+            except ValueError:
                 return None
-            number = int(text)
             if number < low or (high is not None and number > high):
                 return None
             numbers[name] = number
