@@ -34,7 +34,7 @@ from urllib.parse import quote
 
 import aiohttp
 import orjson
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from .__about__ import __version__
 from .bodies import outgoing_body
@@ -66,6 +66,7 @@ from .models import (
     SpawnResult,
     TargetExpr,
 )
+from .replies import expect_object, parse_reply
 from .settings import load_client_settings
 
 __all__ = [
@@ -118,16 +119,6 @@ def _body(**fields: Any) -> dict[str, Any]:
     return {key: value for key, value in fields.items() if value is not None}
 
 
-def _parse(model: type[M], data: Any) -> M:
-    """``data`` as ``model``; a reply this SDK cannot read becomes an ``OrchestratorError``."""
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise OrchestratorError(
-            f"the orchestrator sent a {model.__name__} this SDK cannot read: {exc}"
-        ) from exc
-
-
 def _decode_error(status: int, raw: bytes) -> OrchestratorError:
     """The typed error of a non-2xx reply; a body that is not JSON keeps only the status."""
     try:
@@ -149,9 +140,9 @@ def _stream_item(line: bytes) -> StreamItem:
         raise OrchestratorError(f"the fanout stream sent a line that is not JSON: {exc}") from exc
     kind = event.get("type") if isinstance(event, dict) else None
     if kind == "entry":
-        return _parse(FanoutEntry, event.get("entry"))
+        return parse_reply(FanoutEntry, event.get("entry"))
     if kind == "result":
-        return _parse(FanoutResult, event.get("result"))
+        return parse_reply(FanoutResult, event.get("result"))
     if kind == "error":
         raise error_from_body({"error": event.get("error")}, status=200)
     raise OrchestratorError(f"the fanout stream sent an unknown line type {kind!r}")
@@ -263,7 +254,7 @@ class AsyncClient:
             deadline=deadline,
             idempotency_key=idempotency_key,
         )
-        return _parse(RouteResult, data)
+        return parse_reply(RouteResult, data)
 
     async def fanout(
         self,
@@ -287,9 +278,16 @@ class AsyncClient:
         """
         deadline = _seconds(timeout, "timeout")
         body = _fanout_body(
-            payload, targets, aggregate, deadline, min_success, quorum, top_k, retry
+            payload,
+            targets,
+            aggregate,
+            deadline,
+            min_success,
+            quorum,
+            top_k,
+            retry,
+            attempt_timeout,
         )
-        body.update(_body(attempt_timeout=_seconds(attempt_timeout, "attempt_timeout")))
         data = await self._request(
             "POST",
             "/api/orchestrator/fanout",
@@ -297,7 +295,7 @@ class AsyncClient:
             deadline=deadline,
             idempotency_key=idempotency_key,
         )
-        return _parse(FanoutResult, data)
+        return parse_reply(FanoutResult, data)
 
     async def fanout_stream(
         self,
@@ -317,9 +315,16 @@ class AsyncClient:
         final :class:`FanoutResult`; an unmet ``min_success`` raises after the entries."""
         deadline = _seconds(timeout, "timeout")
         body = _fanout_body(
-            payload, targets, aggregate, deadline, min_success, quorum, top_k, retry
+            payload,
+            targets,
+            aggregate,
+            deadline,
+            min_success,
+            quorum,
+            top_k,
+            retry,
+            attempt_timeout,
         )
-        body.update(_body(attempt_timeout=_seconds(attempt_timeout, "attempt_timeout")))
         body["stream"] = True
         headers = self._request_headers(idempotency_key, has_body=True)
         session = self._ensure_session()
@@ -350,12 +355,12 @@ class AsyncClient:
     async def health_detail(self, instances: TargetExpr | None = None) -> dict[str, HealthDetail]:
         """Each instance's state with latency, last check, failures in a row and last error."""
         data = await self._get_health(instances, detail=True)
-        return {str(name): _parse(HealthDetail, value) for name, value in data.items()}
+        return {str(name): parse_reply(HealthDetail, value) for name, value in data.items()}
 
     async def liveness(self) -> dict[str, Any]:
         """``GET /api/health/check``: the orchestrator's own status, version and counts."""
         data = await self._request("GET", "/api/health/check")
-        return _expect_object(data, "/api/health/check")
+        return expect_object(data, "/api/health/check")
 
     # -- cluster ---------------------------------------------------------------------------
 
@@ -384,15 +389,15 @@ class AsyncClient:
             heartbeat_ttl=_seconds(heartbeat_ttl, "heartbeat_ttl"),
         )
         data = await self._request("POST", "/api/cluster/register", body=body)
-        return _parse(InstanceInfo, data)
+        return parse_reply(InstanceInfo, data)
 
     async def instances(self) -> list[InstanceInfo]:
         """Every known instance, configured or registered, with its live state."""
         data = await self._request("GET", "/api/cluster/instances")
-        items = _expect_object(data, "/api/cluster/instances").get("instances")
+        items = expect_object(data, "/api/cluster/instances").get("instances")
         if not isinstance(items, list):
             raise OrchestratorError("the orchestrator sent an instance list without 'instances'")
-        return [_parse(InstanceInfo, item) for item in items]
+        return [parse_reply(InstanceInfo, item) for item in items]
 
     async def unregister(self, name: str) -> None:
         """Remove instance ``name``; :class:`~.errors.NotFoundError` when it is unknown."""
@@ -406,7 +411,7 @@ class AsyncClient:
             detail="true" if detail else None,
         )
         data = await self._request("GET", "/api/orchestrator/health", params=params)
-        return _expect_object(data, "/api/orchestrator/health")
+        return expect_object(data, "/api/orchestrator/health")
 
     async def _request(
         self,
@@ -512,6 +517,7 @@ def _fanout_body(
     quorum: int | None,
     top_k: int | None,
     retry: int | None,
+    attempt_timeout: float | str | None,
 ) -> dict[str, Any]:
     """The ``FanoutRequest`` body shared by :meth:`AsyncClient.fanout` and its stream."""
     return _body(
@@ -519,17 +525,12 @@ def _fanout_body(
         payload={} if payload is None else payload,
         aggregate=aggregate,
         timeout=deadline,
+        attempt_timeout=_seconds(attempt_timeout, "attempt_timeout"),
         min_success=min_success,
         quorum=quorum,
         top_k=top_k,
         retry=retry,
     )
-
-
-def _expect_object(data: Any, path: str) -> dict[str, Any]:
-    if not isinstance(data, dict):
-        raise OrchestratorError(f"the orchestrator sent a non-object reply to {path}")
-    return data
 
 
 def _session_path(session_id: str, *suffix: str) -> str:
@@ -593,7 +594,7 @@ class AsyncSessions:
             policy=policy,
         )
         data = await self._client._request("POST", f"{SESSIONS_PATH}/spawn", body=body)
-        spawned = _parse(SpawnResult, data)
+        spawned = parse_reply(SpawnResult, data)
         return AsyncSession(self, spawned.session_id, token=spawned.token, info=spawned)
 
     async def send(
@@ -634,7 +635,7 @@ class AsyncSessions:
             active_within=None if active_within is None else f"{active_within:g}",
         )
         data = await self._client._request("GET", SESSIONS_PATH, params=params)
-        return _parse(SessionList, data).sessions
+        return parse_reply(SessionList, data).sessions
 
     async def get(self, session_id: str) -> SessionInfo:
         """One session's state; :class:`~.errors.NotFoundError` when it is unknown."""
@@ -670,7 +671,7 @@ class AsyncSessions:
             idempotency_key=idempotency_key,
             token=token,
         )
-        return _parse(SendResult, reply)
+        return parse_reply(SendResult, reply)
 
     async def _history(
         self, session_id: str, offset: int, limit: int, *, token: str | None
@@ -678,7 +679,7 @@ class AsyncSessions:
         path = _session_path(session_id, "history")
         params = {"offset": str(offset), "limit": str(limit)}
         data = await self._client._request("GET", path, params=params, token=token)
-        return _parse(HistoryPage, data)
+        return parse_reply(HistoryPage, data)
 
     async def _iter_history(
         self, session_id: str, offset: int, page_size: int, *, token: str | None
@@ -696,12 +697,12 @@ class AsyncSessions:
 
     async def _get(self, session_id: str, *, token: str | None) -> SessionInfo:
         data = await self._client._request("GET", _session_path(session_id), token=token)
-        return _parse(SessionInfo, data)
+        return parse_reply(SessionInfo, data)
 
     async def _close(self, session_id: str, *, token: str | None) -> SessionInfo:
         path = _session_path(session_id, "close")
         data = await self._client._request("POST", path, token=token)
-        return _parse(SessionInfo, data)
+        return parse_reply(SessionInfo, data)
 
 
 class AsyncSession:

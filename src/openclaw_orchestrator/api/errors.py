@@ -18,25 +18,31 @@ from starlette.responses import Response
 from ..errors import InvalidRequestError, OrchestratorError
 from ..logs import get_logger
 
-__all__ = ["error_response", "install_error_handlers"]
+__all__ = ["error_headers", "error_response", "install_error_handlers"]
 
 log = get_logger("api")
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}
 
 
-def error_response(exc: OrchestratorError) -> Response:
-    """The JSON response for ``exc``, with ``Retry-After`` when it says when to retry."""
+def error_headers(exc: OrchestratorError) -> dict[str, str]:
+    """The headers an error reply carries besides its JSON: ``Retry-After`` when ``exc``
+    says when to retry, ``WWW-Authenticate`` on a 401."""
     headers = {}
     if exc.retry_after is not None:
         headers["Retry-After"] = str(max(1, round(exc.retry_after)))
     if exc.status == 401:
         headers["WWW-Authenticate"] = "Bearer"
+    return headers
+
+
+def error_response(exc: OrchestratorError) -> Response:
+    """The JSON response for ``exc``, with :func:`error_headers`."""
     return Response(
         orjson.dumps(exc.to_dict()),
         status_code=exc.status,
         media_type="application/json",
-        headers=headers,
+        headers=error_headers(exc),
     )
 
 

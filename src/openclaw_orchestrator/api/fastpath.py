@@ -8,8 +8,8 @@ and response plumbing together cost more CPU than the orchestrator's own work, s
 serves the *ordinary* request of those endpoints itself: JSON body within the size limit,
 the API key, a valid body, no ``Idempotency-Key``. It gives the request the same id as the
 request-context middleware would, makes the very same service call, and answers with the
-very same body and status (:func:`~.errors.error_response` for errors, a generic 500 for a
-bug, logged like the app's own handler does).
+very same body, status and headers (the error envelope with :func:`~.errors.error_headers`;
+a generic 500 for a bug, logged like the app's own handler does).
 
 Anything else — another path or method, another content type, a missing or wrong key, a
 session token, JSON or a body that does not validate, a body over the limit, an idempotency
@@ -33,8 +33,8 @@ from ..asgi import read_body, replay
 from ..errors import OrchestratorError
 from ..logs import bind_request_id, get_logger, reset_request_id
 from ..models import SESSION_ID_PATTERN, FanoutRequest, RouteRequest, SendRequest
-from .errors import error_response
-from .middleware import incoming_request_id, new_request_id
+from .errors import error_headers
+from .middleware import declared_length, incoming_request_id, new_request_id
 from .security import Authenticator
 
 __all__ = ["FastPaths"]
@@ -94,13 +94,6 @@ def _is_json(headers: dict[bytes, bytes]) -> bool:
     return kind == b"application/json"
 
 
-def _declared_length(headers: dict[bytes, bytes]) -> int | None:
-    try:
-        return int(headers[b"content-length"])
-    except (KeyError, ValueError):
-        return None
-
-
 class FastPaths:
     """Serves the ordinary route/fanout/send request directly; everything else goes on to
     ``app`` (the full application) unchanged. See the module docstring."""
@@ -119,7 +112,7 @@ class FastPaths:
         if prepare is None or not _is_json(headers) or b"idempotency-key" in headers:
             await self.app(scope, receive, send)
             return
-        declared = _declared_length(headers)
+        declared = declared_length(headers.get(b"content-length"))
         if declared is not None and declared > self.max_body_bytes:
             await self.app(scope, receive, send)  # 413 from the request-context middleware
             return
@@ -186,8 +179,5 @@ def _to_json(model: BaseModel) -> bytes:
 
 def _error_parts(exc: OrchestratorError) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
     """Status, body and extra headers of :func:`~.errors.error_response` for ``exc``."""
-    response = error_response(exc)
-    extra = [
-        (k, v) for k, v in response.raw_headers if k not in (b"content-type", b"content-length")
-    ]
-    return response.status_code, bytes(response.body), extra
+    extra = [(k.lower().encode(), v.encode()) for k, v in error_headers(exc).items()]
+    return exc.status, orjson.dumps(exc.to_dict()), extra

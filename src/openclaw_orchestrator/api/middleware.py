@@ -21,6 +21,7 @@ from ..logs import bind_request_id, reset_request_id
 
 __all__ = [
     "RequestContextMiddleware",
+    "declared_length",
     "incoming_request_id",
     "new_request_id",
     "request_id_of",
@@ -45,7 +46,7 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = _incoming_id(scope) or new_request_id()
+        request_id = incoming_request_id(_first_header(scope, b"x-request-id")) or new_request_id()
         scope.setdefault("state", {})["request_id"] = request_id
         header = (b"x-request-id", request_id.encode())
 
@@ -54,7 +55,7 @@ class RequestContextMiddleware:
                 message["headers"] = [*message.get("headers", []), header]
             await send(message)
 
-        declared = _content_length(scope)
+        declared = declared_length(_first_header(scope, b"content-length"))
         if declared is not None and declared > self.max_body_bytes:
             await _reject_too_large(send_with_id, self.max_body_bytes)
             return
@@ -98,10 +99,11 @@ class _BodyGuard:
         await self._send(message)
 
 
-def _incoming_id(scope: Scope) -> str | None:
+def _first_header(scope: Scope, wanted: bytes) -> bytes | None:
+    """The first value of header ``wanted`` (lower case), or None."""
     for name, value in scope["headers"]:
-        if name == b"x-request-id":
-            return incoming_request_id(value)
+        if name == wanted:
+            return bytes(value)
     return None
 
 
@@ -120,14 +122,14 @@ def incoming_request_id(value: bytes | None) -> str | None:
     return value.decode() if value is not None and _SAFE_ID.match(value) else None
 
 
-def _content_length(scope: Scope) -> int | None:
-    for name, value in scope["headers"]:
-        if name == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None
+def declared_length(value: bytes | None) -> int | None:
+    """A ``Content-Length`` value as an int; None when absent or not a number."""
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        return None
 
 
 async def _reject_too_large(send: Send, limit: int) -> None:

@@ -19,6 +19,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+from ..replies import expect_object, parse_reply
+
 __all__ = ["QUICK_COMMANDS", "try_quick"]
 
 QUICK_COMMANDS = frozenset({"health", "instances", "route", "fanout", "sessions_send"})
@@ -185,10 +187,10 @@ def _call(transport: Any, command: str, options: dict[str, list[str]]) -> Any:
         from ..models import InstanceInfo
 
         data = transport.request("GET", "/api/cluster/instances")
-        items = _expect_object(data, "/api/cluster/instances").get("instances")
+        items = expect_object(data, "/api/cluster/instances").get("instances")
         if not isinstance(items, list):
             raise OrchestratorError("the orchestrator sent an instance list without 'instances'")
-        return [_model(InstanceInfo, item) for item in items]
+        return [parse_reply(InstanceInfo, item) for item in items]
     instances = options.get("--instances")
     detail = "--detail" in options
     params: dict[str, str] = {}
@@ -196,14 +198,14 @@ def _call(transport: Any, command: str, options: dict[str, list[str]]) -> Any:
         params["instances"] = ",".join(instances)
     if detail:
         params["detail"] = "true"
-    data = _expect_object(
+    data = expect_object(
         transport.request("GET", "/api/orchestrator/health", params=params),
         "/api/orchestrator/health",
     )
     if detail:
         from ..models import HealthDetail
 
-        return {str(name): _model(HealthDetail, value) for name, value in data.items()}
+        return {str(name): parse_reply(HealthDetail, value) for name, value in data.items()}
     return {str(name): str(state) for name, state in data.items()}
 
 
@@ -304,6 +306,8 @@ def _send_request(one: dict[str, str]) -> _Task | None:
 
 def _send_task(transport: Any, command: str, task: _Task) -> Any:
     """POST ``task`` as :class:`~..client.AsyncClient` does; its typed result."""
+    from pydantic import BaseModel
+
     from ..models import FanoutResult, RouteResult, SendResult
 
     headers: dict[str, str] = {}
@@ -314,29 +318,12 @@ def _send_task(transport: Any, command: str, task: _Task) -> Any:
     data = transport.request(
         "POST", task.path, body=task.body, deadline=task.deadline, headers=headers
     )
-    model = {"route": RouteResult, "fanout": FanoutResult, "sessions_send": SendResult}[command]
-    return _model(model, data)
-
-
-def _expect_object(data: Any, path: str) -> dict[str, Any]:
-    from ..errors import OrchestratorError
-
-    if not isinstance(data, dict):
-        raise OrchestratorError(f"the orchestrator sent a non-object reply to {path}")
-    return data
-
-
-def _model(model: Any, data: Any) -> Any:
-    from pydantic import ValidationError
-
-    from ..errors import OrchestratorError
-
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise OrchestratorError(
-            f"the orchestrator sent a {model.__name__} this SDK cannot read: {exc}"
-        ) from exc
+    models: dict[str, type[BaseModel]] = {
+        "route": RouteResult,
+        "fanout": FanoutResult,
+        "sessions_send": SendResult,
+    }
+    return parse_reply(models[command], data)
 
 
 def _fail(exc: Exception) -> int:
