@@ -118,11 +118,11 @@ def test_every_format_loads_the_documented_settings(tmp_path: Path, suffix: str)
     assert settings.timeout == 10.0
     assert settings.api_key is not None
     assert settings.api_key.get_secret_value() == "file-key-abc"
-    assert [(i.name, i.url, i.tags, i.weight) for i in settings.instances] == [
+    assert [(i.name, i.url, i.tags, i.weight) for i in settings.instances.static] == [
         ("A", "http://127.0.0.1:18801", ["gpu"], 2.0),
         ("B", "http://127.0.0.1:18802", [], 1.0),
     ]
-    credentials = settings.instances[1].credentials
+    credentials = settings.instances.static[1].credentials
     assert credentials is not None
     assert credentials.get_secret_value() == "b-token-xyz"
     assert (settings.health.interval, settings.health.probe_timeout) == (5.0, 2.0)
@@ -148,7 +148,7 @@ def test_no_file_means_defaults(tmp_path: Path) -> None:
             "round_robin",
         )
         assert settings.api_key is None
-        assert settings.instances == []
+        assert settings.instances.static == []
         assert settings.timeout == 30.0
         assert settings.health.interval == 60.0
         assert settings.retry.max_retries == 3
@@ -170,7 +170,7 @@ def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.Monk
     settings = load_settings(config_file(tmp_path))
     assert settings.port == 19001
     assert settings.health.interval == 7.0
-    assert [(i.name, i.tags) for i in settings.instances] == [("Q", ["env"])]
+    assert [(i.name, i.tags) for i in settings.instances.static] == [("Q", ["env"])]
     assert settings.policy == "weighted_random"
     assert settings.api_key is not None
     assert settings.api_key.get_secret_value() == "env-key-123"
@@ -233,7 +233,7 @@ BAD_FILES: list[tuple[str, str, list[str]]] = [
     (
         "url.json",
         json.dumps({"instances": [{"name": "A", "url": "ftp://127.0.0.1"}]}),
-        ["instances.0.url", "http://"],
+        ["instances.static.0.url", "http://"],
     ),
     (
         "dupes.toml",

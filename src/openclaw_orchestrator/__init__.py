@@ -18,6 +18,7 @@ from .__about__ import __version__
 if TYPE_CHECKING:
     from .client import AsyncClient, AsyncSession, AsyncSessions, Client, Session, Sessions
     from .errors import (
+        AddressNotAllowedError,
         AggregationError,
         ConflictError,
         ConnectionFailedError,
@@ -30,9 +31,13 @@ if TYPE_CHECKING:
         NoHealthyInstanceError,
         NotFoundError,
         OrchestratorError,
+        OverloadedError,
         PayloadTooLargeError,
+        ReplyTooLargeError,
         SessionClosedError,
         SessionExistsError,
+        StorageFullError,
+        StorageUnavailableError,
         TimeoutExceededError,
         UnauthorizedError,
     )
@@ -55,6 +60,7 @@ if TYPE_CHECKING:
     from .settings import ConfigError
 
 __all__ = [
+    "AddressNotAllowedError",
     "AggregationError",
     "AsyncClient",
     "AsyncSession",
@@ -80,7 +86,9 @@ __all__ = [
     "NoHealthyInstanceError",
     "NotFoundError",
     "OrchestratorError",
+    "OverloadedError",
     "PayloadTooLargeError",
+    "ReplyTooLargeError",
     "RouteResult",
     "SendResult",
     "Session",
@@ -90,6 +98,8 @@ __all__ = [
     "Sessions",
     "Skip",
     "SpawnResult",
+    "StorageFullError",
+    "StorageUnavailableError",
     "TargetExpr",
     "TimeoutExceededError",
     "UnauthorizedError",

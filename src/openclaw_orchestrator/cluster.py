@@ -130,7 +130,7 @@ def cluster_settings(
         InstanceSpec(name=n, url=f"http://{host}:{base_port + i}", tags=["local"])
         for i, n in enumerate(names)
     ]
-    taken = {spec.name for spec in base.instances}
+    taken = {spec.name for spec in base.instances.static}
     clash = taken.intersection(names)
     if clash:
         raise ConfigError(f"instances {', '.join(sorted(clash))} are both local and in the config")
@@ -142,7 +142,9 @@ def cluster_settings(
     log_level = base.log_level if "log_level" in base.model_fields_set else "warning"
     settings = base.model_copy(
         update={
-            "instances": [*base.instances, *local],
+            "instances": base.instances.model_copy(
+                update={"static": [*base.instances.static, *local]}
+            ),
             "health": health,
             "api_key": key,
             "log_level": log_level,
@@ -255,12 +257,14 @@ def _openclaw_cluster(
     registered as ``driver: "openclaw"`` instances with their own tokens, and stop after the
     orchestrator and the reference instances.
     """
-    taken = [*names, *(spec.name for spec in settings.instances)]
+    taken = [*names, *(spec.name for spec in settings.instances.static)]
     clash = sorted(set(gateway_names(count)).intersection(taken))
     if clash:
         raise ConfigError(f"instances {', '.join(clash)} clash with the OpenClaw gateway names")
     with local_fleet(count, base_port=base_port, taken=taken) as fleet:
-        instances = [*settings.instances, *fleet.specs()]
+        instances = settings.instances.model_copy(
+            update={"static": [*settings.instances.static, *fleet.specs()]}
+        )
         settings = settings.model_copy(update={"instances": instances})
         import uvloop
 

@@ -14,10 +14,15 @@ the same class through :data:`ERRORS_BY_CODE`, so server and client raise the sa
     ├── SessionClosedError             410 session_closed       closed or expired session
     ├── PayloadTooLargeError           413 payload_too_large
     ├── NoHealthyInstanceError         503 no_healthy_instance
+    ├── OverloadedError                503 overloaded           the orchestrator's own resources
+    ├── StorageUnavailableError        503 storage_unavailable  the store cannot be reached
+    │   └── StorageFullError           507 storage_full         the store's disk is full
     ├── AggregationError               502 aggregation_failed   results could not be combined
     └── InstanceError                  502 instance_error       carries .instance
         ├── InstanceRejectedError      400 invalid_request      instance refused the payload (4xx)
         ├── InstanceProtocolError      502 instance_error       unparseable reply
+        ├── ReplyTooLargeError         502 reply_too_large      reply over the instance's limit
+        ├── AddressNotAllowedError     502 address_not_allowed  instances.allow/deny refused it
         ├── InstanceDownError          503 instance_down
         └── TimeoutExceededError       504 timeout
 
@@ -31,6 +36,7 @@ from typing import Any, ClassVar
 
 __all__ = [
     "ERRORS_BY_CODE",
+    "AddressNotAllowedError",
     "AggregationError",
     "ConflictError",
     "ConnectionFailedError",
@@ -43,9 +49,13 @@ __all__ = [
     "NoHealthyInstanceError",
     "NotFoundError",
     "OrchestratorError",
+    "OverloadedError",
     "PayloadTooLargeError",
+    "ReplyTooLargeError",
     "SessionClosedError",
     "SessionExistsError",
+    "StorageFullError",
+    "StorageUnavailableError",
     "TimeoutExceededError",
     "UnauthorizedError",
     "error_from_body",
@@ -159,6 +169,28 @@ class NoHealthyInstanceError(OrchestratorError):
     status = 503
 
 
+class OverloadedError(OrchestratorError):
+    """The orchestrator ran out of a local resource (file descriptors, connections, memory):
+    its own failure, never blamed on an instance; retry later."""
+
+    code = "overloaded"
+    status = 503
+
+
+class StorageUnavailableError(OrchestratorError):
+    """The store cannot be reached or cannot write; nothing was delivered; retry later."""
+
+    code = "storage_unavailable"
+    status = 503
+
+
+class StorageFullError(StorageUnavailableError):
+    """The store's disk is full; nothing was delivered until space is freed."""
+
+    code = "storage_full"
+    status = 507
+
+
 class AggregationError(OrchestratorError):
     """The replies arrived but the requested aggregate cannot combine them."""
 
@@ -194,6 +226,20 @@ class InstanceProtocolError(InstanceError):
     status = 502
 
 
+class ReplyTooLargeError(InstanceError):
+    """The instance's reply passed its size limit; reading stopped there."""
+
+    code = "reply_too_large"
+    status = 502
+
+
+class AddressNotAllowedError(InstanceError):
+    """The instance's address is outside ``instances.allow`` or inside ``instances.deny``."""
+
+    code = "address_not_allowed"
+    status = 502
+
+
 class InstanceDownError(InstanceError):
     """The instance could not be reached (refused, reset, marked down)."""
 
@@ -221,9 +267,14 @@ ERRORS_BY_CODE: dict[str, type[OrchestratorError]] = {
         SessionClosedError,
         PayloadTooLargeError,
         NoHealthyInstanceError,
+        OverloadedError,
+        StorageUnavailableError,
+        StorageFullError,
         AggregationError,
         ConnectionFailedError,
         InstanceError,
+        ReplyTooLargeError,
+        AddressNotAllowedError,
         InstanceDownError,
         TimeoutExceededError,
     )

@@ -122,7 +122,7 @@ class Orchestrator:
         self._started_at = clock()
         self._prober: asyncio.Task[None] | None = None
         self._probes: set[asyncio.Task[None]] = set()
-        for spec in settings.instances:
+        for spec in settings.instances.static:
             self._check_driver(spec)
             self.registry.upsert(spec, "config", self._clock())
         self._sessions = None if store is None else SessionService(self, store)

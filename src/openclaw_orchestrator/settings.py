@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -31,6 +39,7 @@ __all__ = [
     "ClientSettings",
     "ConfigError",
     "HealthSettings",
+    "InstancesSettings",
     "RetrySettings",
     "SessionSettings",
     "Settings",
@@ -144,6 +153,31 @@ def _placement_policy(value: str) -> str:
         raise ValueError(f"unknown policy {value!r}; one of {names}") from None
 
 
+class InstancesSettings(_Section):
+    """The instances section: the configured fleet (``static``) and the rules every instance,
+    configured or registered, must follow. A bare list is the fleet alone, as in
+    ``{"instances": [{"name": "A", "url": "http://127.0.0.1:18801"}]}``."""
+
+    static: list[InstanceSpec] = Field(
+        default_factory=list, description="Instances known from start-up, in this order."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_list(cls, value: Any) -> Any:
+        return {"static": value} if isinstance(value, list) else value
+
+    @field_validator("static")
+    @classmethod
+    def _unique_names(cls, value: list[InstanceSpec]) -> list[InstanceSpec]:
+        seen: set[str] = set()
+        for spec in value:
+            if spec.name in seen:
+                raise ValueError(f"instance name {spec.name!r} appears twice")
+            seen.add(spec.name)
+        return value
+
+
 class Settings(BaseSettings):
     """Everything the server needs; tests build it directly: ``Settings(instances=[...])``."""
 
@@ -157,7 +191,7 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = Field(default=None, description="Bearer key for the API.")
     host: str = "127.0.0.1"
     port: int = Field(default=DEFAULT_PORT, ge=0, le=65535)
-    instances: list[InstanceSpec] = Field(default_factory=list)
+    instances: InstancesSettings = Field(default_factory=InstancesSettings)
     policy: str = Field(default="round_robin")
     timeout: float = Field(default=30.0, description="Default request deadline, seconds.")
     max_timeout: float = Field(default=300.0, description="Largest deadline a request may ask.")
@@ -184,16 +218,6 @@ class Settings(BaseSettings):
     _durations = field_validator(
         "timeout", "max_timeout", "heartbeat_ttl", "idempotency_ttl", mode="before"
     )(_duration_field)
-
-    @field_validator("instances")
-    @classmethod
-    def _unique_names(cls, value: list[InstanceSpec]) -> list[InstanceSpec]:
-        seen: set[str] = set()
-        for spec in value:
-            if spec.name in seen:
-                raise ValueError(f"instance name {spec.name!r} appears twice")
-            seen.add(spec.name)
-        return value
 
     @field_validator("policy")
     @classmethod

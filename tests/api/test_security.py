@@ -128,4 +128,4 @@ def test_settings_repr_hides_secrets() -> None:
     )
     assert "super-secret" not in repr(s)
     assert "tok-secret" not in repr(s)
-    assert "tok-secret" not in s.instances[0].model_dump_json()
+    assert "tok-secret" not in s.instances.static[0].model_dump_json()

@@ -102,7 +102,7 @@ async def mixed_cluster(
         app = create_app(settings)
         servers[ORCHESTRATOR] = BackgroundServer(app)
         url = await servers[ORCHESTRATOR].start()
-        urls = {spec.name: spec.url for spec in settings.instances}
+        urls = {spec.name: spec.url for spec in settings.instances.static}
         async with aiohttp.ClientSession() as http:
             yield Cluster(url, API_KEY, urls, app.state.orchestrator, http, servers)
     finally:
