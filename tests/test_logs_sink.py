@@ -1,4 +1,5 @@
-"""``LineSink``: log lines batched per event-loop iteration, never lost, never reordered."""
+"""``LineSink``: log lines batched per event-loop iteration, written by a writer thread,
+never lost (unless the writer is stalled: then dropped and counted), never reordered."""
 
 from __future__ import annotations
 
@@ -43,24 +44,28 @@ async def test_lines_of_one_loop_step_are_one_write_after_the_step() -> None:
         sink.info(f"line {i}")
     assert out.getvalue() == ""  # still in this step
     await asyncio.sleep(0)
+    assert sink.flush()  # the writer thread has written what the step handed over
     assert out.getvalue() == "".join(f"line {i}\n" for i in range(5))
     assert out.writes == 1
     sink.info("later")
     await asyncio.sleep(0)
+    assert sink.flush()
     assert out.getvalue().endswith("line 4\nlater\n")
     assert out.writes == 2
 
 
 def test_without_a_loop_lines_are_written_at_once() -> None:
-    """Start-up, shutdown and other threads have no loop to wait for."""
+    """Start-up, shutdown and other threads have no loop step to wait for: the line goes to
+    the writer at once (flush only waits for the writer thread)."""
     out = CountingFile()
     sink = LineSink(out)
     sink.error("now")
+    assert sink.flush()
     assert out.getvalue() == "now\n"
-    seen: list[str] = []
-    thread = threading.Thread(target=lambda: (sink.info("from a thread"), seen.append("x")))
+    thread = threading.Thread(target=lambda: sink.info("from a thread"))
     thread.start()
     thread.join()
+    assert sink.flush()
     assert out.getvalue() == "now\nfrom a thread\n"
 
 

@@ -4,22 +4,33 @@ Every line carries a timestamp, level and event name; the request id comes from 
 variable bound by the API (:func:`bind_request_id`), so a log line inside a driver call still
 names its request. Secrets never reach a log call: specs are logged by name and URL only.
 
-Lines logged on a running event loop are written together once the loop's current step is
-done (:class:`LineSink`): a routed request logs a line per attempt, and one ``write`` per
+Lines logged on a running event loop are handed over together once the loop's current step
+is done (:class:`LineSink`): a routed request logs a line per attempt, and one ``write`` per
 line on the request's path cost more than the rest of the logging (docs/performance.md).
-A line waits at most one loop iteration; elsewhere (threads, no loop) it is written at
-once. Queued lines are written at exit and by :func:`flush_logs` (the app lifespans end with
-it); only a process killed outright (SIGKILL) can lose the lines of the step it was in.
+A line waits at most one loop iteration; elsewhere (threads, no loop) it is handed over at
+once. The writing itself is a thread's: a stderr nobody reads (a full pipe) stalls that
+thread, never the event loop. While it is stalled, lines wait in a queue bounded in bytes;
+past the bound new lines are dropped and counted, and once the writer catches up it writes
+one ``logs.dropped`` line with the count. Queued lines are written at exit and by
+:func:`flush_logs` (the app lifespans end with it), waiting a bounded time for the writer;
+only a process killed outright (SIGKILL) can lose the lines it had not written yet.
+
+Lines of the standard library's ``logging`` (uvicorn's errors and warnings, asyncio's,
+any library's) and exceptions that end a thread go through the same processors and sink:
+every line on stderr is one JSON object, a traceback included as its ``exception`` field.
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
+import io
 import logging
+import os
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from contextvars import ContextVar, Token
 from functools import partial
@@ -41,52 +52,187 @@ __all__ = [
 ]
 
 
-class LineSink:
-    """Writes log lines to ``file``, batched per event-loop iteration (module docstring).
+DEFAULT_MAX_QUEUED_BYTES = 1024 * 1024
+"""Most log text waiting for a stalled writer; past it new lines are dropped (and counted)."""
+DEFAULT_FLUSH_TIMEOUT = 2.0
+"""Most seconds :meth:`LineSink.flush` waits for the writer (shutdown must not hang on a
+stderr nobody reads)."""
 
-    Also a structlog logger: every level method takes the rendered line.
+
+def _dropped_json(count: int) -> str:
+    return orjson.dumps({"event": "logs.dropped", "dropped": count, "level": "warning"}).decode()
+
+
+class LineSink:
+    """Writes log lines to ``file`` from a writer thread, batched per event-loop iteration
+    and never blocking the caller (module docstring).
+
+    ``dropped_line(count)`` renders the line reporting dropped lines. Also a structlog
+    logger: every level method takes the rendered line.
     """
 
-    def __init__(self, file: TextIO) -> None:
+    def __init__(
+        self,
+        file: TextIO,
+        *,
+        max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES,
+        dropped_line: Callable[[int], str] = _dropped_json,
+    ) -> None:
         self._file = file
+        self._fd = _fileno(file)
+        self._max_queued = max_queued_bytes
+        self._dropped_line = dropped_line
         self._pending: list[str] = []
         self._lock = threading.Lock()
+        self._has_work = threading.Condition(self._lock)
+        self._idle = threading.Condition(self._lock)
         self._flush_on: asyncio.AbstractEventLoop | None = None
+        self._queue: deque[str] = deque()
+        self._queued = 0  # characters in the queue and in the write under way
+        self._writing = False
+        self._dropped = 0
+        self._writer: threading.Thread | None = None
+        self._writer_pid = 0
+        self._stop_writer = threading.Event()
 
     def __repr__(self) -> str:
-        return f"<LineSink {getattr(self._file, 'name', self._file)!r}>"
+        name = getattr(self._file, "name", self._file)
+        return f"<LineSink {name!r} [{self._queued} queued, {self._dropped} dropped]>"
 
     def msg(self, line: str) -> None:
-        """Queue ``line``; it reaches the file when the loop's current step is done."""
+        """Queue ``line``; it goes to the writer when the loop's current step is done."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             loop = None
         with self._lock:
             self._pending.append(line)
-            if loop is not None and self._flush_on is loop:
-                return  # a flush is due on this loop already
-            if loop is not None:
+            if loop is None:  # no loop here (a thread, start-up, shutdown): hand over now
+                self._hand_over()
+            elif self._flush_on is not loop:
                 self._flush_on = loop
-                loop.call_soon(self.flush)
-                return
-        self.flush()  # no loop here (a thread, start-up, shutdown): write now
+                loop.call_soon(self._end_of_step)
 
     log = debug = info = warn = warning = error = err = critical = exception = msg
 
-    def flush(self) -> None:
-        """Write every queued line now."""
+    def flush(self, timeout: float = DEFAULT_FLUSH_TIMEOUT) -> bool:
+        """Hand every queued line to the writer and wait, at most ``timeout`` seconds, until
+        it has written them; False when it could not (a stalled stderr)."""
+        deadline = time.monotonic() + timeout
         with self._lock:
-            self._flush_on = None
-            if not self._pending:
-                return
-            text = "\n".join(self._pending) + "\n"
-            self._pending.clear()
-            try:
+            self._hand_over()
+            while self._queue or self._writing:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._idle.wait(left)
+        return True
+
+    def close(self, timeout: float = DEFAULT_FLUSH_TIMEOUT) -> None:
+        """Flush (at most ``timeout`` seconds), then let the writer thread end; a later line
+        starts a new one."""
+        self.flush(timeout)
+        with self._lock:
+            self._stop_writer.set()
+            self._writer = None
+            self._has_work.notify_all()
+
+    def _end_of_step(self) -> None:
+        with self._lock:
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        """Move the pending lines to the writer's queue, dropping what does not fit (lock
+        held: called by the loop, never waits on the writer)."""
+        self._flush_on = None
+        if not self._pending:
+            return
+        lines, self._pending = self._pending, []
+        text = "\n".join(lines) + "\n"
+        if self._queued + len(text) > self._max_queued:
+            text = self._what_fits(lines)
+        if text:
+            self._queue.append(text)
+            self._queued += len(text)
+            self._start_writer()
+            self._has_work.notify()
+
+    def _what_fits(self, lines: list[str]) -> str:
+        """The first ``lines`` that fit in the queue; the rest are counted as dropped."""
+        room = self._max_queued - self._queued
+        kept: list[str] = []
+        for line in lines:
+            room -= len(line) + 1
+            if room < 0:
+                break
+            kept.append(line)
+        self._dropped += len(lines) - len(kept)
+        return "".join(line + "\n" for line in kept)
+
+    def _start_writer(self) -> None:
+        """The writer thread, started on first use (and again in a forked child)."""
+        if self._writer is not None and self._writer_pid == os.getpid():
+            return
+        self._writer_pid = os.getpid()
+        self._stop_writer = stop = threading.Event()
+        self._writer = threading.Thread(
+            target=self._write_forever, args=(stop,), name="log-writer", daemon=True
+        )
+        self._writer.start()
+
+    def _write_forever(self, stop: threading.Event) -> None:
+        while True:
+            with self._lock:
+                while not self._queue or stop.is_set():
+                    if stop.is_set():
+                        return  # closed: a later line has a new writer
+                    self._has_work.wait()
+                text = "".join(self._queue)
+                self._queue.clear()
+                self._writing = True
+            self._write(text)
+            with self._lock:
+                self._writing = False
+                self._queued -= len(text)
+                if not self._queue and self._dropped:  # caught up: say what was lost
+                    report = self._report_dropped(self._dropped) + "\n"
+                    self._dropped = 0
+                    self._queue.append(report)
+                    self._queued += len(report)
+                if not self._queue:
+                    self._idle.notify_all()
+
+    def _report_dropped(self, count: int) -> str:
+        try:
+            return self._dropped_line(count)
+        except Exception:  # the writer thread must live on: the plain form then
+            return _dropped_json(count)
+
+    def _write(self, text: str) -> None:
+        """One blocking write (the writer thread's alone); errors are swallowed: stderr
+        closed or gone must not break logging."""
+        try:
+            if self._fd is None:
                 self._file.write(text)
                 self._file.flush()
-            except (OSError, ValueError):  # stderr closed or gone: logging must not fail
-                pass
+                return
+            data = memoryview(text.encode("utf-8", "replace"))
+            while data:
+                data = data[os.write(self._fd, data) :]
+        except (OSError, ValueError):
+            pass
+
+
+def _fileno(file: TextIO) -> int | None:
+    """The descriptor under ``file``, written to directly: a writer blocked inside Python's
+    buffered stderr would hold its lock, and the interpreter's exit needs that lock. None for
+    a file without one (a StringIO, pytest's capture): written through the file object."""
+    try:
+        fd = file.fileno()
+        file.flush()
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        return None
+    return fd
 
 
 class _Named:
@@ -102,10 +248,11 @@ class _Named:
 _sink: LineSink | None = None
 
 
-def flush_logs() -> None:
-    """Write every queued line now (at shutdown: the last loop step may not come)."""
+def flush_logs(timeout: float = DEFAULT_FLUSH_TIMEOUT) -> None:
+    """Write every queued line, waiting at most ``timeout`` seconds (at shutdown: the last
+    loop step may not come)."""
     if _sink is not None:
-        _sink.flush()
+        _sink.flush(timeout)
 
 
 atexit.register(flush_logs)
@@ -223,16 +370,77 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
     )
     global _sink, _pipeline
     if _sink is not None:
-        _sink.flush()
-    sink = _sink = LineSink(sys.stderr)
+        _sink.close()
     annotate = _Annotate()
+    sink = _sink = LineSink(sys.stderr, dropped_line=partial(_dropped_line, annotate, renderer))
     _pipeline = (numeric <= logging.INFO, annotate, renderer, sink)
+    _route_stdlib_logging(_StdlibHandler(annotate, renderer, sink), numeric)
     structlog.configure(
         processors=[annotate, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=lambda name=None, *_: _Named(name, sink),
         cache_logger_on_first_use=True,
     )
+
+
+def _dropped_line(annotate: _Annotate, render: Callable[..., Any], count: int) -> str:
+    """The ``logs.dropped`` line, formatted like every other line."""
+    named = _Named("logs", None)
+    fields: EventDict = {"event": "logs.dropped", "dropped": count}
+    return str(render(named, "warning", annotate(named, "warning", fields)))
+
+
+class _StdlibHandler(logging.Handler):
+    """Standard-library log records as our lines: the message is the event, the record's
+    logger and level are ours, a traceback becomes the ``exception`` field."""
+
+    def __init__(self, annotate: _Annotate, render: Callable[..., Any], sink: LineSink) -> None:
+        super().__init__()
+        self._annotate = annotate
+        self._render = render
+        self._sink = sink
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            named = _Named(record.name, None)
+            method = record.levelname.lower()
+            fields: EventDict = {"event": record.getMessage().rstrip()}
+            if record.exc_info:
+                fields["exc_info"] = record.exc_info
+            self._sink.msg(self._render(named, method, self._annotate(named, method, fields)))
+        except Exception:  # logging must not fail the caller; logging's own fallback
+            self.handleError(record)
+
+
+_UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi")
+
+
+def _route_stdlib_logging(handler: _StdlibHandler, level: int) -> None:
+    """Send every ``logging`` record to ``handler``: it replaces ours of an earlier call on
+    the root logger, and uvicorn's loggers lose their own text handlers (installed when
+    uvicorn is started from its command line) and pass their records up to the root.
+    ``server.uvicorn_config`` gives uvicorn no handlers at all."""
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _StdlibHandler)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+    for name in _UVICORN_LOGGERS:
+        logger = logging.getLogger(name)
+        if logger.handlers:  # none: uvicorn turned it off (no access log) or never set it up
+            for own in list(logger.handlers):
+                logger.removeHandler(own)
+            logger.propagate = True
+    threading.excepthook = _log_thread_exception
+
+
+def _log_thread_exception(args: threading.ExceptHookArgs) -> None:
+    """An exception that ended a thread: a log line with its traceback, not plain text."""
+    if args.exc_type is SystemExit:
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    exc_info = (args.exc_type, args.exc_value or args.exc_type(), args.exc_traceback)
+    logging.getLogger("threading").error("thread %s failed", name, exc_info=exc_info)
 
 
 def get_logger(name: str) -> Any:

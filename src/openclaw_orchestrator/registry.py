@@ -14,7 +14,7 @@ from typing import Literal
 
 from .domain.balancing import Candidate
 from .domain.health import HealthPolicy, HealthState, InstanceHealth
-from .domain.targets import parse_targets, plain_names
+from .domain.targets import AcceptedTargets, parse_targets, plain_names
 from .errors import InvalidRequestError, NotFoundError
 from .models import HealthDetail, InstanceInfo, InstanceSpec, redact_url
 
@@ -87,6 +87,7 @@ class Registry:
     def __init__(self, policy: HealthPolicy) -> None:
         self._policy = policy
         self._records: dict[str, InstanceRecord] = {}
+        self._accepted = AcceptedTargets()
 
     def __len__(self) -> int:
         return len(self._records)
@@ -156,11 +157,18 @@ class Registry:
         means every instance, which may be none."""
         if expr is None:
             return list(self._records)
+        remembered = self._accepted.get(expr)
+        if remembered is not None and self._are_registered(remembered):
+            return list(remembered)
         names = plain_names(expr)
-        if names is not None and all(name in self._records for name in names):
-            return names
+        if names is not None and self._are_registered(names):
+            self._accepted.remember(expr, names)  # accepted only: a failed input is not kept
+            return list(names)
         registry = [(rec.name, rec.spec.tags) for rec in self._records.values()]
         return parse_targets(expr, registry, field=field)
+
+    def _are_registered(self, names: list[str]) -> bool:
+        return all(name in self._records for name in names)
 
     def count_states(self) -> dict[str, int]:
         """How many instances are in each health state (every state listed)."""

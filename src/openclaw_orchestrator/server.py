@@ -14,6 +14,8 @@ from typing import Any
 
 import uvicorn
 
+from .http_protocol import HeaderLimits, bounded_protocol
+
 __all__ = ["BackgroundServer", "bind_socket", "running", "serve_forever", "uvicorn_config"]
 
 
@@ -32,14 +34,23 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def uvicorn_config(app: Any, *, log_level: str = "warning", **kwargs: Any) -> uvicorn.Config:
-    """Our uvicorn defaults: uvloop, httptools, no access log (we log requests ourselves),
-    and no ``X-Forwarded-*`` rewriting: nothing here reads the client's address, and that
-    middleware is a layer on every request."""
+def uvicorn_config(
+    app: Any,
+    *,
+    log_level: str = "warning",
+    header_limits: HeaderLimits | None = None,
+    **kwargs: Any,
+) -> uvicorn.Config:
+    """Our uvicorn defaults: uvloop, httptools with request headers bounded in size and time
+    (``header_limits``, default :class:`HeaderLimits`), no access log (we log requests
+    ourselves), uvicorn's own lines left to our JSON log (``log_config=None``: no handlers of
+    its own; see ``logs.configure_logging``), and no ``X-Forwarded-*`` rewriting: nothing
+    here reads the client's address, and that middleware is a layer on every request."""
     return uvicorn.Config(
         app,
         loop="uvloop",
-        http="httptools",
+        http=bounded_protocol(header_limits or HeaderLimits()),
+        log_config=None,
         lifespan="on",
         access_log=False,
         proxy_headers=False,
@@ -50,10 +61,19 @@ def uvicorn_config(app: Any, *, log_level: str = "warning", **kwargs: Any) -> uv
     )
 
 
-def serve_forever(app: Any, *, host: str, port: int, log_level: str = "warning") -> None:
-    """Serve ``app`` in the foreground until SIGINT/SIGTERM (uvicorn handles the signals)."""
-    sock = bind_socket(host, port)
-    server = uvicorn.Server(uvicorn_config(app, log_level=log_level))
+def serve_forever(
+    app: Any,
+    *,
+    host: str,
+    port: int,
+    log_level: str = "warning",
+    sock: socket.socket | None = None,
+    header_limits: HeaderLimits | None = None,
+) -> None:
+    """Serve ``app`` in the foreground until SIGINT/SIGTERM (uvicorn handles the signals), on
+    ``sock`` when the caller bound it already (to report a taken port before anything else)."""
+    sock = sock or bind_socket(host, port)
+    server = uvicorn.Server(uvicorn_config(app, log_level=log_level, header_limits=header_limits))
     server.run(sockets=[sock])
 
 
@@ -73,11 +93,19 @@ class BackgroundServer:
     """
 
     def __init__(
-        self, app: Any, *, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"
+        self,
+        app: Any,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        log_level: str = "warning",
+        sock: socket.socket | None = None,
+        header_limits: HeaderLimits | None = None,
     ) -> None:
-        self._sock = bind_socket(host, port)
+        self._sock = sock or bind_socket(host, port)
         self.url = f"http://{host}:{self._sock.getsockname()[1]}"
-        self._server = _EmbeddedServer(uvicorn_config(app, log_level=log_level))
+        config = uvicorn_config(app, log_level=log_level, header_limits=header_limits)
+        self._server = _EmbeddedServer(config)
         self._task: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
@@ -114,10 +142,19 @@ class BackgroundServer:
 
 @contextlib.asynccontextmanager
 async def running(
-    app: Any, *, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"
+    app: Any,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    log_level: str = "warning",
+    sock: socket.socket | None = None,
+    header_limits: HeaderLimits | None = None,
 ) -> AsyncIterator[str]:
-    """Serve ``app`` as a task of the current loop; yield its base URL; stop it on exit."""
-    server = BackgroundServer(app, host=host, port=port, log_level=log_level)
+    """Serve ``app`` as a task of the current loop (on ``sock`` if given: see
+    :class:`BackgroundServer`); yield its base URL; stop it on exit."""
+    server = BackgroundServer(
+        app, host=host, port=port, log_level=log_level, sock=sock, header_limits=header_limits
+    )
     try:
         yield await server.start()
     finally:

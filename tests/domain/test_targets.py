@@ -7,7 +7,15 @@ from typing import Any, cast
 
 import pytest
 
-from openclaw_orchestrator.domain.targets import MAX_RANGE_SIZE, parse_targets, plain_names
+from openclaw_orchestrator.domain.targets import (
+    MAX_EXTRA_NAMES,
+    MAX_RANGE_SIZE,
+    MAX_TARGET_CHARS,
+    MAX_TARGET_TOKENS,
+    AcceptedTargets,
+    parse_targets,
+    plain_names,
+)
 from openclaw_orchestrator.errors import InvalidRequestError
 
 LETTERS = ["A", "B", "C", "D", "E", "F", "G", "H"]
@@ -169,3 +177,85 @@ def test_plain_names_lists_plain_names(expr: Any, names: list[str]) -> None:
 def test_plain_names_leaves_anything_else_to_the_parser(expr: Any) -> None:
     """Ranges, 'all', tags, malformed or empty expressions: None (parse_targets decides)."""
     assert plain_names(expr) is None
+
+
+# -- bounds (issue 9, item 3): checked before anything is expanded or remembered -------------
+
+
+@pytest.mark.parametrize(
+    ("expr", "fragment"),
+    [
+        ("A," * (MAX_TARGET_CHARS // 2 + 1), f"{MAX_TARGET_CHARS} characters"),
+        (["A"] * (MAX_TARGET_TOKENS + 1), f"at most {MAX_TARGET_TOKENS} items"),
+        (" ".join(f"x{i}" for i in range(MAX_TARGET_TOKENS + 1)), f"{MAX_TARGET_TOKENS} tokens"),
+        (",".join(f"w1-w{1000 + i}" for i in range(11)), "registered instances plus"),
+        (",".join(f"q{i}-{i + 1000}" for i in range(11)), "registered instances plus"),
+    ],
+)
+def test_expressions_over_the_bounds_are_refused_before_expansion(
+    expr: str | list[str], fragment: str
+) -> None:
+    """Too long, too many items or tokens, or standing for more names than the registry plus
+    MAX_EXTRA_NAMES: one 400 naming the field."""
+    with pytest.raises(InvalidRequestError) as caught:
+        parse_targets(expr, REGISTRY, field="instances")
+    assert fragment in caught.value.message
+    assert caught.value.field == "instances"
+
+
+def test_a_repeated_token_is_expanded_once() -> None:
+    """The same range written thousands of times costs one expansion, not the budget."""
+    assert parse_targets(",".join(["A-D"] * 4000), REGISTRY) == ["A", "B", "C", "D"]
+
+
+def test_the_budget_grows_with_the_registry() -> None:
+    """A registry larger than MAX_EXTRA_NAMES can still be named whole, with a range too."""
+    names = [f"n{i}" for i in range(MAX_EXTRA_NAMES + 5)]
+    registry: list[tuple[str, Collection[str]]] = [(name, ()) for name in names]
+    assert parse_targets("all,n0-n1023", registry) == names
+
+
+def test_plain_names_leaves_oversized_expressions_to_the_parser() -> None:
+    """Over the bounds, the shortcut declines, so parse_targets reports the bound."""
+    assert plain_names("A," * MAX_TARGET_CHARS) is None
+    assert plain_names(["A"] * (MAX_TARGET_TOKENS + 1)) is None
+
+
+def test_accepted_targets_keep_only_short_expressions_within_bounds() -> None:
+    """Short expressions are remembered; long ones never; the oldest go past the entry and
+    character bounds."""
+    accepted = AcceptedTargets(max_entries=3, max_chars=40, max_expr_chars=10)
+    accepted.remember("A,B", ["A", "B"])
+    accepted.remember(["C"], ["C"])
+    assert accepted.get("A,B") == ["A", "B"]
+    assert accepted.get(["C"]) == ["C"]
+    accepted.remember("x" * 11, ["x" * 11])
+    assert accepted.get("x" * 11) is None
+    for name in ("D", "E"):
+        accepted.remember(name, [name])
+    assert accepted.get("A,B") is None  # the oldest, past max_entries
+    assert len(accepted) == 3
+    accepted.remember("F,G,H,I,J", list("FGHIJ"))  # 14 characters: past max_chars too
+    assert len(accepted) <= 3
+    assert repr(accepted).startswith("<AcceptedTargets [")
+    assert accepted.get(cast(Any, [{"not": "hashable"}])) is None
+
+
+def test_the_registry_remembers_accepted_expressions_only() -> None:
+    """A rejected expression (unknown names) is never kept; an accepted one is, and stops
+    resolving once an instance it names is gone."""
+    from openclaw_orchestrator.domain.health import HealthPolicy
+    from openclaw_orchestrator.models import InstanceSpec
+    from openclaw_orchestrator.registry import Registry
+
+    registry = Registry(HealthPolicy())
+    for name in "AB":
+        registry.upsert(InstanceSpec(name=name, url=f"http://127.0.0.1:1/{name}"), "config", 0.0)
+    with pytest.raises(InvalidRequestError):
+        registry.resolve("A,Z", field="targets")
+    assert len(registry._accepted) == 0
+    assert registry.resolve("A,B", field="targets") == ["A", "B"]
+    assert len(registry._accepted) == 1
+    registry.remove("B")
+    with pytest.raises(InvalidRequestError, match="unknown instance"):
+        registry.resolve("A,B", field="targets")
