@@ -12,11 +12,13 @@ from contextlib import asynccontextmanager
 
 import aiohttp
 
+from .domain.addresses import AddressPolicy
+from .drivers.address_guard import GuardedResolver, guard_trace_config
 from .drivers.base import InstanceDriver
 from .drivers.openclaw import OpenClawDriver
 from .drivers.worker import WorkerDriver
 from .service import Orchestrator, Reducer
-from .settings import ConfigError, Settings
+from .settings import DEFAULT_MAX_CONNECTIONS, ConfigError, InstancesSettings, Settings
 from .stores.base import Store
 from .stores.sql import SqlStore, sqlite_url
 from .stores.sqlite_writer import SqliteStore, sqlite_path
@@ -29,7 +31,11 @@ KEEPALIVE_SECONDS = 30.0
 
 def load_reducers(specs: Mapping[str, str]) -> dict[str, Reducer]:
     """Import the configured ``name -> module:function`` reducers (config only, never a
-    request: a request can only *name* a reducer that is loaded here)."""
+    request: a request can only *name* a reducer that is loaded here).
+
+    Raises :class:`ConfigError` naming the reducer for anything that cannot be loaded, even
+    an exception raised by the module while it imports; ``serve`` and ``up`` call this before
+    they listen (:func:`~.runner.preflight`), so a bad reducer is one error line."""
     reducers: dict[str, Reducer] = {}
     for name, spec in specs.items():
         module_name, _, attr = spec.partition(":")
@@ -37,22 +43,35 @@ def load_reducers(specs: Mapping[str, str]) -> dict[str, Reducer]:
             raise ConfigError(f"reducers.{name}: {spec!r} is not 'module:function'")
         try:
             func = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as exc:
-            raise ConfigError(f"reducers.{name}: cannot load {spec!r}: {exc}") from exc
+        except Exception as exc:  # any failure importing user code is a configuration error
+            reason = f"{type(exc).__name__}: {exc}"
+            raise ConfigError(f"reducers.{name}: cannot load {spec!r}: {reason}") from exc
         if not callable(func):
             raise ConfigError(f"reducers.{name}: {spec!r} is not callable")
         reducers[name] = func
     return reducers
 
 
-def client_session() -> aiohttp.ClientSession:
-    """The process-wide outbound session: big keep-alive pool, no cookies, no decompression
-    (instance replies are small JSON), timeouts set per request."""
+def client_session(
+    *,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    address_policy: AddressPolicy | None = None,
+) -> aiohttp.ClientSession:
+    """The process-wide outbound session: big keep-alive pool, at most ``max_connections``
+    per instance address (``instances.max_connections``), no cookies, no decompression
+    (instance replies are small JSON), timeouts set per request, and every connect checked
+    by ``address_policy`` (``instances.allow``/``deny``; the default deny list when None)."""
+    policy = AddressPolicy.parse() if address_policy is None else address_policy
     connector = aiohttp.TCPConnector(
-        limit=POOL_LIMIT, limit_per_host=0, keepalive_timeout=KEEPALIVE_SECONDS, ttl_dns_cache=300
+        limit=POOL_LIMIT,
+        limit_per_host=max_connections,
+        keepalive_timeout=KEEPALIVE_SECONDS,
+        ttl_dns_cache=300,
+        resolver=GuardedResolver(policy),
     )
     return aiohttp.ClientSession(
         connector=connector,
+        trace_configs=[guard_trace_config(policy)],
         cookie_jar=aiohttp.DummyCookieJar(),
         auto_decompress=False,
         timeout=aiohttp.ClientTimeout(total=None),
@@ -60,10 +79,22 @@ def client_session() -> aiohttp.ClientSession:
     )
 
 
-def build_drivers(session: aiohttp.ClientSession) -> dict[str, InstanceDriver]:
+def build_drivers(
+    session: aiohttp.ClientSession, instances: InstancesSettings | None = None
+) -> dict[str, InstanceDriver]:
     """One driver per instance kind, all sharing ``session``: ``worker`` (our instance
-    protocol) and ``openclaw`` (real OpenClaw gateways)."""
-    return {"worker": WorkerDriver(session), "openclaw": OpenClawDriver(session)}
+    protocol) and ``openclaw`` (real OpenClaw gateways), with the reply and connection
+    limits of ``instances``."""
+    limits = instances or InstancesSettings()
+    return {
+        "worker": WorkerDriver(
+            session,
+            max_reply_bytes=limits.max_reply_bytes,
+            max_connections=limits.max_connections,
+            address_policy=limits.address_policy(),
+        ),
+        "openclaw": OpenClawDriver(session, max_reply_bytes=limits.max_reply_bytes),
+    }
 
 
 def open_store(settings: Settings) -> Store:
@@ -84,8 +115,11 @@ async def open_orchestrator(settings: Settings) -> AsyncIterator[Orchestrator]:
     store = open_store(settings)
     await store.open()
     try:
-        async with client_session() as session:
-            drivers = build_drivers(session)
+        limits = settings.instances
+        async with client_session(
+            max_connections=limits.max_connections, address_policy=limits.address_policy()
+        ) as session:
+            drivers = build_drivers(session, limits)
             orchestrator = Orchestrator(settings, drivers=drivers, reducers=reducers, store=store)
             try:
                 async with orchestrator:

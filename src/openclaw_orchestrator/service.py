@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
+from .domain.addresses import AddressRefused
 from .domain.aggregation import (
     Aggregator,
     Entry,
@@ -33,8 +34,10 @@ from .errors import (
     InvalidRequestError,
     NoHealthyInstanceError,
     OrchestratorError,
+    OverloadedError,
     TimeoutExceededError,
 )
+from .instance_url import url_host
 from .logs import FrequentEvent, after_this_step, get_logger
 from .models import (
     Attempt,
@@ -118,6 +121,7 @@ class Orchestrator:
             ratio=r.budget_ratio, window=r.budget_window, min_retries=r.budget_min_retries
         )
         self._balancer = Balancer(Policy(settings.policy), rng=self._rng)
+        self._address_policy = settings.instances.address_policy()
         self.registry = Registry(self._health_policy)
         self._started_at = clock()
         self._prober: asyncio.Task[None] | None = None
@@ -125,6 +129,7 @@ class Orchestrator:
         for spec in settings.instances.static:
             self._check_driver(spec)
             self.registry.upsert(spec, "config", self._clock())
+        self._store = store
         self._sessions = None if store is None else SessionService(self, store)
 
     @property
@@ -177,8 +182,14 @@ class Orchestrator:
     # -- registry --------------------------------------------------------------------------
 
     def register(self, spec: InstanceSpec) -> tuple[InstanceInfo, bool]:
-        """Add or heartbeat a run-time instance; returns its info and whether it is new."""
+        """Add or heartbeat a run-time instance; returns its info and whether it is new.
+        A host ``instances.allow``/``deny`` refuses is a 400 naming ``url``; what a name
+        resolves to is checked on every connect."""
         self._check_driver(spec)
+        try:
+            self._address_policy.check_host(url_host(spec.url))
+        except AddressRefused as exc:
+            raise InvalidRequestError(f"url: {exc}", field="url") from None
         record, created = self.registry.upsert(spec, "registered", self._clock())
         if created:
             log.info(
@@ -216,13 +227,22 @@ class Orchestrator:
         return {n: self.registry.get(n).detail(self._to_wall) for n in names}
 
     def liveness(self) -> dict[str, Any]:
-        """The orchestrator's own health: it is up, and how its fleet looks."""
+        """The orchestrator's own health: it is up, how its fleet looks, and whether its
+        store can write. While it cannot, the status is "degraded" with the reason (the
+        process is alive and routes and fanouts still work: no reason to restart it)."""
         counts = self.registry.count_states()
-        return {
+        body: dict[str, Any] = {
             "status": "healthy",
             "uptime_s": round(self._clock() - self._started_at, 3),
             "instances": {"total": len(self.registry), **counts},
         }
+        if self._store is not None:
+            storage = self._store.status()
+            body["storage"] = storage.to_dict()
+            if not storage.is_ok:
+                body["status"] = "degraded"
+                body["reason"] = f"storage {storage.state.value}: {storage.reason}"
+        return body
 
     def _to_wall(self, mono: float) -> datetime:
         return datetime.now(UTC) - timedelta(seconds=self._clock() - mono)
@@ -251,9 +271,18 @@ class Orchestrator:
         started = self._clock()
         try:
             result = await driver.probe(rec.spec, timeout=self._health_policy.probe_timeout)
+        except OverloadedError as exc:  # ours (no fd, no buffer): the instance keeps its state
+            rec.health.next_probe_at = self._clock() + self._health_policy.interval
+            log.warning("orchestrator.probe_skipped", instance=rec.name, reason=exc.message)
         except OrchestratorError as exc:
             self._log_change(
                 rec.health.record_probe_failure(_failure_kind(exc), exc.message, self._clock())
+            )
+        except Exception as exc:  # a defect, ours or a driver's: a failed probe, not a crash
+            reason = f"probe failed: {type(exc).__name__}: {exc}"
+            log.warning("orchestrator.probe_failed", instance=rec.name, reason=reason)
+            self._log_change(
+                rec.health.record_probe_failure(FailureKind.ERROR, reason, self._clock())
             )
         else:
             latency = self._clock() - started
@@ -483,7 +512,9 @@ class Orchestrator:
 
     async def call(self, rec: InstanceRecord, deadline: float, op: DriverCall[T]) -> T:
         """Call ``op`` with ``rec``'s driver and the time left before ``deadline``, counting
-        it as outstanding load and feeding its outcome to passive health detection."""
+        it as outstanding load and feeding its outcome to passive health detection: only
+        an unreachable or timed-out instance counts against it, never a refused payload, a
+        reply over its size limit or the orchestrator's own overload."""
         remaining = deadline - self._clock()
         if remaining <= 0:
             raise TimeoutExceededError("the request's deadline passed", instance=rec.name)
@@ -499,6 +530,10 @@ class Orchestrator:
                 )
                 self._log_change(event)
             raise
+        except Exception as exc:  # a driver broke its contract: still that instance's failure
+            reason = f"instance {rec.name} failed: {type(exc).__name__}: {exc}"
+            log.warning("orchestrator.driver_defect", instance=rec.name, reason=reason)
+            raise InstanceError(reason, instance=rec.name) from exc
         finally:
             rec.outstanding -= 1
         self._log_change(rec.health.record_request_success(self._clock() - started, self._clock()))

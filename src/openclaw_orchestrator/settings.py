@@ -12,7 +12,7 @@ import json
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
@@ -31,11 +31,14 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from .domain.addresses import DEFAULT_DENY, AddressPolicy, AddressRefused, AddressRules
 from .domain.duration import parse_duration
 from .errors import InvalidRequestError
-from .models import InstanceSpec
+from .instance_url import url_host
+from .models import MAX_REPLY_BYTES, MIN_REPLY_BYTES, InstanceSpec
 
 __all__ = [
+    "ClientConfig",
     "ClientSettings",
     "ConfigError",
     "HealthSettings",
@@ -45,6 +48,7 @@ __all__ = [
     "Settings",
     "load_client_settings",
     "load_settings",
+    "read_client_config",
     "read_config_file",
 ]
 
@@ -52,6 +56,15 @@ DEFAULT_URL = "http://127.0.0.1:18790"
 DEFAULT_PORT = 18790
 DEFAULT_BASE_PORT = 18801
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+DEFAULT_IDEMPOTENCY_MAX_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_HEADER_BYTES = 64 * 1024
+DEFAULT_HEADER_TIMEOUT = 10.0
+DEFAULT_MAX_REPLY_BYTES = 4 * 1024 * 1024
+"""An instance reply's size limit unless the instance sets its own ``max_reply_bytes``."""
+DEFAULT_MAX_CONNECTIONS = 512
+"""Outbound connections per instance address: a 1,000-target fanout over two instance
+processes (500 each, ``make bench``) never waits for one."""
+MAX_CONNECTIONS_LIMIT = 65_536
 
 
 class ConfigError(ValueError):
@@ -161,6 +174,30 @@ class InstancesSettings(_Section):
     static: list[InstanceSpec] = Field(
         default_factory=list, description="Instances known from start-up, in this order."
     )
+    max_reply_bytes: int = Field(
+        default=DEFAULT_MAX_REPLY_BYTES,
+        ge=MIN_REPLY_BYTES,
+        le=MAX_REPLY_BYTES,
+        description="Largest reply read from an instance (an instance's own max_reply_bytes "
+        "wins); reading stops there and the call fails with reply_too_large.",
+    )
+    max_connections: int = Field(
+        default=DEFAULT_MAX_CONNECTIONS,
+        ge=1,
+        le=MAX_CONNECTIONS_LIMIT,
+        description="Most open connections to one instance address (host and port); more "
+        "requests wait for a free one within their deadline.",
+    )
+    allow: list[str] = Field(
+        default_factory=list,
+        description="CIDRs and host names ('*.suffix' wildcards) instances may be at; "
+        "empty: any address deny does not refuse.",
+    )
+    deny: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_DENY),
+        description="CIDRs and host names no instance may be at, checked after DNS on every "
+        "connect; default: link-local and cloud metadata addresses.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -176,6 +213,26 @@ class InstancesSettings(_Section):
                 raise ValueError(f"instance name {spec.name!r} appears twice")
             seen.add(spec.name)
         return value
+
+    @field_validator("allow", "deny")
+    @classmethod
+    def _address_rules(cls, value: list[str]) -> list[str]:
+        AddressRules.parse(value)  # ValueError names the entry
+        return value
+
+    @model_validator(mode="after")
+    def _static_addresses(self) -> InstancesSettings:
+        policy = self.address_policy()
+        for index, spec in enumerate(self.static):
+            try:
+                policy.check_host(url_host(spec.url))
+            except AddressRefused as exc:
+                raise ValueError(f"static.{index}.url (instance {spec.name}): {exc}") from None
+        return self
+
+    def address_policy(self) -> AddressPolicy:
+        """``allow`` and ``deny`` parsed: what every connect to an instance is checked by."""
+        return AddressPolicy.parse(allow=self.allow, deny=self.deny)
 
 
 class Settings(BaseSettings):
@@ -200,6 +257,22 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1024)
     heartbeat_ttl: float = Field(default=30.0, description="Default for self-registration.")
     idempotency_ttl: float = Field(default=24 * 3600.0)
+    idempotency_max_bytes: int = Field(
+        default=DEFAULT_IDEMPOTENCY_MAX_BYTES,
+        ge=0,
+        description="Most bytes (as JSON) of results kept for Idempotency-Key replays.",
+    )
+    max_header_bytes: int = Field(
+        default=DEFAULT_MAX_HEADER_BYTES,
+        ge=1024,
+        le=16 * 1024 * 1024,
+        description="Largest request line plus headers; larger requests get 431.",
+    )
+    header_timeout: float = Field(
+        default=DEFAULT_HEADER_TIMEOUT,
+        gt=0,
+        description="Seconds a connection may take to send a request's headers.",
+    )
     reducers: dict[str, str] = Field(
         default_factory=dict, description="name -> 'module:function' custom fanout reducers."
     )
@@ -218,6 +291,7 @@ class Settings(BaseSettings):
     _durations = field_validator(
         "timeout", "max_timeout", "heartbeat_ttl", "idempotency_ttl", mode="before"
     )(_duration_field)
+    _header_timeout = field_validator("header_timeout", mode="before")(_duration_field)
 
     @field_validator("policy")
     @classmethod
@@ -256,6 +330,107 @@ class ClientSettings(BaseSettings):
 
     url: str = DEFAULT_URL
     api_key: SecretStr | None = None
+
+
+TargetList = str | list[str]
+
+
+class ClientConfig(BaseModel):
+    """A client config file (``--config`` of the client commands): where the orchestrator is,
+    its key, and the defaults of the commands' own options, as in
+    ``{"instances": ["A"], "timeout": 5}``. A flag still wins over the file.
+
+    ``instances`` and ``targets`` are one setting (``--instances`` of route and health,
+    ``--targets`` of fanout). A key no client command knows is an error naming it; a key only
+    some commands have applies to those (one file serves route, fanout and health). A server
+    config file is read too, for its address and key only: see :func:`read_client_config`.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str | None = Field(default=None, description="The orchestrator's base URL.")
+    api_key: SecretStr | None = Field(default=None, description="Its API key.")
+    instances: TargetList | None = Field(default=None, description="Default targets.")
+    targets: TargetList | None = Field(default=None, description="Same as instances.")
+    timeout: float | None = Field(default=None, description="--timeout (route, fanout, send).")
+    attempt_timeout: float | None = Field(default=None, description="--attempt-timeout.")
+    retry: int | None = Field(default=None, ge=0, le=10, description="--retry.")
+    policy: str | None = Field(default=None, description="--policy (route, sessions_spawn).")
+    aggregate: bool | str | None = Field(default=None, description="--aggregate (fanout).")
+    min_success: int | None = Field(default=None, ge=0, description="--min-success (fanout).")
+    quorum: int | None = Field(default=None, ge=1, description="--quorum (fanout).")
+    top_k: int | None = Field(default=None, ge=1, description="--top-k (fanout).")
+    output: Literal["json", "table"] | None = Field(default=None, description="--output.")
+
+    @field_validator("timeout", "attempt_timeout", mode="before")
+    @classmethod
+    def _durations(cls, value: Any, info: Any) -> float | None:
+        return None if value is None else _duration_field(value, info)
+
+    @model_validator(mode="after")
+    def _one_target_key(self) -> ClientConfig:
+        if self.instances is not None and self.targets is not None:
+            raise ValueError("give 'instances' or 'targets' (the same setting), not both")
+        return self
+
+    def option_defaults(self) -> dict[str, Any]:
+        """The options' defaults by parameter name (a Click ``default_map``); the URL and key
+        are not options' defaults: they keep their own precedence (flag, env, file)."""
+        values = self.model_dump(exclude={"url", "api_key"}, exclude_none=True)
+        chosen = values.pop("instances", values.pop("targets", None))
+        if chosen is not None:
+            names = [chosen] if isinstance(chosen, str) else chosen
+            values |= {"instances": names, "targets": names}
+        if isinstance(values.get("aggregate"), bool):
+            values["aggregate"] = str(values["aggregate"]).lower()
+        return values
+
+
+def _is_server_config(data: dict[str, Any]) -> bool:
+    """A file with a key only the server has (``port``, ``health``, ...), instances given as
+    objects or a section, or ``retry`` as a section."""
+    server_only = Settings.model_fields.keys() - ClientConfig.model_fields.keys()
+    instances = data.get("instances")
+    return (
+        bool(server_only & data.keys())
+        or isinstance(instances, dict)
+        or (isinstance(instances, list) and any(isinstance(i, dict) for i in instances))
+        or isinstance(data.get("retry"), dict)
+    )
+
+
+def read_client_config(path: Path) -> ClientConfig:
+    """``path`` as a client config; :class:`ConfigError` naming the file and every bad key.
+
+    A server config (see :func:`_is_server_config`) gives its address (``host``/``port``, or
+    ``url``) and ``api_key`` only; its other keys are the server's and set no option, but a
+    key the server does not know either is still an error.
+    """
+    data = read_config_file(path)
+    if not _is_server_config(data):
+        unknown = sorted(data.keys() - ClientConfig.model_fields.keys())
+        if unknown:
+            known = ", ".join(ClientConfig.model_fields)
+            raise ConfigError(
+                f"{path} (a client config): unknown key(s): {', '.join(unknown)}; "
+                f"known: {known} (or a server config's keys)"
+            )
+        try:
+            return ClientConfig.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(_describe(exc, f"{path} (a client config)")) from exc
+    unknown = sorted(data.keys() - Settings.model_fields.keys() - {"url"})
+    if unknown:
+        raise ConfigError(f"{path} (a server config): unknown key(s): {', '.join(unknown)}")
+    url = data.get("url")
+    if url is None and "port" in data:
+        host = data.get("host", "127.0.0.1")
+        host = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104
+        url = f"http://{host}:{data['port']}"
+    try:
+        return ClientConfig(url=url, api_key=data.get("api_key") or None)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, f"{path} (a server config)")) from exc
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
@@ -306,11 +481,20 @@ def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
     except SettingsError as exc:
         raise ConfigError(f"environment: {exc} (lists and objects must be JSON)") from exc
     try:
-        return Settings.model_validate(_deep_merge(_deep_merge(file_values, from_env), explicit))
+        layers = [_fleet_as_section(v) for v in (file_values, from_env, explicit)]
+        return Settings.model_validate(_deep_merge(_deep_merge(layers[0], layers[1]), layers[2]))
     except ValidationError as exc:
         raise ConfigError(_describe(exc, origin)) from exc
     except InvalidRequestError as exc:
         raise ConfigError(f"{origin}: {exc.message}") from exc
+
+
+def _fleet_as_section(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with a bare ``instances`` list written as its section, ``{"static": [...]}``,
+    so that ``ORCHESTRATOR_INSTANCES__DENY`` merges with a file's fleet instead of replacing
+    it."""
+    fleet = values.get("instances")
+    return {**values, "instances": {"static": fleet}} if isinstance(fleet, list) else values
 
 
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -340,18 +524,15 @@ def load_client_settings(
     config: Path | None = None, *, url: str | None = None, api_key: str | None = None
 ) -> ClientSettings:
     """Client settings: flags, then the environment, then ``url``/``api_key`` of a config
-    file (a server config works: its host and port give the URL)."""
+    file (:func:`read_client_config`: a server config works, its host and port give the URL).
+    """
     values: dict[str, Any] = {}
     if config:
-        data = read_config_file(config)
-        if "url" in data:
-            values["url"] = data["url"]
-        elif "port" in data:
-            host = data.get("host", "127.0.0.1")
-            host = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104
-            values["url"] = f"http://{host}:{data['port']}"
-        if data.get("api_key"):
-            values["api_key"] = data["api_key"]
+        file = read_client_config(config)
+        if file.url is not None:
+            values["url"] = file.url
+        if file.api_key is not None and file.api_key.get_secret_value():
+            values["api_key"] = file.api_key
     env = ClientSettings()
     fields_set = env.model_fields_set
     merged = {**values, **{k: getattr(env, k) for k in fields_set}}

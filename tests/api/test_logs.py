@@ -22,7 +22,12 @@ from typing import Any
 import aiohttp
 import pytest
 
-from openclaw_orchestrator import AsyncClient, ConnectionFailedError, UnauthorizedError
+from openclaw_orchestrator import (
+    AsyncClient,
+    ConnectionFailedError,
+    InvalidRequestError,
+    UnauthorizedError,
+)
 from openclaw_orchestrator.reference.app import create_instance_app
 from openclaw_orchestrator.reference.faults import FaultConfig
 from openclaw_orchestrator.reference.handlers import HandlerContext
@@ -319,13 +324,21 @@ async def test_secrets_never_appear_in_logs_or_responses(tmp_path: Path) -> None
         await guarded.aclose()
 
 
-async def test_userinfo_in_an_instance_url_is_not_logged(tmp_path: Path) -> None:
-    """A password inside a registered instance's URL stays out of the logs and the listing."""
+async def test_userinfo_in_an_instance_url_is_refused_and_not_logged(tmp_path: Path) -> None:
+    """A URL with a password in it is refused (400 naming url, pointing to credentials), and
+    the password reaches neither the reply, the listing nor the logs."""
     async with serve(tmp_path) as served:
         port = served.instance_urls["A"].rsplit(":", 1)[1]
         async with AsyncClient(served.url, API_KEY) as client:
-            await client.register("U", f"http://user:url-pass-5521@127.0.0.1:{port}")
+            with pytest.raises(InvalidRequestError) as refused:
+                await client.register("U", f"http://user:url-pass-5521@127.0.0.1:{port}")
+            await client.register("V", f"http://127.0.0.1:{port}")  # a line after the refusal
             listing = [i.model_dump_json() for i in await client.instances()]
-        await served.wait_for(lambda r: r.get("event") == "orchestrator.instance_registered")
+        await served.wait_for(
+            lambda r: r.get("event") == "orchestrator.instance_registered" and r["instance"] == "V"
+        )
+    assert refused.value.field == "url"
+    assert "credentials" in refused.value.message
+    assert "url-pass-5521" not in str(refused.value.to_dict())
     assert "url-pass-5521" not in "\n".join(served.lines)
     assert all("url-pass-5521" not in item for item in listing)

@@ -60,7 +60,7 @@ async def test_keeps_one_connection_alive_across_requests(lean: LeanHttp) -> Non
         for _ in range(2):
             reply = await lean.post(_target(server), b"X-Request-ID: r1\r\n", b"{}", timeout=2)
             assert (reply.status, reply.retry_after, reply.body) == (200, "3", b'{"ok": true}')
-        assert repr(lean) == "<LeanHttp [1 idle connections, 1 hosts]>"
+        assert repr(lean) == "<LeanHttp [0 busy, 1 idle connections, 0 waiting, 1 hosts]>"
     assert seen[0].startswith(b"POST /api/instance/task HTTP/1.1\r\nHost: 127.0.0.1:")
     assert b"Content-Length: 2\r\n" in seen[0]
     assert b"X-Request-ID: r1\r\n" in seen[0]
@@ -77,7 +77,8 @@ async def test_chunked_and_close_delimited_replies(lean: LeanHttp) -> None:
     until_close = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n[1]"
     async with await _serve(lambda _: until_close, close=True) as server:
         assert (await lean.post(_target(server), b"", b"{}", timeout=2)).body == b"[1]"
-        assert repr(lean) == "<LeanHttp [1 idle connections, 2 hosts]>"  # the chunked one only
+        idle_chunked_only = "<LeanHttp [0 busy, 1 idle connections, 0 waiting, 2 hosts]>"
+        assert repr(lean) == idle_chunked_only
 
 
 async def test_timeout_closes_the_connection(lean: LeanHttp) -> None:
@@ -85,7 +86,7 @@ async def test_timeout_closes_the_connection(lean: LeanHttp) -> None:
     async with await _serve(lambda _: None) as server:
         with pytest.raises(TimeoutError):
             await lean.post(_target(server), b"", b"{}", timeout=0.1)
-    assert repr(lean).startswith("<LeanHttp [0 idle")
+    assert repr(lean).startswith("<LeanHttp [0 busy, 0 idle")
 
 
 async def test_failures_map_to_the_error_tree(lean: LeanHttp) -> None:

@@ -34,8 +34,14 @@ credentials change or ``rejection_backoff`` seconds pass (then one probe re-chec
 
 Sessions: session ``S`` is the gateway session ``x-openclaw-session-key: orch-S`` (shown by
 the gateway as ``agent:<agentId>:orch-S``). A restore replays the history as context of
-one turn, the way the gateway folds earlier ``messages`` into a turn. Closing deletes the
-gateway session with its ``sessions`` tool (its transcript is archived by the gateway).
+one turn, the way the gateway folds earlier ``messages`` into a turn: its newest messages
+within ``restore_bytes`` of text (a model's context is bounded anyway), saying how many
+earlier ones were left out; the history streams through, so memory is bounded too. Closing
+deletes the gateway session with its ``sessions`` tool (its transcript is archived by the
+gateway).
+
+Every reply is read up to the instance's ``max_reply_bytes`` (else
+``instances.max_reply_bytes``); past it the connection is dropped: ``reply_too_large``.
 
 The token goes into the ``Authorization`` header and nowhere else: no message, log or repr.
 """
@@ -46,6 +52,7 @@ import asyncio
 import hashlib
 import re
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -53,7 +60,6 @@ from typing import Any
 
 import aiohttp
 import orjson
-from yarl import URL
 
 from ..errors import (
     InstanceError,
@@ -61,18 +67,30 @@ from ..errors import (
     InstanceRejectedError,
 )
 from ..models import InstanceSpec
-from .base import REQUEST_ID_HEADER, ProbeResult, error_fields, map_client_errors
+from ..settings import DEFAULT_MAX_REPLY_BYTES
+from .base import (
+    REQUEST_ID_HEADER,
+    History,
+    ProbeResult,
+    error_fields,
+    exchanges,
+    map_client_errors,
+    read_reply,
+    request_url,
+)
 from .worker import parse_retry_after
 
 __all__ = [
     "CHAT_PATH",
     "DEFAULT_HEALTH_PATH",
     "DEFAULT_REJECTION_BACKOFF",
+    "DEFAULT_RESTORE_BYTES",
     "LIVE_PATH",
     "MISCONFIGURED",
     "MODELS_PATH",
     "RESERVED_SESSION_PREFIXES",
     "RESTORE_NOTE",
+    "RESTORE_NOTE_TRIMMED",
     "SESSION_KEY_HEADER",
     "SESSION_KEY_PREFIX",
     "TOOLS_PATH",
@@ -80,6 +98,7 @@ __all__ = [
     "ToolCall",
     "Turn",
     "history_messages",
+    "latest_messages",
     "message_text",
     "parse_payload",
     "readiness",
@@ -99,6 +118,13 @@ RESTORE_NOTE = (
     "[orchestrator] This conversation was moved to this gateway from another instance; "
     "the messages above are its history so far. Reply with OK."
 )
+RESTORE_NOTE_TRIMMED = (
+    "[orchestrator] This conversation was moved to this gateway from another instance; "
+    "the messages above are the latest of its history ({left_out} earlier messages were "
+    "left out). Reply with OK."
+)
+DEFAULT_RESTORE_BYTES = 256 * 1024
+"""Text of the history a restore replays, newest first; the rest is left out."""
 MISCONFIGURED = "misconfigured: gateway rejected the token"
 
 _BASE_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
@@ -374,19 +400,39 @@ def _user_text(payload: Any) -> str | None:
     return _as_text(messages)
 
 
+def _exchange_messages(payload: Any, result: Any) -> list[dict[str, str]]:
+    """The user and assistant messages of one history pair; none for a tool call."""
+    user = _user_text(payload)
+    if user is None:
+        return []
+    reply = result.get("text") if isinstance(result, dict) else None
+    content = reply if isinstance(reply, str) else _as_text(result)
+    return [{"role": "user", "content": user}, {"role": "assistant", "content": content}]
+
+
 def history_messages(history: Sequence[tuple[Any, Any]]) -> list[dict[str, str]]:
     """Chat messages replaying ``(payload, result)`` pairs: the user's text, then the reply's
     ``text`` (any other payload or result as JSON); tool calls are left out."""
-    messages: list[dict[str, str]] = []
-    for payload, result in history:
-        user = _user_text(payload)
-        if user is None:
+    return [m for payload, result in history for m in _exchange_messages(payload, result)]
+
+
+async def latest_messages(history: History, budget: int) -> tuple[list[dict[str, str]], int]:
+    """:func:`history_messages` of the newest pairs whose text fits ``budget`` characters
+    (the newest pair always), and how many messages were left out before them. Reads
+    ``history`` once, holding no more than the window."""
+    window: deque[list[dict[str, str]]] = deque()
+    size = left_out = 0
+    async for payload, result in exchanges(history):
+        pair = _exchange_messages(payload, result)
+        if not pair:
             continue
-        reply = result.get("text") if isinstance(result, dict) else None
-        messages.append({"role": "user", "content": user})
-        content = reply if isinstance(reply, str) else _as_text(result)
-        messages.append({"role": "assistant", "content": content})
-    return messages
+        window.append(pair)
+        size += sum(len(m["content"]) for m in pair)
+        while size > budget and len(window) > 1:
+            dropped = window.popleft()
+            size -= sum(len(m["content"]) for m in dropped)
+            left_out += len(dropped)
+    return [m for pair in window for m in pair], left_out
 
 
 # -- the driver ----------------------------------------------------------------------------
@@ -403,8 +449,12 @@ class OpenClawDriver:
         *,
         rejection_backoff: float = DEFAULT_REJECTION_BACKOFF,
         clock: Callable[[], float] = time.monotonic,
+        max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES,
+        restore_bytes: int = DEFAULT_RESTORE_BYTES,
     ) -> None:
         self._session = session
+        self._max_reply_bytes = max_reply_bytes
+        self._restore_bytes = restore_bytes
         self._rejection_backoff = rejection_backoff
         self._clock = clock
         self._rejections: dict[str, _Rejection] = {}
@@ -446,6 +496,10 @@ class OpenClawDriver:
 
     # -- HTTP ------------------------------------------------------------------------------
 
+    def _reply_limit(self, instance: InstanceSpec) -> int:
+        """The most bytes of a reply read from ``instance``: its own limit, else ours."""
+        return instance.max_reply_bytes or self._max_reply_bytes
+
     @staticmethod
     def _headers(
         instance: InstanceSpec, extra: Mapping[str, str], *, auth: bool = True
@@ -461,12 +515,12 @@ class OpenClawDriver:
         """``GET path``: (status, parsed JSON body or None, Retry-After)."""
         with map_client_errors(instance.name):
             async with self._session.get(
-                URL(instance.url + path),
+                request_url(instance, path),
                 headers=self._headers(instance, {}, auth=auth),
                 timeout=aiohttp.ClientTimeout(total=timeout),
                 allow_redirects=False,
             ) as resp:
-                raw = await resp.read()
+                raw = await read_reply(resp, instance.name, self._reply_limit(instance))
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -487,13 +541,13 @@ class OpenClawDriver:
             raise self._refuse_without_sending(instance)
         with map_client_errors(instance.name):
             async with self._session.post(
-                URL(instance.url + path),
+                request_url(instance, path),
                 data=orjson.dumps(body),
                 headers=self._headers(instance, extra),
                 timeout=aiohttp.ClientTimeout(total=timeout),
                 allow_redirects=False,
             ) as resp:
-                raw = await resp.read()
+                raw = await read_reply(resp, instance.name, self._reply_limit(instance))
                 if not 200 <= resp.status < 300:
                     retry_after = resp.headers.get("Retry-After")
                     error = _reply_error(instance.name, resp.status, raw, retry_after, path=path)
@@ -561,21 +615,23 @@ class OpenClawDriver:
         self,
         instance: InstanceSpec,
         session_id: str,
-        history: Sequence[tuple[Any, Any]],
+        history: History,
         *,
         timeout: float,  # InstanceDriver's signature; sets ClientTimeout
         request_id: str,
     ) -> None:
         """Give the gateway the conversation: drop any old gateway session of this id, then
-        one turn whose ``messages`` are the history plus a note that it was moved here (the
-        gateway folds them into the session as context; its reply is discarded)."""
+        one turn whose ``messages`` are the history (its newest ``restore_bytes`` of text)
+        plus a note that it was moved here (the gateway folds them into the session as
+        context; its reply is discarded)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         await self.session_close(instance, session_id, timeout=timeout)
-        messages = history_messages(history)
+        messages, left_out = await latest_messages(history, self._restore_bytes)
         if not messages:
             return
-        messages.append({"role": "user", "content": RESTORE_NOTE})
+        note = RESTORE_NOTE_TRIMMED.format(left_out=left_out) if left_out else RESTORE_NOTE
+        messages.append({"role": "user", "content": note})
         turn = Turn(messages, session_key=session_key(session_id))
         left = max(deadline - loop.time(), 0.001)
         await self._call(instance, turn, timeout=left, request_id=request_id)

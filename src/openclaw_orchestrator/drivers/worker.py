@@ -15,14 +15,26 @@ read as bytes and parsed by orjson. Tasks and the session calls share one reques
 The two hot calls, a task and a session message, are small JSON POSTs; over ``http://``
 they go through :class:`~.lean.LeanHttp` (a keep-alive HTTP/1.1 client on httptools, same
 replies, same errors) instead of aiohttp, which costs several times the CPU per request.
-Everything else — probes, restores, closes, large bodies, ``https://``, URLs with userinfo
-— goes through the shared aiohttp session.
+Everything else — probes, restores, closes, large bodies, ``https://`` — goes through the
+shared aiohttp session. Both clients check every connect against ``instances.allow`` and
+``instances.deny`` (``address_not_allowed``), and every URL is the instance's URL plus a
+path, built by :func:`~.base.request_url`, which cannot leave the instance's host and port.
+
+Every reply, through either client, is read only up to the instance's ``max_reply_bytes``
+(else the driver's default, ``instances.max_reply_bytes``): past it the connection is
+dropped and the call fails with ``reply_too_large``.
+
+A restore streams the history in pages of at most ``restore_page_bytes`` of JSON (a single
+exchange larger than that goes alone): ``PUT`` with ``offset`` and ``final`` (protocol
+v1.1, ``docs/instance-protocol.md``). A history that fits one page goes as one v1 ``PUT``,
+so instances without paged restore still take it.
 
 The bearer credential goes into a header and nowhere else: no message, log or repr.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Sequence
@@ -35,19 +47,32 @@ import orjson
 from yarl import URL
 
 from ..bodies import STREAM_FROM_BYTES, outgoing_body
+from ..domain.addresses import AddressPolicy
 from ..errors import (
     InstanceError,
     InstanceProtocolError,
     InstanceRejectedError,
     InvalidRequestError,
+    TimeoutExceededError,
 )
 from ..models import InstanceSpec
-from .base import REQUEST_ID_HEADER, ProbeResult, error_fields, map_client_errors
+from ..settings import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_REPLY_BYTES
+from .base import (
+    REQUEST_ID_HEADER,
+    History,
+    ProbeResult,
+    error_fields,
+    exchanges,
+    map_client_errors,
+    read_reply,
+    request_url,
+)
 from .lean import LeanHttp, Target, lean_error
 
 __all__ = [
     "DEADLINE_HEADER",
     "DEFAULT_HEALTH_PATH",
+    "DEFAULT_RESTORE_PAGE_BYTES",
     "SESSIONS_PATH",
     "TASK_PATH",
     "WorkerDriver",
@@ -60,6 +85,9 @@ TASK_PATH = "/api/instance/task"
 SESSIONS_PATH = "/api/instance/sessions"
 DEFAULT_HEALTH_PATH = "/api/health/check"
 DEADLINE_HEADER = "X-Deadline-Ms"
+DEFAULT_RESTORE_PAGE_BYTES = 512 * 1024
+"""JSON bytes of history per restore page: half the reference instance's 1 MiB body limit,
+which the protocol asks every instance to accept at least."""
 
 _BASE_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
 _MAX_CACHED_URLS = 4096
@@ -76,14 +104,28 @@ def encode_task(payload: Any) -> bytes:
 
 
 def encode_history(history: Sequence[tuple[Any, Any]]) -> bytes:
-    """The body of a session restore: ``{"history": [{"payload", "result"}, ...]}``."""
-    items = [{"payload": payload, "result": result} for payload, result in history]
+    """The body of a whole (v1) session restore: ``{"history": [{"payload", "result"}]}``."""
+    return _restore_body([_encode_exchange(p, r) for p, r in history], 0, final=True)
+
+
+def _encode_exchange(payload: Any, result: Any) -> bytes:
+    """One history item, ``{"payload": ..., "result": ...}``, as JSON."""
     try:
-        return orjson.dumps({"history": items})
+        return orjson.dumps({"payload": payload, "result": result})
     except orjson.JSONEncodeError as exc:
         raise InvalidRequestError(
             f"history: cannot encode as JSON: {exc}", field="history"
         ) from exc
+
+
+def _restore_body(items: list[bytes], offset: int, *, final: bool) -> bytes:
+    """A restore page: v1's ``{"history": [...]}`` when it is the whole history, else with
+    its ``offset`` (items staged before it) and whether it is the ``final`` one."""
+    history = b"[" + b",".join(items) + b"]"
+    if offset == 0 and final:
+        return b'{"history":' + history + b"}"
+    tail = b"true" if final else b"false"
+    return b'{"history":%s,"offset":%d,"final":%s}' % (history, offset, tail)
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -135,7 +177,10 @@ def _result(name: str, reply: Any) -> Any:
 def _lean_base(base: str) -> tuple[str, int, bytes, bytes] | None:
     """``(host, port, Host header, path prefix)`` of a plain ``http://`` base URL, else None
     (https, userinfo, a query: aiohttp handles those)."""
-    url = URL(base.rstrip("/"))
+    try:
+        url = URL(base.rstrip("/"))
+    except ValueError:  # never valid (instance_url checks it): aiohttp's path reports it
+        return None
     if url.scheme != "http" or url.user or url.password or url.query_string or url.fragment:
         return None
     host, port = url.raw_host, url.port
@@ -167,13 +212,30 @@ class WorkerDriver:
 
     kind = "worker"
 
-    def __init__(self, session: aiohttp.ClientSession, *, lean: LeanHttp | None = None) -> None:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        *,
+        lean: LeanHttp | None = None,
+        max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        restore_page_bytes: int = DEFAULT_RESTORE_PAGE_BYTES,
+        address_policy: AddressPolicy | None = None,
+    ) -> None:
         self._session = session
         self._urls: dict[tuple[str, str], URL] = {}
         self._owns_lean = lean is None
-        self._lean = LeanHttp() if lean is None else lean
+        if lean is None:
+            lean = LeanHttp(max_connections=max_connections, address_policy=address_policy)
+        self._lean = lean
+        self._max_reply_bytes = max_reply_bytes
+        self._restore_page_bytes = restore_page_bytes
         self._bases: dict[str, tuple[str, int, bytes, bytes] | None] = {}
         self._targets: dict[tuple[str, str], Target | None] = {}
+
+    def _reply_limit(self, instance: InstanceSpec) -> int:
+        """The most bytes of a reply read from ``instance``: its own limit, else ours."""
+        return instance.max_reply_bytes or self._max_reply_bytes
 
     def _lean_target(self, base: str, path: str) -> Target | None:
         """Where the lean client sends ``base + path``; None when aiohttp must. Cached:
@@ -207,7 +269,9 @@ class WorkerDriver:
             f"{DEADLINE_HEADER}: {int(timeout * 1000)}\r\n{REQUEST_ID_HEADER}: {request_id}\r\n"
         ).encode() + auth
         try:
-            reply = await self._lean.post(target, headers, body, timeout=timeout)
+            reply = await self._lean.post(
+                target, headers, body, timeout=timeout, max_reply=self._reply_limit(instance)
+            )
             if not 200 <= reply.status < 300:
                 raise _reply_error(instance.name, reply.status, reply.body, reply.retry_after)
             return orjson.loads(reply.body)
@@ -235,30 +299,31 @@ class WorkerDriver:
                 return reply
         if path.startswith(SESSIONS_PATH):  # as _session_url builds it
             url = URL(
-                f"{self._url(instance.url, SESSIONS_PATH)}{path[len(SESSIONS_PATH) :]}",
+                f"{self._url(instance, SESSIONS_PATH)}{path[len(SESSIONS_PATH) :]}",
                 encoded=True,
             )
         else:
-            url = self._url(instance.url, path)
+            url = self._url(instance, path)
         return await self._exchange(
             "POST", instance, url, body, timeout=timeout, request_id=request_id
         )
 
-    def _url(self, base: str, path: str) -> URL:
-        """The parsed URL of ``base + path``, cached: parsing costs more than the lookup."""
-        key = (base, path)
+    def _url(self, instance: InstanceSpec, path: str) -> URL:
+        """The URL of ``path`` on ``instance`` (:func:`~.base.request_url`: InstanceError
+        when it cannot be built), cached: parsing costs more than the lookup."""
+        key = (instance.url, path)
         url = self._urls.get(key)
         if url is None:
             if len(self._urls) >= _MAX_CACHED_URLS:  # instances come and go by registration
                 self._urls.clear()
-            url = self._urls[key] = URL(base.rstrip("/") + path)
+            url = self._urls[key] = request_url(instance, path)
         return url
 
-    def _session_url(self, base: str, session_id: str, suffix: str = "") -> URL:
-        """``{base}/api/instance/sessions/{id}{suffix}`` with the id percent-encoded as one
+    def _session_url(self, instance: InstanceSpec, session_id: str, suffix: str = "") -> URL:
+        """``{url}/api/instance/sessions/{id}{suffix}`` with the id percent-encoded as one
         segment; only the prefix is cached (ids are many, each used for a while)."""
         segment = _segment(session_id)
-        return URL(f"{self._url(base, SESSIONS_PATH)}/{segment}{suffix}", encoded=True)
+        return URL(f"{self._url(instance, SESSIONS_PATH)}/{segment}{suffix}", encoded=True)
 
     @staticmethod
     def _headers(instance: InstanceSpec, extra: dict[str, str]) -> dict[str, str]:
@@ -294,7 +359,7 @@ class WorkerDriver:
                 timeout=aiohttp.ClientTimeout(total=timeout),
                 allow_redirects=False,
             ) as resp:
-                raw = await resp.read()
+                raw = await read_reply(resp, instance.name, self._reply_limit(instance))
                 if not 200 <= resp.status < 300:
                     raise _reply_error(
                         instance.name, resp.status, raw, resp.headers.get("Retry-After")
@@ -333,15 +398,58 @@ class WorkerDriver:
         self,
         instance: InstanceSpec,
         session_id: str,
-        history: Sequence[tuple[Any, Any]],
+        history: History,
         *,
-        timeout: float,  # InstanceDriver's signature; sets ClientTimeout
+        timeout: float,  # InstanceDriver's signature; bounds every page together
         request_id: str,
     ) -> None:
-        """``PUT /api/instance/sessions/{id}`` with the ``(payload, result)`` pairs to replay."""
-        url = self._session_url(instance.url, session_id)
-        body = encode_history(history)
-        await self._exchange("PUT", instance, url, body, timeout=timeout, request_id=request_id)
+        """``PUT /api/instance/sessions/{id}`` with the ``(payload, result)`` pairs to replay,
+        in pages of at most ``restore_page_bytes`` (module docstring); only one page is held
+        in memory at a time."""
+        url = self._session_url(instance, session_id)
+        deadline = asyncio.get_running_loop().time() + timeout
+        page: list[bytes] = []
+        size = offset = 0
+        async for payload, result in exchanges(history):
+            item = _encode_exchange(payload, result)
+            if page and size + len(item) > self._restore_page_bytes:
+                await self._restore_page(instance, url, page, offset, deadline, request_id)
+                offset += len(page)
+                page, size = [], 0
+            page.append(item)
+            size += len(item) + 1
+        await self._restore_page(instance, url, page, offset, deadline, request_id, final=True)
+
+    async def _restore_page(
+        self,
+        instance: InstanceSpec,
+        url: URL,
+        page: list[bytes],
+        offset: int,
+        deadline: float,
+        request_id: str,
+        *,
+        final: bool = False,
+    ) -> None:
+        """One restore ``PUT``; a non-final page must be acknowledged as staged, which an
+        instance without paged restore (it would have kept just this page) does not do."""
+        left = deadline - asyncio.get_running_loop().time()
+        if left <= 0:
+            raise TimeoutExceededError(
+                f"instance {instance.name} did not take the restore in time",
+                instance=instance.name,
+            )
+        body = _restore_body(page, offset, final=final)
+        reply = await self._exchange(
+            "PUT", instance, url, body, timeout=left, request_id=request_id
+        )
+        staged = reply.get("staged") if isinstance(reply, dict) else None
+        if not final and staged != offset + len(page):
+            raise InstanceProtocolError(
+                f"{instance.name}: the history needs a paged restore (instance protocol v1.1) "
+                f"and the instance did not stage page {offset}..{offset + len(page)}",
+                instance=instance.name,
+            )
 
     async def session_close(
         self,
@@ -351,7 +459,7 @@ class WorkerDriver:
         timeout: float,  # InstanceDriver's signature; sets ClientTimeout
     ) -> None:
         """``DELETE /api/instance/sessions/{id}``; an id the instance never saw is fine too."""
-        url = self._session_url(instance.url, session_id)
+        url = self._session_url(instance, session_id)
         await self._exchange("DELETE", instance, url, None, timeout=timeout, request_id=None)
 
     async def probe(
@@ -361,7 +469,7 @@ class WorkerDriver:
         timeout: float,  # InstanceDriver's signature; sets ClientTimeout
     ) -> ProbeResult:
         """``GET`` the health path; a 2xx is alive, ``"status": "degraded"`` marks degraded."""
-        url = self._url(instance.url, instance.health_path or DEFAULT_HEALTH_PATH)
+        url = self._url(instance, instance.health_path or DEFAULT_HEALTH_PATH)
         headers = self._headers(instance, {})
         started = time.perf_counter()
         with map_client_errors(instance.name):
@@ -371,7 +479,7 @@ class WorkerDriver:
                 timeout=aiohttp.ClientTimeout(total=timeout),
                 allow_redirects=False,
             ) as resp:
-                raw = await resp.read()
+                raw = await read_reply(resp, instance.name, self._reply_limit(instance))
                 if not 200 <= resp.status < 300:
                     raise InstanceError(
                         f"{instance.name}: health check answered HTTP {resp.status}",

@@ -12,6 +12,8 @@ Routes::
     POST   /api/instance/sessions/{id}/messages
                                     {"payload": ...} -> {"result", "instance", "seen"}
     PUT    /api/instance/sessions/{id}   {"history": [...]} -> {"session_id", "seen"}
+                                    a page: {"history", "offset", "final": false}
+                                    -> {"session_id", "staged"}; 409 when out of order
     GET    /api/instance/sessions/{id}   {"session_id", "seen", "history"}; 404 when unknown
     DELETE /api/instance/sessions/{id}   {"closed": id}, known or not
     GET    /api/instance/faults     the live FaultConfig (only with fault_api=True)
@@ -19,6 +21,9 @@ Routes::
 
 A session message is a task that sees, and extends, its session (:mod:`.sessions`): messages
 of one session run one at a time, in arrival order, under the session's lock.
+
+The ``reply_bytes``/``health_reply_bytes`` faults pad replies as they are sent
+(:class:`_PaddedSend`), so an instance can answer gigabytes without holding them.
 """
 
 from __future__ import annotations
@@ -49,10 +54,11 @@ from .handlers import Handler, HandlerContext, HandlerError, Invoker
 from .sessions import (
     DEFAULT_MAX_HISTORY,
     DEFAULT_MAX_SESSIONS,
+    RestoreOrderError,
     Session,
     SessionStore,
     is_valid_session_id,
-    parse_history,
+    parse_restore,
 )
 
 __all__ = [
@@ -303,19 +309,26 @@ class ReferenceInstance:
             self.inflight -= 1
 
     async def restore(self, request: Request) -> Response:
-        """``PUT .../sessions/{id}``: become the replayed history; no handler runs."""
+        """``PUT .../sessions/{id}``: become the replayed history, whole or a page at a time
+        (staged until the final page); no handler runs."""
         self.authorize(request)
         deadline = _parse_deadline(request.headers.get("x-deadline-ms"))
         body = _parse_json(await _read_body(request, self.max_body_bytes))
         session_id = _session_id(request)
         try:
-            exchanges = parse_history(body)
+            restore = parse_restore(body)
         except ValueError as exc:
             raise HandlerError(400, "invalid_request", str(exc)) from None
         session = self.sessions.open(session_id)
         async with _turn(session, deadline):
-            session.replace(exchanges)
-        return _json(200, {"session_id": session_id, "seen": len(exchanges)})
+            try:
+                staged = session.stage(restore.exchanges, restore.offset)
+            except RestoreOrderError as exc:
+                raise HandlerError(409, "restore_out_of_order", str(exc)) from None
+            if not restore.final:
+                return _json(200, {"session_id": session_id, "staged": staged})
+            session.commit()
+        return _json(200, {"session_id": session_id, "seen": session.seen})
 
     async def get_session(self, request: Request) -> Response:
         """``GET .../sessions/{id}``: what this instance remembers; 404 when nothing."""
@@ -449,6 +462,10 @@ class InstanceApp(Starlette):
     """
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            config = self.state.instance.faults.config
+            if config.reply_bytes or config.health_reply_bytes:
+                send = _padded(send, config, scope["method"], scope["path"])
         if (
             scope["type"] == "http"
             and scope["method"] == "POST"
@@ -491,6 +508,63 @@ class InstanceApp(Starlette):
         ]
         await send({"type": "http.response.start", "status": status, "headers": response_headers})
         await send({"type": "http.response.body", "body": body})
+
+
+def _padded(send: Send, config: FaultConfig, method: str, path: str) -> Send:
+    """``send``, padding the reply as the ``reply_bytes`` faults say (else as it is)."""
+    if method == "POST" and (path == TASK_PATH or path.endswith("/messages")):
+        total = config.reply_bytes
+    elif method == "GET" and path == HEALTH_PATH:
+        total = config.health_reply_bytes
+    else:
+        total = 0
+    return _PaddedSend(send, total, chunked=config.reply_chunked) if total else send
+
+
+class _PaddedSend:
+    """An ASGI ``send`` that grows a JSON object reply to ``total`` bytes with a
+    ``"padding"`` string streamed in :data:`_PAD_CHUNK` pieces (with ``Content-Length``
+    unless ``chunked``): inside an object ``result`` (so the padding is part of what the
+    caller would keep), else beside it. Replies that are not a 200 JSON object go out
+    unchanged."""
+
+    def __init__(self, send: Send, total: int, *, chunked: bool) -> None:
+        self._send = send
+        self._total = total
+        self._chunked = chunked
+        self._start: Message | None = None
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start" and message["status"] == 200:
+            self._start = message  # held until the body says how long it is
+            return
+        start, self._start = self._start, None
+        body = message.get("body", b"")
+        if start is None or message.get("more_body") or not body.endswith(b"}"):
+            if start is not None:
+                await self._send(start)
+            await self._send(message)
+            return
+        if body.startswith(_OBJECT_RESULT):
+            head = b'{"result":{"padding":"'
+            tail = b'",' + body[len(_OBJECT_RESULT) - 1 :]
+        else:
+            head, tail = body[:-1] + b',"padding":"', b'"}'
+        pad = max(0, self._total - len(head) - len(tail))
+        headers = [(k, v) for k, v in start.get("headers", ()) if k.lower() != b"content-length"]
+        if not self._chunked:
+            headers.append((b"content-length", str(len(head) + pad + len(tail)).encode()))
+        await self._send({**start, "headers": headers})
+        await self._send({"type": "http.response.body", "body": head, "more_body": True})
+        while pad > 0:
+            piece = _PAD_CHUNK if pad >= len(_PAD_CHUNK) else _PAD_CHUNK[:pad]
+            pad -= len(piece)
+            await self._send({"type": "http.response.body", "body": piece, "more_body": True})
+        await self._send({"type": "http.response.body", "body": tail, "more_body": False})
+
+
+_PAD_CHUNK = b"x" * (64 * 1024)
+_OBJECT_RESULT = b'{"result":{"'
 
 
 class _ClientGone(Exception):

@@ -1,4 +1,5 @@
-"""Test-only fault knobs of the reference instance: latency, failures, hangs, bad health.
+"""Test-only fault knobs of the reference instance: latency, failures, hangs, bad health,
+oversized replies.
 
 They exist so demos and integration tests can show retries and failover against real
 sockets. :class:`FaultConfig` is an immutable value; :class:`Faults` holds the current one
@@ -14,7 +15,10 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["FaultConfig", "Faults"]
+__all__ = ["MAX_PADDED_REPLY_BYTES", "FaultConfig", "Faults"]
+
+MAX_PADDED_REPLY_BYTES = 1 << 34
+"""Largest ``reply_bytes``/``health_reply_bytes`` (16 GiB: streamed, never held in memory)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +30,11 @@ class FaultConfig:
     ``hang`` never answers a task (until the client gives up); ``health_fail`` makes the
     health check answer 503 and ``health_degraded`` makes it say ``"degraded"``. ``seed``
     makes ``fail_rate`` and jitter reproducible.
+
+    ``reply_bytes`` (0: off) pads every successful task and session-message reply to that
+    many bytes with a ``"padding"`` string, streamed (the instance never holds it);
+    ``health_reply_bytes`` does the same to the health check; ``reply_chunked`` sends
+    padded replies without ``Content-Length``, so only counting while reading catches them.
     """
 
     latency: float = 0.0
@@ -37,6 +46,9 @@ class FaultConfig:
     health_fail: bool = False
     health_degraded: bool = False
     seed: int | None = None
+    reply_bytes: int = 0
+    health_reply_bytes: int = 0
+    reply_chunked: bool = False
 
     def __post_init__(self) -> None:
         for name in ("latency", "latency_jitter"):
@@ -46,9 +58,12 @@ class FaultConfig:
         object.__setattr__(self, "fail_rate", _rate(self.fail_rate))
         if not 400 <= _integer("fail_status", self.fail_status) <= 599:
             raise ValueError("fail_status: must be a 4xx or 5xx status")
-        for name in ("hang", "health_fail", "health_degraded"):
+        for name in ("hang", "health_fail", "health_degraded", "reply_chunked"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}: expected true or false")
+        for name in ("reply_bytes", "health_reply_bytes"):
+            if not 0 <= _integer(name, getattr(self, name)) <= MAX_PADDED_REPLY_BYTES:
+                raise ValueError(f"{name}: must be 0 to {MAX_PADDED_REPLY_BYTES}")
         if self.seed is not None:
             _integer("seed", self.seed)
 

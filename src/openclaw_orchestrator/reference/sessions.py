@@ -5,6 +5,10 @@ ordering, replay (``PUT``) and migration show from outside. Memory is bounded tw
 ``max_sessions`` sessions (the least recently used one is forgotten first) and at most
 ``max_history`` exchanges per session (the oldest are dropped, ``seen`` still counts them).
 
+A replay comes whole or in pages (protocol v1.1): pages are *staged* in order, each one's
+``offset`` the number staged before it, and the final page swaps the staged history in; the
+session keeps answering from its old history until then. Staging is bounded like history.
+
 Stdlib only: the app maps the ``ValueError`` raised here to its 400 envelope.
 """
 
@@ -21,11 +25,14 @@ __all__ = [
     "DEFAULT_MAX_HISTORY",
     "DEFAULT_MAX_SESSIONS",
     "Exchange",
+    "Restore",
+    "RestoreOrderError",
     "Session",
     "SessionContext",
     "SessionStore",
     "is_valid_session_id",
     "parse_history",
+    "parse_restore",
 ]
 
 DEFAULT_MAX_SESSIONS = 10_000
@@ -69,6 +76,18 @@ class SessionContext:
         return self.trimmed + len(self.history)
 
 
+class RestoreOrderError(ValueError):
+    """A restore page that does not continue the staged ones (its ``offset`` is off)."""
+
+    def __init__(self, offset: int, expected: int | None) -> None:
+        if expected is None:
+            message = f"offset: {offset}, but no paged restore is under way (start at 0)"
+        else:
+            message = f"offset: expected {expected} (exchanges staged so far), got {offset}"
+        super().__init__(message)
+        self.expected = expected
+
+
 class Session:
     """One session's live state: kept exchanges, the count of all, and the lock ordering them.
 
@@ -76,13 +95,15 @@ class Session:
     handler of one message sees every earlier message's exchange.
     """
 
-    __slots__ = ("history", "id", "lock", "seen")
+    __slots__ = ("history", "id", "lock", "seen", "staged", "staged_count")
 
     def __init__(self, session_id: str, max_history: int) -> None:
         self.id = session_id
         self.history: deque[Exchange] = deque(maxlen=max_history)
         self.seen = 0
         self.lock = asyncio.Lock()
+        self.staged: deque[Exchange] | None = None
+        self.staged_count = 0
 
     def context(self) -> SessionContext:
         """A frozen snapshot for the handler of the next message."""
@@ -95,9 +116,28 @@ class Session:
 
     def replace(self, exchanges: Sequence[Exchange]) -> None:
         """Become the replayed conversation ``exchanges`` (its newest ``max_history`` kept)."""
-        self.history.clear()
-        self.history.extend(exchanges)
-        self.seen = len(exchanges)
+        self.stage(exchanges, 0)
+        self.commit()
+
+    def stage(self, exchanges: Sequence[Exchange], offset: int) -> int:
+        """Stage one restore page; ``offset`` 0 starts over, any other must equal the count
+        staged so far (else RestoreOrderError). Returns the count staged."""
+        staged = self.staged
+        if offset == 0:
+            staged = self.staged = deque(maxlen=self.history.maxlen)
+            self.staged_count = 0
+        elif staged is None or offset != self.staged_count:
+            raise RestoreOrderError(offset, None if staged is None else self.staged_count)
+        staged.extend(exchanges)
+        self.staged_count += len(exchanges)
+        return self.staged_count
+
+    def commit(self) -> None:
+        """Become the staged conversation (its newest ``max_history`` kept)."""
+        if self.staged is None:
+            raise RestoreOrderError(0, None)
+        self.history, self.seen = self.staged, self.staged_count
+        self.staged, self.staged_count = None, 0
 
     def to_dict(self) -> dict[str, Any]:
         """The body of ``GET /api/instance/sessions/{id}``."""
@@ -159,6 +199,27 @@ class SessionStore:
             f"<SessionStore open={len(self._sessions)} evicted={self.evicted}"
             f" max_sessions={self.max_sessions} max_history={self.max_history}>"
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Restore:
+    """One restore ``PUT``: its exchanges, the count staged before them, whether it ends."""
+
+    exchanges: list[Exchange]
+    offset: int = 0
+    final: bool = True
+
+
+def parse_restore(body: Any) -> Restore:
+    """A restore body: ``{"history": [...]}`` (whole: offset 0, final) or a page with
+    ``"offset"`` and ``"final"``; ValueError naming the field."""
+    exchanges = parse_history(body)
+    offset, final = body.get("offset", 0), body.get("final", True)
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise ValueError("offset: expected an integer of 0 or more")
+    if not isinstance(final, bool):
+        raise ValueError("final: expected true or false")
+    return Restore(exchanges, offset, final)
 
 
 def parse_history(body: Any) -> list[Exchange]:
