@@ -11,6 +11,7 @@ message is delivered there.
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -23,11 +24,12 @@ from .domain.balancing import Policy
 from .domain.sessions import (
     MessageRecord,
     SessionRecord,
+    as_of,
     check_sendable,
+    check_token,
     hash_token,
     make_token,
     rendezvous_order,
-    token_matches,
 )
 from .drivers.base import InstanceDriver
 from .errors import (
@@ -37,10 +39,12 @@ from .errors import (
     NoHealthyInstanceError,
     NotFoundError,
     OrchestratorError,
-    UnauthorizedError,
+    StorageUnavailableError,
 )
 from .logs import get_logger
 from .models import (
+    MAX_HISTORY_OFFSET,
+    SESSION_ID_PATTERN,
     HistoryEntry,
     HistoryPage,
     InstanceSpec,
@@ -62,11 +66,27 @@ log = get_logger("sessions")
 
 TOKEN_BYTES = 24
 MAX_HISTORY_PAGE = 1000
+_SESSION_ID = re.compile(SESSION_ID_PATTERN)
+MIGRATE_PAGE_ROWS = 64
+"""History rows read from the store at a time while a session migrates."""
 CONSISTENT_HASH = "consistent_hash"
 
 
+_EARLIEST = datetime(1, 1, 2, tzinfo=UTC).timestamp()
+_LATEST = datetime(9999, 12, 30, tzinfo=UTC).timestamp()
+
+
+def _moment(ts: float) -> datetime:
+    """Epoch seconds as a UTC datetime, total: a stored time past the calendar's ends (a
+    row written before durations were bounded, say) is clamped to them, never an error
+    that would make the session unreadable."""
+    if not ts >= _EARLIEST:  # NaN too
+        ts = _EARLIEST
+    return datetime.fromtimestamp(min(ts, _LATEST), UTC)
+
+
 def _wall(ts: float | None) -> datetime | None:
-    return None if ts is None else datetime.fromtimestamp(ts, UTC)
+    return None if ts is None else _moment(ts)
 
 
 def _info(record: SessionRecord) -> dict[str, Any]:
@@ -94,7 +114,7 @@ def _entry(m: MessageRecord) -> HistoryEntry:
         instance=m.instance,
         latency_ms=m.latency_ms,
         request_id=m.request_id,
-        created_at=_wall(m.created_at),  # type: ignore[arg-type]  # never None for a message
+        created_at=_moment(m.created_at),
     )
 
 
@@ -145,8 +165,11 @@ class SessionService:
     async def _sweep_loop(self) -> None:
         while True:
             try:
+                self._store.check_writable()
                 await self.sweep()
-            except Exception:  # a store hiccup must not end the sweeper
+            except StorageUnavailableError as exc:  # the store recovers by itself
+                log.warning("sessions.sweep_skipped", error=exc.code, reason=exc.message)
+            except Exception:  # anything else must not end the sweeper either
                 log.exception("sessions.sweep_failed")
             await asyncio.sleep(self._settings.sweep_interval)
 
@@ -165,12 +188,11 @@ class SessionService:
     # -- access ----------------------------------------------------------------------------
 
     async def authorize(self, session_id: str, token: str) -> None:
-        """Allow ``token`` for ``session_id`` only, and only while the session is open."""
-        record = await self._store.get_session(session_id)
-        if record is None or not token_matches(token, record):
+        """Allow ``token`` for ``session_id`` only, and only while the session is open and
+        not idle past its TTL (checked now, not left to the sweeper)."""
+        if not _SESSION_ID.fullmatch(session_id):
             raise ForbiddenError("this session token does not grant that session")
-        if record.state != "open":
-            raise UnauthorizedError(f"session token is no longer valid: session {record.state}")
+        check_token(await self._store.get_session(session_id), token, self._now())
 
     # -- spawn -----------------------------------------------------------------------------
 
@@ -255,6 +277,9 @@ class SessionService:
                 earlier = await self._store.find_by_key(session_id, idempotency_key)
                 if earlier is not None:
                     return self._result(earlier, request_id=request_id, replayed=True)
+            # Nothing is delivered that could not be recorded: 503/507 while the store
+            # cannot write (a cached flag; see stores/health.py).
+            self._store.check_writable()
             record, moved_from = await self._ensure_reachable(record, deadline, request_id)
             started = self._orc.clock()
             try:
@@ -340,15 +365,28 @@ class SessionService:
     async def _migrate(
         self, record: SessionRecord, deadline: float, request_id: str
     ) -> SessionRecord:
-        """Replay the history to a healthy instance and record the move."""
+        """Replay the history to a healthy instance and record the move. The history is read
+        from the store :data:`MIGRATE_PAGE_ROWS` rows at a time while the driver sends it in
+        pages, so a long one is never in memory whole."""
         target = self._choose(record.id, CONSISTENT_HASH, exclude=(record.instance,))
-        history = [
-            (m.data, m.reply) for m in await self._store.history(record.id) if m.kind == "message"
-        ]
+        replayed = 0
+
+        async def history() -> AsyncIterator[tuple[Any, Any]]:
+            nonlocal replayed
+            offset = 0
+            while True:
+                rows = await self._store.history(record.id, offset=offset, limit=MIGRATE_PAGE_ROWS)
+                for m in rows:
+                    if m.kind == "message":
+                        replayed += 1
+                        yield m.data, m.reply
+                if len(rows) < MIGRATE_PAGE_ROWS:
+                    return
+                offset += len(rows)
 
         def restore(driver: InstanceDriver, spec: InstanceSpec, timeout: float) -> Awaitable[None]:
             return driver.session_restore(
-                spec, record.id, history, timeout=timeout, request_id=request_id
+                spec, record.id, history(), timeout=timeout, request_id=request_id
             )
 
         await self._orc.call(self._orc.registry.get(target), deadline, restore)
@@ -357,7 +395,7 @@ class SessionService:
             seq=record.messages + 1,
             kind="migration",
             instance=target,
-            data={"from": record.instance, "to": target, "replayed": len(history)},
+            data={"from": record.instance, "to": target, "replayed": replayed},
             request_id=request_id,
             created_at=self._now(),
         )
@@ -367,7 +405,7 @@ class SessionService:
             session_id=record.id,
             old=record.instance,
             new=target,
-            replayed=len(history),
+            replayed=replayed,
         )
         return moved
 
@@ -380,15 +418,15 @@ class SessionService:
         return record
 
     async def info(self, session_id: str) -> SessionInfo:
-        """One session's state."""
-        return SessionInfo(**_info(await self._get(session_id)))
+        """One session's state, as of now (idle past its TTL: ``expired``)."""
+        return SessionInfo(**_info(as_of(await self._get(session_id), self._now())))
 
     async def history(self, session_id: str, *, offset: int, limit: int) -> HistoryPage:
         """A page of the history, oldest first."""
         if not 1 <= limit <= MAX_HISTORY_PAGE:
             raise InvalidRequestError(f"limit must be 1 to {MAX_HISTORY_PAGE}", field="limit")
-        if offset < 0:
-            raise InvalidRequestError("offset must be 0 or more", field="offset")
+        if not 0 <= offset <= MAX_HISTORY_OFFSET:
+            raise InvalidRequestError(f"offset must be 0 to {MAX_HISTORY_OFFSET}", field="offset")
         record = await self._get(session_id)
         entries = await self._store.history(session_id, offset=offset, limit=limit)
         end = offset + len(entries)
@@ -404,13 +442,23 @@ class SessionService:
     async def list(
         self, *, instance: str | None, state: str | None, active_within: float | None
     ) -> SessionList:
-        """Sessions by instance, state and recent activity (minutes)."""
+        """Sessions by instance, state (as of now: an open session idle past its TTL is
+        ``expired`` before the sweeper records it) and recent activity (minutes)."""
         if state is not None and state not in ("open", "closed", "expired"):
             raise InvalidRequestError("state must be open, closed or expired", field="state")
-        since = None if active_within is None else self._now() - active_within * 60
-        records = await self._store.list_sessions(
-            instance=instance, state=state, active_since=since
-        )
+        now = self._now()
+        since = None if active_within is None else now - active_within * 60
+        stored_as = ("expired", "open") if state == "expired" else (state,)
+        records = [
+            as_of(record, now)
+            for stored in stored_as
+            for record in await self._store.list_sessions(
+                instance=instance, state=stored, active_since=since
+            )
+        ]
+        if state is not None:
+            records = [r for r in records if r.state == state]
+        records.sort(key=lambda r: r.last_active_at, reverse=True)
         return SessionList(sessions=[SessionInfo(**_info(r)) for r in records])
 
     async def close(self, session_id: str) -> SessionInfo:

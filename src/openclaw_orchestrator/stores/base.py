@@ -2,6 +2,12 @@
 
 Every method is one transaction. ``append`` is the durability point: when it returns, the
 message and its reply are committed, and only then is a send acknowledged.
+
+A store that cannot reach its database or write to its disk raises
+``StorageUnavailableError`` (503) or ``StorageFullError`` (507) from any method, never a
+driver's own exception, and stays in that state until it has written again by itself
+(:mod:`.health`); :meth:`Store.check_writable` lets a caller refuse work before doing
+something that could not be recorded.
 """
 
 from __future__ import annotations
@@ -9,6 +15,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from ..domain.sessions import MessageRecord, SessionRecord
+from .health import StoreStatus
 
 __all__ = ["Store"]
 
@@ -22,6 +29,16 @@ class Store(Protocol):
 
     async def aclose(self) -> None:
         """Release connections."""
+        ...
+
+    def check_writable(self) -> None:
+        """Raise ``StorageUnavailableError``/``StorageFullError`` (with ``retry_after``)
+        while the store is known to be unable to write. No I/O to the database: cheap
+        enough to call before every send."""
+        ...
+
+    def status(self) -> StoreStatus:
+        """ok, unavailable or full, and why (for the health check)."""
         ...
 
     async def create_session(self, record: SessionRecord) -> None:

@@ -16,30 +16,91 @@ returns only after the transaction holding its entries has committed; while one 
 being committed the next one gathers, so a lone append waits for nothing extra. When a
 batch hits a constraint (a taken position, a reused idempotency key), it is rolled back and
 its appends are retried one transaction each, so only the offending one fails.
+
+**When the database cannot be reached or its disk is full**, :func:`storage_error` turns
+the driver's failure (a refused or reset connection, an invalidated pooled connection,
+PostgreSQL shutting down or starting up, ``disk_full``) into ``StorageUnavailableError``
+(503) or ``StorageFullError`` (507), in one place, and the store's
+:class:`~.health.StoreHealth` refuses sends until a probe write succeeds. SQLAlchemy's pool
+drops connections that failed as disconnects, so the store reconnects by itself: no restart.
+Connecting gives up after ``CONNECT_TIMEOUT`` seconds (asyncpg's own default is 60).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import os
+import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import bindparam, delete, event, insert, select, update
+from sqlalchemy import bindparam, delete, event, insert, make_url, select, text, update
 from sqlalchemy.engine import Row
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from ..domain.sessions import MessageRecord, SessionRecord
-from ..errors import ConflictError, SessionExistsError
-from .tables import messages, metadata, sessions
+from ..errors import (
+    ConflictError,
+    SessionExistsError,
+    StorageFullError,
+    StorageUnavailableError,
+)
+from .health import StoreHealth, StoreState, StoreStatus
+from .tables import PROBE_ROW, TOUCH_PROBE, messages, metadata, sessions, store_probe
 
-__all__ = ["SqlStore", "sqlite_url"]
+__all__ = ["SqlStore", "sqlite_url", "storage_error"]
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 SQLITE_POOL_SIZE = 32
+CONNECT_TIMEOUT = 5.0
+PROBE_RESERVE_BYTES = 1024 * 1024  # random, so that compression cannot shrink it
+RESERVE_ROW = "reserve"
+
+# PostgreSQL SQLSTATEs (https://www.postgresql.org/docs/current/errcodes-appendix.html).
+_PG_DISK_FULL = "53100"  # "could not extend file ...: No space left on device"
+_PG_UNAVAILABLE_CLASSES = ("08", "57P")  # connection exception; admin/crash shutdown, starting
+_PG_UNAVAILABLE = frozenset({"53200", "53300", "25006"})  # out of memory, too many
+# connections, read-only (a standby): the database cannot take writes now.
+_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def _sqlstate(exc: BaseException) -> str:
+    """The SQLSTATE of a driver error (asyncpg's own, or wrapped by SQLAlchemy), or ''."""
+    orig = exc.orig if isinstance(exc, DBAPIError) else exc
+    return str(getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None) or "")
+
+
+def storage_error(exc: BaseException) -> StorageUnavailableError | None:
+    """What ``exc`` means for the store: disk full, database unreachable, or None (a
+    conflict, a bad statement, a bug: not a storage failure). The one translation of driver
+    and socket errors for this store; the most specific check comes first."""
+    if isinstance(exc, StorageUnavailableError):
+        return exc
+    if isinstance(exc, IntegrityError):
+        return None
+    state = _sqlstate(exc)
+    if state == _PG_DISK_FULL or "No space left on device" in str(exc):
+        return StorageFullError(f"the database's disk is full: {exc!s:.300}")
+    if isinstance(exc, OSError):  # refused, reset, timed out connecting (raw, not wrapped)
+        if exc.errno in _FULL_ERRNOS:
+            return StorageFullError(f"the database's disk is full: {exc}")
+        return StorageUnavailableError(f"cannot reach the database: {exc!r:.300}")
+    if isinstance(exc, PoolTimeoutError):
+        return StorageUnavailableError(f"no database connection free in time: {exc!s:.300}")
+    unreachable = state.startswith(_PG_UNAVAILABLE_CLASSES) or state in _PG_UNAVAILABLE
+    if isinstance(exc, DBAPIError) and (
+        exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)
+    ):
+        unreachable = True
+    if unreachable:
+        return StorageUnavailableError(f"cannot use the database: {exc!s:.300}")
+    return None
 
 
 def sqlite_url(data_dir: Path) -> str:
@@ -167,15 +228,24 @@ class SqlStore:
             )
             event.listen(self._engine.sync_engine, "connect", _on_sqlite_connect)
         else:
-            self._engine = create_async_engine(url, echo=echo, pool_size=10, max_overflow=10)
+            is_asyncpg = make_url(url).get_driver_name() == "asyncpg"
+            self._engine = create_async_engine(
+                url,
+                echo=echo,
+                pool_size=10,
+                max_overflow=10,
+                connect_args={"timeout": CONNECT_TIMEOUT} if is_asyncpg else {},
+            )
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
         self._queue: list[_Append] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._health = StoreHealth(self._probe, storage_error)
 
     def __repr__(self) -> str:
         kind = "sqlite" if self.is_sqlite else self._engine.dialect.name
         url = self._engine.url.render_as_string(hide_password=True)
-        return f"<SqlStore {kind} {url} [{len(self._queue)} appends queued]>"
+        queued = len(self._queue)
+        return f"<SqlStore {kind} {url} [{queued} appends queued, {self._health.state}]>"
 
     async def open(self) -> None:
         """Create the folder (SQLite) and any missing tables."""
@@ -186,18 +256,51 @@ class SqlStore:
 
     async def aclose(self) -> None:
         """Finish the appends in flight, then close every pooled connection."""
+        await self._health.aclose()
         if self._flusher is not None:
             await asyncio.gather(self._flusher, return_exceptions=True)
         await self._engine.dispose()
 
+    # -- health ----------------------------------------------------------------------------
+
+    def check_writable(self) -> None:
+        """Refuse (503/507 with ``retry_after``) while the store is unavailable or full."""
+        self._health.check()
+
+    def status(self) -> StoreStatus:
+        """ok, or unavailable/full and why, as the last operation or probe found it."""
+        return self._health.status()
+
+    async def _probe(self) -> None:
+        """Can it write again? One real committed write; after a full disk (PostgreSQL),
+        also room for ``PROBE_RESERVE_BYTES``, written then rolled back (the files grow
+        before the rollback), so a row that fit in a page does not pass for free space."""
+        async with self._writing() as conn:
+            await conn.execute(text(TOUCH_PROBE), {"id": PROBE_ROW, "at": time.time()})
+        if self._health.state is StoreState.FULL and not self.is_sqlite:
+            reserve = insert(store_probe).values(
+                id=RESERVE_ROW, probed_at=0.0, reserve=os.urandom(PROBE_RESERVE_BYTES)
+            )
+            with self._health.watching():
+                async with self._engine.connect() as conn, conn.begin() as tx:
+                    await conn.execute(reserve)
+                    await tx.rollback()
+
+    @contextlib.asynccontextmanager
+    async def _reading(self) -> AsyncIterator[AsyncConnection]:
+        with self._health.watching():
+            async with self._engine.connect() as conn:
+                yield conn
+
     @contextlib.asynccontextmanager
     async def _writing(self) -> AsyncIterator[AsyncConnection]:
-        if self._write_lock is None:
-            async with self._engine.begin() as conn:
+        with self._health.watching():
+            if self._write_lock is None:
+                async with self._engine.begin() as conn:
+                    yield conn
+                return
+            async with self._write_lock, self._engine.begin() as conn:
                 yield conn
-            return
-        async with self._write_lock, self._engine.begin() as conn:
-            yield conn
 
     async def create_session(self, record: SessionRecord) -> None:
         """Insert; SessionExistsError when the id is taken."""
@@ -225,7 +328,7 @@ class SqlStore:
 
     async def get_session(self, session_id: str) -> SessionRecord | None:
         """The session, or None."""
-        async with self._engine.connect() as conn:
+        async with self._reading() as conn:
             row = (await conn.execute(select(sessions).where(sessions.c.id == session_id))).first()
         return None if row is None else _session(row)
 
@@ -245,7 +348,7 @@ class SqlStore:
             query = query.where(sessions.c.state == state)
         if active_since is not None:
             query = query.where(sessions.c.last_active_at >= active_since)
-        async with self._engine.connect() as conn:
+        async with self._reading() as conn:
             rows = (await conn.execute(query)).all()
         return [_session(r) for r in rows]
 
@@ -319,7 +422,7 @@ class SqlStore:
         query = select(messages).where(
             messages.c.session_id == session_id, messages.c.idempotency_key == idempotency_key
         )
-        async with self._engine.connect() as conn:
+        async with self._reading() as conn:
             row = (await conn.execute(query)).first()
         return None if row is None else _message(row)
 
@@ -335,7 +438,7 @@ class SqlStore:
         )
         if limit is not None:
             query = query.limit(limit)
-        async with self._engine.connect() as conn:
+        async with self._reading() as conn:
             rows = (await conn.execute(query)).all()
         return [_message(r) for r in rows]
 

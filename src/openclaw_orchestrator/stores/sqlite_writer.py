@@ -21,15 +21,26 @@ session send:
   small pool of reader threads, each with its own connection.
 
 SQLite only (a file; ``:memory:`` stays on SqlStore). PostgreSQL keeps SqlStore (asyncpg).
+
+**When the disk fills or the file becomes unusable**, :func:`storage_error` turns the
+``sqlite3``/``OSError`` failure into ``StorageFullError`` (507) or
+``StorageUnavailableError`` (503), in one place, and the store's :class:`~.health.StoreHealth`
+refuses sends until a probe write succeeds again. :meth:`SqliteStore.check_writable` also
+reads the free space of the database's filesystem (cached for a second) and reports
+*full* below ``min_free_bytes``, so the first send after the disk fills is refused before
+it is delivered.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import functools
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -39,11 +50,12 @@ from typing import Any
 from sqlalchemy import create_engine, make_url
 
 from ..domain.sessions import MessageRecord, SessionRecord
-from ..errors import SessionExistsError
+from ..errors import SessionExistsError, StorageFullError, StorageUnavailableError
+from .health import DEFAULT_MIN_FREE_BYTES, DiskSpace, StoreHealth, StoreStatus
 from .sql import SQLITE_BUSY_TIMEOUT_MS, _conflict
-from .tables import messages, metadata, sessions
+from .tables import PROBE_ROW, TOUCH_PROBE, messages, metadata, sessions
 
-__all__ = ["SqliteStore", "sqlite_path"]
+__all__ = ["SqliteStore", "sqlite_path", "storage_error"]
 
 READER_THREADS = 2
 
@@ -61,6 +73,35 @@ _GET_SESSION = f"SELECT {_SESSION_COLS} FROM {_S} WHERE id = ?"  # noqa: S608  #
 _FIND_BY_KEY = f"SELECT {_MESSAGE_COLS} FROM {_M} WHERE session_id = ? AND idempotency_key = ?"  # noqa: S608
 _INSERT_SESSION = f"INSERT INTO {_S} ({_SESSION_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"  # noqa: S608
 CHUNK_ROWS = 500  # 10 parameters a row: well under SQLite's 32,766 per statement
+
+# sqlite3 primary result codes (https://sqlite.org/rescode.html): the disk is full, or the
+# file cannot be used now (I/O error, cannot open, locked past busy_timeout, read-only).
+SQLITE_FULL = 13
+_SQLITE_UNUSABLE = frozenset({5, 6, 8, 10, 14, 15})  # BUSY LOCKED READONLY IOERR CANTOPEN PROTOCOL
+_SQLITE_IOERR = 10
+_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def storage_error(exc: BaseException, space: DiskSpace) -> StorageUnavailableError | None:
+    """What ``exc`` means for the store: disk full, file unusable, or None (a conflict, a
+    bug: not a storage failure). The one translation of ``sqlite3`` and OS errors here; an
+    I/O error while the disk is short of space counts as full."""
+    if isinstance(exc, StorageUnavailableError):
+        return exc
+    if isinstance(exc, OSError):
+        if exc.errno in _FULL_ERRNOS:
+            return StorageFullError(f"disk full: {exc.strerror} ({space.path})")
+        return StorageUnavailableError(f"cannot use the database file: {exc}")
+    if not isinstance(exc, sqlite3.Error) or isinstance(exc, sqlite3.IntegrityError):
+        return None
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = None if code is None else code & 0xFF
+    low = (free := space.free_bytes(fresh=True)) is not None and free < space.min_free_bytes
+    if primary == SQLITE_FULL or (primary == _SQLITE_IOERR and low):
+        return StorageFullError(f"disk full: {exc} ({space.path})")
+    if primary in _SQLITE_UNUSABLE:
+        return StorageUnavailableError(f"cannot use the database file: {exc}")
+    return None
 
 
 def _chunks(rows: list[tuple[Any, ...]]) -> list[list[tuple[Any, ...]]]:
@@ -263,10 +304,14 @@ class _Writer:
         conn.execute("BEGIN IMMEDIATE")
         try:
             result = body()
+            conn.execute("COMMIT")  # WAL + synchronous=FULL: on disk when this returns
         except BaseException:
-            conn.execute("ROLLBACK")
+            # A failed COMMIT (disk full, I/O error) may have rolled back already; one that
+            # did not must not leave the connection inside a transaction for good.
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
             raise
-        conn.execute("COMMIT")  # WAL + synchronous=FULL: on disk when this returns
         return result
 
     def _appends(
@@ -313,13 +358,15 @@ class _Writer:
 class SqliteStore:
     """Sessions and histories in one SQLite file; see the module docstring."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, min_free_bytes: int = DEFAULT_MIN_FREE_BYTES) -> None:
         path = sqlite_path(url)
         if path is None:
             raise ValueError(f"SqliteStore needs a SQLite file URL, not {url!r}")
         self.url = url
         self.path = path
         self.is_sqlite = True
+        self._space = DiskSpace(str(Path(path).parent), min_free_bytes=min_free_bytes)
+        self._health = StoreHealth(self._probe, functools.partial(storage_error, space=self._space))
         self._writer: _Writer | None = None
         self._reader: sqlite3.Connection | None = None
         self._read_lock = threading.Lock()
@@ -329,7 +376,7 @@ class SqliteStore:
 
     def __repr__(self) -> str:
         queued = 0 if self._writer is None else self._writer.queued
-        return f"<SqliteStore {self.path} [{queued} appends queued]>"
+        return f"<SqliteStore {self.path} [{queued} appends queued, {self._health.state}]>"
 
     @property
     def transactions(self) -> int:
@@ -358,6 +405,7 @@ class SqliteStore:
 
     async def aclose(self) -> None:
         """Commit what is queued, stop the writer, close every connection."""
+        await self._health.aclose()
         if self._writer is not None:
             await asyncio.to_thread(self._writer.stop)
             self._writer = None
@@ -371,6 +419,30 @@ class SqliteStore:
             self._reader.close()
             self._reader = None
 
+    # -- health ----------------------------------------------------------------------------
+
+    def check_writable(self) -> None:
+        """Refuse (507/503 with ``retry_after``) while the store is full or unusable, or
+        the disk has less than ``min_free_bytes`` free (read at most once a second)."""
+        self._health.check()
+        try:
+            self._space.check()
+        except StorageFullError as exc:
+            raise self._health.record_failure(exc) from None
+
+    def status(self) -> StoreStatus:
+        """ok, or full/unavailable and why; notices a full disk without any traffic."""
+        with contextlib.suppress(StorageUnavailableError):
+            self.check_writable()
+        return self._health.status()
+
+    async def _probe(self) -> None:
+        """Can it write again? Enough free space, then one real committed write."""
+        self._space.check(fresh=True)
+        await self._write(
+            lambda conn: conn.execute(TOUCH_PROBE, {"id": PROBE_ROW, "at": time.time()}) and None
+        )
+
     # -- plumbing --------------------------------------------------------------------------
 
     def _submit(self, op: _Append | _Job) -> None:
@@ -381,12 +453,13 @@ class SqliteStore:
     async def _write(self, run: Callable[[sqlite3.Connection], Any]) -> Any:
         job = _Job(run, asyncio.get_running_loop().create_future())
         self._submit(job)
-        return await asyncio.shield(job.done)  # a cancelled caller does not cancel the write
+        with self._health.watching():
+            return await asyncio.shield(job.done)  # a cancelled caller does not cancel it
 
     def _read_one(self, sql: str, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
         if self._reader is None:
             raise RuntimeError("the store is not open")
-        with self._read_lock:
+        with self._read_lock, self._health.watching():
             row: tuple[Any, ...] | None = self._reader.execute(sql, params).fetchone()
         return row
 
@@ -404,7 +477,8 @@ class SqliteStore:
         def run() -> list[tuple[Any, ...]]:
             return self._pool_conn().execute(sql, params).fetchall()
 
-        return await asyncio.get_running_loop().run_in_executor(self._pool, run)
+        with self._health.watching():
+            return await asyncio.get_running_loop().run_in_executor(self._pool, run)
 
     # -- the Store -------------------------------------------------------------------------
 
@@ -494,7 +568,8 @@ class SqliteStore:
             asyncio.get_running_loop().create_future(),
         )
         self._submit(item)
-        await asyncio.shield(item.done)  # a cancelled caller does not cancel the batch
+        with self._health.watching():
+            await asyncio.shield(item.done)  # a cancelled caller does not cancel the batch
         return updated
 
     async def find_by_key(self, session_id: str, idempotency_key: str) -> MessageRecord | None:

@@ -2,6 +2,9 @@
 
 Times are epoch seconds (float); JSON values use the dialect's JSON type. A history entry's
 primary key is (session_id, seq): two writers can never record the same position twice.
+``store_probe`` holds one row that the store rewrites to learn it can write again after a
+failure (:mod:`.health`); after a full disk, PostgreSQL also writes (and rolls back) a
+``reserve`` there, so that a row that happened to fit in a page does not pass for free space.
 """
 
 from __future__ import annotations
@@ -13,13 +16,14 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
     UniqueConstraint,
 )
 
-__all__ = ["messages", "metadata", "sessions"]
+__all__ = ["PROBE_ROW", "TOUCH_PROBE", "messages", "metadata", "sessions", "store_probe"]
 
 metadata = MetaData()
 
@@ -61,3 +65,19 @@ messages = Table(
     Column("created_at", Float, nullable=False),
     UniqueConstraint("session_id", "idempotency_key", name="uq_messages_idempotency"),
 )
+
+PROBE_ROW = "probe"
+
+store_probe = Table(
+    "orchestrator_store_probe",
+    metadata,
+    Column("id", String(16), primary_key=True),
+    Column("probed_at", Float, nullable=False),
+    Column("reserve", LargeBinary, nullable=True),
+)
+
+TOUCH_PROBE = (
+    "INSERT INTO orchestrator_store_probe (id, probed_at) VALUES (:id, :at) "
+    "ON CONFLICT (id) DO UPDATE SET probed_at = excluded.probed_at"
+)
+"""One committed write, the same SQL on SQLite and PostgreSQL (named parameters)."""
