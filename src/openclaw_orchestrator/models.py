@@ -8,18 +8,38 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
+import orjson
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from .domain.balancing import Policy
-from .domain.duration import parse_duration
+from .domain.duration import MAX_DURATION, describe_duration, parse_duration
+from .domain.sessions import MAX_TTL
+from .errors import InvalidRequestError
+from .instance_url import check_health_path, check_instance_url
 
 __all__ = [
+    "IDEMPOTENCY_KEY_PATTERN",
+    "MAX_COUNT",
+    "MAX_HISTORY_OFFSET",
+    "MAX_IDEMPOTENCY_KEY",
+    "MAX_METADATA_BYTES",
     "SESSION_ID_PATTERN",
     "AggregateSpec",
     "Attempt",
+    "ErrorBody",
+    "ErrorReply",
     "FanoutEntry",
     "FanoutRequest",
     "FanoutResult",
@@ -59,12 +79,63 @@ class _Wire(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
-def _seconds(value: Any, field: str) -> float | None:
-    return None if value is None else parse_duration(value, field=field)
+class _Request(_Wire):
+    """A request body: every number finite (JSON has no NaN or Infinity; the API's decoder
+    refuses them first); integer fields are :data:`Count`, durations :data:`Duration`."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
+
+
+MAX_COUNT = 10_000
+"""The largest count a request may give (``min_success``, ``quorum``, ``top_k``)."""
+MAX_METADATA_BYTES = 16 * 1024
+"""The largest session ``metadata``, as compact JSON: it is returned with every listing."""
+MAX_IDEMPOTENCY_KEY = 255
+IDEMPOTENCY_KEY_PATTERN = rf"^[!-~]{{1,{MAX_IDEMPOTENCY_KEY}}}$"
+"""An ``Idempotency-Key``: 1–255 visible ASCII characters (no spaces)."""
+MAX_HISTORY_OFFSET = 2**31 - 1
+"""The largest ``offset`` of a history page (a position, stored as a 32-bit integer)."""
+DURATION_PATTERN = r"^\s*(\d*[1-9]\d*(\.\d+)?|\d*\.\d*[1-9]\d*)\s*(ms|s|m|h|d)?\s*$"
+"""A positive number with an optional unit (the schema's view; no lookahead, so that
+generators of JSON Schema data can use it)."""
+
+
+def _duration_schema(maximum: float) -> WithJsonSchema:
+    """What a duration field accepts, for the OpenAPI schema: seconds, or a string with a
+    unit; the validator (:func:`parse_duration`) is the authority."""
+    return WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "exclusiveMinimum": 0, "maximum": maximum},
+                {"type": "string", "pattern": DURATION_PATTERN},
+                {"type": "null"},
+            ],
+            "description": f"Seconds, or '500ms', '10s', '5m', '1h', '7d'; at most "
+            f"{describe_duration(maximum)}.",
+        }
+    )
+
+
+Duration = Annotated[float | None, _duration_schema(MAX_DURATION)]
+Count = Annotated[int | None, Field(strict=True)]
+"""An optional integer field of a request: strict, so ``true``/``false`` are refused."""
+
+
+def _seconds(value: Any, field: str, maximum: float = MAX_DURATION) -> float | None:
+    return None if value is None else parse_duration(value, field=field, maximum=maximum)
+
+
+MIN_REPLY_BYTES = 1024
+MAX_REPLY_BYTES = 1024**3
+"""Bounds of ``max_reply_bytes`` (an instance's own, and ``instances.max_reply_bytes``)."""
+
+
+_HEADER_VALUE_RE = re.compile(r"^[ -~]{1,4096}$")
 
 
 class InstanceSpec(_Wire):
-    """One instance as configured or registered. ``credentials`` is a secret: never echoed."""
+    """One instance as configured or registered. ``credentials`` is a secret: never echoed.
+    ``url`` and ``health_path`` are checked by :mod:`~openclaw_orchestrator.instance_url`."""
 
     name: str = Field(pattern=NAME_PATTERN, description="Unique instance name, e.g. 'A'.")
     url: str = Field(description="Base URL, e.g. http://127.0.0.1:18801")
@@ -83,13 +154,30 @@ class InstanceSpec(_Wire):
         description="Seconds: a self-registered instance is dropped when it stops "
         "re-registering (heartbeating) for this long.",
     )
+    max_reply_bytes: int | None = Field(
+        default=None,
+        ge=MIN_REPLY_BYTES,
+        le=MAX_REPLY_BYTES,
+        description="Largest reply read from this instance (instances.max_reply_bytes).",
+    )
 
     @field_validator("url")
     @classmethod
     def _check_url(cls, value: str) -> str:
-        if not re.match(r"^https?://[^/\s]+", value):
-            raise ValueError("must be an http:// or https:// URL")
-        return value.rstrip("/")
+        return check_instance_url(value)
+
+    @field_validator("health_path")
+    @classmethod
+    def _check_health_path(cls, value: str | None) -> str | None:
+        return None if value is None else check_health_path(value)
+
+    @field_validator("credentials")
+    @classmethod
+    def _check_credentials(cls, value: SecretStr | None) -> SecretStr | None:
+        """A token goes out in a header: printable ASCII only (no line breaks)."""
+        if value is not None and not _HEADER_VALUE_RE.match(value.get_secret_value()):
+            raise ValueError("must be 1-4096 printable ASCII characters (a bearer token)")
+        return value
 
     @field_validator("heartbeat_ttl", mode="before")
     @classmethod
@@ -114,20 +202,22 @@ class InstanceInfo(_Wire):
     outstanding: int = 0
 
 
-class RouteRequest(_Wire):
+class RouteRequest(_Request):
     """``POST /api/orchestrator/route``."""
 
     instances: TargetExpr | None = Field(
         default=None, description="Candidates; any healthy instance when omitted."
     )
     payload: Any = Field(default_factory=dict)
-    timeout: float | None = Field(default=None, description="Seconds (or '10s', '500ms').")
-    attempt_timeout: float | None = Field(
+    timeout: Duration = Field(
+        default=None, description="Seconds (or '10s', '500ms'), at most max_timeout."
+    )
+    attempt_timeout: Duration = Field(
         default=None,
         description="Most one attempt may take before the next candidate is tried (seconds "
         "or '500ms'); default: the configured retry.attempt_timeout, else the whole deadline.",
     )
-    retry: int | None = Field(default=None, ge=0, le=10, description="Max retries.")
+    retry: Count = Field(default=None, ge=0, le=10, description="Max retries.")
     policy: str | None = Field(
         default=None, description="round_robin | least_outstanding | weighted_random"
     )
@@ -172,28 +262,44 @@ class RouteResult(_Wire):
     request_id: str
 
 
-class FanoutRequest(_Wire):
+class FanoutRequest(_Request):
     """``POST /api/orchestrator/fanout``."""
 
     targets: TargetExpr = Field(default="all")
     payload: Any = Field(default_factory=dict)
     aggregate: AggregateSpec = True
-    timeout: float | None = Field(default=None, description="Seconds (or '10s', '500ms').")
-    min_success: int | None = Field(default=None, ge=0)
-    quorum: int | None = Field(default=None, ge=1, description="Votes needed (quorum).")
-    top_k: int | None = Field(default=None, ge=1, le=10_000, description="k for 'topk'.")
-    retry: int | None = Field(default=None, ge=0, le=10, description="Retries per target.")
-    attempt_timeout: float | None = Field(
+    timeout: Duration = Field(
+        default=None, description="Seconds (or '10s', '500ms'), at most max_timeout."
+    )
+    min_success: Count = Field(default=None, ge=0, le=MAX_COUNT)
+    quorum: Count = Field(default=None, ge=1, le=MAX_COUNT, description="Votes needed (quorum).")
+    top_k: Count = Field(default=None, ge=1, le=MAX_COUNT, description="k for 'topk'.")
+    retry: Count = Field(default=None, ge=0, le=10, description="Retries per target.")
+    attempt_timeout: Duration = Field(
         default=None,
         description="Most one attempt at a target may take, so a retry fits in the deadline "
         "(seconds or '500ms'); default: retry.attempt_timeout, else the whole deadline.",
     )
     stream: bool = False
+    reply: Literal["full", "value"] = Field(
+        default="full",
+        description="'full': the FanoutResult; 'value': exactly the aggregated value as the "
+        "whole body (e.g. the array), or the error when it could not be computed.",
+    )
 
     @field_validator("timeout", "attempt_timeout", mode="before")
     @classmethod
     def _timeout(cls, value: Any, info: ValidationInfo) -> float | None:
         return _seconds(value, str(info.field_name))
+
+    @model_validator(mode="after")
+    def _one_reply_form(self) -> FanoutRequest:
+        if self.stream and self.reply == "value":
+            raise InvalidRequestError(
+                "reply: 'value' is one JSON body; it cannot be combined with stream",
+                field="reply",
+            )
+        return self
 
 
 class FanoutEntry(_Wire):
@@ -255,7 +361,7 @@ SessionState = Literal["open", "closed", "expired"]
 FailoverMode = Literal["none", "migrate"]
 
 
-class SpawnRequest(_Wire):
+class SpawnRequest(_Request):
     """``POST /api/orchestrator/sessions/spawn``; ``sessionId`` and ``session_id`` both work."""
 
     session_id: str | None = Field(
@@ -265,8 +371,13 @@ class SpawnRequest(_Wire):
         description="Generated if unset.",
     )
     instance: str | None = Field(default=None, description="Pin to this instance.")
-    metadata: dict[str, Any] = Field(default_factory=dict)
-    ttl: float | None = Field(default=None, description="Idle seconds before expiry ('1h').")
+    metadata: dict[str, Any] = Field(
+        default_factory=dict,
+        description=f"Any JSON object, at most {MAX_METADATA_BYTES} bytes as compact JSON.",
+    )
+    ttl: Annotated[float | None, _duration_schema(MAX_TTL)] = Field(
+        default=None, description="Idle seconds before expiry ('1h'), at most 30 days."
+    )
     failover: FailoverMode = Field(default="none", description="'migrate' moves the session.")
     policy: str | None = Field(
         default=None, description="Placement: consistent_hash, round_robin, least_outstanding, …"
@@ -275,7 +386,18 @@ class SpawnRequest(_Wire):
     @field_validator("ttl", mode="before")
     @classmethod
     def _ttl(cls, value: Any) -> float | None:
-        return _seconds(value, "ttl")
+        return _seconds(value, "ttl", MAX_TTL)
+
+    @field_validator("metadata")
+    @classmethod
+    def _small_metadata(cls, value: dict[str, Any]) -> dict[str, Any]:
+        try:
+            size = len(orjson.dumps(value))
+        except (TypeError, orjson.JSONEncodeError):
+            raise ValueError("must be a JSON object") from None
+        if size > MAX_METADATA_BYTES:
+            raise ValueError(f"{size} bytes of JSON is over the {MAX_METADATA_BYTES}-byte limit")
+        return value
 
 
 class SessionInfo(_Wire):
@@ -302,11 +424,11 @@ class SpawnResult(SessionInfo):
     )
 
 
-class SendRequest(_Wire):
+class SendRequest(_Request):
     """``POST /api/orchestrator/sessions/{id}/send``."""
 
     data: Any = Field(default_factory=dict)
-    timeout: float | None = Field(default=None, description="Seconds (or '10s').")
+    timeout: Duration = Field(default=None, description="Seconds (or '10s'), at most max_timeout.")
 
     @field_validator("timeout", mode="before")
     @classmethod
@@ -365,3 +487,24 @@ class SessionList(_Wire):
     """``GET /api/orchestrator/sessions``."""
 
     sessions: list[SessionInfo]
+
+
+# -- errors --------------------------------------------------------------------------------
+
+
+class ErrorBody(BaseModel):
+    """What went wrong: ``code`` is the contract (see ``errors.py``), the rest explains."""
+
+    code: str = Field(description="invalid_request, unauthorized, instance_down, …")
+    message: str
+    field: str | None = Field(default=None, description="The offending field, when one is.")
+    instance: str | None = Field(default=None, description="The instance at fault, if any.")
+    upstream_status: int | None = Field(default=None, description="The instance's status.")
+    retry_after: float | None = Field(default=None, description="Seconds until a retry.")
+    details: dict[str, Any] | None = None
+
+
+class ErrorReply(BaseModel):
+    """The one shape of every error reply: ``{"error": {"code", "message", ...}}``."""
+
+    error: ErrorBody

@@ -8,14 +8,21 @@ import pytest
 
 from openclaw_orchestrator.domain.sessions import (
     SessionRecord,
+    as_of,
     check_sendable,
+    check_token,
     hash_token,
     is_idle_expired,
     make_token,
     rendezvous_order,
     token_matches,
 )
-from openclaw_orchestrator.errors import NotFoundError, SessionClosedError
+from openclaw_orchestrator.errors import (
+    ForbiddenError,
+    NotFoundError,
+    SessionClosedError,
+    UnauthorizedError,
+)
 
 NAMES = list("ABCDEFGH")
 
@@ -57,6 +64,40 @@ def test_token_matches(token: str, ok: bool) -> None:
 def test_idle_expiry(state: str, now: float, expired: bool) -> None:
     """An open session expires once idle past its TTL; closed ones have no expiry."""
     assert is_idle_expired(record(state=state), now) is expired
+
+
+@pytest.mark.parametrize(
+    ("state", "now", "seen"),
+    [("open", 109.0, "open"), ("open", 110.5, "expired"), ("closed", 500.0, "closed"),
+     ("expired", 105.0, "expired")],
+)  # fmt: skip
+def test_as_of_applies_expiry_before_the_sweeper(state: str, now: float, seen: str) -> None:
+    """A reader sees an open session idle past its TTL as expired, with no expiry time."""
+    current = as_of(record(state=state), now)
+    assert current.state == seen
+    assert (current.expires_at is None) is (seen != "open")
+
+
+@pytest.mark.parametrize(
+    ("rec", "token", "now", "error"),
+    [
+        (record(), "ocs_t", 105.0, None),
+        (None, "ocs_t", 105.0, ForbiddenError),
+        (record(), "ocs_x", 105.0, ForbiddenError),
+        (record(), "ocs_t", 110.5, UnauthorizedError),
+        (record(state="closed"), "ocs_t", 105.0, UnauthorizedError),
+    ],
+)
+def test_check_token(
+    rec: SessionRecord | None, token: str, now: float, error: type[Exception] | None
+) -> None:
+    """A token works for its own session while it is open and not idle past its TTL; another
+    session's token is Forbidden, an expired or closed session's token Unauthorized."""
+    if error is None:
+        check_token(rec, token, now)
+        return
+    with pytest.raises(error):
+        check_token(rec, token, now)
 
 
 def test_check_sendable() -> None:

@@ -85,8 +85,11 @@ def install_error_handlers(app: FastAPI) -> None:
         err = OrchestratorError(str(exc.detail))
         body = err.to_dict()
         body["error"]["code"] = _HTTP_CODES.get(exc.status_code, "http_error")
-        return Response(
-            orjson.dumps(body), status_code=exc.status_code, media_type="application/json"
+        return Response(  # its headers too: a 405 says which methods are Allowed
+            orjson.dumps(body),
+            status_code=exc.status_code,
+            media_type="application/json",
+            headers=exc.headers,
         )
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:

@@ -12,7 +12,8 @@ very same body, status and headers (the error envelope with :func:`~.errors.erro
 a generic 500 for a bug, logged like the app's own handler does).
 
 Anything else — another path or method, another content type, a missing or wrong key, a
-session token, JSON or a body that does not validate, a body over the limit, an idempotency
+session token, a body orjson refuses (as strict as the app's :mod:`.strict_json`: no NaN or
+Infinity) or that does not validate, a body over the limit, an idempotency
 key, streaming — goes to the full app with the body replayed, so every error, status and
 message stays exactly what the FastAPI routes (still there, and in the OpenAPI schema)
 produce.
@@ -32,16 +33,18 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ..asgi import read_body, replay
 from ..errors import OrchestratorError
 from ..logs import bind_request_id, get_logger, reset_request_id
-from ..models import SESSION_ID_PATTERN, FanoutRequest, RouteRequest, SendRequest
+from ..models import SESSION_ID_PATTERN, FanoutRequest, FanoutResult, RouteRequest, SendRequest
 from .errors import error_headers
 from .middleware import declared_length, incoming_request_id, new_request_id
+from .responses import value_json
 from .security import Authenticator
 
 __all__ = ["FastPaths"]
 
 log = get_logger("api")
 
-Call = Callable[[], Awaitable[BaseModel]]
+Call = Callable[[], Awaitable[BaseModel | bytes]]
+"""The service call: a model to serialize, or the JSON body itself (``reply: "value"``)."""
 Prepare = Callable[[State, Any, str, str, dict[bytes, bytes]], Call | None]
 
 ROUTE_PATH = "/api/orchestrator/route"
@@ -61,10 +64,17 @@ def _route(state: State, raw: Any, _: str, rid: str, headers: dict[bytes, bytes]
 
 def _fanout(state: State, raw: Any, _: str, rid: str, headers: dict[bytes, bytes]) -> Call | None:
     body = FanoutRequest.model_validate(raw)
-    if body.stream or _NDJSON in headers.get(b"accept", b""):
+    wants_value = body.reply == "value"
+    if body.stream or (not wants_value and _NDJSON in headers.get(b"accept", b"")):
         return None
     service = state.orchestrator
+    if wants_value:
+        return lambda: _value_only(service.fanout(body, request_id=rid))
     return lambda: service.fanout(body, request_id=rid)
+
+
+async def _value_only(fanout: Awaitable[FanoutResult]) -> bytes:
+    return value_json(await fanout)
 
 
 def _send(
@@ -128,7 +138,9 @@ class FastPaths:
             return
         bound = bind_request_id(rid)
         try:
-            status, raw, extra = 200, _to_json(await call()), _NO_HEADERS
+            result = await call()
+            raw = result if isinstance(result, bytes) else _to_json(result)
+            status, extra = 200, _NO_HEADERS
         except OrchestratorError as exc:
             status, raw, extra = _error_parts(exc)
         except Exception as exc:  # a bug: the app's generic 500, details only in the log

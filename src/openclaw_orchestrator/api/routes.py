@@ -1,12 +1,17 @@
-"""Route handlers: validate, make one service call, return the model as JSON."""
+"""Route handlers: validate, make one service call, return the model as JSON.
+
+Each router's route class (:func:`~.guard.guarded_route`) authenticates before the body is
+read and decodes it as strict JSON; each route documents the errors it can answer
+(:func:`~.openapi.error_responses`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Header, Query, Request
 from pydantic import BaseModel
 from starlette.responses import Response, StreamingResponse
 
@@ -14,6 +19,8 @@ from .. import __about__
 from ..errors import OrchestratorError
 from ..idempotency import IdempotencyCache, fingerprint
 from ..models import (
+    IDEMPOTENCY_KEY_PATTERN,
+    MAX_IDEMPOTENCY_KEY,
     FanoutEntry,
     FanoutRequest,
     FanoutResult,
@@ -24,14 +31,26 @@ from ..models import (
     RouteResult,
 )
 from ..service import Orchestrator
+from .guard import guarded_route
 from .middleware import request_id_of
-from .responses import json_response
-from .security import Authenticator
+from .openapi import error_responses
+from .responses import json_response, value_json
+from .security import require_api_key
 
-__all__ = ["cluster", "orchestrator", "public"]
+__all__ = ["IdempotencyKey", "cluster", "orchestrator", "public"]
 
 NDJSON = "application/x-ndjson"
-IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key")]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        pattern=IDEMPOTENCY_KEY_PATTERN,
+        max_length=MAX_IDEMPOTENCY_KEY,
+        description=f"1–{MAX_IDEMPOTENCY_KEY} visible ASCII characters: a repeat with the "
+        "same key returns the first result instead of running again.",
+    ),
+]
+Render = Callable[[Any, dict[str, str] | None], Response]
 
 
 def _service(request: Request) -> Orchestrator:
@@ -39,28 +58,46 @@ def _service(request: Request) -> Orchestrator:
     return service
 
 
-def _authorize(request: Request) -> None:
-    auth: Authenticator = request.app.state.authenticator
-    auth.check(request.headers.get("authorization"))
+def _render_model(result: BaseModel, headers: dict[str, str] | None) -> Response:
+    return json_response(result, headers=headers)
 
 
 async def _idempotent(
-    request: Request, key: str | None, scope: str, body: BaseModel, work: Any
+    request: Request,
+    key: str | None,
+    scope: str,
+    body: BaseModel,
+    work: Callable[[], Awaitable[BaseModel]],
+    render: Render = _render_model,
 ) -> Response:
     """Run ``work`` once per Idempotency-Key; a replay says so in a header."""
     if key is None:
-        return json_response(await work())
+        return render(await work(), None)
     cache: IdempotencyCache[BaseModel] = request.app.state.idempotency
     digest = fingerprint(scope, body.model_dump(mode="json"))
     result, replayed = await cache.run(f"{scope}:{key}", digest, work)
-    return json_response(result, headers={"Idempotent-Replayed": "true"} if replayed else None)
+    return render(result, {"Idempotent-Replayed": "true"} if replayed else None)
 
 
-public = APIRouter(tags=["liveness"])
-orchestrator = APIRouter(
-    prefix="/api/orchestrator", tags=["orchestrator"], dependencies=[Depends(_authorize)]
+def _render_value(result: FanoutResult, headers: dict[str, str] | None) -> Response:
+    return Response(value_json(result), media_type="application/json", headers=headers)
+
+
+public = APIRouter(
+    tags=["liveness"], route_class=guarded_route(None), responses=error_responses(413)
 )
-cluster = APIRouter(prefix="/api/cluster", tags=["cluster"], dependencies=[Depends(_authorize)])
+orchestrator = APIRouter(
+    prefix="/api/orchestrator",
+    tags=["orchestrator"],
+    route_class=guarded_route(require_api_key),
+    responses=error_responses(401, 403, 413),
+)
+cluster = APIRouter(
+    prefix="/api/cluster",
+    tags=["cluster"],
+    route_class=guarded_route(require_api_key),
+    responses=error_responses(401, 403, 413),
+)
 
 
 @public.get("/api/health/check")
@@ -69,7 +106,9 @@ async def liveness(request: Request) -> dict[str, Any]:
     return {**_service(request).liveness(), "version": __about__.__version__}
 
 
-@orchestrator.post("/route", response_model=RouteResult)
+@orchestrator.post(
+    "/route", response_model=RouteResult, responses=error_responses(400, 409, 502, 503, 504)
+)
 async def route(request: Request, body: RouteRequest, key: IdempotencyKey = None) -> Response:
     """Deliver the payload to one instance, failing over to healthy candidates."""
     service = _service(request)
@@ -81,19 +120,32 @@ async def route(request: Request, body: RouteRequest, key: IdempotencyKey = None
 
 @orchestrator.post(
     "/fanout",
-    response_model=FanoutResult,
-    responses={200: {"content": {NDJSON: {"description": "entries, then the result"}}}},
+    response_model=FanoutResult | Any,
+    responses={
+        200: {
+            "description": 'The FanoutResult; with `reply: "value"` only its aggregated '
+            "value; with `stream: true`, NDJSON lines: entries, then the result.",
+            "content": {NDJSON: {}},
+        },
+        **error_responses(400, 409, 502, 503, 504),
+    },
 )
 async def fanout(request: Request, body: FanoutRequest, key: IdempotencyKey = None) -> Response:
     """Send to every target concurrently and aggregate (or stream with ``stream: true``)."""
     service = _service(request)
     rid = request_id_of(request.scope)
-    if body.stream or NDJSON in request.headers.get("accept", ""):
+    wants_value = body.reply == "value"
+    if body.stream or (not wants_value and NDJSON in request.headers.get("accept", "")):
         events = service.fanout_events(body, request_id=rid)
         first = await anext(events)  # validation errors surface here, as a normal 4xx
         return StreamingResponse(_ndjson(first, events), media_type=NDJSON)
     return await _idempotent(
-        request, key, "fanout", body, lambda: service.fanout(body, request_id=rid)
+        request,
+        key,
+        "fanout",
+        body,
+        lambda: service.fanout(body, request_id=rid),
+        _render_value if wants_value else _render_model,
     )
 
 
@@ -115,10 +167,14 @@ def _line(event: FanoutEntry | FanoutResult) -> bytes:
     return b'{"type":"result","result":' + event.model_dump_json().encode() + b"}\n"
 
 
-@orchestrator.get("/health", response_model=dict[str, str] | dict[str, HealthDetail])
+@orchestrator.get(
+    "/health",
+    response_model=dict[str, str] | dict[str, HealthDetail],
+    responses=error_responses(400),
+)
 async def health(
     request: Request,
-    instances: Annotated[str | None, Query(description="Targets, e.g. A-H")] = None,
+    instances: Annotated[str | None, Query(min_length=1, description="Targets, e.g. A-H")] = None,
     detail: bool = False,
 ) -> Any:
     """Each instance's state; ``detail=true`` adds latency, last check and last error."""
@@ -134,7 +190,12 @@ class InstanceList(BaseModel):
     instances: list[InstanceInfo]
 
 
-@cluster.post("/register", response_model=InstanceInfo, status_code=201)
+@cluster.post(
+    "/register",
+    response_model=InstanceInfo,
+    status_code=201,
+    responses={200: {"model": InstanceInfo, "description": "A heartbeat"}, **error_responses(400)},
+)
 async def register(request: Request, body: InstanceSpec) -> Response:
     """Add an instance at run time; re-posting the same registration is its heartbeat."""
     info, created = _service(request).register(body)
@@ -147,7 +208,7 @@ async def list_instances(request: Request) -> Response:
     return json_response(InstanceList(instances=_service(request).instances()))
 
 
-@cluster.delete("/instances/{name}")
+@cluster.delete("/instances/{name}", responses=error_responses(404))
 async def unregister(request: Request, name: str) -> dict[str, str]:
     """Remove an instance until the next restart (config) or re-registration."""
     _service(request).unregister(name)

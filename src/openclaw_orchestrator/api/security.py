@@ -9,11 +9,12 @@ from __future__ import annotations
 import hmac
 
 from pydantic import SecretStr
+from starlette.requests import Request
 
 from ..domain.sessions import TOKEN_PREFIX
 from ..errors import ForbiddenError, UnauthorizedError
 
-__all__ = ["Authenticator", "bearer_token"]
+__all__ = ["Authenticator", "bearer_token", "is_session_token", "require_api_key"]
 
 
 def bearer_token(header: str | None) -> str | None:
@@ -24,6 +25,17 @@ def bearer_token(header: str | None) -> str | None:
     if scheme.lower() != "bearer" or not token.strip():
         return None
     return token.strip()
+
+
+def is_session_token(token: str) -> bool:
+    """Whether ``token`` has the form of a session token (not whether it is valid)."""
+    return token.startswith(TOKEN_PREFIX)
+
+
+async def require_api_key(request: Request) -> None:
+    """The check of every route that only the API key grants (a route-class ``Check``)."""
+    auth: Authenticator = request.app.state.authenticator
+    auth.check(request.headers.get("authorization"))
 
 
 class Authenticator:
@@ -54,6 +66,6 @@ class Authenticator:
             raise UnauthorizedError("missing 'Authorization: Bearer <ORCHESTRATOR_API_KEY>'")
         if self.is_api_key(token):
             return
-        if token.startswith(TOKEN_PREFIX):
+        if is_session_token(token):
             raise ForbiddenError("a session token grants its own session only, not this")
         raise UnauthorizedError("invalid API key")

@@ -15,13 +15,22 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from ..errors import InvalidRequestError, NotFoundError, SessionClosedError
+from ..errors import (
+    ForbiddenError,
+    InvalidRequestError,
+    NotFoundError,
+    SessionClosedError,
+    UnauthorizedError,
+)
 
 __all__ = [
+    "MAX_TTL",
     "TOKEN_PREFIX",
     "MessageRecord",
     "SessionRecord",
+    "as_of",
     "check_sendable",
+    "check_token",
     "hash_token",
     "is_idle_expired",
     "make_token",
@@ -31,6 +40,8 @@ __all__ = [
 
 TOKEN_PREFIX = "ocs_"  # noqa: S105  # a public prefix that marks session tokens, not a secret
 MIN_TOKEN_BYTES = 16
+MAX_TTL = 30 * 86400.0
+"""The longest idle TTL a session may ask for: 30 days."""
 
 State = Literal["open", "closed", "expired"]
 Failover = Literal["none", "migrate"]
@@ -100,6 +111,25 @@ def is_idle_expired(record: SessionRecord, now: float) -> bool:
     """An open session idle for longer than its TTL."""
     expires = record.expires_at
     return expires is not None and now > expires
+
+
+def as_of(record: SessionRecord, now: float) -> SessionRecord:
+    """``record`` as a reader must see it at ``now``: an open session idle past its TTL is
+    ``expired`` already, whether or not the sweeper has recorded that yet."""
+    if record.state == "open" and is_idle_expired(record, now):
+        return replace(record, state="expired")
+    return record
+
+
+def check_token(record: SessionRecord | None, token: str, now: float) -> None:
+    """Allow ``token`` for ``record`` only while the session is open and not idle past its
+    TTL: Forbidden when it is not this session's token, Unauthorized once the session is
+    closed or expired (checked on use, not left to the sweeper)."""
+    if record is None or not token_matches(token, record):
+        raise ForbiddenError("this session token does not grant that session")
+    state = as_of(record, now).state
+    if state != "open":
+        raise UnauthorizedError(f"session token is no longer valid: session {state}")
 
 
 def check_sendable(record: SessionRecord | None, session_id: str, now: float) -> SessionRecord:
