@@ -16,8 +16,10 @@ $(STAMP): $(BIN)/python $(SRC)
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# State (the API key in .data/api-key, the SQLite store) stays in this checkout's .data/, so
+# every run reuses one key: `export ORCHESTRATOR_API_KEY=$$(cat .data/api-key)` in any shell.
 run: $(STAMP)  ## the orchestrator with eight reference instances A-H, and the main job
-	$(BIN)/openclaw orchestrator up --instances A-H --demo
+	$(BIN)/openclaw orchestrator up --instances A-H --demo --data-dir .data
 
 check: $(STAMP)  ## formatting, lint and types
 	$(BIN)/ruff format --check src tests bench

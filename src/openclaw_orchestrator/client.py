@@ -1010,7 +1010,17 @@ class Client:
             raise RuntimeError(
                 f"{type(self).__name__} cannot run inside an event loop; use AsyncClient"
             )
-        return self._loop.run_until_complete(awaitable)
+        task = self._loop.create_task(awaitable)
+        try:
+            return self._loop.run_until_complete(task)
+        except BaseException:  # Ctrl-C stops the loop mid-call: unwind the call, then raise
+            if not task.done():
+                task.cancel()
+                try:
+                    self._loop.run_until_complete(task)
+                except BaseException:  # noqa: S110  # its cancellation, or a second Ctrl-C
+                    pass
+            raise
 
 
 def _in_running_loop() -> bool:

@@ -90,6 +90,7 @@ async def _failover(
     console.print(route_view(result))
     await _wait_down(client, victim.name)
     console.print(health_view(await client.health(span)))
+    console.print(f"[dim]{victim.name} stays down until the next run.[/dim]")
 
 
 async def _session(console: Console, client: AsyncClient) -> None:

@@ -1,23 +1,39 @@
 """``openclaw orchestrator serve``: run the API in the foreground, safely.
 
 Refuses to listen on a non-loopback address without an API key: an open orchestrator on a
-network would let anyone drive every instance behind it.
+network would let anyone drive every instance behind it. Everything that can fail on
+configuration (that bind, the reducers, a taken port) fails in :func:`preflight` and
+:func:`listen_socket`, before the first log line: one ``error:`` line and exit 2.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import socket
 
 from .logs import configure_logging, get_logger
+from .nofile import raise_nofile_limit
 from .settings import ConfigError, Settings
 
-__all__ = ["UnsafeBindError", "check_bind", "is_loopback", "serve"]
+__all__ = [
+    "ListenError",
+    "UnsafeBindError",
+    "check_bind",
+    "is_loopback",
+    "listen_socket",
+    "preflight",
+    "serve",
+]
 
 log = get_logger("runner")
 
 
 class UnsafeBindError(ConfigError):
     """A non-loopback bind without ``ORCHESTRATOR_API_KEY``."""
+
+
+class ListenError(ConfigError):
+    """The address to listen on cannot be bound (most often: another process has the port)."""
 
 
 def is_loopback(host: str) -> bool:
@@ -39,14 +55,41 @@ def check_bind(settings: Settings) -> None:
         )
 
 
+def preflight(settings: Settings) -> None:
+    """The start-up checks that need no socket: :func:`check_bind` and the reducers (their
+    modules imported now, so a bad ``module:function`` is reported before anything starts)."""
+    from .runtime import load_reducers
+
+    check_bind(settings)
+    load_reducers(settings.reducers)
+
+
+def listen_socket(host: str, port: int, *, option: str = "--port") -> socket.socket:
+    """A socket listening on ``host:port``; :class:`ListenError` (naming ``option``, the flag
+    that picks another port) when it cannot be bound."""
+    from .server import bind_socket
+
+    try:
+        return bind_socket(host, port)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ListenError(f"{reason} (another process has it; {option} picks another)") from exc
+
+
 def serve(settings: Settings) -> None:
     """Serve the orchestrator until SIGINT/SIGTERM."""
-    check_bind(settings)
+    preflight(settings)
+    sock = listen_socket(settings.host, settings.port)
     configure_logging(settings.log_level, settings.log_format)
+    raise_nofile_limit()
     from .api.app import create_app
+    from .http_protocol import HeaderLimits
     from .server import serve_forever
 
     if settings.api_key is None:
         log.warning("runner.auth_disabled", reason="no ORCHESTRATOR_API_KEY; loopback only")
-    log.info("runner.listening", url=settings.url)
-    serve_forever(create_app(settings, server_process=True), host=settings.host, port=settings.port)
+    bound = settings.model_copy(update={"port": sock.getsockname()[1]})  # port 0: the real one
+    log.info("runner.listening", url=bound.url)
+    app = create_app(settings, server_process=True)
+    limits = HeaderLimits.from_settings(settings)
+    serve_forever(app, host=settings.host, port=settings.port, sock=sock, header_limits=limits)

@@ -63,9 +63,12 @@ def cluster_env(cluster: Cluster, **extra: str) -> dict[str, str]:
 async def cli(*args: str, env: dict[str, str], prog: str = "openclaw") -> Run:
     """Run ``openclaw orchestrator <args>`` (or ``openclaw-orchestrator <args>``) to the end."""
     if prog == "openclaw":
-        argv = [str(BIN / "openclaw"), "orchestrator", *args]
-    else:
-        argv = [str(BIN / prog), *args]
+        return await run_argv([str(BIN / "openclaw"), "orchestrator", *args], env=env)
+    return await run_argv([str(BIN / prog), *args], env=env)
+
+
+async def run_argv(argv: list[str], *, env: dict[str, str]) -> Run:
+    """Run any command to the end, without blocking the loop (a cluster may live in it)."""
     proc = await asyncio.create_subprocess_exec(
         *argv,
         stdin=asyncio.subprocess.DEVNULL,

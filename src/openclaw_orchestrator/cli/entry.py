@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from .exits import interrupted
 from .quick import QUICK_COMMANDS
 
 __all__ = [
@@ -94,17 +95,21 @@ def _is_shim(candidate: Path) -> bool:
 
 
 def _run(argv: Sequence[str], *, prog_name: str) -> NoReturn:
-    args = expand_multi_value_options(argv)
-    if args and args[0] in QUICK_COMMANDS:  # JSON health/instances/route/fanout skip Typer
-        from .quick import try_quick
+    """Run one command; Ctrl-C anywhere in it is :func:`interrupted`, never a traceback."""
+    try:
+        args = expand_multi_value_options(argv)
+        if args and args[0] in QUICK_COMMANDS:  # JSON health/instances/route/fanout skip Typer
+            from .quick import try_quick
 
-        code = try_quick(args)
-        if code is not None:
-            sys.stdout.flush()
-            raise SystemExit(code)
-    from .main import app
+            code = try_quick(args)
+            if code is not None:
+                sys.stdout.flush()
+                raise SystemExit(code)
+        from .main import app
 
-    app(args=args, prog_name=prog_name)
+        app(args=args, prog_name=prog_name)
+    except KeyboardInterrupt:
+        interrupted()
     raise SystemExit(0)  # Typer exits by itself; this only satisfies NoReturn
 
 

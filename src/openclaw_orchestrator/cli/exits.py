@@ -3,10 +3,12 @@ so the quick path (:mod:`.quick`) exits the same way without loading it."""
 
 from __future__ import annotations
 
+import sys
 from enum import IntEnum
 from functools import cache
+from typing import NoReturn
 
-__all__ = ["EXIT_CODES", "ExitCode", "exit_code_for"]
+__all__ = ["EXIT_CODES", "ExitCode", "exit_code_for", "interrupted"]
 
 
 class ExitCode(IntEnum):
@@ -17,6 +19,7 @@ class ExitCode(IntEnum):
     USAGE = 2
     AUTH = 3
     UNREACHABLE = 4
+    INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command stopped by Ctrl-C
 
 
 EXIT_CODES: dict[str, ExitCode] = {
@@ -52,3 +55,10 @@ def _exit_table() -> dict[type[BaseException], ExitCode]:
     classes = {name: getattr(errors, name) for name in errors.__all__}
     classes |= {"ConfigError": ConfigError, "OSError": OSError}
     return {classes[name]: code for name, code in EXIT_CODES.items()}
+
+
+def interrupted() -> NoReturn:
+    """Ctrl-C: one ``interrupted`` line on stderr and exit 130, for every command and path."""
+    sys.stderr.write("interrupted\n")
+    sys.stderr.flush()
+    raise SystemExit(ExitCode.INTERRUPTED)

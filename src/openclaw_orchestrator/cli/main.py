@@ -14,7 +14,8 @@ exits with the code :func:`exit_code_for` finds in :data:`EXIT_CODES`:
     4  the orchestrator is unreachable or the deadline passed: connection_failed, timeout
 
 The SDK, Rich and the server modules are imported inside the commands, so ``--help`` and
-client commands never load what they do not use (serve/up/instance load uvicorn lazily).
+client commands never load what they do not use (serve/up/instance load uvicorn lazily, once
+:func:`.server_extra.require_server` has found the ``server`` extra installed).
 """
 
 from __future__ import annotations
@@ -29,14 +30,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from .exits import EXIT_CODES, ExitCode, exit_code_for
-from .options import aggregate_value, targets_value
+from .exits import EXIT_CODES, ExitCode, exit_code_for, interrupted
+from .options import aggregate_value, is_blank_targets, targets_value
+from .server_extra import require_server
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
 
     from ..client import Client, Session
-    from ..models import HistoryPage, SpawnResult
+    from ..models import FanoutResult, HistoryPage, SpawnResult
 
 __all__ = ["EXIT_CODES", "ExitCode", "Output", "app", "exit_code_for"]
 
@@ -47,6 +49,8 @@ class _Commands(TyperGroup):
     def invoke(self, ctx: Any) -> Any:  # Any: Typer's vendored click Context is private
         try:
             return super().invoke(ctx)
+        except KeyboardInterrupt:  # Typer would exit 130 without a word
+            interrupted()
         except Exception as exc:
             code = exit_code_for(exc)
             if code is None or isinstance(exc, BrokenPipeError):
@@ -121,12 +125,29 @@ UrlOption = Annotated[
         show_default=False,
     ),
 ]
+
+
+def _config_defaults(ctx: typer.Context, config: Path | None) -> Path | None:
+    """``--config``: the file's settings become the defaults of this command's options (read
+    first: the option is eager), so ``{"instances": ["A"], "timeout": 5}`` acts as
+    ``--instances A --timeout 5`` unless a flag says otherwise."""
+    if config is not None:
+        from ..settings import read_client_config
+
+        defaults = read_client_config(config).option_defaults()
+        ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    return config
+
+
 ConfigOption = Annotated[
     Path | None,
     typer.Option(
         "--config",
-        help="Config file (.json/.toml/.yaml) giving url/api_key; a server config works too.",
+        help="Config file (.json/.toml/.yaml): url, api_key and defaults of these options, "
+        'e.g. {"instances": ["A"], "timeout": 5}; a server config gives url and key only.',
         dir_okay=False,
+        is_eager=True,
+        callback=_config_defaults,
     ),
 ]
 OutputOption = Annotated[
@@ -169,6 +190,16 @@ IdempotencyOption = Annotated[
     str | None,
     typer.Option("--idempotency-key", help="Replays return the first reply instead of rerunning."),
 ]
+
+
+def _targets(tokens: list[str] | None, option: str) -> str | list[str] | None:
+    """Target tokens for the SDK; naming nothing (``--targets ''``) is a usage error."""
+    if is_blank_targets(tokens):
+        raise typer.BadParameter(
+            "names no instance; give names, ranges (A-H), 'all' or 'tag:<tag>'",
+            param_hint=f"'{option}'",
+        )
+    return targets_value(tokens)
 
 
 def _client(url: str | None, config: Path | None) -> Client:
@@ -258,10 +289,11 @@ def route(
     from .render import route_view
 
     body = _payload(payload)
+    candidates = _targets(instances, "--instances")
     with _client(url, config) as client:
         result = client.route(
             body,
-            instances=targets_value(instances),
+            instances=candidates,
             timeout=timeout,
             attempt_timeout=attempt_timeout,
             retry=retry,
@@ -293,17 +325,28 @@ def fanout(
     retry: RetryOption = None,
     attempt_timeout: AttemptTimeoutOption = None,
     stream: Annotated[bool, typer.Option("--stream", help="Print entries as they arrive.")] = False,
+    summary: Annotated[
+        bool,
+        typer.Option("--summary", help="Only the aggregate, the counts and who was not ok."),
+    ] = False,
+    value_only: Annotated[
+        bool,
+        typer.Option("--value-only", help="Only the aggregated value, as JSON (e.g. the array)."),
+    ] = False,
     idempotency_key: IdempotencyOption = None,
     url: UrlOption = None,
     config: ConfigOption = None,
     output: OutputOption = None,
 ) -> None:
-    """Send one task to every target at once and aggregate the results."""
-    from .render import fanout_view
+    """Send one task to every target at once and aggregate the results.
 
+    On a terminal, stderr shows the progress (3/8 done, 1 failed) while it runs."""
+    from .render import fanout_summary, fanout_value_json, fanout_view, summary_view
+
+    _exclusive({"--stream": stream, "--summary": summary, "--value-only": value_only})
     body = _payload(payload)
     options: dict[str, Any] = {
-        "targets": targets_value(targets) or "all",
+        "targets": _targets(targets, "--targets") or "all",
         "aggregate": aggregate_value(aggregate),
         "timeout": timeout,
         "min_success": min_success,
@@ -317,8 +360,61 @@ def fanout(
         if stream:
             _print_stream(client, body, options, json_lines=_is_json(output))
             return
-        result = client.fanout(body, **options)
-    _emit(result, output, fanout_view)
+        if sys.stderr.isatty() and idempotency_key is None:  # streams take no idempotency key
+            result = _fanout_with_progress(client, body, options)
+        else:
+            result = client.fanout(body, **options)
+    if value_only:
+        sys.stdout.write(fanout_value_json(result) + "\n")
+    elif summary:
+        _emit(fanout_summary(result), output, lambda _: summary_view(result))
+    else:
+        _emit(result, output, fanout_view)
+
+
+def _exclusive(flags: dict[str, bool]) -> None:
+    """At most one of ``flags`` may be on; a usage error naming them otherwise."""
+    on = [name for name, value in flags.items() if value]
+    if len(on) > 1:
+        raise typer.BadParameter(f"choose one of {', '.join(flags)}", param_hint=" and ".join(on))
+
+
+def _fanout_with_progress(client: Client, body: Any, options: dict[str, Any]) -> FanoutResult:
+    """The fanout through its stream, with ``3/8 done, 1 failed`` kept up to date on stderr
+    (a terminal) and erased at the end; the result is the one :meth:`Client.fanout` returns."""
+    from ..errors import OrchestratorError
+    from ..models import FanoutEntry
+    from .render import progress_text
+
+    total = _target_count(client, options["targets"])
+    done = failed = 0
+    _status(progress_text(done, failed, total))
+    try:
+        for item in client.fanout_stream(body, **options):
+            if not isinstance(item, FanoutEntry):
+                return item
+            done, failed = done + 1, failed + (item.status != "ok")
+            _status(progress_text(done, failed, total))
+    finally:
+        _status("")
+    raise OrchestratorError("the fanout stream ended without its result")
+
+
+def _target_count(client: Client, targets: str | list[str]) -> int | None:
+    """How many instances ``targets`` names (the server expands it, as the fanout will);
+    None when it cannot tell: the fanout itself then reports why."""
+    from ..errors import OrchestratorError
+
+    try:
+        return len(client.health(targets))
+    except OrchestratorError:
+        return None
+
+
+def _status(text: str) -> None:
+    """Rewrite the status line on stderr (a terminal): carriage return, erase, ``text``."""
+    sys.stderr.write(f"\r\x1b[K{text}")
+    sys.stderr.flush()
 
 
 def _print_stream(client: Client, body: Any, options: dict[str, Any], *, json_lines: bool) -> None:
@@ -353,7 +449,7 @@ def health(
     from .render import health_view
 
     with _client(url, config) as client:
-        targets = targets_value(instances)
+        targets = _targets(instances, "--instances")
         states = client.health_detail(targets) if detail else client.health(targets)
     _emit(states, output, health_view)
 
@@ -629,8 +725,8 @@ DataDirOption = Annotated[
     Path | None,
     typer.Option(
         "--data-dir",
-        help="Folder of the SQLite store (default: $XDG_DATA_HOME/openclaw-orchestrator, "
-        "else ~/.local/share/openclaw-orchestrator).",
+        help="Folder of the SQLite store and of up's kept API key (make run: .data; default: "
+        "$XDG_DATA_HOME/openclaw-orchestrator, else ~/.local/share/openclaw-orchestrator).",
         show_default=False,
     ),
 ]
@@ -645,6 +741,7 @@ def serve(
     data_dir: DataDirOption = None,
 ) -> None:
     """Run the orchestrator API in the foreground."""
+    require_server()
     from ..runner import serve as serve_forever
     from ..settings import load_settings
 
@@ -686,6 +783,7 @@ def up(
     ] = 0,
 ) -> None:
     """Start an orchestrator plus local reference instances, all in the foreground."""
+    require_server()
     from ..cluster import run_cluster
 
     options: dict[str, Any] = {
@@ -762,6 +860,7 @@ def instance_serve(
     config: ConfigOption = None,
 ) -> None:
     """Serve one reference instance; with --register it announces itself and heartbeats."""
+    require_server()
     from ..reference.faults import FaultConfig
     from ..reference.runner import run_instance
 

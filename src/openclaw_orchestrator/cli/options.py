@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["aggregate_value", "json_text", "targets_value"]
+__all__ = ["aggregate_value", "is_blank_targets", "json_text", "targets_value"]
 
 
 def json_text(text: str) -> Any:
@@ -23,6 +23,12 @@ def json_text(text: str) -> Any:
     elif text.startswith("@"):
         text = Path(text[1:]).read_text(encoding="utf-8")
     return orjson.loads(text)
+
+
+def is_blank_targets(tokens: list[str] | None) -> bool:
+    """Whether target tokens were given but name nothing (``--targets ''``, ``--targets ,``):
+    a usage error, as the API refuses empty targets, never "the default" (all instances)."""
+    return tokens is not None and not any(t.replace(",", " ").strip() for t in tokens)
 
 
 def targets_value(tokens: list[str] | None) -> str | list[str] | None:

@@ -6,8 +6,9 @@ and cost one request each; building the Typer app (≈ 100 ms), Rich (≈ 35 ms)
 SDK (≈ 130 ms) for them would dominate the run. :func:`try_quick` accepts only a strict subset
 of those commands' options (the ones spelled out below) with values it can vouch for, and
 returns None for anything else — help, table output, ``--config``, ``--stream``, stdin as
-``--payload -``, an unknown, repeated or invalid option — so the Typer app handles it exactly
-as before (usage errors included).
+``--payload -``, targets that name nothing, an unknown, repeated or invalid option, a fanout
+whose progress a terminal on stderr should show — so the Typer app handles it exactly as
+before (usage errors included).
 
 Same settings (:func:`~..settings.load_client_settings`), same request, same JSON
 (:func:`.render.to_json`), same error line and exit codes as the Typer commands.
@@ -57,7 +58,7 @@ _FLAGS = {
     "health": frozenset({"--detail"}),
     "instances": frozenset(),
     "route": frozenset(),
-    "fanout": frozenset(),
+    "fanout": frozenset({"--summary", "--value-only"}),
     "sessions_send": frozenset(),
 }
 _TASKS = frozenset({"route", "fanout", "sessions_send"})
@@ -123,7 +124,7 @@ def try_quick(argv: Sequence[str]) -> int | None:
     output = options.get("--output")
     if output is not None and output[0].lower() not in ("json", "table"):
         return None  # Typer's usage error
-    if not _wants_json(options):
+    if not _wants_json(options) or _is_for_typer(command, options):
         return None
     from ..transport import SyncTransport, UnsupportedURLError
 
@@ -141,10 +142,11 @@ def try_quick(argv: Sequence[str]) -> int | None:
                 result = _send_task(transport, command, task)
             else:
                 result = _call(transport, command, options)
+        text = _result_json(result, options)
     except Exception as exc:  # mapped like the Typer app's one error exit
         return _fail(exc)
     try:
-        sys.stdout.write(_to_json(result) + "\n")
+        sys.stdout.write(text + "\n")
         sys.stdout.flush()
     except BrokenPipeError:  # as click does: a closed pipe is a quiet exit 1
         import os
@@ -152,6 +154,18 @@ def try_quick(argv: Sequence[str]) -> int | None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     return 0
+
+
+def _is_for_typer(command: str, options: dict[str, list[str]]) -> bool:
+    """What the Typer command must do itself: report blank targets, exclusive flags, or show
+    a fanout's progress on a terminal."""
+    from .options import is_blank_targets
+
+    if any(is_blank_targets(options.get(name)) for name in _REPEATABLE):
+        return True
+    if command != "fanout":
+        return False
+    return sys.stderr.isatty() or {"--summary", "--value-only"} <= options.keys()
 
 
 def _client_settings(url: str | None) -> tuple[str, str | None]:
@@ -166,6 +180,20 @@ def _client_settings(url: str | None) -> tuple[str, str | None]:
     settings = load_client_settings(None, url=url)
     key = settings.api_key
     return settings.url, None if key is None else key.get_secret_value()
+
+
+def _result_json(result: Any, options: dict[str, list[str]]) -> str:
+    """The JSON a command prints: a fanout's ``--value-only`` or ``--summary`` view, or the
+    whole result."""
+    if "--value-only" in options:
+        from .render import fanout_value_json
+
+        return fanout_value_json(result)
+    if "--summary" in options:
+        from .render import fanout_summary, to_json
+
+        return to_json(fanout_summary(result))
+    return _to_json(result)
 
 
 def _to_json(result: Any) -> str:

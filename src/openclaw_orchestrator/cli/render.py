@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from pydantic import BaseModel
 
-from ..errors import OrchestratorError
+from ..errors import OrchestratorError, error_from_body
 from ..models import (
     FanoutEntry,
     FanoutResult,
@@ -38,16 +38,20 @@ __all__ = [
     "TOKEN_NOTICE",
     "entry_line",
     "error_text",
+    "fanout_summary",
+    "fanout_value_json",
     "fanout_view",
     "health_view",
     "history_view",
     "instances_view",
+    "progress_text",
     "removed_view",
     "route_view",
     "send_view",
     "session_view",
     "sessions_view",
     "stream_line",
+    "summary_view",
     "to_json",
 ]
 
@@ -162,10 +166,16 @@ def _entries_table(entries: Sequence[FanoutEntry], title: str | None = None) -> 
 def fanout_view(result: FanoutResult) -> RenderableType:
     """The per-target table, then the aggregate (or why it failed) and the counts."""
     from rich.console import Group
+
+    return Group(_entries_table(result.results), *_aggregate_parts(result))
+
+
+def _aggregate_parts(result: FanoutResult) -> list[RenderableType]:
+    """The aggregate (or why it failed), the counts and the request id."""
     from rich.json import JSON
     from rich.text import Text
 
-    parts: list[RenderableType] = [_entries_table(result.results)]
+    parts: list[RenderableType] = []
     if result.error:
         parts.append(Text(f"aggregate failed: {_error_summary(result.error)}", style="red"))
     elif result.aggregate is not None:
@@ -177,7 +187,42 @@ def fanout_view(result: FanoutResult) -> RenderableType:
     )
     parts.append(Text(counts, style="dim"))
     parts.append(Text(f"request {result.request_id}", style="dim"))
+    return parts
+
+
+def fanout_summary(result: FanoutResult) -> dict[str, Any]:
+    """``fanout --summary``: the result without its per-target entries, only the names of
+    the targets that did not succeed (``failed_instances``)."""
+    summary = result.model_dump(mode="json", exclude={"results"})
+    summary["failed_instances"] = [e.instance for e in result.results if e.status != "ok"]
+    return summary
+
+
+def summary_view(result: FanoutResult) -> RenderableType:
+    """``fanout --summary`` for people: the aggregate, the counts and who was not ok."""
+    from rich.console import Group
+    from rich.text import Text
+
+    parts = _aggregate_parts(result)
+    failed = fanout_summary(result)["failed_instances"]
+    if failed:
+        parts.insert(-1, Text(f"not ok: {', '.join(failed)}", style="red"))
     return Group(*parts)
+
+
+def fanout_value_json(result: FanoutResult) -> str:
+    """``fanout --value-only``: exactly the aggregated value as JSON (for ``--aggregate true``
+    the array of results). Raises the aggregate's error when it could not be computed, rather
+    than print a ``null`` that looks like an answer."""
+    if result.error:
+        raise error_from_body({"error": result.error}, status=200)
+    return to_json(result.value)
+
+
+def progress_text(done: int, failed: int, total: int | None) -> str:
+    """The progress line of a fanout on a terminal: ``3/8 done, 1 failed``."""
+    count = f"{done}/{total}" if total is not None else str(done)
+    return f"{count} done, {failed} failed"
 
 
 def entry_line(entry: FanoutEntry) -> Text:
