@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
@@ -22,9 +23,11 @@ from ..runtime import open_orchestrator
 from ..service import Orchestrator
 from ..settings import Settings
 from . import sessions
+from .docs import install_docs
 from .errors import install_error_handlers
 from .fastpath import FastPaths
 from .middleware import RequestContextMiddleware
+from .openapi import finish_schema
 from .routes import cluster, orchestrator, public
 from .security import Authenticator
 
@@ -45,6 +48,12 @@ class OrchestratorApp(FastAPI):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self._fast_paths(scope, receive, send)
+
+    def openapi(self) -> dict[str, Any]:
+        """FastAPI's schema, made true to what the API answers (:func:`.openapi.finish_schema`)."""
+        if self.openapi_schema is None:
+            self.openapi_schema = finish_schema(super().openapi())
+        return self.openapi_schema
 
 
 def create_app(
@@ -79,15 +88,22 @@ def create_app(
         version=__about__.__version__,
         description="Delegate work to many agent instances: route, fanout, health.",
         lifespan=lifespan,
+        docs_url=None,  # FastAPI's pages load from a CDN; ours are served locally (.docs)
+        redoc_url=None,
     )
     app.state.authenticator = Authenticator(settings.api_key)
-    app.state.idempotency = IdempotencyCache(ttl=settings.idempotency_ttl, clock=time.monotonic)
+    app.state.idempotency = IdempotencyCache(
+        ttl=settings.idempotency_ttl,
+        clock=time.monotonic,
+        max_bytes=settings.idempotency_max_bytes,
+    )
     install_error_handlers(app)
     app.include_router(public)
     app.include_router(orchestrator)
     app.include_router(cluster)
     app.include_router(sessions.admin)
     app.include_router(sessions.scoped)
+    install_docs(app)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
     app.use_fast_paths(max_body_bytes=settings.max_body_bytes)
     return app

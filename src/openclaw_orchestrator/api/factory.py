@@ -2,7 +2,10 @@
 
 For process managers that start the app themselves (uvicorn ``--workers N``, gunicorn with
 uvicorn workers): the settings come from ``ORCHESTRATOR_*`` variables, as ``serve`` reads
-them, and the same safety check and logging set-up run in every worker.
+them, and the same safety check and logging set-up run in every worker. The protocol is
+uvicorn's choice, made before the app exists: pass ``--http
+openclaw_orchestrator.http_protocol:HeaderBoundProtocol`` to bound request headers as
+``serve`` does (docs/deployment.md).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from ..logs import configure_logging
+from ..nofile import raise_nofile_limit
 from ..runner import check_bind
 from ..settings import load_settings
 from .app import create_app
@@ -22,4 +26,5 @@ def app() -> FastAPI:
     settings = load_settings()
     check_bind(settings)
     configure_logging(settings.log_level, settings.log_format)
+    raise_nofile_limit()
     return create_app(settings, server_process=True)

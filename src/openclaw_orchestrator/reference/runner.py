@@ -229,8 +229,9 @@ def run_instance(
 
     ``handler`` is ``echo``, ``search`` (``shard`` ``"i/n"`` optional) or ``module:function``.
     Port 0 picks a free port (announced correctly when registering). Raises ValueError for a
-    bad name, handler or shard before anything is bound. Logs go to stderr (``log_format``
-    ``json`` or ``console``).
+    bad name, handler or shard before anything is bound. Once bound, one line on stdout says
+    where: ``instance A listening on http://127.0.0.1:18801`` (as ``up`` announces the
+    orchestrator). Logs go to stderr (``log_format`` ``json`` or ``console``).
     """
     if not is_valid_name(name):
         raise ValueError(f"instance name {name!r}: letters, digits, '_', '.', ':' (max 64)")
@@ -238,9 +239,10 @@ def run_instance(
     configure_logging(log_level, log_format)
     sock = bind_socket(host, port)
     try:
+        here = local_url(host, sock.getsockname()[1])
         lifespan = None
         if register_url:
-            url = public_url or local_url(host, sock.getsockname()[1])
+            url = public_url or here
             registration = Registration(
                 register_url, name, url, api_key=api_key, heartbeat_ttl=heartbeat_ttl, token=token
             )
@@ -258,6 +260,7 @@ def run_instance(
         )
         server = uvicorn.Server(uvicorn_config(app, log_level=log_level))
         settle_after_startup()  # this process serves until it stops (see gc_tuning)
+        print(f"instance {name} listening on {here}", flush=True)
         server.run(sockets=[sock])
     finally:
         sock.close()
