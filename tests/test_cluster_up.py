@@ -322,7 +322,7 @@ async def test_up_refuses_targets_that_need_a_registry(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("config", "field"),
     [
-        ({"instances": [{"name": "A", "url": "ftp://127.0.0.1:1"}]}, "instances.static.0.url"),
+        ({"instances": [{"name": "A", "url": "ftp://127.0.0.1:1"}]}, "instances.0.url"),
         ({"timeout": "10 parsecs"}, "timeout"),
     ],
 )

@@ -119,7 +119,8 @@ async def wait_answering(url: str) -> None:
 async def test_a_server_whose_stderr_is_never_read_keeps_answering(tmp_path: Path) -> None:
     """``serve`` at log level info with stderr on a pipe the test leaves unread (it stopped
     after 329 requests before): 3,000 fanouts all answered; read afterwards, stderr holds
-    JSON lines only, among them ``logs.dropped`` with the count."""
+    JSON lines only, among them ``logs.dropped`` with the count, which the health check
+    shows too."""
     request_id = "r" * 120  # long lines fill the pipe and the queue sooner
     answered = 0
     servers = [BackgroundServer(create_instance_app(n, resolve_handler("echo"))) for n in "ABC"]
@@ -143,6 +144,8 @@ async def test_a_server_whose_stderr_is_never_read_keeps_answering(tmp_path: Pat
                     answered += 1
 
             await asyncio.gather(*(client(375) for _ in range(8)))
+            async with http.get(url + "/api/health/check") as resp:
+                liveness = await resp.json()
         _, err = process.communicate(timeout=30)
     finally:
         for server in servers:
@@ -152,3 +155,4 @@ async def test_a_server_whose_stderr_is_never_read_keeps_answering(tmp_path: Pat
     dropped = [r for r in records if r["event"] == "logs.dropped"]
     assert dropped, "no logs.dropped line"
     assert all(r["dropped"] > 0 for r in dropped)
+    assert liveness["logs"]["dropped"] > 0  # the count is visible without reading the log

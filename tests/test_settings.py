@@ -233,7 +233,7 @@ BAD_FILES: list[tuple[str, str, list[str]]] = [
     (
         "url.json",
         json.dumps({"instances": [{"name": "A", "url": "ftp://127.0.0.1"}]}),
-        ["instances.static.0.url", "http://"],
+        ["instances.0.url", "http://"],
     ),
     (
         "dupes.toml",

@@ -46,6 +46,7 @@ __all__ = [
     "after_this_step",
     "bind_request_id",
     "configure_logging",
+    "dropped_log_lines",
     "flush_logs",
     "get_logger",
     "reset_request_id",
@@ -91,6 +92,8 @@ class LineSink:
         self._queued = 0  # characters in the queue and in the write under way
         self._writing = False
         self._dropped = 0
+        self.dropped_total = 0
+        """Lines dropped since start (``_dropped`` counts those not yet reported)."""
         self._writer: threading.Thread | None = None
         self._writer_pid = 0
         self._stop_writer = threading.Event()
@@ -167,6 +170,7 @@ class LineSink:
                 break
             kept.append(line)
         self._dropped += len(lines) - len(kept)
+        self.dropped_total += len(lines) - len(kept)
         return "".join(line + "\n" for line in kept)
 
     def _start_writer(self) -> None:
@@ -256,6 +260,11 @@ def flush_logs(timeout: float = DEFAULT_FLUSH_TIMEOUT) -> None:
 
 
 atexit.register(flush_logs)
+
+
+def dropped_log_lines() -> int:
+    """How many log lines this process dropped because its log sink was stuck."""
+    return 0 if _sink is None else _sink.dropped_total
 
 
 def _orjson_dumps(obj: Any, default: Any = None) -> str:

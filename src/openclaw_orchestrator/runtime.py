@@ -103,7 +103,7 @@ def open_store(settings: Settings) -> Store:
     PostgreSQL and ``:memory:`` get :class:`SqlStore` (SQLAlchemy)."""
     url = settings.database_url or sqlite_url(settings.data_dir)
     if sqlite_path(url) is not None:
-        return SqliteStore(url)
+        return SqliteStore(url, min_free_bytes=settings.store_reserve_bytes)
     return SqlStore(url)
 
 

@@ -38,7 +38,7 @@ from .errors import (
     TimeoutExceededError,
 )
 from .instance_url import url_host
-from .logs import FrequentEvent, after_this_step, get_logger
+from .logs import FrequentEvent, after_this_step, dropped_log_lines, get_logger
 from .models import (
     Attempt,
     FanoutEntry,
@@ -235,6 +235,7 @@ class Orchestrator:
             "status": "healthy",
             "uptime_s": round(self._clock() - self._started_at, 3),
             "instances": {"total": len(self.registry), **counts},
+            "logs": {"dropped": dropped_log_lines()},
         }
         if self._store is not None:
             storage = self._store.status()

@@ -284,6 +284,13 @@ class Settings(BaseSettings):
         description="SQLAlchemy URL; default SQLite in data_dir. PostgreSQL: "
         "postgresql+asyncpg://user@host/db",
     )
+    store_reserve_bytes: int = Field(
+        default=8 * 1024 * 1024,
+        ge=0,
+        le=1024**4,
+        description="SQLite: below this much free disk the store counts as full and session "
+        "sends are refused (507) before delivery; 0 turns the free-space check off.",
+    )
     sessions: SessionSettings = Field(default_factory=SessionSettings)
     log_level: str = "info"
     log_format: str = Field(default="json", pattern="^(json|console)$")
@@ -458,10 +465,16 @@ def read_config_file(path: Path) -> dict[str, Any]:
     return data
 
 
-def _describe(exc: ValidationError, origin: str) -> str:
+def _describe(exc: ValidationError, origin: str, *, bare_fleet: bool = False) -> str:
+    """Every problem of ``exc``, a line each, at the place the user wrote it: with
+    ``bare_fleet`` (``instances`` written as a list) ``instances.static.1.url`` is shown as
+    ``instances.1.url``."""
     lines = [f"{origin}: invalid configuration"]
     for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        loc = err["loc"]
+        if bare_fleet and loc[:2] == ("instances", "static"):
+            loc = ("instances", *loc[2:])
+        where = ".".join(str(p) for p in loc) or "(top level)"
         msg = err["msg"].removeprefix("Value error, ")
         lines.append(f"  {where}: {msg}")
     return "\n".join(lines)
@@ -484,7 +497,8 @@ def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
         layers = [_fleet_as_section(v) for v in (file_values, from_env, explicit)]
         return Settings.model_validate(_deep_merge(_deep_merge(layers[0], layers[1]), layers[2]))
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, origin)) from exc
+        bare = isinstance(file_values.get("instances"), list)
+        raise ConfigError(_describe(exc, origin, bare_fleet=bare)) from exc
     except InvalidRequestError as exc:
         raise ConfigError(f"{origin}: {exc.message}") from exc
 

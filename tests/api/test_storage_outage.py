@@ -185,3 +185,22 @@ async def test_postgres_outage_under_load_answers_503_and_loses_no_acknowledged_
             assert status == 200, page
             recorded = {m["seq"]: m["data"] for m in page["messages"]}
             assert {seq: recorded.get(seq) for seq in acked} == acked
+
+
+async def test_the_reserve_is_a_setting(tmp_path: Path) -> None:
+    """``store_reserve_bytes`` reaches the SQLite store: with a reserve larger than any disk,
+    a send is refused as 507 storage_full before the instance runs it; with 0 the
+    free-space check is off."""
+    async with start_cluster("A", data_dir=tmp_path / "big", store_reserve_bytes=1024**4) as c:
+        await spawn_on_a(c, "r1")  # a spawn delivers nothing: it only needs its write to work
+        status, body, retry_after = await send(c, "r1", "one")
+        assert (status, body["error"]["code"]) == (507, "storage_full"), body
+        assert retry_after is not None
+        url = f"{c.instance_urls['A']}/api/instance/sessions/r1"
+        async with c.http.get(url) as resp:
+            assert resp.status == 404  # the instance never heard of the session's message
+        assert "kept in reserve" in (await health_until(c, "degraded"))["reason"]
+    async with start_cluster("A", data_dir=tmp_path / "none", store_reserve_bytes=0) as c:
+        await spawn_on_a(c, "r2")
+        assert (await send(c, "r2", "one"))[0] == 200
+        assert await seen_by_instance(c, "A", "r2") == 1

@@ -269,7 +269,8 @@ async def test_a_bad_reducer_is_one_error_line_before_listening(
 
 
 @pytest.mark.parametrize(
-    ("command", "taken"), [("serve", "--port"), ("up", "--port"), ("up", "--base-port")]
+    ("command", "taken"),
+    [("serve", "--port"), ("up", "--port"), ("up", "--base-port"), ("instance serve", "--port")],
 )
 async def test_a_taken_port_is_one_error_line_before_listening(
     tmp_path: Path, command: str, taken: str
@@ -281,7 +282,9 @@ async def test_a_taken_port_is_one_error_line_before_listening(
         blocker.listen()
         busy = blocker.getsockname()[1]
         ports = {"--port": free_port(), "--base-port": free_range(1)} | {taken: busy}
-        args = [command, "--port", str(ports["--port"])]
+        args = [*command.split(), "--port", str(ports["--port"])]
+        if command == "instance serve":
+            args += ["--name", "A"]
         if command == "up":
             args += ["--instances", "A", "--base-port", str(ports["--base-port"])]
         async with started(*args, env=clean_env(tmp_path)) as proc:

@@ -863,6 +863,7 @@ def instance_serve(
     require_server()
     from ..reference.faults import FaultConfig
     from ..reference.runner import run_instance
+    from ..settings import ConfigError
 
     api_key = _api_key(config) if register_url else None
     try:
@@ -882,6 +883,8 @@ def instance_serve(
             heartbeat_ttl=heartbeat_ttl,
             log_level=log_level,
         )
+    except ConfigError:
+        raise  # a taken port: the one error line of every command, exit 2
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
 

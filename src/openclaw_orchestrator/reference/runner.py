@@ -23,7 +23,8 @@ from starlette.applications import Starlette
 from ..gc_tuning import settle_after_startup
 from ..logs import configure_logging, flush_logs, get_logger
 from ..models import is_valid_name
-from ..server import bind_socket, uvicorn_config
+from ..runner import listen_socket
+from ..server import uvicorn_config
 from .app import DEFAULT_MAX_BODY_BYTES, AppLifespan, create_instance_app
 from .faults import FaultConfig
 from .handlers import Handler, resolve_handler
@@ -237,7 +238,7 @@ def run_instance(
         raise ValueError(f"instance name {name!r}: letters, digits, '_', '.', ':' (max 64)")
     fn = resolve_handler(handler, shard=shard) if isinstance(handler, str) else handler
     configure_logging(log_level, log_format)
-    sock = bind_socket(host, port)
+    sock = listen_socket(host, port)  # a taken port: ListenError, one line and exit 2
     try:
         here = local_url(host, sock.getsockname()[1])
         lifespan = None
