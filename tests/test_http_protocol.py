@@ -1,9 +1,10 @@
-"""``HeaderBoundProtocol``: request headers bounded in bytes and in time, on a real uvicorn
+"""``BoundedRequestProtocol``: request headers bounded in bytes and in time, on a real uvicorn
 server and raw sockets; keep-alive, pipelining and slow responses work as before."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -14,10 +15,10 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from openclaw_orchestrator.http_protocol import HeaderBoundProtocol, HeaderLimits
+from openclaw_orchestrator.http_protocol import BoundedRequestProtocol, RequestLimits
 from openclaw_orchestrator.server import running, uvicorn_config
 
-LIMITS = HeaderLimits(max_bytes=4096, timeout=0.3)
+LIMITS = RequestLimits(max_bytes=4096, timeout=0.3, body_timeout=0.5)
 
 
 async def fast(request: Request) -> PlainTextResponse:
@@ -31,13 +32,20 @@ async def slow(request: Request) -> PlainTextResponse:
     return PlainTextResponse("slow")
 
 
-APP = Starlette(routes=[Route("/fast/{n}", fast), Route("/slow", slow)])
+async def echo(request: Request) -> PlainTextResponse:
+    """Answers with the request's body, once it has all arrived."""
+    return PlainTextResponse(await request.body())
+
+
+APP = Starlette(
+    routes=[Route("/fast/{n}", fast), Route("/slow", slow), Route("/echo", echo, methods=["POST"])]
+)
 
 
 @pytest.fixture
 async def port() -> AsyncIterator[int]:
     """The port of ``APP`` served with :data:`LIMITS`."""
-    async with running(APP, header_limits=LIMITS) as url:
+    async with running(APP, request_limits=LIMITS) as url:
         yield int(url.rsplit(":", 1)[1])
 
 
@@ -139,7 +147,52 @@ def test_uvicorn_config_bounds_headers_by_default() -> None:
     """Every server started through ``uvicorn_config`` (serve, up, the reference instance,
     tests) uses the bounded protocol, with the configured limits when given."""
     default: Any = uvicorn_config(APP).http
-    assert default is HeaderBoundProtocol
-    configured: Any = uvicorn_config(APP, header_limits=LIMITS).http
-    assert issubclass(configured, HeaderBoundProtocol)
+    assert default is BoundedRequestProtocol
+    configured: Any = uvicorn_config(APP, request_limits=LIMITS).http
+    assert issubclass(configured, BoundedRequestProtocol)
     assert configured.limits == LIMITS
+
+
+def post_head(length: int) -> bytes:
+    """The request line and headers of a keep-alive POST /echo with a ``length``-byte body."""
+    return f"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: {length}\r\n\r\n".encode()
+
+
+async def test_a_body_in_pieces_within_the_body_timeout_is_served(port: int) -> None:
+    """A body sent in pieces, all within the body timeout, reaches the application whole, and
+    the connection serves the next request."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(post_head(6))
+    for piece in (b"ab", b"cd", b"ef"):
+        writer.write(piece)
+        await writer.drain()
+        await asyncio.sleep(LIMITS.body_timeout / 10)
+    assert await read_response(reader) == (200, b"abcdef")
+    writer.write(get("/fast/next"))
+    assert await read_response(reader) == (200, b"/fast/next")
+    writer.close()
+
+
+async def test_a_trickled_body_gets_408_at_the_body_timeout(port: int) -> None:
+    """A body trickled a byte at a time, each in time for an idle timer but the whole too
+    slow: 408 naming ``body`` once the body timeout has passed, then EOF."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(post_head(100))
+
+    async def trickle() -> None:
+        for _ in range(100):
+            writer.write(b"x")
+            await writer.drain()
+            await asyncio.sleep(LIMITS.body_timeout / 5)
+
+    trickling = asyncio.create_task(trickle())
+    try:
+        status, body = await read_response(reader)
+    finally:
+        trickling.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+            await trickling
+    assert status == 408
+    assert json.loads(body)["error"]["field"] == "body"
+    assert await asyncio.wait_for(reader.read(), 10) == b""
+    writer.close()

@@ -277,7 +277,7 @@ async def _run(cluster: _Cluster, fleet: OpenClawFleet | None) -> signal.Signals
     """Start the instances, serve the orchestrator, run the demo; wait for SIGINT/SIGTERM
     (at any point: starting up, or in the demo) and return it, once every child has stopped."""
     from .api.app import create_app
-    from .http_protocol import HeaderLimits
+    from .http_protocol import RequestLimits
     from .server import running
 
     settings = cluster.settings
@@ -297,7 +297,7 @@ async def _run(cluster: _Cluster, fleet: OpenClawFleet | None) -> signal.Signals
                 create_app(settings, server_process=True),
                 host=settings.host,
                 sock=cluster.sock,
-                header_limits=HeaderLimits.from_settings(settings),
+                request_limits=RequestLimits.from_settings(settings),
             ) as url:
                 _banner(url, api_key, instances, key_note=cluster.key_note)
                 if fleet is not None:

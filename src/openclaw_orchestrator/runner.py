@@ -83,7 +83,7 @@ def serve(settings: Settings) -> None:
     configure_logging(settings.log_level, settings.log_format)
     raise_nofile_limit()
     from .api.app import create_app
-    from .http_protocol import HeaderLimits
+    from .http_protocol import RequestLimits
     from .server import serve_forever
 
     if settings.api_key is None:
@@ -91,5 +91,5 @@ def serve(settings: Settings) -> None:
     bound = settings.model_copy(update={"port": sock.getsockname()[1]})  # port 0: the real one
     log.info("runner.listening", url=bound.url)
     app = create_app(settings, server_process=True)
-    limits = HeaderLimits.from_settings(settings)
-    serve_forever(app, host=settings.host, port=settings.port, sock=sock, header_limits=limits)
+    limits = RequestLimits.from_settings(settings)
+    serve_forever(app, host=settings.host, port=settings.port, sock=sock, request_limits=limits)

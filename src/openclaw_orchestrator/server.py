@@ -14,7 +14,7 @@ from typing import Any
 
 import uvicorn
 
-from .http_protocol import HeaderLimits, bounded_protocol
+from .http_protocol import RequestLimits, bounded_protocol
 
 __all__ = ["BackgroundServer", "bind_socket", "running", "serve_forever", "uvicorn_config"]
 
@@ -38,18 +38,18 @@ def uvicorn_config(
     app: Any,
     *,
     log_level: str = "warning",
-    header_limits: HeaderLimits | None = None,
+    request_limits: RequestLimits | None = None,
     **kwargs: Any,
 ) -> uvicorn.Config:
     """Our uvicorn defaults: uvloop, httptools with request headers bounded in size and time
-    (``header_limits``, default :class:`HeaderLimits`), no access log (we log requests
+    (``request_limits``, default :class:`RequestLimits`), no access log (we log requests
     ourselves), uvicorn's own lines left to our JSON log (``log_config=None``: no handlers of
     its own; see ``logs.configure_logging``), and no ``X-Forwarded-*`` rewriting: nothing
     here reads the client's address, and that middleware is a layer on every request."""
     return uvicorn.Config(
         app,
         loop="uvloop",
-        http=bounded_protocol(header_limits or HeaderLimits()),
+        http=bounded_protocol(request_limits or RequestLimits()),
         log_config=None,
         lifespan="on",
         access_log=False,
@@ -68,12 +68,12 @@ def serve_forever(
     port: int,
     log_level: str = "warning",
     sock: socket.socket | None = None,
-    header_limits: HeaderLimits | None = None,
+    request_limits: RequestLimits | None = None,
 ) -> None:
     """Serve ``app`` in the foreground until SIGINT/SIGTERM (uvicorn handles the signals), on
     ``sock`` when the caller bound it already (to report a taken port before anything else)."""
     sock = sock or bind_socket(host, port)
-    server = uvicorn.Server(uvicorn_config(app, log_level=log_level, header_limits=header_limits))
+    server = uvicorn.Server(uvicorn_config(app, log_level=log_level, request_limits=request_limits))
     server.run(sockets=[sock])
 
 
@@ -100,11 +100,11 @@ class BackgroundServer:
         port: int = 0,
         log_level: str = "warning",
         sock: socket.socket | None = None,
-        header_limits: HeaderLimits | None = None,
+        request_limits: RequestLimits | None = None,
     ) -> None:
         self._sock = sock or bind_socket(host, port)
         self.url = f"http://{host}:{self._sock.getsockname()[1]}"
-        config = uvicorn_config(app, log_level=log_level, header_limits=header_limits)
+        config = uvicorn_config(app, log_level=log_level, request_limits=request_limits)
         self._server = _EmbeddedServer(config)
         self._task: asyncio.Task[None] | None = None
 
@@ -148,12 +148,12 @@ async def running(
     port: int = 0,
     log_level: str = "warning",
     sock: socket.socket | None = None,
-    header_limits: HeaderLimits | None = None,
+    request_limits: RequestLimits | None = None,
 ) -> AsyncIterator[str]:
     """Serve ``app`` as a task of the current loop (on ``sock`` if given: see
     :class:`BackgroundServer`); yield its base URL; stop it on exit."""
     server = BackgroundServer(
-        app, host=host, port=port, log_level=log_level, sock=sock, header_limits=header_limits
+        app, host=host, port=port, log_level=log_level, sock=sock, request_limits=request_limits
     )
     try:
         yield await server.start()

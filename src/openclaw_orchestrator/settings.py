@@ -59,6 +59,7 @@ DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 DEFAULT_IDEMPOTENCY_MAX_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_HEADER_BYTES = 64 * 1024
 DEFAULT_HEADER_TIMEOUT = 10.0
+DEFAULT_BODY_TIMEOUT = 60.0
 DEFAULT_MAX_REPLY_BYTES = 4 * 1024 * 1024
 """An instance reply's size limit unless the instance sets its own ``max_reply_bytes``."""
 DEFAULT_MAX_CONNECTIONS = 512
@@ -273,6 +274,11 @@ class Settings(BaseSettings):
         gt=0,
         description="Seconds a connection may take to send a request's headers.",
     )
+    body_timeout: float = Field(
+        default=DEFAULT_BODY_TIMEOUT,
+        gt=0,
+        description="Seconds a request's body may take to arrive once its headers are in.",
+    )
     reducers: dict[str, str] = Field(
         default_factory=dict, description="name -> 'module:function' custom fanout reducers."
     )
@@ -298,7 +304,9 @@ class Settings(BaseSettings):
     _durations = field_validator(
         "timeout", "max_timeout", "heartbeat_ttl", "idempotency_ttl", mode="before"
     )(_duration_field)
-    _header_timeout = field_validator("header_timeout", mode="before")(_duration_field)
+    _upload_timeouts = field_validator("header_timeout", "body_timeout", mode="before")(
+        _duration_field
+    )
 
     @field_validator("policy")
     @classmethod

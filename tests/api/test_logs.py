@@ -99,7 +99,12 @@ async def _pump(stream: asyncio.StreamReader, sink: list[str]) -> None:
 
 @contextlib.asynccontextmanager
 async def serve(
-    tmp_path: Path, *, names: str = "AB", failing: str = "", log_level: str = "info"
+    tmp_path: Path,
+    *,
+    names: str = "AB",
+    failing: str = "",
+    log_level: str = "info",
+    settings: dict[str, Any] | None = None,
 ) -> AsyncIterator[Served]:
     """In-loop instances ``names`` (those in ``failing`` answer 503) behind a `serve` process
     started from a JSON config file, with the key in ORCHESTRATOR_API_KEY."""
@@ -125,6 +130,7 @@ async def serve(
                     "health": {"interval": "200ms", "probe_timeout": "1s"},
                     "retry": {"backoff_base": "1ms", "backoff_max": "5ms"},
                     "instances": [{"name": n, "url": s.url} for n, s in servers.items()],
+                    **(settings or {}),
                 }
             )
         )
@@ -342,3 +348,33 @@ async def test_userinfo_in_an_instance_url_is_refused_and_not_logged(tmp_path: P
     assert "url-pass-5521" not in str(refused.value.to_dict())
     assert "url-pass-5521" not in "\n".join(served.lines)
     assert all("url-pass-5521" not in item for item in listing)
+
+
+async def test_a_client_leaving_mid_body_is_no_error_and_a_slow_body_is_cut_off(
+    tmp_path: Path,
+) -> None:
+    """A client that leaves while sending its body (fast path and FastAPI routes) is an
+    info line, never an error with a traceback; a body slower than ``body_timeout`` gets
+    408 naming ``body`` and the connection closes."""
+    async with serve(tmp_path, settings={"body_timeout": "300ms"}) as served:
+        port = int(served.url.rsplit(":", 1)[1])
+        head = (
+            "POST {path} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer " + API_KEY + "\r\n"
+            "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+        )
+        paths = ["/api/orchestrator/route", "/api/orchestrator/sessions/spawn"]
+        for path in paths:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(head.format(path=path).encode() + b'{"pay')
+            await writer.drain()
+            await asyncio.sleep(0.05)
+            writer.close()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(head.format(path=paths[1]).encode() + b'{"sessionId"')
+        raw = await asyncio.wait_for(reader.read(), 10)  # 408, then the close
+        writer.close()
+        status_line, _, rest = raw.partition(b"\r\n")
+        assert status_line.split()[1] == b"408", raw
+        assert json.loads(rest.partition(b"\r\n\r\n")[2])["error"]["field"] == "body"
+        await served.wait_for(lambda r: r.get("event") == "api.client_disconnected", count=2)
+        assert [r for r in served.records() if r.get("level") == "error"] == []

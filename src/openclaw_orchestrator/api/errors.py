@@ -13,6 +13,7 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from ..errors import InvalidRequestError, OrchestratorError
@@ -96,6 +97,13 @@ def install_error_handlers(app: FastAPI) -> None:
         log.error("api.unexpected_error", path=request.url.path, exc_info=exc)
         return error_response(OrchestratorError("internal error; see the orchestrator log"))
 
+    async def on_client_gone(request: Request, exc: Exception) -> Response:
+        # The client left (or was cut off) while sending its body: an everyday event, not
+        # a server error; no reply can reach it, so this one goes nowhere.
+        log.info("api.client_disconnected", path=request.url.path)
+        return Response(status_code=400)
+
+    app.add_exception_handler(ClientDisconnect, on_client_gone)
     app.add_exception_handler(OrchestratorError, on_orchestrator_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(HTTPException, on_http_error)

@@ -4,7 +4,7 @@ For process managers that start the app themselves (uvicorn ``--workers N``, gun
 uvicorn workers): the settings come from ``ORCHESTRATOR_*`` variables, as ``serve`` reads
 them, and the same safety check and logging set-up run in every worker. The protocol is
 uvicorn's choice, made before the app exists: pass ``--http
-openclaw_orchestrator.http_protocol:HeaderBoundProtocol`` to bound request headers as
+openclaw_orchestrator.http_protocol:BoundedRequestProtocol`` to bound request headers as
 ``serve`` does (docs/deployment.md).
 """
 
