@@ -56,12 +56,14 @@ def check_bind(settings: Settings) -> None:
 
 
 def preflight(settings: Settings) -> None:
-    """The start-up checks that need no socket: :func:`check_bind` and the reducers (their
-    modules imported now, so a bad ``module:function`` is reported before anything starts)."""
-    from .runtime import load_reducers
+    """The start-up checks that need no socket: :func:`check_bind`, the reducers (their
+    modules imported now, so a bad ``module:function`` is reported before anything starts)
+    and the kind of database ``database_url`` names (nothing is connected yet)."""
+    from .runtime import load_reducers, open_store
 
     check_bind(settings)
     load_reducers(settings.reducers)
+    open_store(settings)
 
 
 def listen_socket(host: str, port: int, *, option: str = "--port") -> socket.socket:

@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
 import aiohttp
+from sqlalchemy import make_url
+from sqlalchemy.exc import ArgumentError
 
 from .domain.addresses import AddressPolicy
 from .drivers.address_guard import GuardedResolver, guard_trace_config
@@ -20,8 +22,8 @@ from .drivers.worker import WorkerDriver
 from .service import Orchestrator, Reducer
 from .settings import DEFAULT_MAX_CONNECTIONS, ConfigError, InstancesSettings, Settings
 from .stores.base import Store
-from .stores.sql import SqlStore, sqlite_url
-from .stores.sqlite_writer import SqliteStore, sqlite_path
+from .stores.postgres import PostgresStore
+from .stores.sqlite import SqliteStore, sqlite_path, sqlite_url
 
 __all__ = ["build_drivers", "client_session", "load_reducers", "open_orchestrator", "open_store"]
 
@@ -83,13 +85,14 @@ def build_drivers(
     session: aiohttp.ClientSession, instances: InstancesSettings | None = None
 ) -> dict[str, InstanceDriver]:
     """One driver per instance kind, all sharing ``session``: ``worker`` (our instance
-    protocol) and ``openclaw`` (real OpenClaw gateways), with the reply and connection
-    limits of ``instances``."""
+    protocol, over the ``instances.transport`` client) and ``openclaw`` (real OpenClaw
+    gateways), with the reply and connection limits of ``instances``."""
     limits = instances or InstancesSettings()
     return {
         "worker": WorkerDriver(
             session,
             max_reply_bytes=limits.max_reply_bytes,
+            transport=limits.transport,
             max_connections=limits.max_connections,
             address_policy=limits.address_policy(),
         ),
@@ -99,12 +102,23 @@ def build_drivers(
 
 def open_store(settings: Settings) -> Store:
     """The configured store: ``database_url``, else SQLite under ``data_dir``. A SQLite
-    file gets :class:`SqliteStore` (plain ``sqlite3``, one writer thread, group commit);
-    PostgreSQL and ``:memory:`` get :class:`SqlStore` (SQLAlchemy)."""
+    file gets :class:`SqliteStore`, PostgreSQL :class:`PostgresStore`; anything else
+    (another database, SQLite ``:memory:``) is a :class:`ConfigError` naming the setting."""
     url = settings.database_url or sqlite_url(settings.data_dir)
+    expected = "a SQLite file (sqlite:///path/to/orchestrator.db) or PostgreSQL "
+    expected += "(postgresql+asyncpg://user@host/db)"
+    try:
+        parsed = make_url(url)
+    except ArgumentError:  # its message repeats the URL, password and all
+        raise ConfigError(f"database_url: not a database URL; expected {expected}") from None
+    backend = parsed.get_backend_name()
+    if backend == "postgresql":
+        return PostgresStore(url)
     if sqlite_path(url) is not None:
         return SqliteStore(url, min_free_bytes=settings.store_reserve_bytes)
-    return SqlStore(url)
+    if backend == "sqlite":
+        raise ConfigError(f"database_url: SQLite needs a file, not {parsed.database!r}")
+    raise ConfigError(f"database_url: {backend!r} is not {expected}")
 
 
 @asynccontextmanager

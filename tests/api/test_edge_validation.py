@@ -16,7 +16,9 @@ import pytest
 from openclaw_orchestrator.api.strict_json import decode_json
 from openclaw_orchestrator.domain.sessions import SessionRecord
 from openclaw_orchestrator.errors import InvalidRequestError
-from openclaw_orchestrator.stores.sql import SqlStore, sqlite_url
+from openclaw_orchestrator.runtime import open_store
+from openclaw_orchestrator.settings import Settings
+from openclaw_orchestrator.stores.sqlite import sqlite_url
 
 from ..storage_faults import postgres_database
 from .conftest import API_KEY, Cluster, start_cluster
@@ -83,7 +85,7 @@ async def test_absurd_ttl_is_refused_and_nothing_is_stored(store_url: str, ttl: 
 async def test_a_poisoned_row_still_lists_and_reads(store_url: str) -> None:
     """Rows an older version wrote with absurd times (a 99999999999-day ttl, a time before
     year 1) list and read with their times clamped to the calendar, across a restart."""
-    store = SqlStore(store_url)
+    store = open_store(Settings(database_url=store_url))
     await store.open()
     now = time.time()
     poisoned = [

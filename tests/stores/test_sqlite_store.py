@@ -1,33 +1,21 @@
-"""SqliteStore (plain sqlite3, one writer thread): the whole store contract, group commit,
-conflicts, interchangeability with SqlStore's files, and ``open_store``'s choice."""
+"""What only SqliteStore does (plain sqlite3, one writer thread): group commit, conflicts
+found inside a batch, cancelled callers, durability settings, files written through
+SQLAlchemy. The contract itself is ``test_store_contract``'s."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, insert, select
 
 from openclaw_orchestrator.domain.sessions import MessageRecord, SessionRecord
 from openclaw_orchestrator.errors import ConflictError, SessionExistsError
-from openclaw_orchestrator.runtime import open_store
-from openclaw_orchestrator.settings import Settings
-from openclaw_orchestrator.stores.sql import SqlStore, sqlite_url
-from openclaw_orchestrator.stores.sqlite_writer import CHUNK_ROWS, SqliteStore, sqlite_path
-
-# The contract, run again here against SqliteStore (the `store` fixture below wins).
-from .test_store_contract import (  # noqa: F401  # collected as tests of this module
-    test_append_updates_count_activity_and_instance,
-    test_close_is_sticky,
-    test_concurrent_appends_to_different_sessions,
-    test_create_get_and_conflict,
-    test_expire_and_purge,
-    test_find_by_idempotency_key,
-    test_list_filters_and_order,
-    test_same_seq_twice_is_refused,
-)
+from openclaw_orchestrator.stores.sqlite import CHUNK_ROWS, SqliteStore, sqlite_url
+from openclaw_orchestrator.stores.tables import messages, sessions
 
 
 @pytest.fixture
@@ -121,32 +109,35 @@ async def test_a_cancelled_caller_does_not_cancel_its_append(store: SqliteStore)
     assert [m.seq for m in await store.history("a")] == [1]
 
 
-async def test_reads_and_writes_interchange_with_sqlstore(tmp_path: Path) -> None:
-    """Same file, same schema: what SqlStore wrote SqliteStore reads, and back."""
+async def test_reads_and_writes_rows_of_sqlalchemys_json_type(tmp_path: Path) -> None:
+    """Files written through SQLAlchemy (as earlier versions did, and as the schema's JSON
+    type encodes) read back equal, and what SqliteStore writes SQLAlchemy reads."""
     url = sqlite_url(tmp_path)
-    old = SqlStore(url)
-    await old.open()
-    a = _session("a")
-    await old.create_session(a)
-    a = await old.append(a, _message("a", 1, key="k"))
-    await old.aclose()
-    new = SqliteStore(url)
-    await new.open()
+    store = SqliteStore(url)
+    await store.open()
+    await store.aclose()
+    a, first = _session("a"), _message("a", 1, key="k")
+    engine = create_engine(url)
     try:
-        assert await new.get_session("a") == a
-        assert await new.find_by_key("a", "k") == _message("a", 1, key="k")
-        a = await new.append(
-            a, MessageRecord(session_id="a", seq=2, kind="migration", instance="B")
-        )
+        with engine.begin() as conn:
+            conn.execute(insert(sessions).values(**{**asdict(a), "messages": 1}))
+            conn.execute(insert(messages).values(**asdict(first)))
+        await store.open()
+        try:
+            a = replace(a, messages=1)
+            assert await store.get_session("a") == a
+            assert await store.find_by_key("a", "k") == first
+            a = await store.append(
+                a, MessageRecord(session_id="a", seq=2, kind="migration", instance="B")
+            )
+        finally:
+            await store.aclose()
+        with engine.connect() as conn:
+            rows = conn.execute(select(messages.c.data, messages.c.reply).order_by(messages.c.seq))
+            assert [tuple(r) for r in rows] == [({"n": 1}, {"ok": True}), (None, None)]
+            assert conn.execute(select(sessions.c.instance, sessions.c.messages)).one() == ("B", 2)
     finally:
-        await new.aclose()
-    old = SqlStore(url)
-    await old.open()
-    try:
-        assert await old.get_session("a") == a
-        assert [m.data for m in await old.history("a")] == [{"n": 1}, None]
-    finally:
-        await old.aclose()
+        engine.dispose()
 
 
 async def test_journal_is_wal_and_sync_full(store: SqliteStore) -> None:
@@ -154,17 +145,6 @@ async def test_journal_is_wal_and_sync_full(store: SqliteStore) -> None:
     assert store._reader is not None
     assert store._reader.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert store._reader.execute("PRAGMA synchronous").fetchone()[0] == 2
-
-
-def test_open_store_picks_sqlite_store_for_files_only(tmp_path: Path) -> None:
-    """A SQLite file gets SqliteStore; PostgreSQL and :memory: keep SqlStore."""
-    assert isinstance(open_store(Settings(data_dir=tmp_path)), SqliteStore)
-    pg = Settings(data_dir=tmp_path, database_url="postgresql+asyncpg://u@127.0.0.1/db")
-    assert isinstance(open_store(pg), SqlStore)
-    assert sqlite_path("sqlite+aiosqlite:///:memory:") is None
-    assert sqlite_path("sqlite+aiosqlite:///x/y.db") == "x/y.db"
-    with pytest.raises(ValueError, match="SQLite file"):
-        SqliteStore("postgresql+asyncpg://u@127.0.0.1/db")
 
 
 async def test_two_appends_to_one_session_in_one_batch(store: SqliteStore) -> None:

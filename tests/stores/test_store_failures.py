@@ -1,5 +1,6 @@
-"""Stores that cannot write, for real: a full tmpfs under SqliteStore and under a PostgreSQL
-tablespace, PostgreSQL connections reset, refused and terminated under SqlStore.
+"""Stores that cannot write, for real: a full tmpfs under SqliteStore's file and under
+PostgresStore's tablespace (one test, both stores); SQLite's free-space reserve; PostgreSQL
+connections reset, refused and terminated.
 
 Each failure surfaces as ``StorageFullError`` (507) or ``StorageUnavailableError`` (503),
 never as a driver's exception; the store says so in ``status()``, refuses in
@@ -26,10 +27,10 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from openclaw_orchestrator.errors import StorageFullError, StorageUnavailableError
 from openclaw_orchestrator.stores.base import Store
 from openclaw_orchestrator.stores.health import DiskSpace, StoreState, probe_delay
-from openclaw_orchestrator.stores.sql import SqlStore, sqlite_url
-from openclaw_orchestrator.stores.sql import storage_error as sql_storage_error
-from openclaw_orchestrator.stores.sqlite_writer import SqliteStore
-from openclaw_orchestrator.stores.sqlite_writer import storage_error as sqlite_storage_error
+from openclaw_orchestrator.stores.postgres import PostgresStore
+from openclaw_orchestrator.stores.postgres import storage_error as postgres_storage_error
+from openclaw_orchestrator.stores.sqlite import SqliteStore, sqlite_url
+from openclaw_orchestrator.stores.sqlite import storage_error as sqlite_storage_error
 
 from ..storage_faults import (
     TcpRelay,
@@ -76,8 +77,8 @@ def test_storage_errors_are_told_apart(tmp_path: Path) -> None:
     assert sqlite_storage_error(sqlite3.IntegrityError("taken"), space) is None
     assert sqlite_storage_error(ValueError("a bug"), space) is None
     refused = ConnectionRefusedError(errno.ECONNREFUSED, "refused")
-    assert type(sql_storage_error(refused)) is StorageUnavailableError
-    assert sql_storage_error(ValueError("a bug")) is None
+    assert type(postgres_storage_error(refused)) is StorageUnavailableError
+    assert postgres_storage_error(ValueError("a bug")) is None
 
 
 # -- SQLite on a disk that fills up --------------------------------------------------------
@@ -91,30 +92,6 @@ async def sqlite_on(disk: Path, *, min_free_bytes: int) -> AsyncIterator[SqliteS
         yield store
     finally:
         await store.aclose()
-
-
-async def test_sqlite_write_on_a_full_disk_is_storage_full_then_recovers(tmp_path: Path) -> None:
-    """A commit that hits a full disk is StorageFullError (507, Retry-After), reads go on,
-    and once space is freed the store writes again by itself; nothing committed is lost."""
-    with tmpfs(tmp_path / "disk", 2 * MIB) as disk:
-        async with sqlite_on(disk, min_free_bytes=0) as store:
-            await store.create_session(session())
-            first = await store.append(session(), message(1))
-            filler = fill_disk(disk)
-            big = incompressible(MIB // 2)
-            with pytest.raises(StorageFullError) as caught:
-                await store.append(first, message(2, data=big))
-            assert caught.value.status == 507
-            assert caught.value.retry_after is not None
-            assert caught.value.retry_after >= 1
-            assert store.status().state is StoreState.FULL
-            got = await store.get_session("s1")
-            assert got is not None
-            assert got.messages == 1
-            filler.unlink()
-            await wait_ok(store)
-            await store.append(first, message(2, data=big))
-            assert [m.seq for m in await store.history("s1")] == [1, 2]
 
 
 async def test_sqlite_refuses_before_writing_when_free_space_is_below_the_reserve(
@@ -141,8 +118,8 @@ async def test_sqlite_refuses_before_writing_when_free_space_is_below_the_reserv
 
 
 @contextlib.asynccontextmanager
-async def postgres_store(url: str) -> AsyncIterator[SqlStore]:
-    store = SqlStore(url)
+async def postgres_store(url: str) -> AsyncIterator[PostgresStore]:
+    store = PostgresStore(url)
     await store.open()
     try:
         yield store
@@ -253,24 +230,45 @@ async def _tablespace_database(url: str, location: Path) -> AsyncIterator[str]:
         await admin.dispose()
 
 
-async def test_postgres_full_disk_is_storage_full_until_space_is_freed() -> None:
-    """PostgreSQL's 'could not extend file' is StorageFullError (507); the store stays full
-    while the disk is (a small probe row fitting in a page does not fool it) and writes
-    again by itself once space is freed."""
-    async with postgres_on_small_disk(24 * MIB) as (url, disk), postgres_store(url) as store:
+# -- both stores on a disk that fills up ---------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def store_on_small_disk(kind: str, tmp_path: Path) -> AsyncIterator[tuple[Store, Path]]:
+    """A store of ``kind`` whose files live on a small tmpfs; yields it and the mount. The
+    SQLite store keeps a reserve that a full disk is below, as the server's default does."""
+    if kind == "sqlite":
+        with tmpfs(tmp_path / "disk", 4 * MIB) as disk:
+            async with sqlite_on(disk, min_free_bytes=64 * 1024) as store:
+                yield store, disk
+        return
+    async with postgres_on_small_disk(24 * MIB) as (url, disk), postgres_store(url) as pg:
+        yield pg, disk
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+async def test_a_full_disk_is_storage_full_until_space_is_freed(kind: str, tmp_path: Path) -> None:
+    """A commit that hits a full disk is StorageFullError (507, Retry-After); the store
+    stays full while the disk is (a small probe write that fits does not fool it), reads
+    go on, and it writes again by itself once space is freed; nothing committed is lost."""
+    async with store_on_small_disk(kind, tmp_path) as (store, disk):
         await store.create_session(session())
         first = await store.append(session(), message(1))
         filler = fill_disk(disk)
+        big = incompressible(MIB // 2)
         try:
             with pytest.raises(StorageFullError) as caught:
-                await store.append(first, message(2, data=incompressible(MIB)))
+                await store.append(first, message(2, data=big))
             assert caught.value.status == 507
-            await asyncio.sleep(0.5)  # probes run and fail: the reserve does not fit
+            assert caught.value.retry_after is not None
+            assert caught.value.retry_after >= 1
+            await asyncio.sleep(0.5)  # probes run and fail
             assert store.status().state is StoreState.FULL
             with pytest.raises(StorageFullError):
                 store.check_writable()
+            assert await store.get_session("s1") == first
         finally:
-            os.unlink(filler)
+            filler.unlink()
         await wait_ok(store)
-        await store.append(first, message(2, data=incompressible(MIB)))
+        await store.append(first, message(2, data=big))
         assert [m.seq for m in await store.history("s1")] == [1, 2]

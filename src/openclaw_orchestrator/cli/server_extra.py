@@ -23,7 +23,6 @@ SERVER_MODULES: tuple[str, ...] = (
     *(("uvloop",) if sys.platform != "win32" else ()),
     "httptools",
     "sqlalchemy",
-    "aiosqlite",
     "asyncpg",
 )
 """The top-level modules of the ``server`` extra's distributions (pyproject.toml), in order."""

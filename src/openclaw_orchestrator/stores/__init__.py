@@ -1,4 +1,5 @@
-"""Durable state behind one interface: :class:`~.base.Store`; SQLite by default, PostgreSQL
-when several orchestrator replicas share the load. A SQLite file is served by
-:class:`~.sqlite_writer.SqliteStore` (plain ``sqlite3``, one writer thread); PostgreSQL (and
-an in-memory SQLite URL) by :class:`~.sql.SqlStore` (SQLAlchemy)."""
+"""Durable state behind one interface, :class:`~.base.Store`, with two implementations:
+:class:`~.sqlite.SqliteStore` (a SQLite file, the default) and
+:class:`~.postgres.PostgresStore` (PostgreSQL, when several orchestrator replicas share the
+load). One schema (:mod:`.tables`), one mapping of records to rows (:mod:`.rows`), one
+health state machine (:mod:`.health`)."""

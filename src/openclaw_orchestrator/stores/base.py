@@ -12,12 +12,14 @@ something that could not be recorded.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Protocol
 
 from ..domain.sessions import MessageRecord, SessionRecord
+from ..errors import ConflictError
 from .health import StoreStatus
 
-__all__ = ["Store"]
+__all__ = ["Store", "append_conflict", "appended"]
 
 
 class Store(Protocol):
@@ -88,3 +90,27 @@ class Store(Protocol):
     async def purge(self, closed_before: float) -> int:
         """Delete sessions (and histories) closed or expired before ``closed_before``."""
         ...
+
+
+def appended(record: SessionRecord, entries: tuple[MessageRecord, ...]) -> SessionRecord:
+    """What :meth:`Store.append` makes of ``record``: the count moved on by ``entries``,
+    the last entry's time and instance (unchanged without entries)."""
+    if not entries:
+        return record
+    last = entries[-1]
+    return replace(
+        record,
+        messages=record.messages + len(entries),
+        last_active_at=last.created_at,
+        instance=last.instance,
+    )
+
+
+def append_conflict(record: SessionRecord) -> ConflictError:
+    """The error of an append that hit a constraint: its position or its idempotency key
+    was taken by another writer (or the session row is gone)."""
+    return ConflictError(
+        f"session {record.id!r} was written concurrently (position {record.messages + 1} "
+        "is taken, or the idempotency key was used); nothing was recorded",
+        field="session_id",
+    )

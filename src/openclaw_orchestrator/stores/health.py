@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -36,6 +37,7 @@ __all__ = [
     "DEFAULT_MIN_FREE_BYTES",
     "DEFAULT_PROBE_BASE",
     "DEFAULT_PROBE_CAP",
+    "FULL_ERRNOS",
     "DiskSpace",
     "StoreHealth",
     "StoreState",
@@ -47,6 +49,8 @@ DEFAULT_PROBE_BASE = 0.2
 DEFAULT_PROBE_CAP = 2.0
 DEFAULT_MIN_FREE_BYTES = 8 * 1024 * 1024
 DEFAULT_SPACE_TTL = 1.0
+FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+"""An ``OSError`` with one of these means a full disk (or quota), in either store."""
 
 log = get_logger("store")
 

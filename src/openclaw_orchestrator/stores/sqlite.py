@@ -1,9 +1,8 @@
-"""``SqliteStore``: the Store on the standard library's ``sqlite3``, one writer thread.
+"""``SqliteStore``: the SQLite store, on the standard library's ``sqlite3``, one writer thread.
 
-The same schema and the same behaviour as :class:`~.sql.SqlStore` on SQLite (WAL,
-``synchronous=FULL``: a commit is on disk before it is acknowledged), without SQLAlchemy's
-async layer and aiosqlite's per-statement thread hand-offs, which were most of the CPU of a
-session send:
+WAL and ``synchronous=FULL``: a commit is on disk before it is acknowledged, so an
+acknowledged send survives ``kill -9`` and power loss alike. No SQLAlchemy async layer or
+per-statement thread hand-offs, which were most of the CPU of a session send:
 
 - **Writes** go to ONE dedicated thread that owns the only writing connection. Appends from
   any number of sessions are queued; the thread takes everything queued, writes it in one
@@ -20,7 +19,9 @@ session send:
 - **Bulk reads** (``history``, ``list_sessions``) can return many rows, so they run on a
   small pool of reader threads, each with its own connection.
 
-SQLite only (a file; ``:memory:`` stays on SqlStore). PostgreSQL keeps SqlStore (asyncpg).
+A file only: the writer, the reader and the reader threads each open it (``:memory:`` would
+give each its own empty database). The tables are :mod:`.tables`' (created through
+SQLAlchemy's stdlib ``sqlite3`` dialect at open), the rows :mod:`.rows`'.
 
 **When the disk fills or the file becomes unusable**, :func:`storage_error` turns the
 ``sqlite3``/``OSError`` failure into ``StorageFullError`` (507) or
@@ -35,15 +36,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import functools
-import json
 import sqlite3
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,27 +50,26 @@ from sqlalchemy import create_engine, make_url
 
 from ..domain.sessions import MessageRecord, SessionRecord
 from ..errors import SessionExistsError, StorageFullError, StorageUnavailableError
-from .health import DEFAULT_MIN_FREE_BYTES, DiskSpace, StoreHealth, StoreStatus
-from .sql import SQLITE_BUSY_TIMEOUT_MS, _conflict
+from .base import append_conflict, appended
+from .health import DEFAULT_MIN_FREE_BYTES, FULL_ERRNOS, DiskSpace, StoreHealth, StoreStatus
+from .rows import JSON_AS_TEXT, MESSAGE_COLUMNS, SESSION_COLUMNS
 from .tables import PROBE_ROW, TOUCH_PROBE, messages, metadata, sessions
 
-__all__ = ["SqliteStore", "sqlite_path", "storage_error"]
+__all__ = ["SqliteStore", "sqlite_path", "sqlite_url", "storage_error"]
 
 READER_THREADS = 2
+SQLITE_BUSY_TIMEOUT_MS = 10_000
 
 _S = sessions.name
 _M = messages.name
-_SESSION_COLS = (
-    "id, instance, token_hash, state, ttl, failover, metadata, created_at, last_active_at, "
-    "closed_at, messages"
-)
-_MESSAGE_COLS = (
-    "session_id, seq, kind, instance, data, reply, latency_ms, request_id, idempotency_key, "
-    "created_at"
-)
+_SESSION_COLS = ", ".join(SESSION_COLUMNS)
+_MESSAGE_COLS = ", ".join(MESSAGE_COLUMNS)
+_ROWS = JSON_AS_TEXT
+_SESSION_VALUES = f"({', '.join('?' * len(SESSION_COLUMNS))})"
+_MESSAGE_VALUES = f"({', '.join('?' * len(MESSAGE_COLUMNS))})"
 _GET_SESSION = f"SELECT {_SESSION_COLS} FROM {_S} WHERE id = ?"  # noqa: S608  # constants
 _FIND_BY_KEY = f"SELECT {_MESSAGE_COLS} FROM {_M} WHERE session_id = ? AND idempotency_key = ?"  # noqa: S608
-_INSERT_SESSION = f"INSERT INTO {_S} ({_SESSION_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"  # noqa: S608
+_INSERT_SESSION = f"INSERT INTO {_S} ({_SESSION_COLS}) VALUES {_SESSION_VALUES}"  # noqa: S608
 CHUNK_ROWS = 500  # 10 parameters a row: well under SQLite's 32,766 per statement
 
 # sqlite3 primary result codes (https://sqlite.org/rescode.html): the disk is full, or the
@@ -79,7 +77,6 @@ CHUNK_ROWS = 500  # 10 parameters a row: well under SQLite's 32,766 per statemen
 SQLITE_FULL = 13
 _SQLITE_UNUSABLE = frozenset({5, 6, 8, 10, 14, 15})  # BUSY LOCKED READONLY IOERR CANTOPEN PROTOCOL
 _SQLITE_IOERR = 10
-_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 def storage_error(exc: BaseException, space: DiskSpace) -> StorageUnavailableError | None:
@@ -89,7 +86,7 @@ def storage_error(exc: BaseException, space: DiskSpace) -> StorageUnavailableErr
     if isinstance(exc, StorageUnavailableError):
         return exc
     if isinstance(exc, OSError):
-        if exc.errno in _FULL_ERRNOS:
+        if exc.errno in FULL_ERRNOS:
             return StorageFullError(f"disk full: {exc.strerror} ({space.path})")
         return StorageUnavailableError(f"cannot use the database file: {exc}")
     if not isinstance(exc, sqlite3.Error) or isinstance(exc, sqlite3.IntegrityError):
@@ -111,7 +108,7 @@ def _chunks(rows: list[tuple[Any, ...]]) -> list[list[tuple[Any, ...]]]:
 @functools.lru_cache(maxsize=64)
 def _insert_messages(n: int) -> str:
     """One INSERT of ``n`` history rows."""
-    values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * n)
+    values = ", ".join([_MESSAGE_VALUES] * n)
     return f"INSERT INTO {_M} ({_MESSAGE_COLS}) VALUES {values}"  # noqa: S608  # placeholders
 
 
@@ -123,6 +120,11 @@ def _update_sessions(n: int) -> str:
         f"UPDATE {_S} SET messages = v.column1, last_active_at = v.column2, "  # noqa: S608
         f"instance = v.column3 FROM (VALUES {values}) AS v WHERE {_S}.id = v.column4"
     )
+
+
+def sqlite_url(data_dir: Path) -> str:
+    """The default database: ``<data_dir>/orchestrator.db``."""
+    return f"sqlite:///{data_dir / 'orchestrator.db'}"
 
 
 def sqlite_path(url: str) -> str | None:
@@ -143,49 +145,6 @@ def _connect(path: str) -> sqlite3.Connection:
     ):
         conn.execute(pragma)
     return conn
-
-
-def _dumps(value: Any) -> str:
-    # What SQLAlchemy's JSON type writes (json.dumps, None as JSON null): either store
-    # reads what the other wrote.
-    return json.dumps(value)
-
-
-def _loads(value: Any) -> Any:
-    # The JSON columns have NUMERIC affinity: SQLite stores the text of a bare number as
-    # that number, and hands it back as int or float (SQLAlchemy reads it the same way).
-    return json.loads(value) if isinstance(value, str | bytes) else value
-
-
-def _session(row: tuple[Any, ...]) -> SessionRecord:
-    return SessionRecord(
-        id=row[0],
-        instance=row[1],
-        token_hash=row[2],
-        state=row[3],
-        ttl=row[4],
-        failover=row[5],
-        metadata=_loads(row[6]) or {},
-        created_at=row[7],
-        last_active_at=row[8],
-        closed_at=row[9],
-        messages=row[10],
-    )
-
-
-def _message(row: tuple[Any, ...]) -> MessageRecord:
-    return MessageRecord(
-        session_id=row[0],
-        seq=row[1],
-        kind=row[2],
-        instance=row[3],
-        data=_loads(row[4]),
-        reply=_loads(row[5]),
-        latency_ms=row[6],
-        request_id=row[7],
-        idempotency_key=row[8],
-        created_at=row[9],
-    )
 
 
 @dataclass(slots=True)
@@ -337,7 +296,7 @@ class _Writer:
                     self._appends(conn, [item], outcomes)
                 return
             item = batch[0]
-            conflict = _conflict(item.record)
+            conflict = append_conflict(item.record)
             conflict.__cause__ = exc
             outcomes.append((item.done, None, conflict))
             return
@@ -364,7 +323,6 @@ class SqliteStore:
             raise ValueError(f"SqliteStore needs a SQLite file URL, not {url!r}")
         self.url = url
         self.path = path
-        self.is_sqlite = True
         self._space = DiskSpace(str(Path(path).parent), min_free_bytes=min_free_bytes)
         self._health = StoreHealth(self._probe, functools.partial(storage_error, space=self._space))
         self._writer: _Writer | None = None
@@ -484,19 +442,7 @@ class SqliteStore:
 
     async def create_session(self, record: SessionRecord) -> None:
         """Insert; SessionExistsError when the id is taken."""
-        values = (
-            record.id,
-            record.instance,
-            record.token_hash,
-            record.state,
-            record.ttl,
-            record.failover,
-            _dumps(dict(record.metadata)),
-            record.created_at,
-            record.last_active_at,
-            record.closed_at,
-            record.messages,
-        )
+        values = _ROWS.session_row(record)
         try:
             await self._write(lambda conn: conn.execute(_INSERT_SESSION, values) and None)
         except sqlite3.IntegrityError as exc:
@@ -507,7 +453,7 @@ class SqliteStore:
     async def get_session(self, session_id: str) -> SessionRecord | None:
         """The session, or None (inline: one primary-key lookup)."""
         row = self._read_one(_GET_SESSION, (session_id,))
-        return None if row is None else _session(row)
+        return None if row is None else _ROWS.session(row)
 
     async def list_sessions(
         self,
@@ -534,36 +480,15 @@ class SqliteStore:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY last_active_at DESC LIMIT ?"
         params.append(limit)
-        return [_session(r) for r in await self._read_many(sql, tuple(params))]
+        return [_ROWS.session(r) for r in await self._read_many(sql, tuple(params))]
 
     async def append(self, record: SessionRecord, *entries: MessageRecord) -> SessionRecord:
         """Insert the entries and update the session, in one transaction shared with the
         concurrent appends (group commit); returns once committed."""
-        last = entries[-1] if entries else None
-        updated = replace(
-            record,
-            messages=record.messages + len(entries),
-            last_active_at=last.created_at if last else record.last_active_at,
-            instance=last.instance if last else record.instance,
-        )
-        rows = [
-            (
-                e.session_id,
-                e.seq,
-                e.kind,
-                e.instance,
-                _dumps(e.data),
-                _dumps(e.reply),
-                e.latency_ms,
-                e.request_id,
-                e.idempotency_key,
-                e.created_at,
-            )
-            for e in entries
-        ]
+        updated = appended(record, entries)
         item = _Append(
             record,
-            rows,
+            [_ROWS.message_row(e) for e in entries],
             (updated.messages, updated.last_active_at, updated.instance, updated.id),
             asyncio.get_running_loop().create_future(),
         )
@@ -575,7 +500,7 @@ class SqliteStore:
     async def find_by_key(self, session_id: str, idempotency_key: str) -> MessageRecord | None:
         """The earlier message with this key, if any (inline: one unique-index lookup)."""
         row = self._read_one(_FIND_BY_KEY, (session_id, idempotency_key))
-        return None if row is None else _message(row)
+        return None if row is None else _ROWS.message(row)
 
     async def history(
         self, session_id: str, *, offset: int = 0, limit: int | None = None
@@ -583,7 +508,7 @@ class SqliteStore:
         """Oldest first."""
         sql = f"SELECT {_MESSAGE_COLS} FROM {_M} WHERE session_id = ? ORDER BY seq LIMIT ? OFFSET ?"  # noqa: S608
         rows = await self._read_many(sql, (session_id, -1 if limit is None else limit, offset))
-        return [_message(r) for r in rows]
+        return [_ROWS.message(r) for r in rows]
 
     async def set_state(
         self, session_id: str, state: str, *, closed_at: float
@@ -599,7 +524,7 @@ class SqliteStore:
             return row
 
         row = await self._write(run)
-        return None if row is None else _session(row)
+        return None if row is None else _ROWS.session(row)
 
     async def expire_idle(self, now: float) -> list[SessionRecord]:
         """Expire open sessions whose last activity plus TTL is in the past."""
@@ -617,7 +542,7 @@ class SqliteStore:
             )
             return rows
 
-        return [_session(r) for r in await self._write(run)]
+        return [_ROWS.session(r) for r in await self._write(run)]
 
     async def purge(self, closed_before: float) -> int:
         """Delete old closed/expired sessions and their histories."""
