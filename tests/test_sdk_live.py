@@ -1,7 +1,7 @@
 """The SDK against a live orchestrator and real instances on 127.0.0.1 (``start_cluster``).
 
-``AsyncClient`` runs in the test's loop next to the cluster. The sync ``Client`` drives its
-own private loop, which cannot run inside this one, so its calls go to a worker thread
+``AsyncClient`` runs in the test's loop next to the cluster. The sync ``Client`` blocks (and
+refuses to run inside a running loop), so its calls go to a worker thread
 (``asyncio.to_thread``) while the cluster keeps serving here.
 """
 
@@ -27,6 +27,7 @@ from openclaw_orchestrator import (
     InstanceDownError,
     InstanceError,
     InstanceInfo,
+    InstanceRejectedError,
     InvalidRequestError,
     NoHealthyInstanceError,
     NotFoundError,
@@ -192,6 +193,25 @@ async def test_invalid_request_names_the_field(client: AsyncClient) -> None:
     assert targets.value.field == "targets"
 
 
+async def test_an_instance_refusal_is_instance_rejected_in_both_clients(
+    live: Cluster, client: AsyncClient
+) -> None:
+    """A 4xx from the instance reaches the SDK as InstanceRejectedError (an InstanceError
+    naming the instance), not as the InvalidRequestError of a malformed request."""
+    await live.set_faults("A", fail_rate=1.0, fail_status=422)
+    with pytest.raises(InstanceRejectedError) as caught:
+        await client.route(instances="A")
+    assert (caught.value.instance, caught.value.upstream_status) == ("A", 422)
+    assert isinstance(caught.value, InstanceError)
+
+    def use_sync() -> OrchestratorError:
+        with Client(live.url, live.api_key) as sync, pytest.raises(InstanceRejectedError) as info:
+            sync.route(instances="A")
+        return info.value
+
+    assert (await asyncio.to_thread(use_sync)).instance == "A"
+
+
 async def test_stopped_instances_raise_down_errors(live: Cluster, client: AsyncClient) -> None:
     """A stopped only candidate is InstanceDownError(.instance); all candidates stopped is
     NoHealthyInstanceError."""
@@ -325,7 +345,7 @@ async def test_reads_url_and_key_from_environment(
     assert await asyncio.to_thread(sync_from_env) == "H"
 
 
-# -- the sync facade ----------------------------------------------------------------------------
+# -- the sync client -----------------------------------------------------------------------------
 
 
 async def test_sync_client_in_a_worker_thread(live: Cluster) -> None:

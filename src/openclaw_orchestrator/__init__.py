@@ -1,6 +1,6 @@
 """openclaw-orchestrator: delegate tasks to named agent instances, from Python or the shell.
 
-The public surface is the SDK: :class:`AsyncClient` and its synchronous facade :class:`Client`
+The public surface is the SDK: :class:`AsyncClient` and its synchronous twin :class:`Client`
 (with their session namespaces and handles), the wire models they return, and the error tree
 they raise. Names are loaded on first use
 (PEP 562), so ``import openclaw_orchestrator`` — and with it every run of the ``openclaw``
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from .__about__ import __version__
 
 if TYPE_CHECKING:
-    from .client import AsyncClient, AsyncSession, AsyncSessions, Client, Session, Sessions
+    from .client import AsyncClient, AsyncSession, AsyncSessions
     from .errors import (
         AddressNotAllowedError,
         AggregationError,
@@ -58,6 +58,7 @@ if TYPE_CHECKING:
         TargetExpr,
     )
     from .settings import ConfigError
+    from .sync_client import Client, Session, Sessions
 
 __all__ = [
     "AddressNotAllowedError",
@@ -106,7 +107,7 @@ __all__ = [
     "__version__",
 ]
 
-_SOURCES = (".errors", ".models", ".settings", ".client")
+_SOURCES = (".errors", ".models", ".settings", ".sync_client", ".client")
 """Where the lazy names live, cheapest module first (each imports the ones before it)."""
 
 

@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-__all__ = ["DEFAULT_URL", "client_env"]
+if TYPE_CHECKING:
+    from pathlib import Path
+
+__all__ = ["DEFAULT_URL", "client_env", "resolve_client"]
 
 DEFAULT_URL = "http://127.0.0.1:18790"
 """Same as :data:`~.settings.DEFAULT_URL` (a test keeps the two equal)."""
@@ -36,3 +40,18 @@ def client_env(
             found[lowered] = value
     resolved = url or found.get("orchestrator_url", DEFAULT_URL)
     return resolved, found.get("orchestrator_api_key")
+
+
+def resolve_client(
+    config: Path | None, url: str | None, api_key: str | None
+) -> tuple[str, str | None]:
+    """``(url, api_key)`` of a client: the light reader when it is sure, else the full
+    :func:`~.settings.load_client_settings` (a config file, an ambiguous variable)."""
+    light = None if config else client_env(url)
+    if light is not None:
+        return light[0], api_key or light[1]
+    from .settings import load_client_settings
+
+    settings = load_client_settings(config, url=url, api_key=api_key)
+    key = settings.api_key
+    return settings.url, None if key is None else key.get_secret_value()

@@ -2,7 +2,10 @@
 
 Every failure a user can see is an ``OrchestratorError``; its ``code`` is the JSON error code
 of the HTTP API and its ``status`` the HTTP status. The SDK turns a JSON ``code`` back into
-the same class through :data:`ERRORS_BY_CODE`, so server and client raise the same types::
+the same class through :data:`ERRORS_BY_CODE`, so server and client raise the same types;
+an error that names an ``instance`` is looked up in :data:`INSTANCE_ERRORS_BY_CODE` first,
+which tells an instance's refusal (``InstanceRejectedError``) apart from a malformed request
+(``InvalidRequestError``) under the one documented code ``invalid_request``::
 
     OrchestratorError                  500 internal_error
     ├── InvalidRequestError            400 invalid_request      names the offending field
@@ -36,6 +39,7 @@ from typing import Any, ClassVar
 
 __all__ = [
     "ERRORS_BY_CODE",
+    "INSTANCE_ERRORS_BY_CODE",
     "AddressNotAllowedError",
     "AggregationError",
     "ConflictError",
@@ -281,12 +285,22 @@ ERRORS_BY_CODE: dict[str, type[OrchestratorError]] = {
 }
 
 
+INSTANCE_ERRORS_BY_CODE: dict[str, type[OrchestratorError]] = {
+    InstanceRejectedError.code: InstanceRejectedError,
+}
+"""Codes that name another class when the envelope names an ``instance`` (a malformed
+request never does). ``InstanceProtocolError`` shares ``instance_error`` with its parent
+and arrives as that."""
+
+
 def error_from_body(body: Any, *, status: int) -> OrchestratorError:
     """Rebuild the typed error from an ``{"error": {...}}`` envelope (SDK side)."""
     err = body.get("error") if isinstance(body, dict) else None
     if not isinstance(err, dict):
         return OrchestratorError(f"HTTP {status} without an error body", upstream_status=status)
-    cls = ERRORS_BY_CODE.get(str(err.get("code")), OrchestratorError)
+    code = str(err.get("code"))
+    by_code = INSTANCE_ERRORS_BY_CODE if err.get("instance") is not None else ERRORS_BY_CODE
+    cls = by_code.get(code) or ERRORS_BY_CODE.get(code, OrchestratorError)
     exc = cls(
         str(err.get("message", "")),
         instance=err.get("instance"),

@@ -26,6 +26,7 @@ from aiohttp import web
 from rich.console import Console, RenderableType
 from typer.testing import CliRunner
 
+from openclaw_orchestrator import api_calls
 from openclaw_orchestrator.cli import render
 from openclaw_orchestrator.cli.entry import expand_multi_value_options, find_openclaw
 from openclaw_orchestrator.cli.main import (
@@ -595,9 +596,8 @@ async def test_sdk_client_side_timeout(silent_url: str) -> None:
 
 def test_client_deadline_exceeds_request_timeout() -> None:
     """The HTTP deadline is the request's own timeout plus the margin, so the 504 arrives."""
-    client = AsyncClient("http://127.0.0.1:1", timeout=60.0)
-    assert client._client_timeout(10.0).total == 10.0 + DEFAULT_TIMEOUT_MARGIN
-    assert client._client_timeout(None).total == 60.0
+    assert api_calls.route(timeout=10.0).wait(60.0) == 10.0 + DEFAULT_TIMEOUT_MARGIN
+    assert api_calls.route().wait(60.0) == 60.0
 
 
 async def test_sdk_sends_bodies_without_none_fields(
@@ -798,7 +798,7 @@ async def test_async_client_leaves_a_passed_session_open(closed_url: str) -> Non
 
 
 def test_sync_client_open_close(closed_url: str) -> None:
-    """Client wraps AsyncClient on a private loop: calls work, close is idempotent, then refuses."""
+    """Client on its stdlib transport: calls work, close is idempotent, then it refuses."""
     client = Client(closed_url, api_key=SECRET, timeout=5)
     assert not client.is_closed
     with pytest.raises(ConnectionFailedError):
@@ -940,11 +940,12 @@ def test_sessions_view_has_one_row_per_session_and_no_token() -> None:
 def test_session_handles_never_show_the_token() -> None:
     """AsyncSession/Session reprs name the id only; their info carries no token."""
     client = AsyncClient("http://127.0.0.1:1", api_key=SECRET)
-    handle = AsyncSession(client.sessions, "session1", token=TOKEN, info=_spawned())
+    handle = client.sessions.session("session1", token=TOKEN)
     assert repr(handle) == "<AsyncSession id='session1'>"
     assert handle.token == TOKEN
-    assert type(handle.info) is SessionInfo
-    assert TOKEN not in repr(handle.info)
+    info = api_calls.public_info(_spawned())  # what a spawned handle keeps in .info
+    assert type(info) is SessionInfo
+    assert TOKEN not in repr(info)
     with Client("http://127.0.0.1:1") as sync:
         session = sync.sessions.session("session1", token=TOKEN)
         assert repr(session) == "<Session id='session1'>"

@@ -10,14 +10,20 @@ from typing import Any, assert_type
 
 from openclaw_orchestrator import (
     AsyncClient,
+    AsyncSession,
     Client,
     FanoutEntry,
     FanoutResult,
     HealthDetail,
+    HistoryEntry,
+    HistoryPage,
     InstanceInfo,
     NoHealthyInstanceError,
     OrchestratorError,
     RouteResult,
+    SendResult,
+    Session,
+    SessionInfo,
     TimeoutExceededError,
     __version__,
 )
@@ -60,8 +66,40 @@ async def async_usage() -> None:
         assert_type(await client.liveness(), dict[str, Any])
 
 
+async def async_session_usage() -> None:
+    """The session namespace and its handles, with the types that come back."""
+    async with AsyncClient() as client:
+        handle = await client.sessions.spawn("s1", instance="A", ttl="1h", failover="migrate")
+        assert_type(handle, AsyncSession)
+        assert_type(handle.token, str | None)
+        assert_type(await handle.send({"k": "v"}, timeout=5, idempotency_key="m1"), SendResult)
+        assert_type(await handle.history(offset=0, limit=10), HistoryPage)
+        async for entry in handle.iter_history(page_size=50):
+            assert_type(entry, HistoryEntry)
+        assert_type(await handle.close(), SessionInfo)
+        assert_type(await client.sessions.send("s1", {"k": 1}), SendResult)
+        assert_type(await client.sessions.history("s1", limit=5), HistoryPage)
+        assert_type(await client.sessions.list(state="open", active_within=5), list[SessionInfo])
+        assert_type(await client.sessions.get("s1"), SessionInfo)
+        assert_type(await client.sessions.close("s1"), SessionInfo)
+        assert_type(client.sessions.session("s1", token="ocs_t"), AsyncSession)
+
+
+def sync_session_usage() -> None:
+    """The same session calls on the sync client."""
+    with Client() as client, client.sessions.spawn(instance="A") as handle:
+        assert_type(handle, Session)
+        assert_type(handle.send({"k": "v"}, timeout="5s"), SendResult)
+        assert_type(handle.history(limit=10), HistoryPage)
+        for entry in handle.iter_history():
+            assert_type(entry, HistoryEntry)
+        assert_type(client.sessions.send("s1"), SendResult)
+        assert_type(client.sessions.list(instance="A"), list[SessionInfo])
+        assert_type(client.sessions.session("s1").get(), SessionInfo)
+
+
 def sync_usage() -> None:
-    """The synchronous facade: same methods, plain iterator for the stream."""
+    """The synchronous client: same methods, plain iterator for the stream."""
     with Client() as client:
         try:
             assert_type(client.route(instances="A"), RouteResult)

@@ -37,8 +37,8 @@ from .server_extra import require_server
 if TYPE_CHECKING:
     from rich.console import RenderableType
 
-    from ..client import Client, Session
     from ..models import FanoutResult, HistoryPage, SpawnResult
+    from ..sync_client import Client, Session
 
 __all__ = ["EXIT_CODES", "ExitCode", "Output", "app", "exit_code_for"]
 
@@ -203,7 +203,7 @@ def _targets(tokens: list[str] | None, option: str) -> str | list[str] | None:
 
 
 def _client(url: str | None, config: Path | None) -> Client:
-    from ..client import Client
+    from ..sync_client import Client
 
     return Client(url, config=config)
 

@@ -1,26 +1,27 @@
 """A quick path for the most scripted JSON commands, taken before Typer, Rich or aiohttp load.
 
 ``health``, ``instances``, ``route``, ``fanout`` and ``sessions_send`` printing JSON make up
-most scripted calls
-and cost one request each; building the Typer app (≈ 100 ms), Rich (≈ 35 ms) and the aiohttp
-SDK (≈ 130 ms) for them would dominate the run. :func:`try_quick` accepts only a strict subset
+most scripted calls and cost one request each; building the Typer app (≈ 100 ms) and Rich
+(≈ 35 ms) for them would dominate the run. :func:`try_quick` accepts only a strict subset
 of those commands' options (the ones spelled out below) with values it can vouch for, and
 returns None for anything else — help, table output, ``--config``, ``--stream``, stdin as
 ``--payload -``, targets that name nothing, an unknown, repeated or invalid option, a fanout
 whose progress a terminal on stderr should show — so the Typer app handles it exactly as
 before (usage errors included).
 
-Same settings (:func:`~..settings.load_client_settings`), same request, same JSON
-(:func:`.render.to_json`), same error line and exit codes as the Typer commands.
+The same SDK call as the Typer command (the sync :class:`~..sync_client.Client`, which builds
+the request and reads the reply), the same JSON (:func:`.render.to_json`), the same error
+line and exit codes. A plain ``health`` never imports pydantic.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
-from typing import Any, NamedTuple
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeAlias
 
-from ..replies import expect_object, parse_reply
+if TYPE_CHECKING:
+    from ..sync_client import Client
 
 __all__ = ["QUICK_COMMANDS", "try_quick"]
 
@@ -64,6 +65,8 @@ _FLAGS = {
 _TASKS = frozenset({"route", "fanout", "sessions_send"})
 _REPEATABLE = frozenset({"--instances", "--targets"})
 # Integer options and their bounds, as the Typer commands declare them.
+_Call: TypeAlias = "Callable[[Client], Any]"
+"""One SDK call on the quick path's :class:`~..sync_client.Client`."""
 _INTS = {
     "--retry": (0, 10),
     "--min-success": (0, None),
@@ -126,22 +129,14 @@ def try_quick(argv: Sequence[str]) -> int | None:
         return None  # Typer's usage error
     if not _wants_json(options) or _is_for_typer(command, options):
         return None
-    from ..transport import SyncTransport, UnsupportedURLError
+    from ..sync_client import Client
 
     try:
-        url, api_key = _client_settings(options.get("--url", [None])[0])
-        try:
-            transport = SyncTransport(url, api_key=api_key)
-        except UnsupportedURLError:
-            return None
-        task = _task_request(command, options) if command in _TASKS else None
-        if command in _TASKS and task is None:
+        call = _task(command, options) if command in _TASKS else _query(command, options)
+        if call is None:
             return None  # a value the Typer command must judge (and report)
-        with transport:
-            if task is not None:
-                result = _send_task(transport, command, task)
-            else:
-                result = _call(transport, command, options)
+        with Client(options.get("--url", [None])[0]) as client:
+            result = call(client)
         text = _result_json(result, options)
     except Exception as exc:  # mapped like the Typer app's one error exit
         return _fail(exc)
@@ -166,20 +161,6 @@ def _is_for_typer(command: str, options: dict[str, list[str]]) -> bool:
     if command != "fanout":
         return False
     return sys.stderr.isatty() or {"--summary", "--value-only"} <= options.keys()
-
-
-def _client_settings(url: str | None) -> tuple[str, str | None]:
-    """URL and API key: the light reader when it is sure, else the full client settings."""
-    from ..client_env import client_env
-
-    light = client_env(url)
-    if light is not None:
-        return light
-    from ..settings import load_client_settings
-
-    settings = load_client_settings(None, url=url)
-    key = settings.api_key
-    return settings.url, None if key is None else key.get_secret_value()
 
 
 def _result_json(result: Any, options: dict[str, list[str]]) -> str:
@@ -207,49 +188,19 @@ def _to_json(result: Any) -> str:
     return to_json(result)
 
 
-def _call(transport: Any, command: str, options: dict[str, list[str]]) -> Any:
-    """The same request and result shape as :class:`~..client.AsyncClient`'s method."""
-    from ..errors import OrchestratorError
-
+def _query(command: str, options: dict[str, list[str]]) -> _Call:
+    """``health`` (with ``--detail``) or ``instances``: the SDK call the Typer command makes."""
     if command == "instances":
-        from ..models import InstanceInfo
-
-        data = transport.request("GET", "/api/cluster/instances")
-        items = expect_object(data, "/api/cluster/instances").get("instances")
-        if not isinstance(items, list):
-            raise OrchestratorError("the orchestrator sent an instance list without 'instances'")
-        return [parse_reply(InstanceInfo, item) for item in items]
-    instances = options.get("--instances")
-    detail = "--detail" in options
-    params: dict[str, str] = {}
-    if instances:
-        params["instances"] = ",".join(instances)
-    if detail:
-        params["detail"] = "true"
-    data = expect_object(
-        transport.request("GET", "/api/orchestrator/health", params=params),
-        "/api/orchestrator/health",
-    )
-    if detail:
-        from ..models import HealthDetail
-
-        return {str(name): parse_reply(HealthDetail, value) for name, value in data.items()}
-    return {str(name): str(state) for name, state in data.items()}
+        return lambda client: client.instances()
+    targets = options.get("--instances") or None
+    if "--detail" in options:
+        return lambda client: client.health_detail(targets)
+    return lambda client: client.health(targets)
 
 
-class _Task(NamedTuple):
-    """One POST the quick path makes: where, what, the server-side deadline, the headers."""
-
-    path: str
-    body: dict[str, Any]
-    deadline: float | None
-    idempotency_key: str | None
-    token: str | None = None  # a session token, sent instead of the API key
-
-
-def _task_request(command: str, options: dict[str, list[str]]) -> _Task | None:
-    """The POST of a ``route``, ``fanout`` or ``sessions_send``, shaped as the SDK sends it,
-    or None when a value is one the Typer command would refuse or must read itself."""
+def _task(command: str, options: dict[str, list[str]]) -> _Call | None:
+    """The SDK call of a ``route``, ``fanout`` or ``sessions_send``, or None when a value is
+    one the Typer command would refuse or must read itself."""
     import orjson
 
     from ..domain.duration import parse_duration
@@ -258,7 +209,7 @@ def _task_request(command: str, options: dict[str, list[str]]) -> _Task | None:
 
     one = {name: values[0] for name, values in options.items() if values}
     if command == "sessions_send":
-        return _send_request(one)
+        return _send(one)
     payload_text = one.get("--payload", "{}")
     if payload_text == "-":
         return None  # stdin can be read once: the Typer command reads it
@@ -281,29 +232,34 @@ def _task_request(command: str, options: dict[str, list[str]]) -> _Task | None:
             if number < low or (high is not None and number > high):
                 return None
             numbers[name] = number
-    timeout = durations.get("--timeout")
-    fields: dict[str, Any] = {
-        "payload": payload,
-        "timeout": timeout,
+    common: dict[str, Any] = {
+        "timeout": durations.get("--timeout"),
         "attempt_timeout": durations.get("--attempt-timeout"),
         "retry": numbers.get("--retry"),
+        "idempotency_key": one.get("--idempotency-key"),
     }
     if command == "route":
-        fields["instances"] = targets_value(options.get("--instances"))
-        fields["policy"] = one.get("--policy")
-    else:
-        fields["targets"] = targets_value(options.get("--targets")) or "all"
-        fields["aggregate"] = aggregate_value(one.get("--aggregate", "true"))
-        fields["min_success"] = numbers.get("--min-success")
-        fields["quorum"] = numbers.get("--quorum")
-        fields["top_k"] = numbers.get("--top-k")
-    body = {name: value for name, value in fields.items() if value is not None}
-    return _Task(f"/api/orchestrator/{command}", body, timeout, one.get("--idempotency-key"))
+        instances = targets_value(options.get("--instances"))
+        policy = one.get("--policy")
+        return lambda client: client.route(payload, instances=instances, policy=policy, **common)
+    targets = targets_value(options.get("--targets")) or "all"
+    aggregate = aggregate_value(one.get("--aggregate", "true"))
+    min_success, quorum = numbers.get("--min-success"), numbers.get("--quorum")
+    top_k = numbers.get("--top-k")
+    return lambda client: client.fanout(
+        payload,
+        targets=targets,
+        aggregate=aggregate,
+        min_success=min_success,
+        quorum=quorum,
+        top_k=top_k,
+        **common,
+    )
 
 
-def _send_request(one: dict[str, str]) -> _Task | None:
-    """``sessions_send`` as the SDK's session handle sends it (its token instead of the API
-    key with ``--token-env``), or None for anything the Typer command must judge."""
+def _send(one: dict[str, str]) -> _Call | None:
+    """``sessions_send`` through the session handle, as the Typer command (its token instead
+    of the API key with ``--token-env``), or None for anything the Typer command must judge."""
     import os
     import re
 
@@ -327,31 +283,10 @@ def _send_request(one: dict[str, str]) -> _Task | None:
         timeout = parse_duration(one["--timeout"], field="duration") if "--timeout" in one else None
     except (OSError, orjson.JSONDecodeError, InvalidRequestError):
         return None
-    body = {"data": data} if timeout is None else {"data": data, "timeout": timeout}
-    path = f"/api/orchestrator/sessions/{session_id}/send"
-    return _Task(path, body, timeout, one.get("--idempotency-key"), token)
-
-
-def _send_task(transport: Any, command: str, task: _Task) -> Any:
-    """POST ``task`` as :class:`~..client.AsyncClient` does; its typed result."""
-    from pydantic import BaseModel
-
-    from ..models import FanoutResult, RouteResult, SendResult
-
-    headers: dict[str, str] = {}
-    if task.idempotency_key is not None:
-        headers["Idempotency-Key"] = task.idempotency_key
-    if task.token is not None:
-        headers["Authorization"] = f"Bearer {task.token}"
-    data = transport.request(
-        "POST", task.path, body=task.body, deadline=task.deadline, headers=headers
+    key = one.get("--idempotency-key")
+    return lambda client: client.sessions.session(session_id, token).send(
+        data, timeout=timeout, idempotency_key=key
     )
-    models: dict[str, type[BaseModel]] = {
-        "route": RouteResult,
-        "fanout": FanoutResult,
-        "sessions_send": SendResult,
-    }
-    return parse_reply(models[command], data)
 
 
 def _fail(exc: Exception) -> int:
