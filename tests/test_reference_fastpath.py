@@ -1,8 +1,8 @@
 """The reference instance's fast task path answers exactly as its Starlette routes would.
 
-``InstanceApp`` serves the ordinary ``POST /api/instance/task`` before Starlette runs. Each
-test sends the same request to the app and to the same app with the fast path bypassed
-(Starlette's own ``__call__``), and compares what comes back.
+``TaskFastPath`` serves the ordinary ``POST /api/instance/task`` before Starlette's layers.
+Each test sends the same request to the app and to the same app built without the fast path
+(``create_instance_app(..., fast_path=False)``), and compares what comes back.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-from starlette.applications import Starlette
-from starlette.types import Receive, Scope, Send
+from starlette.routing import Router
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from openclaw_orchestrator.reference import FaultConfig, HandlerContext, create_instance_app
 from openclaw_orchestrator.reference.app import InstanceApp
@@ -26,19 +26,13 @@ TASK = "/api/instance/task"
 COMPARED_HEADERS = ("Content-Type", "Retry-After", "WWW-Authenticate")
 
 
-def _framework_only(app: InstanceApp) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
-    """``app`` with its fast path bypassed: every request goes through Starlette."""
-
-    async def call(scope: Scope, receive: Receive, send: Send) -> None:
-        await Starlette.__call__(app, scope, receive, send)
-
-    return call
-
-
 async def _both(
-    serve: Serve, session: aiohttp.ClientSession, app: InstanceApp, **request: Any
+    serve: Serve,
+    session: aiohttp.ClientSession,
+    make: Callable[[bool], InstanceApp],
+    **request: Any,
 ) -> list[tuple[int, Any, dict[str, str]]]:
-    urls = [await serve(app), await serve(_framework_only(app))]
+    urls = [await serve(make(True)), await serve(make(False))]
     replies = []
     for url in urls:
         async with session.post(url + TASK, **request) as resp:
@@ -108,10 +102,12 @@ async def test_fast_and_framework_paths_agree(
     status: int,
 ) -> None:
     """Status, body, content type, Retry-After, WWW-Authenticate and request id: equal."""
-    app = create_instance_app("A", handler, token=token, faults=faults)
-    assert isinstance(app, InstanceApp)
+
+    def make(fast_path: bool) -> InstanceApp:
+        return create_instance_app("A", handler, token=token, faults=faults, fast_path=fast_path)
+
     headers = {**request_kwargs.pop("headers", {}), "X-Request-ID": "rid-1"}
-    fast, full = await _both(serve, session, app, headers=headers, **request_kwargs)
+    fast, full = await _both(serve, session, make, headers=headers, **request_kwargs)
     assert fast == full
     assert fast[0] == status
     assert fast[2]["X-Request-ID"] == "rid-1"
@@ -120,22 +116,50 @@ async def test_fast_and_framework_paths_agree(
 async def test_ordinary_task_never_reaches_starlette(
     serve: Serve, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With Starlette's own entry broken, the ordinary task still works; other paths don't."""
+    """With Starlette's router broken, the ordinary task still works; other paths don't."""
     app = create_instance_app("A", echo)
     url = await serve(app)
 
-    async def broken(self: Starlette, scope: Scope, receive: Receive, send: Send) -> None:
+    async def broken(self: Router, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             raise RuntimeError("the framework was called")
         await original(self, scope, receive, send)
 
-    original = Starlette.__call__
-    monkeypatch.setattr(Starlette, "__call__", broken)
+    original = Router.__call__
+    monkeypatch.setattr(Router, "__call__", broken)
     async with session.post(url + TASK, json={"payload": 7}) as resp:
         assert resp.status == 200
         assert (await resp.json())["result"]["payload"] == 7
     async with session.get(url + "/api/health/check") as resp:
         assert resp.status == 500  # went to the (broken) framework
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast_path", "framework_only"])
+async def test_middleware_added_later_sees_the_task(
+    serve: Serve, session: aiohttp.ClientSession, fast_path: bool
+) -> None:
+    """A middleware added to the app after it is built sees the task the fast path serves."""
+    app = create_instance_app("A", echo, fast_path=fast_path)
+    seen: list[str] = []
+    app.add_middleware(_Recorder, seen=seen)
+    url = await serve(app)
+    async with session.post(url + TASK, json={"payload": 1}) as resp:
+        assert resp.status == 200
+    assert seen == [TASK]
+    assert app.has_fast_path is fast_path
+
+
+class _Recorder:
+    """Middleware that notes the path of every HTTP request it sees."""
+
+    def __init__(self, app: ASGIApp, *, seen: list[str]) -> None:
+        self.app = app
+        self.seen = seen
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            self.seen.append(scope["path"])
+        await self.app(scope, receive, send)
 
 
 async def test_a_generated_request_id_is_hex(serve: Serve, session: aiohttp.ClientSession) -> None:

@@ -1,4 +1,8 @@
-"""The reference instance over raw HTTP: envelopes, limits, auth, faults, registration."""
+"""The reference instance over raw HTTP: envelopes, limits, auth, faults, registration.
+
+Every test that serves an instance runs twice: with the fast task path and with Starlette
+alone (``create_instance_app(..., fast_path=False)``).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import asyncio
 import functools
 import re
 import socket
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -38,6 +43,24 @@ Serve = Callable[[Any], Awaitable[str]]
 TASK = "/api/instance/task"
 HEALTH = "/api/health/check"
 FAULTS = "/api/instance/faults"
+FAST_PATH = {"fast_path": True, "framework_only": False}
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Both sides of the fast task path for every test that serves an instance."""
+    if "serve" in metafunc.fixturenames:
+        metafunc.parametrize(
+            "fast_path", list(FAST_PATH.values()), ids=list(FAST_PATH), indirect=True
+        )
+
+
+@pytest.fixture(autouse=True)
+def fast_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """The side of this test: ``create_instance_app`` here builds apps with it."""
+    side: bool = getattr(request, "param", True)
+    build = functools.partial(create_instance_app, fast_path=side)
+    monkeypatch.setattr(sys.modules[__name__], "create_instance_app", build)
+    return side
 
 
 async def _call(

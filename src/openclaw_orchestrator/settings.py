@@ -189,6 +189,12 @@ class InstancesSettings(_Section):
         description="Most open connections to one instance address (host and port); more "
         "requests wait for a free one within their deadline.",
     )
+    transport: Literal["lean", "aiohttp"] = Field(
+        default="lean",
+        description="How worker instances are called: 'lean' sends tasks and session "
+        "messages to http:// instances with the httptools client and the rest with aiohttp; "
+        "'aiohttp' sends everything with aiohttp.",
+    )
     allow: list[str] = Field(
         default_factory=list,
         description="CIDRs and host names ('*.suffix' wildcards) instances may be at; "

@@ -3,14 +3,19 @@
 Everything runs in the test's event loop on real sockets; instances expose the fault API so
 a test can make one slow, failing or unhealthy, and ``stop_instance`` closes one's socket
 so connections are refused, as with a crashed process.
+
+Every test of a module that starts a cluster runs twice: with the orchestrator's fast paths
+(:class:`~openclaw_orchestrator.api.fastpath.FastPaths`) and with the FastAPI routes alone
+(``create_app(..., fast_paths=False)``), so neither side can drift from the other.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import tempfile
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +23,7 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from starlette.middleware import Middleware
 
 from openclaw_orchestrator.api.app import create_app
 from openclaw_orchestrator.models import InstanceSpec
@@ -30,6 +36,30 @@ from openclaw_orchestrator.settings import Settings
 API_KEY = "test-key-0123456789"
 FAST_HEALTH = {"interval": 0.2, "probe_timeout": 0.5, "down_backoff": 0.1, "degraded_latency": 0.3}
 ORCHESTRATOR = "__orchestrator__"
+FAST_PATHS = {"fast_paths": True, "framework_only": False}
+_fast_paths_now = True  # what start_cluster builds when not told: set by the fast_paths fixture
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Both sides of the fast paths for every test of a module that starts a cluster."""
+    names = metafunc.fixturenames
+    if "fast_paths" in names and (
+        "cluster" in names or "start_cluster" in inspect.getsource(metafunc.module)
+    ):
+        metafunc.parametrize(
+            "fast_paths", list(FAST_PATHS.values()), ids=list(FAST_PATHS), indirect=True
+        )
+
+
+@pytest.fixture(autouse=True)
+def fast_paths(request: pytest.FixtureRequest) -> Iterator[bool]:
+    """Whether the clusters of this test serve the hot endpoints with the fast paths."""
+    global _fast_paths_now
+    _fast_paths_now = getattr(request, "param", True)
+    try:
+        yield _fast_paths_now
+    finally:
+        _fast_paths_now = True
 
 
 @dataclass
@@ -91,10 +121,14 @@ async def start_cluster(
     tags: dict[str, list[str]] | None = None,
     weights: dict[str, float] | None = None,
     wait_healthy: bool = True,
+    fast_paths: bool | None = None,
+    middleware: Sequence[Middleware] = (),
     **overrides: Any,
 ) -> AsyncIterator[Cluster]:
     """Instances ``names`` plus an orchestrator knowing them, with fast health checks and a
-    SQLite store in a fresh temporary folder (unless ``data_dir`` is given)."""
+    SQLite store in a fresh temporary folder (unless ``data_dir`` is given); ``fast_paths``
+    defaults to the test's side (the ``fast_paths`` fixture); ``middleware`` is added to the
+    app once it is built, as a deployment would add its own."""
     servers: dict[str, BackgroundServer] = {}
     scratch = tempfile.TemporaryDirectory(prefix="orchestrator-test-")
     overrides.setdefault("data_dir", Path(scratch.name))
@@ -116,11 +150,13 @@ async def start_cluster(
         settings = Settings(
             api_key=API_KEY, instances=specs, **{"health": FAST_HEALTH, **overrides}
         )
-        app = create_app(settings)
-        servers[ORCHESTRATOR] = BackgroundServer(app)
+        api = create_app(settings, fast_paths=_fast_paths_now if fast_paths is None else fast_paths)
+        for layer in middleware:
+            api.add_middleware(layer.cls, *layer.args, **layer.kwargs)
+        servers[ORCHESTRATOR] = BackgroundServer(api)
         url = await servers[ORCHESTRATOR].start()
         async with aiohttp.ClientSession() as http:
-            cluster = Cluster(url, API_KEY, urls, app.state.orchestrator, http, servers)
+            cluster = Cluster(url, API_KEY, urls, api.state.orchestrator, http, servers)
             if wait_healthy:
                 for name in urls:
                     await cluster.wait_state(name, "healthy")

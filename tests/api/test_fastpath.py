@@ -1,9 +1,10 @@
 """The hot endpoints' fast path answers exactly as the FastAPI routes behind it would.
 
-``FastPaths`` sits in front of the whole app (middleware included), so what the middleware
-gives every request — an id, the body limit, the error envelope — it must give too. Each test
-compares a request the fast path serves with one the full app serves (an ``Idempotency-Key``
-sends a route through FastAPI; the first such request answers like a plain one).
+``FastPaths`` sits in front of the framework's layers (the middleware added before it
+included), so what they give every request — an id, the body limit, the error envelope — it
+must give too. Each test compares a request the fast path serves with one the full app
+serves (an ``Idempotency-Key`` sends a route through FastAPI; the first such request answers
+like a plain one). Like the whole API suite, they run with the fast paths and without.
 """
 
 from __future__ import annotations
@@ -15,15 +16,18 @@ import orjson
 import pytest
 from pydantic import SecretStr
 from starlette.datastructures import State
-from starlette.types import Message, Receive, Scope, Send
+from starlette.middleware import Middleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from openclaw_orchestrator.api.fastpath import FastPaths
 from openclaw_orchestrator.api.security import Authenticator
 from openclaw_orchestrator.service import Orchestrator
 
-from .conftest import Cluster
+from .conftest import Cluster, start_cluster
 
 ROUTE = "/api/orchestrator/route"
+FANOUT = "/api/orchestrator/fanout"
+SESSIONS = "/api/orchestrator/sessions"
 
 
 async def _post(
@@ -186,3 +190,32 @@ def test_forked_processes_make_different_request_ids() -> None:
     os.waitpid(pid, 0)
     assert len(child) == 32
     assert child != new_request_id()
+
+
+class _Recorder:
+    """Middleware that notes what it wraps and the method and path of every HTTP request
+    it sees."""
+
+    def __init__(self, app: ASGIApp, *, seen: list[str]) -> None:
+        self.app = app
+        self.seen = seen
+        seen.append(f"wraps {type(app).__name__}")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            self.seen.append(f"{scope['method']} {scope['path']}")
+        await self.app(scope, receive, send)
+
+
+async def test_middleware_added_later_sees_the_hot_endpoints(fast_paths: bool) -> None:
+    """A middleware added to the built app sees route, fanout and session send, whether
+    the fast paths serve them or the FastAPI routes do."""
+    seen: list[str] = []
+    async with start_cluster("AB", middleware=[Middleware(_Recorder, seen=seen)]) as cluster:
+        assert (await cluster.post(ROUTE, {"instances": ["A"], "payload": 1}))[0] == 200
+        assert (await cluster.post(FANOUT, {"payload": 1}))[0] == 200
+        await cluster.post(f"{SESSIONS}/spawn", {"sessionId": "s1", "instance": "A"})
+        assert (await cluster.post(f"{SESSIONS}/s1/send", {"data": 1}))[0] == 200
+    hot = [f"POST {ROUTE}", f"POST {FANOUT}", f"POST {SESSIONS}/s1/send"]
+    assert [line for line in seen if line in hot] == hot
+    assert ("wraps FastPaths" in seen) is fast_paths

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from .conftest import Cluster, start_cluster
+from .conftest import FAST_HEALTH, Cluster, start_cluster
 
 
 async def test_503_fails_over_to_another_instance(cluster: Cluster) -> None:
@@ -147,7 +147,12 @@ async def test_attempt_timeout_fails_over_past_a_hanging_instance() -> None:
     """A candidate that accepts and never answers costs one attempt_timeout, not the
     deadline: the next candidate serves at once (no backoff: the attempt already waited),
     and the hanging one is marked down."""
-    async with start_cluster("AB", retry={"backoff_base": 1.0, "backoff_max": 1.0}) as cluster:
+    # A's probes pass (only its tasks hang), so only passive detection can mark it down;
+    # a long down_backoff keeps the next probe from marking it healthy again before the
+    # test looks (with the fast 0.1 s one, a loaded machine could miss the down state).
+    health = {**FAST_HEALTH, "down_backoff": 30.0}
+    retry = {"backoff_base": 1.0, "backoff_max": 1.0}
+    async with start_cluster("AB", retry=retry, health=health) as cluster:
         await _fail_over_past_a_hang(cluster)
 
 

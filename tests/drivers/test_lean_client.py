@@ -14,7 +14,7 @@ from openclaw_orchestrator.drivers.lean import (
     Target,
     map_lean_errors,
 )
-from openclaw_orchestrator.drivers.worker import _lean_base
+from openclaw_orchestrator.drivers.transport import lean_base
 from openclaw_orchestrator.errors import InstanceDownError, InstanceError, TimeoutExceededError
 
 OK = b'HTTP/1.1 200 OK\r\nContent-Length: 12\r\nRetry-After: 3\r\n\r\n{"ok": true}'
@@ -127,7 +127,7 @@ async def test_failures_map_to_the_error_tree(lean: LeanHttp) -> None:
 )
 def test_which_urls_go_lean(base: str, lean_parts: tuple[object, ...] | None) -> None:
     """Plain http URLs go through the lean client; https, userinfo and queries through aiohttp."""
-    assert _lean_base(base) == lean_parts
+    assert lean_base(base) == lean_parts
 
 
 async def test_closed_client_refuses_misuse() -> None:

@@ -1,4 +1,4 @@
-"""WorkerDriver against real reference instances over real sockets."""
+"""WorkerDriver against real reference instances over real sockets, on both transports."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from openclaw_orchestrator.drivers import WorkerDriver
+from openclaw_orchestrator.drivers.transport import TransportKind
 from openclaw_orchestrator.drivers.worker import encode_task, parse_retry_after
 from openclaw_orchestrator.errors import (
     InstanceDownError,
@@ -311,9 +312,11 @@ def test_unencodable_payload_is_invalid_request() -> None:
     assert info.value.field == "payload"
 
 
-async def test_aclose_keeps_shared_session(session: aiohttp.ClientSession) -> None:
+async def test_aclose_keeps_shared_session(
+    session: aiohttp.ClientSession, transport: TransportKind
+) -> None:
     """aclose and the context manager leave the caller's session open."""
-    async with WorkerDriver(session) as driver:
+    async with WorkerDriver(session, transport=transport) as driver:
         assert driver.kind == "worker"
     assert not session.closed
 

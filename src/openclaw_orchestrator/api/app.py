@@ -13,9 +13,10 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp
 
 from .. import __about__
+from ..asgi import FastPathApp
 from ..gc_tuning import settle_after_startup
 from ..idempotency import IdempotencyCache
 from ..logs import flush_logs, get_logger
@@ -36,18 +37,23 @@ __all__ = ["OrchestratorApp", "create_app"]
 log = get_logger("api")
 
 
-class OrchestratorApp(FastAPI):
-    """FastAPI with :class:`~.fastpath.FastPaths` in front of everything, middleware
-    included: the ordinary hot request never enters the framework's layers."""
+class OrchestratorApp(FastPathApp, FastAPI):
+    """FastAPI that may serve the hot endpoints' ordinary requests with
+    :class:`~.fastpath.FastPaths` (:class:`~..asgi.FastPathApp`: middleware added later
+    sees them too)."""
+
+    _fast_path_body_limit = 0
 
     def use_fast_paths(self, *, max_body_bytes: int) -> None:
-        """Serve the hot endpoints' ordinary requests before the middleware stack."""
-        self._fast_paths = FastPaths(
-            super().__call__, state=self.state, max_body_bytes=max_body_bytes
-        )
+        """Serve the hot endpoints' ordinary requests with :class:`~.fastpath.FastPaths`,
+        over the middleware added so far, refusing bodies over ``max_body_bytes`` as the
+        request-context middleware does."""
+        self._fast_path_body_limit = max_body_bytes
+        self.use_fast_path()
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._fast_paths(scope, receive, send)
+    def fast_path(self, app: ASGIApp) -> ASGIApp:
+        """:class:`~.fastpath.FastPaths` in front of the rest of the stack."""
+        return FastPaths(app, state=self.state, max_body_bytes=self._fast_path_body_limit)
 
     def openapi(self) -> dict[str, Any]:
         """FastAPI's schema, made true to what the API answers (:func:`.openapi.finish_schema`)."""
@@ -57,11 +63,17 @@ class OrchestratorApp(FastAPI):
 
 
 def create_app(
-    settings: Settings, *, service: Orchestrator | None = None, server_process: bool = False
+    settings: Settings,
+    *,
+    service: Orchestrator | None = None,
+    server_process: bool = False,
+    fast_paths: bool = True,
 ) -> OrchestratorApp:
     """The orchestrator's HTTP API for ``settings``. ``server_process``: the app owns its
     process (``serve``, uvicorn workers), so the garbage collector is tuned for serving
-    once start-up is done (:mod:`..gc_tuning`)."""
+    once start-up is done (:mod:`..gc_tuning`). ``fast_paths``: serve the hot endpoints'
+    ordinary requests with :class:`~.fastpath.FastPaths` (off: the FastAPI routes serve
+    every request; the API suite runs both ways)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -105,5 +117,6 @@ def create_app(
     app.include_router(sessions.scoped)
     install_docs(app)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
-    app.use_fast_paths(max_body_bytes=settings.max_body_bytes)
+    if fast_paths:
+        app.use_fast_paths(max_body_bytes=settings.max_body_bytes)
     return app

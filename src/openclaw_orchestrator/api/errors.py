@@ -18,6 +18,7 @@ from starlette.responses import Response
 
 from ..errors import InvalidRequestError, OrchestratorError
 from ..logs import get_logger
+from .middleware import request_id_of
 
 __all__ = ["error_headers", "error_response", "install_error_handlers"]
 
@@ -95,7 +96,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
         log.error("api.unexpected_error", path=request.url.path, exc_info=exc)
-        return error_response(OrchestratorError("internal error; see the orchestrator log"))
+        response = error_response(OrchestratorError("internal error; see the orchestrator log"))
+        if request_id := request_id_of(request.scope):  # answered outside the middleware
+            response.headers["X-Request-ID"] = request_id
+        return response
 
     async def on_client_gone(request: Request, exc: Exception) -> Response:
         # The client left (or was cut off) while sending its body: an everyday event, not

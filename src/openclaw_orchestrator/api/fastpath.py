@@ -4,19 +4,22 @@
 sit on every task's path. Starlette's middleware stack (error, telemetry, body-limit and our
 request-context layers, each wrapping ``send``/``receive``), FastAPI's dependency solving
 and response plumbing together cost more CPU than the orchestrator's own work, so
-:class:`FastPaths` is the app's outermost layer (see :class:`~.app.OrchestratorApp`) and
-serves the *ordinary* request of those endpoints itself: JSON body within the size limit,
-the API key, a valid body, no ``Idempotency-Key``. It gives the request the same id as the
-request-context middleware would, makes the very same service call, and answers with the
-very same body, status and headers (the error envelope with :func:`~.errors.error_headers`;
-a generic 500 for a bug, logged like the app's own handler does).
+:class:`FastPaths` sits in front of the framework's layers (see
+:class:`~..asgi.FastPathApp`: middleware added to the app later wraps it, so it sees these
+requests too) and serves the *ordinary* request of those endpoints itself: JSON body
+within the size limit, the API key, a valid body, no ``Idempotency-Key``. It gives the
+request the same id as the request-context middleware would, makes the very same service
+call, and answers with the very same body, status and headers (the error envelope with
+:func:`~.errors.error_headers`; a generic 500 for a bug, logged like the app's own handler
+does).
 
 Anything else — another path or method, another content type, a missing or wrong key, a
 session token, a body orjson refuses (as strict as the app's :mod:`.strict_json`: no NaN or
 Infinity) or that does not validate, a body over the limit, an idempotency
 key, streaming — goes to the full app with the body replayed, so every error, status and
 message stays exactly what the FastAPI routes (still there, and in the OpenAPI schema)
-produce.
+produce. ``create_app(settings, fast_paths=False)`` leaves the fast path out; the API suite
+runs both ways.
 """
 
 from __future__ import annotations

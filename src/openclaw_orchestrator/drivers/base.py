@@ -1,6 +1,8 @@
 """The seam between the orchestrator and the instances it drives.
 
-One driver per kind of instance implements :class:`InstanceDriver`. Drivers (and the SDK
+One driver per kind of instance implements :class:`InstanceDriver`. The worker driver
+reaches its instances through an :class:`InstanceTransport` (aiohttp, or the lean httptools
+client: :mod:`.transport`), chosen at start-up. Drivers (and the SDK
 client) are the only modules that import aiohttp; they translate every transport failure
 into the error tree of :mod:`openclaw_orchestrator.errors` in one place,
 :func:`map_client_errors`, so the service never sees an aiohttp exception.
@@ -19,7 +21,7 @@ import json
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import aiohttp
 import orjson
@@ -45,7 +47,9 @@ __all__ = [
     "OVERLOADED_RETRY_AFTER",
     "History",
     "InstanceDriver",
+    "InstanceTransport",
     "ProbeResult",
+    "Reply",
     "address_not_allowed",
     "client_error",
     "error_fields",
@@ -134,6 +138,48 @@ class InstanceDriver(Protocol):
 
     async def aclose(self) -> None:
         """Release what the driver owns (not the shared ``aiohttp.ClientSession``)."""
+        ...
+
+
+class Reply(NamedTuple):
+    """A complete reply: status, ``Retry-After`` (as sent) and the body.
+
+    (A named tuple: made per request, and a frozen dataclass costs three times as much.)"""
+
+    status: int
+    retry_after: str | None
+    body: bytes
+
+
+class InstanceTransport(Protocol):
+    """How a driver's HTTP exchanges reach an instance; implementations in :mod:`.transport`.
+
+    An exchange sends ``body`` to ``instance.url`` plus ``path`` (percent-encoded) with the
+    instance protocol's headers (``X-Deadline-Ms`` when ``deadline``, ``X-Request-ID`` when
+    given, the instance's bearer credential), and returns the reply whatever its status,
+    its body read up to ``max_reply`` bytes. Failures are the error tree's already: a
+    refused connect is ``InstanceDownError``, the deadline ``TimeoutExceededError``, a
+    refused address ``AddressNotAllowedError``, a long reply ``ReplyTooLargeError``, our
+    own exhaustion ``OverloadedError`` (:func:`client_error` gives the whole table).
+    """
+
+    async def exchange(
+        self,
+        method: str,
+        instance: InstanceSpec,
+        path: str,
+        body: bytes | None,
+        *,
+        timeout: float,
+        request_id: str | None,
+        max_reply: int,
+        deadline: bool = True,
+    ) -> Reply:
+        """One request and its reply, within ``timeout`` seconds all told."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release what the transport owns (not the shared ``aiohttp.ClientSession``)."""
         ...
 
 

@@ -6,7 +6,7 @@ client writes the request as one pre-formatted byte string over an ``asyncio.Pro
 parses the reply with httptools (the parser uvicorn uses) and keeps connections alive in a
 pool per host. It is used only where it is correct: ``http://`` URLs without userinfo, and
 bodies under :data:`~openclaw_orchestrator.bodies.STREAM_FROM_BYTES`;
-:class:`~.worker.WorkerDriver` sends everything else through aiohttp.
+:class:`~.transport.LeanTransport` sends everything else through aiohttp.
 
 Bounds: a reply is read up to the caller's ``max_reply`` bytes of body (a declared
 ``Content-Length`` over it fails at once; headers get :data:`MAX_HEADER_BYTES` more), and a
@@ -59,6 +59,7 @@ from ..settings import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_REPLY_BYTES
 from .base import (
     LOCAL_RESOURCE_ERRNOS,
     OVERLOADED_RETRY_AFTER,
+    Reply,
     address_not_allowed,
     is_local_exhaustion,
     overloaded_error,
@@ -113,21 +114,13 @@ class PoolExhausted(Exception):
 class Target(NamedTuple):
     """Where a request goes: the address to connect to and the request-line pieces.
 
-    (Named tuples here and for :class:`Reply`: made per request, and a frozen dataclass
+    (A named tuple, as :class:`~.base.Reply`: made per request, and a frozen dataclass
     costs three times as much to build.)"""
 
     host: str
     port: int
     path: bytes
     host_header: bytes
-
-
-class Reply(NamedTuple):
-    """A complete reply: status, ``Retry-After`` (as sent) and the body."""
-
-    status: int
-    retry_after: str | None
-    body: bytes
 
 
 class _Connection(asyncio.Protocol):

@@ -47,7 +47,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..asgi import read_body, replay
+from ..asgi import FastPathApp, read_body, replay
 from ..logs import get_logger
 from .faults import FaultConfig, Faults
 from .handlers import Handler, HandlerContext, HandlerError, Invoker
@@ -450,22 +450,39 @@ class _Expiry:
         self.task.cancel()
 
 
-class InstanceApp(Starlette):
-    """Starlette with the protocol's hot request served in front of everything.
-
-    ``POST /api/instance/task`` is what every routed request and every fanout target costs
-    an instance: Starlette's middleware, routing and Request objects took more CPU than the
-    task (benchmark, docs/performance.md). The ordinary task — the right token, a sane
-    deadline, a JSON body within the limit, no hang injected — is served here, through the
-    very same :meth:`ReferenceInstance.run_task`, with the same headers and errors. Anything
-    else goes to the full app with the body replayed, which answers it as it always has.
-    """
+class InstanceApp(FastPathApp):
+    """Starlette that may serve the protocol's hot request with :class:`TaskFastPath`
+    (:class:`~..asgi.FastPathApp`: middleware added later sees it too), and pads replies
+    as the ``reply_bytes`` faults ask, whichever path answers."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             config = self.state.instance.faults.config
             if config.reply_bytes or config.health_reply_bytes:
                 send = _padded(send, config, scope["method"], scope["path"])
+        await super().__call__(scope, receive, send)
+
+    def fast_path(self, app: ASGIApp) -> ASGIApp:
+        """:class:`TaskFastPath` in front of the rest of the stack."""
+        return TaskFastPath(app, self.state.instance)
+
+
+class TaskFastPath:
+    """The ordinary ``POST /api/instance/task``, served before Starlette's layers.
+
+    It is what every routed request and every fanout target costs an instance: Starlette's
+    middleware, routing and Request objects took more CPU than the task (benchmark,
+    docs/performance.md). The ordinary task — the right token, a sane deadline, a JSON body
+    within the limit, no hang injected — is served here, through the very same
+    :meth:`ReferenceInstance.run_task`, with the same headers and errors. Anything else goes
+    on to ``app`` with the body replayed, which answers it as it always has.
+    """
+
+    def __init__(self, app: ASGIApp, instance: ReferenceInstance) -> None:
+        self.app = app
+        self.instance = instance
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
             scope["type"] == "http"
             and scope["method"] == "POST"
@@ -474,10 +491,10 @@ class InstanceApp(Starlette):
         ):
             await self._task(scope, receive, send)
         else:
-            await super().__call__(scope, receive, send)
+            await self.app(scope, receive, send)
 
     async def _task(self, scope: Scope, receive: Receive, send: Send) -> None:
-        instance: ReferenceInstance = self.state.instance
+        instance = self.instance
         headers = dict(reversed(scope["headers"]))  # the first of a name wins
         try:
             task = await _ordinary_task(instance, headers, receive)
@@ -486,7 +503,7 @@ class InstanceApp(Starlette):
         if isinstance(task, _PassOn):  # not ordinary: the full app answers, as always
             if task.body is not None:
                 receive = replay(task.body, receive, more=not task.complete)
-            await super().__call__(scope, receive, send)
+            await self.app(scope, receive, send)
             return
         request_id = headers.get(_REQUEST_ID) or uuid.uuid4().hex.encode()
         extra: dict[str, str] = {}
@@ -642,13 +659,16 @@ def create_instance_app(
     max_sessions: int = DEFAULT_MAX_SESSIONS,
     max_history: int = DEFAULT_MAX_HISTORY,
     lifespan: AppLifespan | None = None,
-) -> Starlette:
+    fast_path: bool = True,
+) -> InstanceApp:
     """An ASGI app for instance ``name`` running ``handler`` (see :mod:`.handlers`).
 
     ``token`` requires ``Authorization: Bearer <token>`` on tasks, sessions and the fault
     API; ``fault_api`` exposes ``/api/instance/faults``; ``max_sessions`` (least recently
     used forgotten first) and ``max_history`` (exchanges kept per session) bound session
-    memory; ``lifespan`` runs around serving (self-registration uses it).
+    memory; ``lifespan`` runs around serving (self-registration uses it); ``fast_path``
+    serves the ordinary task with :class:`TaskFastPath` (off: Starlette serves every
+    request; the reference tests run both ways).
     """
     if max_body_bytes < 1:
         raise ValueError("max_body_bytes must be positive")
@@ -672,4 +692,6 @@ def create_instance_app(
         lifespan=lifespan,
     )
     app.state.instance = instance
+    if fast_path:
+        app.use_fast_path()
     return app
