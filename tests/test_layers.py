@@ -141,3 +141,91 @@ def test_domain_imports_only_stdlib_and_errors(path: Path) -> None:
 def test_the_checker_catches_what_it_should(source: str, offending: list[str]) -> None:
     """The checker itself: relative imports resolve, nested and dynamic imports are seen."""
     assert forbidden_imports(source) == offending
+
+
+# -- the core: parts with no cycle among them, and nothing of the API or the CLI ------------
+
+SRC_DIR = DOMAIN_DIR.parent
+CORE_FILES = [
+    *sorted((SRC_DIR / "core").glob("*.py")),
+    SRC_DIR / "service.py",
+    SRC_DIR / "session_service.py",
+    SRC_DIR / "registry.py",
+]
+
+
+def module_name(path: Path) -> str:
+    """``.../openclaw_orchestrator/core/routing.py`` -> ``openclaw_orchestrator.core.routing``."""
+    parts = path.relative_to(SRC_DIR.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(path: Path) -> set[str]:
+    """Absolute names a module imports (nested and TYPE_CHECKING imports included); from a
+    package, ``from . import x`` counts as importing ``package.x``."""
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            parts = package.split(".")
+            base = ".".join(parts[: len(parts) - node.level + 1]) if node.level else ""
+            module = ".".join(p for p in (base, node.module) if p)
+            found.add(module)
+            found.update(f"{module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def core_graph() -> dict[str, set[str]]:
+    """Which core module imports which other core module."""
+    names = {module_name(path): path for path in CORE_FILES}
+    return {name: imports_of(path) & set(names) - {name} for name, path in names.items()}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str]:
+    """One import cycle of ``graph`` as a path that ends where it starts, or []."""
+    done: set[str] = set()
+
+    def visit(node: str, path: list[str]) -> list[str]:
+        if node in path:
+            return [*path[path.index(node) :], node]
+        if node in done:
+            return []
+        for nxt in sorted(graph.get(node, ())):
+            if cycle := visit(nxt, [*path, node]):
+                return cycle
+        done.add(node)
+        return []
+
+    for start in sorted(graph):
+        if cycle := visit(start, []):
+            return cycle
+    return []
+
+
+def test_the_core_modules_are_found() -> None:
+    """The core's parts are all seen, so the checks below cannot pass vacuously."""
+    names = set(core_graph())
+    assert {f"{PACKAGE}.core.{part}" for part in ("dispatcher", "routing", "fanout")} <= names
+    assert f"{PACKAGE}.session_service" in names
+
+
+def test_no_import_cycle_between_core_modules() -> None:
+    """Sessions, routing, fanout and the rest never import what builds them."""
+    assert find_cycle(core_graph()) == []
+
+
+def test_the_cycle_finder_finds_cycles() -> None:
+    """The finder itself: a two-module cycle (service <-> sessions, as it once was)."""
+    graph = {"service": {"sessions", "registry"}, "sessions": {"service"}, "registry": set()}
+    assert find_cycle(graph) == ["service", "sessions", "service"]
+    assert find_cycle({"a": {"b"}, "b": set()}) == []
+
+
+@pytest.mark.parametrize("path", CORE_FILES, ids=[module_name(p) for p in CORE_FILES])
+def test_the_core_imports_nothing_of_the_api_or_the_cli(path: Path) -> None:
+    """The core is usable without the web app or the command line."""
+    outer = (f"{PACKAGE}.api", f"{PACKAGE}.cli")
+    assert [m for m in imports_of(path) if m.startswith(outer)] == []

@@ -13,12 +13,12 @@ from datetime import UTC, datetime
 from typing import Literal
 
 from .domain.balancing import Candidate
-from .domain.health import HealthPolicy, HealthState, InstanceHealth
+from .domain.health import HealthPolicy, HealthState, HealthVerdicts, InstanceHealth
 from .domain.targets import AcceptedTargets, parse_targets, plain_names
 from .errors import InvalidRequestError, NotFoundError
 from .models import HealthDetail, InstanceInfo, InstanceSpec, redact_url
 
-__all__ = ["InstanceRecord", "Registry"]
+__all__ = ["InstanceRecord", "Registry", "Source"]
 
 Source = Literal["config", "registered"]
 
@@ -29,7 +29,7 @@ class InstanceRecord:
 
     spec: InstanceSpec
     source: Source
-    health: InstanceHealth
+    health: HealthVerdicts
     outstanding: int = 0
     heartbeat_at: float | None = None
     heartbeat_wall: datetime | None = None
@@ -82,7 +82,8 @@ class InstanceRecord:
 
 
 class Registry:
-    """Instances by name, in registration order (the order ``all`` and ranges follow)."""
+    """Instances by name, in registration order (the order ``all`` and ranges follow): the
+    in-memory :class:`~openclaw_orchestrator.core.interfaces.InstanceRegistry`."""
 
     def __init__(self, policy: HealthPolicy) -> None:
         self._policy = policy

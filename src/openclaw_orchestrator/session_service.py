@@ -14,13 +14,15 @@ import asyncio
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .domain.balancing import Policy
+from .core.dispatcher import Dispatcher
+from .core.interfaces import InstanceRegistry
+from .core.session_instances import Placement, SessionInstances
 from .domain.sessions import (
     MessageRecord,
     SessionRecord,
@@ -29,16 +31,12 @@ from .domain.sessions import (
     check_token,
     hash_token,
     make_token,
-    rendezvous_order,
 )
-from .drivers.base import InstanceDriver
 from .errors import (
     ForbiddenError,
     InstanceDownError,
     InvalidRequestError,
-    NoHealthyInstanceError,
     NotFoundError,
-    OrchestratorError,
     StorageUnavailableError,
 )
 from .logs import get_logger
@@ -47,29 +45,22 @@ from .models import (
     SESSION_ID_PATTERN,
     HistoryEntry,
     HistoryPage,
-    InstanceSpec,
     SendResult,
     SessionInfo,
     SessionList,
     SpawnRequest,
     SpawnResult,
 )
-from .registry import InstanceRecord
+from .settings import Settings
 from .stores.base import Store
 
-if TYPE_CHECKING:
-    from .service import Orchestrator
-
-__all__ = ["SessionService"]
+__all__ = ["MAX_HISTORY_PAGE", "SessionService"]
 
 log = get_logger("sessions")
 
 TOKEN_BYTES = 24
 MAX_HISTORY_PAGE = 1000
 _SESSION_ID = re.compile(SESSION_ID_PATTERN)
-MIGRATE_PAGE_ROWS = 64
-"""History rows read from the store at a time while a session migrates."""
-CONSISTENT_HASH = "consistent_hash"
 
 
 _EARLIEST = datetime(1, 1, 2, tzinfo=UTC).timestamp()
@@ -127,19 +118,32 @@ class _Gate:
 
 
 class SessionService:
-    """The session half of the orchestrator; shares its registry, drivers and health."""
+    """Sessions over the registry, reaching instances through the dispatcher (its deadlines,
+    load count and passive health) and placing new sessions with ``place``."""
 
     def __init__(
         self,
-        orchestrator: Orchestrator,
+        dispatcher: Dispatcher,
+        registry: InstanceRegistry,
         store: Store,
+        settings: Settings,
         *,
+        place: Placement,
         wall_clock: Callable[[], float] = time.time,
         token_bytes: Callable[[int], bytes] = secrets.token_bytes,
     ) -> None:
-        self._orc = orchestrator
+        self._dispatcher = dispatcher
         self._store = store
-        self._settings = orchestrator.settings.sessions
+        self._settings = settings.sessions
+        self._instances = SessionInstances(
+            dispatcher,
+            registry,
+            store,
+            place=place,
+            default_policy=self._settings.policy,
+            close_timeout=settings.health.probe_timeout,
+            wall_clock=wall_clock,
+        )
         self._now = wall_clock
         self._token_bytes = token_bytes
         self._gates: dict[str, _Gate] = {}
@@ -179,7 +183,7 @@ class SessionService:
         expired = await self._store.expire_idle(now)
         for record in expired:
             log.info("sessions.expired", session_id=record.id, instance=record.instance)
-            await self._close_on_instance(record)
+            await self._instances.close(record)
         purged = await self._store.purge(now - self._settings.retention)
         if purged:
             log.info("sessions.purged", count=purged)
@@ -199,7 +203,7 @@ class SessionService:
     async def spawn(self, request: SpawnRequest) -> SpawnResult:
         """Create a session pinned to a healthy instance; the token is returned this once."""
         session_id = request.session_id or f"s_{secrets.token_hex(8)}"
-        instance = self._place(session_id, request)
+        instance = self._instances.place(session_id, request)
         token = make_token(self._token_bytes(TOKEN_BYTES))
         now = self._now()
         record = SessionRecord(
@@ -215,34 +219,6 @@ class SessionService:
         await self._store.create_session(record)
         log.info("sessions.spawned", session_id=session_id, instance=instance)
         return SpawnResult(**_info(record), token=token)
-
-    def _place(self, session_id: str, request: SpawnRequest) -> str:
-        registry = self._orc.registry
-        if request.instance is not None:
-            if request.instance not in registry:
-                raise InvalidRequestError(
-                    f"unknown instance {request.instance!r}", field="instance"
-                )
-            if registry.get(request.instance).health.is_down():
-                raise InstanceDownError(
-                    f"instance {request.instance} is down", instance=request.instance
-                )
-            return request.instance
-        return self._choose(session_id, request.policy or self._settings.policy, exclude=())
-
-    def _choose(self, session_id: str, policy: str, *, exclude: tuple[str, ...]) -> str:
-        live = [r for r in self._orc.registry if not r.health.is_down() and r.name not in exclude]
-        if not live:
-            raise NoHealthyInstanceError("no healthy instance to place the session on")
-        policy = policy.replace("-", "_")
-        if policy == CONSISTENT_HASH:
-            weights = {r.name: r.spec.weight for r in live}
-            return rendezvous_order(session_id, [r.name for r in live], weights)[0]
-        try:
-            chosen = Policy(policy)
-        except ValueError:
-            raise InvalidRequestError(f"unknown policy {policy!r}", field="policy") from None
-        return self._orc.plan([r.name for r in live], chosen)[0]
 
     # -- send ------------------------------------------------------------------------------
 
@@ -268,7 +244,7 @@ class SessionService:
         request_id: str,
     ) -> SendResult:
         """Deliver ``data`` to the session's instance, in order; acknowledge once durable."""
-        deadline = self._orc.deadline(timeout)
+        deadline = self._dispatcher.deadline(timeout)
         async with self._gate(session_id):
             record = check_sendable(
                 await self._store.get_session(session_id), session_id, self._now()
@@ -280,19 +256,21 @@ class SessionService:
             # Nothing is delivered that could not be recorded: 503/507 while the store
             # cannot write (a cached flag; see stores/health.py).
             self._store.check_writable()
-            record, moved_from = await self._ensure_reachable(record, deadline, request_id)
-            started = self._orc.clock()
+            record, moved_from = await self._instances.ensure_reachable(
+                record, deadline, request_id
+            )
+            started = self._dispatcher.clock()
             try:
-                reply = await self._deliver(record, data, deadline, request_id)
+                reply = await self._instances.deliver(record, data, deadline, request_id)
             except InstanceDownError:
                 # Refused: the message never arrived, so moving and resending cannot
                 # duplicate it (a timeout could have, so it is never migrated on).
                 if record.failover != "migrate" or moved_from is not None:
                     raise
                 moved_from = record.instance
-                record = await self._migrate(record, deadline, request_id)
-                started = self._orc.clock()
-                reply = await self._deliver(record, data, deadline, request_id)
+                record = await self._instances.migrate(record, deadline, request_id)
+                started = self._dispatcher.clock()
+                reply = await self._instances.deliver(record, data, deadline, request_id)
             message = MessageRecord(
                 session_id=session_id,
                 seq=record.messages + 1,
@@ -300,7 +278,7 @@ class SessionService:
                 instance=record.instance,
                 data=data,
                 reply=reply,
-                latency_ms=round((self._orc.clock() - started) * 1000, 3),
+                latency_ms=round((self._dispatcher.clock() - started) * 1000, 3),
                 request_id=request_id,
                 idempotency_key=idempotency_key,
                 created_at=self._now(),
@@ -326,88 +304,6 @@ class SessionService:
             migrated_from=moved_from,
             replayed=replayed,
         )
-
-    def _record_of(self, name: str) -> InstanceRecord | None:
-        registry = self._orc.registry
-        return registry.get(name) if name in registry else None
-
-    async def _ensure_reachable(
-        self, record: SessionRecord, deadline: float, request_id: str
-    ) -> tuple[SessionRecord, str | None]:
-        """The session, moved first if its instance is down and it may migrate."""
-        pinned = self._record_of(record.instance)
-        if pinned is not None and not pinned.health.is_down():
-            return record, None
-        if record.failover != "migrate":
-            raise InstanceDownError(
-                f"instance {record.instance} of session {record.id} is down; the session "
-                "stays pinned (spawn with failover 'migrate' to move it)",
-                instance=record.instance,
-            )
-        return await self._migrate(record, deadline, request_id), record.instance
-
-    async def _deliver(
-        self, record: SessionRecord, data: Any, deadline: float, request_id: str
-    ) -> Any:
-        rec = self._record_of(record.instance)
-        if rec is None:
-            raise InstanceDownError(
-                f"instance {record.instance} is no longer registered", instance=record.instance
-            )
-
-        def send(driver: InstanceDriver, spec: InstanceSpec, timeout: float) -> Awaitable[Any]:
-            return driver.session_send(
-                spec, record.id, data, timeout=timeout, request_id=request_id
-            )
-
-        return await self._orc.call(rec, deadline, send)
-
-    async def _migrate(
-        self, record: SessionRecord, deadline: float, request_id: str
-    ) -> SessionRecord:
-        """Replay the history to a healthy instance and record the move. The history is read
-        from the store :data:`MIGRATE_PAGE_ROWS` rows at a time while the driver sends it in
-        pages, so a long one is never in memory whole."""
-        target = self._choose(record.id, CONSISTENT_HASH, exclude=(record.instance,))
-        replayed = 0
-
-        async def history() -> AsyncIterator[tuple[Any, Any]]:
-            nonlocal replayed
-            offset = 0
-            while True:
-                rows = await self._store.history(record.id, offset=offset, limit=MIGRATE_PAGE_ROWS)
-                for m in rows:
-                    if m.kind == "message":
-                        replayed += 1
-                        yield m.data, m.reply
-                if len(rows) < MIGRATE_PAGE_ROWS:
-                    return
-                offset += len(rows)
-
-        def restore(driver: InstanceDriver, spec: InstanceSpec, timeout: float) -> Awaitable[None]:
-            return driver.session_restore(
-                spec, record.id, history(), timeout=timeout, request_id=request_id
-            )
-
-        await self._orc.call(self._orc.registry.get(target), deadline, restore)
-        note = MessageRecord(
-            session_id=record.id,
-            seq=record.messages + 1,
-            kind="migration",
-            instance=target,
-            data={"from": record.instance, "to": target, "replayed": replayed},
-            request_id=request_id,
-            created_at=self._now(),
-        )
-        moved = await self._store.append(record, note)
-        log.warning(
-            "sessions.migrated",
-            session_id=record.id,
-            old=record.instance,
-            new=target,
-            replayed=replayed,
-        )
-        return moved
 
     # -- read and close --------------------------------------------------------------------
 
@@ -468,21 +364,6 @@ class SessionService:
             record = await self._store.set_state(session_id, "closed", closed_at=self._now())
         if record is None:  # purged between the two reads
             raise NotFoundError(f"no session {session_id!r}", field="session_id")
-        await self._close_on_instance(record)
+        await self._instances.close(record)
         log.info("sessions.closed", session_id=session_id)
         return SessionInfo(**_info(record))
-
-    async def _close_on_instance(self, record: SessionRecord) -> None:
-        """Tell the instance it can drop the session; best effort, never fails the caller."""
-        rec = self._record_of(record.instance)
-        if rec is None or rec.health.is_down():
-            return
-
-        def close(driver: InstanceDriver, spec: InstanceSpec, timeout: float) -> Awaitable[None]:
-            return driver.session_close(spec, record.id, timeout=timeout)
-
-        deadline = self._orc.clock() + self._orc.settings.health.probe_timeout
-        try:
-            await self._orc.call(rec, deadline, close)
-        except OrchestratorError as exc:
-            log.info("sessions.close_on_instance_failed", session_id=record.id, error=exc.code)

@@ -8,8 +8,12 @@ import random
 import pytest
 
 from openclaw_orchestrator.domain.backoff import (
+    AttemptState,
+    GiveUp,
+    RetryAfter,
     RetryBudget,
     RetryPolicy,
+    RetryRules,
     RetryScheduled,
     compute_backoff,
     is_retryable,
@@ -209,3 +213,74 @@ def test_retry_event_is_frozen() -> None:
     event = RetryScheduled("A", 1, 0.05, "instance_down")
     with pytest.raises(dataclasses.FrozenInstanceError):
         event.delay = 0.0  # type: ignore[misc]
+
+
+def _state(**overrides: object) -> AttemptState:
+    fields: dict[str, object] = {
+        "retry": 1,
+        "max_retries": 3,
+        "deadline": 100.0,
+        "failed_target": "A",
+        "next_target": "A",
+    }
+    fields.update(overrides)
+    return AttemptState(**fields)  # type: ignore[arg-type]
+
+
+def _rules(*, min_retries: int = 10) -> RetryRules:
+    budget = RetryBudget(ratio=0.0, window=10.0, min_retries=min_retries)
+    return RetryRules(RetryPolicy(base=0.1, cap=1.0), budget, random.Random(3))
+
+
+BUSY = InstanceError("busy", instance="A", upstream_status=503)
+
+
+@pytest.mark.parametrize(
+    ("state", "error", "cause", "reason"),
+    [
+        (_state(), InstanceRejectedError("no", instance="A"), "final", None),
+        (_state(retry=4), BUSY, "exhausted", "gave up after 3 retries"),
+        (_state(next_target=None), BUSY, "no_target", None),
+        (_state(deadline=0.0), BUSY, "deadline", "deadline reached before the next retry"),
+    ],
+)
+def test_decide_gives_up_with_its_cause(
+    state: AttemptState, error: OrchestratorError, cause: str, reason: str | None
+) -> None:
+    """Each way of giving up is named, with the reason the error's details will carry."""
+    decision = _rules().decide(state, error, now=0.0)
+    assert decision == GiveUp(cause, reason)  # type: ignore[arg-type]
+
+
+def test_decide_gives_up_when_the_budget_is_spent() -> None:
+    """A retry the budget cannot pay for is not made; one it can is recorded as spent."""
+    rules = _rules(min_retries=1)
+    assert isinstance(rules.decide(_state(), BUSY, now=0.0), RetryAfter)
+    assert rules.decide(_state(), BUSY, now=0.0) == GiveUp("over_budget", "retry budget exhausted")
+
+
+def test_decide_waits_the_backoff_on_the_same_target() -> None:
+    """The same target waits uniform(0, ceiling), stretched to a Retry-After."""
+    decision = _rules().decide(_state(retry=2), BUSY, now=0.0)
+    assert isinstance(decision, RetryAfter)
+    assert 0.0 <= decision.delay <= 0.2
+    assert decision.target == "A"
+    slow = InstanceError("busy", instance="A", upstream_status=429, retry_after=5.0)
+    assert _rules().decide(_state(), slow, now=0.0) == RetryAfter(5.0, "A")
+
+
+@pytest.mark.parametrize(
+    "error", [InstanceDownError("x", instance="A"), TimeoutExceededError("x", instance="A")]
+)
+def test_decide_fails_over_at_once_after_refusal_or_timeout(error: OrchestratorError) -> None:
+    """Failing over from a refused or timed-out instance waits nothing."""
+    decision = _rules().decide(_state(next_target="B"), error, now=0.0)
+    assert decision == RetryAfter(0.0, "B")
+
+
+def test_decide_ignores_retry_after_when_failing_over() -> None:
+    """Another instance's Retry-After does not hold back a failover to B."""
+    slow = InstanceError("busy", instance="A", upstream_status=503, retry_after=50.0)
+    decision = _rules().decide(_state(next_target="B"), slow, now=0.0)
+    assert isinstance(decision, RetryAfter)
+    assert decision.delay <= 0.1

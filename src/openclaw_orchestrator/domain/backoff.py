@@ -1,8 +1,12 @@
-"""Retry decisions: the policy value object, the backoff formula, what is retryable, a budget.
+"""Retry decisions: the policy value object, the backoff formula, what is retryable, a budget,
+and the one decision every retrying loop obeys.
 
-Everything here decides and nothing waits: the service asks :func:`is_retryable`, spends from
-its :class:`RetryBudget`, computes the delay with :func:`compute_backoff` (an ``rng`` passed in)
-and then sleeps itself, emitting :class:`RetryScheduled` to its hooks.
+Everything here decides and nothing waits. After a failed attempt a loop (route failing over
+to the next candidate, fanout retrying the same target) describes where it stands as an
+:class:`AttemptState` and asks :meth:`RetryRules.decide` for ``(state, error, now)`` ->
+:class:`RetryAfter` ``d`` | :class:`GiveUp`; the core then emits :class:`RetryScheduled` to
+its hooks and sleeps ``d`` itself (an injected sleep: zero waits in tests, like stamina's
+testing mode).
 """
 
 from __future__ import annotations
@@ -10,12 +14,14 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
+from typing import Literal
 
 from ..errors import (
     InstanceDownError,
     InstanceError,
     InstanceProtocolError,
     InstanceRejectedError,
+    OrchestratorError,
     TimeoutExceededError,
 )
 
@@ -25,8 +31,13 @@ __all__ = [
     "DEFAULT_BACKOFF_MULTIPLIER",
     "DEFAULT_MAX_RETRIES",
     "RETRYABLE_UPSTREAM_STATUSES",
+    "AttemptState",
+    "GiveUp",
+    "GiveUpCause",
+    "RetryAfter",
     "RetryBudget",
     "RetryPolicy",
+    "RetryRules",
     "RetryScheduled",
     "compute_backoff",
     "is_retryable",
@@ -113,12 +124,15 @@ def is_retryable(exc: BaseException) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class RetryScheduled:
-    """A retry the service is about to wait for; logged as ``orchestrator.retry_scheduled``."""
+    """A retry the core is about to wait for, handed to every retry hook; a route's is
+    logged as ``orchestrator.retry_scheduled``."""
 
     instance: str
     retry: int
     delay: float
     error_code: str
+    request_id: str = ""
+    operation: Literal["route", "fanout"] = "route"
 
 
 class RetryBudget:
@@ -182,3 +196,100 @@ class RetryBudget:
             f"<RetryBudget [retries: {retries} | requests: {requests}]"
             f" ratio={self.ratio} min_retries={self.min_retries}>"
         )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AttemptState:
+    """Where a retrying operation stands right after a failed attempt.
+
+    ``retry`` is the number the next try would have (the failed attempts so far: 1 after
+    the first). ``next_target`` is where it would go (None: nowhere left); when it is not
+    ``failed_target`` the retry is a failover.
+    """
+
+    retry: int
+    max_retries: int
+    deadline: float
+    failed_target: str
+    next_target: str | None
+
+    @property
+    def is_failover(self) -> bool:
+        """Whether the retry goes to another instance than the one that just failed."""
+        return self.next_target != self.failed_target
+
+
+@dataclass(frozen=True, slots=True)
+class RetryAfter:
+    """Retry on ``target`` after waiting ``delay`` seconds."""
+
+    delay: float
+    target: str
+
+
+GiveUpCause = Literal["final", "exhausted", "no_target", "over_budget", "deadline"]
+
+
+@dataclass(frozen=True, slots=True)
+class GiveUp:
+    """Stop retrying; the last error passes through. ``reason`` is what the error's details
+    say about it (None: the error speaks for itself)."""
+
+    cause: GiveUpCause
+    reason: str | None = None
+
+
+class RetryRules:
+    """The one retry decision: policy, budget and jitter, over ``(state, error, now)``.
+
+    Checked in this order, the first that applies giving up::
+
+        not is_retryable(error)         -> final
+        state.retry > max_retries       -> exhausted   "gave up after N retries"
+        no next target                  -> no_target
+        budget cannot spend one retry   -> over_budget "retry budget exhausted"
+        delay = compute_backoff(retry)  (Retry-After only on the same target;
+                                         0 when failing over from refused / timed out)
+        now + delay >= deadline         -> deadline    "deadline reached before the next retry"
+        else                            -> RetryAfter(delay, next target)
+
+    A refused or timed-out attempt failing over waits nothing: nothing was delivered, and
+    the next instance is not the one in trouble.
+    """
+
+    __slots__ = ("_rng", "budget", "policy")
+
+    def __init__(self, policy: RetryPolicy, budget: RetryBudget, rng: random.Random) -> None:
+        self.policy = policy
+        self.budget = budget
+        self._rng = rng
+
+    def record_request(self, now: float) -> None:
+        """Count a first attempt toward the budget (retries spend it)."""
+        self.budget.record_request(now)
+
+    def decide(
+        self, state: AttemptState, error: OrchestratorError, now: float
+    ) -> RetryAfter | GiveUp:
+        """Retry after ``d`` seconds, or give up; spends one retry from the budget when
+        it passes that check."""
+        if not is_retryable(error):
+            return GiveUp("final")
+        if state.retry > state.max_retries:
+            return GiveUp("exhausted", f"gave up after {state.max_retries} retries")
+        target = state.next_target
+        if target is None:
+            return GiveUp("no_target")
+        if not self.budget.try_spend(now):
+            return GiveUp("over_budget", "retry budget exhausted")
+        failover = state.is_failover
+        retry_after = None if failover else error.retry_after
+        delay = compute_backoff(state.retry, self.policy, self._rng, retry_after=retry_after)
+        if failover and isinstance(error, InstanceDownError | TimeoutExceededError):
+            delay = 0.0
+        if now + delay >= state.deadline:
+            return GiveUp("deadline", "deadline reached before the next retry")
+        return RetryAfter(delay, target)
+
+    def __repr__(self) -> str:
+        return f"<RetryRules {self.policy!r} {self.budget!r}>"

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Protocol
 
 __all__ = [
     "DEFAULT_DEGRADED_LATENCY",
@@ -31,6 +32,7 @@ __all__ = [
     "HealthChanged",
     "HealthPolicy",
     "HealthState",
+    "HealthVerdicts",
     "InstanceHealth",
 ]
 
@@ -95,6 +97,51 @@ class HealthChanged:
     new: HealthState
     reason: str
     at: float
+
+
+class HealthVerdicts(Protocol):
+    """One instance's health verdict, as the core reads and feeds it. :class:`InstanceHealth`
+    is the in-memory implementation; a shared one (verdicts agreed across replicas) only
+    has to keep this shape for routing, fanout and the monitor to use it unchanged."""
+
+    instance: str
+    state: HealthState
+    consecutive_failures: int
+    last_check: float | None
+    last_latency: float | None
+    last_error: str | None
+    last_change: float | None
+    next_probe_at: float
+
+    def record_probe_success(
+        self, latency: float, now: float, *, degraded: bool = False, detail: str | None = None
+    ) -> HealthChanged | None:
+        """A probe answered."""
+        ...
+
+    def record_probe_failure(
+        self, kind: FailureKind, error: str, now: float
+    ) -> HealthChanged | None:
+        """A probe failed."""
+        ...
+
+    def record_request_success(self, latency: float, now: float) -> HealthChanged | None:
+        """A live request succeeded."""
+        ...
+
+    def record_request_failure(
+        self, kind: FailureKind, error: str, now: float
+    ) -> HealthChanged | None:
+        """A live request failed."""
+        ...
+
+    def is_due(self, now: float) -> bool:
+        """Whether the prober should probe this instance now."""
+        ...
+
+    def is_down(self) -> bool:
+        """Whether the balancer must leave this instance out."""
+        ...
 
 
 class InstanceHealth:
