@@ -22,7 +22,6 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, Callable, Coroutine, Iterator
 from contextlib import AbstractAsyncContextManager, contextmanager, suppress
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Concatenate, ParamSpec, Protocol, Self, TypeVar
 
 import aiohttp
@@ -45,6 +44,7 @@ from .api_calls import (
 )
 from .bodies import outgoing_body
 from .client_env import resolve_client
+from .closing import AsyncClosesOnExit
 from .errors import ConnectionFailedError, OrchestratorError, TimeoutExceededError
 from .models import (
     FanoutResult,
@@ -130,7 +130,7 @@ def _streams(
     return calls.method_like(method, build, calls.FANOUT_STREAM_DOC)
 
 
-class AsyncClient:
+class AsyncClient(AsyncClosesOnExit):
     """Async client of one orchestrator; one pooled aiohttp session, opened on first use.
 
     ``url``/``api_key`` default to ``ORCHESTRATOR_URL``/``ORCHESTRATOR_API_KEY`` and then to
@@ -155,17 +155,6 @@ class AsyncClient:
         self._owns_session = session is None
         self._closed = False
         self._sessions = AsyncSessions(self._call, self.url)
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} url={display_url(self.url)!r}>"
@@ -307,12 +296,7 @@ class AsyncSession(SessionHandleBase[AsyncCaller]):
     async def __aenter__(self) -> Self:
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         """Close the session unless it is known closed; already closed or gone is fine."""
         if not self.is_closed:
             with suppress(*self._gone_errors()):

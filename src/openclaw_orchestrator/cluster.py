@@ -18,7 +18,6 @@ process inherits ``ORCHESTRATOR_API_KEY``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ctypes
 import dataclasses
 import os
@@ -27,12 +26,13 @@ import socket
 import subprocess
 import sys
 from collections.abc import Coroutine, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
+from .child_server import ChildServer
 from .keyfile import KEY_FILE, kept_api_key
 from .logs import configure_logging
 from .models import InstanceSpec
@@ -40,6 +40,7 @@ from .nofile import raise_nofile_limit
 from .openclaw.fleet import OpenClawFleet, fleet_banner, gateway_names, local_fleet
 from .runner import listen_socket, preflight
 from .settings import ConfigError, Settings, load_settings
+from .tasks import cancel_and_wait
 
 __all__ = ["InstanceStartError", "LocalInstance", "run_cluster", "start_instance"]
 
@@ -47,7 +48,6 @@ READY_TIMEOUT = 30.0
 PROBE_TIMEOUT = 1.0
 """Seconds one readiness probe may take: a port held by something that never answers must
 not stall ``up``."""
-STOP_GRACE = 5.0
 API_KEY_VARIABLE = "ORCHESTRATOR_API_KEY"
 _PR_SET_PDEATHSIG = 1
 
@@ -57,29 +57,10 @@ class InstanceStartError(ConfigError):
 
 
 @dataclass
-class LocalInstance:
+class LocalInstance(ChildServer):
     """A reference instance running as a child process."""
 
     name: str
-    port: int
-    host: str
-    process: subprocess.Popen[bytes] = field(repr=False)
-
-    @property
-    def url(self) -> str:
-        """Its base URL."""
-        return f"http://{self.host}:{self.port}"
-
-    def stop(self) -> None:
-        """Terminate it and wait; kill it if it will not stop."""
-        if self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(STOP_GRACE)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
@@ -113,7 +94,7 @@ def start_instance(
     process = subprocess.Popen(  # noqa: S603  # our own module, fixed argv; preexec only sets the death signal
         cmd, stdout=subprocess.DEVNULL, preexec_fn=_die_with_parent, process_group=0
     )
-    return LocalInstance(name, port, host, process)
+    return LocalInstance(host, port, process, name=name)
 
 
 async def wait_ready(instances: Sequence[LocalInstance], *, timeout: float = READY_TIMEOUT) -> None:
@@ -267,9 +248,7 @@ async def _unless_stopped(stop: asyncio.Event, work: Coroutine[Any, Any, object]
     if task in done:
         task.result()  # what the work raised, if anything
         return True
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    await cancel_and_wait(task)
     return False
 
 

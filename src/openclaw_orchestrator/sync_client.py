@@ -14,7 +14,6 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import closing, suppress
-from types import TracebackType
 from typing import TYPE_CHECKING, Concatenate, ParamSpec, Protocol, Self, TypeVar
 
 from . import api_calls as calls
@@ -28,6 +27,7 @@ from .api_calls import (
     display_url,
 )
 from .client_env import resolve_client
+from .closing import ClosesOnExit
 from .transport import SyncTransport
 
 if TYPE_CHECKING:
@@ -104,7 +104,7 @@ def _streams(
     return calls.method_like(method, build, calls.FANOUT_STREAM_DOC)
 
 
-class Client:
+class Client(ClosesOnExit):
     """Synchronous client of one orchestrator over one kept-alive stdlib connection.
 
     Same arguments and methods as :class:`~.client.AsyncClient` (but no ``session``);
@@ -123,17 +123,6 @@ class Client:
         self._transport = SyncTransport(resolved, api_key=key, timeout=timeout)
         self._closed = False
         self._sessions = Sessions(self._call, self.url)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} url={display_url(self.url)!r}>"
@@ -236,12 +225,7 @@ class Session(SessionHandleBase[Caller]):
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         """Close the session unless it is known closed; already closed or gone is fine."""
         if not self.is_closed:
             with suppress(*self._gone_errors()):

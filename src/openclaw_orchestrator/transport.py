@@ -20,8 +20,7 @@ import base64
 import http.client
 from collections.abc import Generator, Iterator
 from contextlib import contextmanager
-from types import TracebackType
-from typing import Any, NamedTuple, Self, TypeVar
+from typing import Any, NamedTuple, TypeVar
 from urllib.parse import unquote, urlencode, urlsplit
 
 import orjson
@@ -35,6 +34,7 @@ from .api_calls import (
     display_url,
     os_reason,
 )
+from .closing import ClosesOnExit
 from .errors import ConnectionFailedError, TimeoutExceededError
 
 __all__ = ["SyncTransport"]
@@ -53,7 +53,7 @@ class _Origin(NamedTuple):
     prefix: str
 
 
-class SyncTransport:
+class SyncTransport(ClosesOnExit):
     """Blocking JSON calls to one orchestrator over one kept-alive ``http.client`` connection.
 
     ``api_key`` is sent as a bearer token; without one, a ``user:password@`` in ``url`` is sent
@@ -69,17 +69,6 @@ class SyncTransport:
         self._origin, basic = _parse_origin(self.url)
         self._headers = base_headers(f"Bearer {api_key}" if api_key is not None else basic)
         self._conn: http.client.HTTPConnection | None = None
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def close(self) -> None:
         """Close the kept-alive connection, if any. Safe to call twice."""

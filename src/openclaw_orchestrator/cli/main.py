@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -206,6 +207,17 @@ def _client(url: str | None, config: Path | None) -> Client:
     from ..sync_client import Client
 
     return Client(url, config=config)
+
+
+@contextmanager
+def _session(
+    session_id: str, token_env: str | None, url: str | None, config: Path | None
+) -> Iterator[Session]:
+    """The handle to ``session_id`` sending the token ``--token-env`` names (else the API
+    key), on a client closed on the way out."""
+    token = _secret_from_env(token_env, "'--token-env'")
+    with _client(url, config) as client:
+        yield client.sessions.session(session_id, token)
 
 
 def _payload(text: str) -> Any:
@@ -618,11 +630,8 @@ def sessions_send(
     from .render import send_view
 
     body = _json_option(data, "--data")
-    token = _secret_from_env(token_env, "'--token-env'")
-    with _client(url, config) as client:
-        result = client.sessions.session(session_id, token).send(
-            body, timeout=timeout, idempotency_key=idempotency_key
-        )
+    with _session(session_id, token_env, url, config) as session:
+        result = session.send(body, timeout=timeout, idempotency_key=idempotency_key)
     _emit(result, output, send_view)
 
 
@@ -671,9 +680,7 @@ def sessions_history(
     """A session's messages and replies (and migrations), oldest first."""
     from .render import history_view
 
-    token = _secret_from_env(token_env, "'--token-env'")
-    with _client(url, config) as client:
-        session = client.sessions.session(session_id, token)
+    with _session(session_id, token_env, url, config) as session:
         if all_pages:
             page = _whole_history(session, offset, limit)
         else:
@@ -707,9 +714,8 @@ def sessions_close(
     """Close a session (closing a closed one again is fine); prints its final state."""
     from .render import session_view
 
-    token = _secret_from_env(token_env, "'--token-env'")
-    with _client(url, config) as client:
-        info = client.sessions.session(session_id, token).close()
+    with _session(session_id, token_env, url, config) as session:
+        info = session.close()
     _emit(info, output, session_view)
 
 

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import errno
 import json
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
@@ -61,6 +61,7 @@ __all__ = [
     "reply_too_large",
     "request_failed",
     "request_url",
+    "translating_errors",
 ]
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -246,15 +247,23 @@ async def read_reply(resp: aiohttp.ClientResponse, instance: str, limit: int) ->
 
 
 @contextmanager
-def map_client_errors(instance: str) -> Iterator[None]:
-    """Translate aiohttp/asyncio failures into the orchestrator's errors (:func:`client_error`)."""
+def translating_errors(
+    translate: Callable[[Exception, str], Exception], instance: str
+) -> Iterator[None]:
+    """Raise what ``translate`` makes of a failure, chained to it; the failure itself when
+    ``translate`` gives it back (already ours, or not the transport's)."""
     try:
         yield
     except Exception as exc:
-        translated = client_error(exc, instance)
+        translated = translate(exc, instance)
         if translated is exc:
             raise
         raise translated from exc
+
+
+def map_client_errors(instance: str) -> AbstractContextManager[None]:
+    """Translate aiohttp/asyncio failures into the orchestrator's errors (:func:`client_error`)."""
+    return translating_errors(client_error, instance)
 
 
 def client_error(exc: Exception, instance: str) -> Exception:

@@ -40,8 +40,7 @@ import json
 import socket
 import time
 from collections import deque
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from typing import NamedTuple
 
 import httptools
@@ -65,6 +64,7 @@ from .base import (
     overloaded_error,
     reply_too_large,
     request_failed,
+    translating_errors,
 )
 
 __all__ = [
@@ -439,16 +439,9 @@ class LeanHttp:
                 pool.wake_one()
 
 
-@contextmanager
-def map_lean_errors(instance: str) -> Iterator[None]:
+def map_lean_errors(instance: str) -> AbstractContextManager[None]:
     """Translate this client's failures into the orchestrator's errors (module docstring)."""
-    try:
-        yield
-    except Exception as exc:
-        translated = lean_error(exc, instance)
-        if translated is exc:
-            raise
-        raise translated from exc
+    return translating_errors(lean_error, instance)
 
 
 def lean_error(exc: Exception, instance: str) -> Exception:

@@ -49,18 +49,17 @@ The token goes into the ``Authorization`` header and nowhere else: no message, l
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import re
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any
 
 import aiohttp
 import orjson
 
+from ..closing import AsyncClosesOnExit
 from ..errors import (
     InstanceError,
     InstanceProtocolError,
@@ -78,6 +77,7 @@ from .base import (
     read_reply,
     request_url,
 )
+from .rejected_tokens import DEFAULT_REJECTION_BACKOFF, MISCONFIGURED, RejectedTokens
 from .worker import parse_retry_after
 
 __all__ = [
@@ -113,7 +113,6 @@ LIVE_PATH = "/healthz"
 SESSION_KEY_HEADER = "x-openclaw-session-key"
 SESSION_KEY_PREFIX = "orch-"
 RESERVED_SESSION_PREFIXES = ("subagent:", "cron:", "acp:")
-DEFAULT_REJECTION_BACKOFF = 300.0
 RESTORE_NOTE = (
     "[orchestrator] This conversation was moved to this gateway from another instance; "
     "the messages above are its history so far. Reply with OK."
@@ -125,7 +124,6 @@ RESTORE_NOTE_TRIMMED = (
 )
 DEFAULT_RESTORE_BYTES = 256 * 1024
 """Text of the history a restore replays, newest first; the rest is left out."""
-MISCONFIGURED = "misconfigured: gateway rejected the token"
 
 _BASE_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
 _TURN_OPTIONS = (
@@ -368,20 +366,6 @@ def readiness(status: int, body: Any) -> tuple[bool, str | None] | None:
     return None
 
 
-@dataclass(frozen=True, slots=True)
-class _Rejection:
-    """A token the gateway refused: not resent while ``fingerprint`` matches, until ``until``."""
-
-    fingerprint: str
-    until: float
-    detail: str
-
-
-def _fingerprint(instance: InstanceSpec) -> str:
-    secret = instance.credentials.get_secret_value() if instance.credentials else ""
-    return hashlib.sha256(secret.encode()).hexdigest()
-
-
 # -- history -------------------------------------------------------------------------------
 
 
@@ -438,7 +422,7 @@ async def latest_messages(history: History, budget: int) -> tuple[list[dict[str,
 # -- the driver ----------------------------------------------------------------------------
 
 
-class OpenClawDriver:
+class OpenClawDriver(AsyncClosesOnExit):
     """Talks to OpenClaw gateways over a shared ``aiohttp.ClientSession`` it does not own."""
 
     kind = "openclaw"
@@ -455,44 +439,16 @@ class OpenClawDriver:
         self._session = session
         self._max_reply_bytes = max_reply_bytes
         self._restore_bytes = restore_bytes
-        self._rejection_backoff = rejection_backoff
-        self._clock = clock
-        self._rejections: dict[str, _Rejection] = {}
+        self._rejected = RejectedTokens(rejection_backoff, clock)
 
     def __repr__(self) -> str:
-        return f"<OpenClawDriver kind={self.kind} rejected_tokens={len(self._rejections)}>"
+        return f"<OpenClawDriver kind={self.kind} rejected_tokens={len(self._rejected)}>"
 
     # -- rejected tokens -----------------------------------------------------------------
 
     def is_rejected(self, instance: InstanceSpec) -> bool:
         """Whether ``instance``'s current token was refused and is not to be resent yet."""
-        rejection = self._rejections.get(instance.name)
-        if rejection is None:
-            return False
-        if rejection.fingerprint != _fingerprint(instance) or self._clock() >= rejection.until:
-            del self._rejections[instance.name]  # new credentials, or time to re-check
-            return False
-        return True
-
-    def _remember_rejection(self, instance: InstanceSpec, error: InstanceError) -> str:
-        wait = max(self._rejection_backoff, error.retry_after or 0.0)
-        detail = MISCONFIGURED
-        if instance.credentials is None:
-            detail = "misconfigured: the gateway wants a token and the instance has none"
-        elif error.upstream_status == 429:
-            detail = f"{MISCONFIGURED} (HTTP 429: too many failed auth attempts)"
-        self._rejections[instance.name] = _Rejection(
-            _fingerprint(instance), self._clock() + wait, detail
-        )
-        return detail
-
-    def _refuse_without_sending(self, instance: InstanceSpec) -> InstanceError:
-        return InstanceError(
-            f"{instance.name}: {MISCONFIGURED}; the token is not resent until the instance's "
-            "credentials change",
-            instance=instance.name,
-            upstream_status=401,
-        )
+        return self._rejected.detail(instance) is not None
 
     # -- HTTP ------------------------------------------------------------------------------
 
@@ -538,7 +494,7 @@ class OpenClawDriver:
     ) -> Any:
         """``POST path`` with the token; the parsed 2xx body, else the mapped error."""
         if self.is_rejected(instance):
-            raise self._refuse_without_sending(instance)
+            raise RejectedTokens.refusal(instance)
         with map_client_errors(instance.name):
             async with self._session.post(
                 request_url(instance, path),
@@ -552,7 +508,7 @@ class OpenClawDriver:
                     retry_after = resp.headers.get("Retry-After")
                     error = _reply_error(instance.name, resp.status, raw, retry_after, path=path)
                     if resp.status == 401:
-                        self._remember_rejection(instance, error)
+                        self._rejected.remember(instance, error)
                     raise error
             return orjson.loads(raw)
 
@@ -686,9 +642,9 @@ class OpenClawDriver:
     ) -> ProbeResult:
         """Readiness plus a token check, concurrently (module docstring)."""
         started = time.perf_counter()
-        if self.is_rejected(instance):
+        rejected = self._rejected.detail(instance)
+        if rejected is not None:
             await self._live(instance, timeout=timeout)  # no token: liveness only
-            rejected = self._rejections[instance.name].detail
             return ProbeResult(time.perf_counter() - started, degraded=True, detail=rejected)
         (degraded, detail), token = await asyncio.gather(
             self._ready(instance, timeout=timeout), self._token_problem(instance, timeout=timeout)
@@ -727,21 +683,10 @@ class OpenClawDriver:
                 upstream_status=status,
                 retry_after=parse_retry_after(retry_after),
             )
-            return self._remember_rejection(instance, error)
+            return self._rejected.remember(instance, error)
         if status == 404:
             return f"the gateway does not serve {CHAT_PATH} (chatCompletions disabled)"
         return None
 
     async def aclose(self) -> None:
         """Nothing to release: the session belongs to the caller."""
-
-    async def __aenter__(self) -> OpenClawDriver:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()

@@ -38,13 +38,13 @@ import asyncio
 import math
 import time
 from collections.abc import Sequence
-from types import TracebackType
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 import orjson
 
+from ..closing import AsyncClosesOnExit
 from ..domain.addresses import AddressPolicy
 from ..errors import (
     InstanceError,
@@ -168,7 +168,7 @@ def _parse(name: str, raw: bytes) -> Any:
         ) from exc
 
 
-class WorkerDriver:
+class WorkerDriver(AsyncClosesOnExit):
     """Talks instance protocol v1 through an :class:`~.base.InstanceTransport`: ``transport``
     names the kind to open over the shared ``aiohttp.ClientSession`` (which the driver does
     not own; the transport it opens it does), or is one already open (the caller's)."""
@@ -366,17 +366,6 @@ class WorkerDriver:
         """Close the transport if this driver opened it; the session belongs to the caller."""
         if self._owns_transport:
             await self._transport.aclose()
-
-    async def __aenter__(self) -> WorkerDriver:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     def __repr__(self) -> str:
         return f"<WorkerDriver kind={self.kind} transport={self._transport!r}>"

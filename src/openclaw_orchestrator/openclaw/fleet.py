@@ -23,11 +23,11 @@ import time
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from pydantic import SecretStr
 
+from ..child_server import ChildServer
 from ..models import InstanceSpec
 from .gateway import (
     DEFAULT_READY_TIMEOUT,
@@ -53,23 +53,12 @@ __all__ = [
 ]
 
 STUB_READY_TIMEOUT = 30.0
-STOP_GRACE = 5.0
 PORT_OFFSET = 100
 """``up --openclaw N`` puts gateway i on ``base_port + max(PORT_OFFSET, instances) + i``."""
 
 
-@dataclass
-class StubModelProcess:
-    """The stub model server running as a child process."""
-
-    host: str
-    port: int
-    process: subprocess.Popen[bytes] = field(repr=False)
-
-    @property
-    def url(self) -> str:
-        """Its base URL (the OpenAI API is under ``/v1``)."""
-        return f"http://{self.host}:{self.port}"
+class StubModelProcess(ChildServer):
+    """The stub model server running as a child process (its OpenAI API is under ``/v1``)."""
 
     def is_ready(self) -> bool:
         """Whether it answers ``GET /v1/models``."""
@@ -91,17 +80,6 @@ class StubModelProcess:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"stub model not ready after {timeout:g}s")
             time.sleep(0.05)
-
-    def stop(self) -> None:
-        """Terminate it, kill it if it lingers."""
-        if self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(STOP_GRACE)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
 
 
 def start_stub_model(
@@ -152,12 +130,7 @@ class OpenClawFleet:
     def __enter__(self) -> OpenClawFleet:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
 

@@ -13,18 +13,19 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import aiohttp
 import uvicorn
 from starlette.applications import Starlette
 
+from ..closing import AsyncClosesOnExit
 from ..gc_tuning import settle_after_startup
 from ..logs import configure_logging, flush_logs, get_logger
 from ..models import is_valid_name
 from ..runner import listen_socket
 from ..server import uvicorn_config
+from ..tasks import cancel_and_wait
 from .app import DEFAULT_MAX_BODY_BYTES, AppLifespan, create_instance_app
 from .faults import FaultConfig
 from .handlers import Handler, resolve_handler
@@ -88,7 +89,7 @@ class Registration:
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
 
-class Registrar:
+class Registrar(AsyncClosesOnExit):
     """Registers at entry, heartbeats in a task, deregisters at exit; never raises on I/O.
 
     It owns its ``aiohttp.ClientSession`` unless one is passed in.
@@ -104,20 +105,12 @@ class Registrar:
         self.beats = 0
         self.failures = 0
 
-    async def __aenter__(self) -> Registrar:
+    async def __aenter__(self) -> Self:
         if self._session is None:
             self._session = aiohttp.ClientSession()
         await self.register()
         self._task = asyncio.create_task(self._heartbeat(), name="instance-heartbeat")
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def register(self) -> bool:
         """One ``POST /api/cluster/register``; whether the orchestrator accepted it."""
@@ -170,9 +163,7 @@ class Registrar:
     async def aclose(self) -> None:
         """Stop the heartbeat, deregister, and close the session if it is ours."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
             await self.deregister()
         if self._owns_session and self._session is not None:

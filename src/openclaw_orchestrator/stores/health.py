@@ -32,6 +32,7 @@ from typing import Any
 
 from ..errors import StorageFullError, StorageUnavailableError
 from ..logs import get_logger
+from ..tasks import cancel_and_wait
 
 __all__ = [
     "DEFAULT_MIN_FREE_BYTES",
@@ -202,9 +203,7 @@ class StoreHealth:
     async def aclose(self) -> None:
         """Stop recovering (the store is closing)."""
         if self._recovery is not None:
-            self._recovery.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._recovery
+            await cancel_and_wait(self._recovery)
             self._recovery = None
 
 
