@@ -5,6 +5,8 @@ read on to the full application as if it had never been read."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from starlette.applications import Starlette
 from starlette.middleware.errors import ServerErrorMiddleware
 from starlette.types import ASGIApp, Message, Receive
@@ -16,32 +18,31 @@ class FastPathApp(Starlette):
     """A Starlette app whose middleware stack may hold a *fast path*: an ASGI layer that
     serves a hot request itself and passes everything else on.
 
-    :meth:`use_fast_path` marks the place: the fast path wraps the framework's layers and the
-    middleware added so far (whose work it does itself: request id, body limit, error
-    envelope), and every middleware added after it wraps the fast path, inside Starlette's
-    ``ServerErrorMiddleware``, so tracing, CORS or metrics added later see every request,
-    the hot ones too. Without the call the stack is the framework's own.
+    :meth:`use_fast_path` gives the layer and marks its place: the fast path wraps the
+    framework's layers and the middleware added so far (whose work it does itself: request
+    id, body limit, error envelope), and every middleware added after it wraps the fast path,
+    inside Starlette's ``ServerErrorMiddleware``, so tracing, CORS or metrics added later see
+    every request, the hot ones too. Without the call the stack is the framework's own.
     """
 
     _middleware_under_fast_path: int | None = None
+    _fast_path: Callable[[ASGIApp], ASGIApp] | None = None
 
-    def use_fast_path(self) -> None:
-        """Put :meth:`fast_path` over the stack built so far (see the class docstring)."""
+    def use_fast_path(self, layer: Callable[[ASGIApp], ASGIApp]) -> None:
+        """Put ``layer`` (given the rest of the stack, it returns the fast path in front of
+        it) over the stack built so far (see the class docstring)."""
+        self._fast_path = layer
         self._middleware_under_fast_path = len(self.user_middleware)
 
     @property
     def has_fast_path(self) -> bool:
         """Whether :meth:`use_fast_path` put a fast path in the stack."""
-        return self._middleware_under_fast_path is not None
-
-    def fast_path(self, app: ASGIApp) -> ASGIApp:
-        """The fast path in front of ``app`` (the rest of the stack); subclasses build it."""
-        raise NotImplementedError(f"{type(self).__name__} has no fast path")
+        return self._fast_path is not None
 
     def build_middleware_stack(self) -> ASGIApp:
         """The framework's stack, with the fast path where :meth:`use_fast_path` put it
         (``add_middleware`` puts the newest middleware first)."""
-        if self._middleware_under_fast_path is None:
+        if self._fast_path is None or self._middleware_under_fast_path is None:
             return super().build_middleware_stack()
         added_later = len(self.user_middleware) - self._middleware_under_fast_path
         later, under = self.user_middleware[:added_later], self.user_middleware[added_later:]
@@ -50,7 +51,7 @@ class FastPathApp(Starlette):
             stack = super().build_middleware_stack()
         finally:
             self.user_middleware = later + under
-        app = self.fast_path(stack)
+        app = self._fast_path(stack)
         for cls, args, kwargs in reversed(later):
             app = cls(app, *args, **kwargs)
         if later and isinstance(stack, ServerErrorMiddleware):  # outermost, as in Starlette

@@ -13,7 +13,6 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
-from starlette.types import ASGIApp
 
 from .. import __about__
 from ..asgi import FastPathApp
@@ -42,18 +41,12 @@ class OrchestratorApp(FastPathApp, FastAPI):
     :class:`~.fastpath.FastPaths` (:class:`~..asgi.FastPathApp`: middleware added later
     sees them too)."""
 
-    _fast_path_body_limit = 0
-
     def use_fast_paths(self, *, max_body_bytes: int) -> None:
         """Serve the hot endpoints' ordinary requests with :class:`~.fastpath.FastPaths`,
         over the middleware added so far, refusing bodies over ``max_body_bytes`` as the
         request-context middleware does."""
-        self._fast_path_body_limit = max_body_bytes
-        self.use_fast_path()
-
-    def fast_path(self, app: ASGIApp) -> ASGIApp:
-        """:class:`~.fastpath.FastPaths` in front of the rest of the stack."""
-        return FastPaths(app, state=self.state, max_body_bytes=self._fast_path_body_limit)
+        state = self.state
+        self.use_fast_path(lambda app: FastPaths(app, state=state, max_body_bytes=max_body_bytes))
 
     def openapi(self) -> dict[str, Any]:
         """FastAPI's schema, made true to what the API answers (:func:`.openapi.finish_schema`)."""

@@ -462,10 +462,6 @@ class InstanceApp(FastPathApp):
                 send = _padded(send, config, scope["method"], scope["path"])
         await super().__call__(scope, receive, send)
 
-    def fast_path(self, app: ASGIApp) -> ASGIApp:
-        """:class:`TaskFastPath` in front of the rest of the stack."""
-        return TaskFastPath(app, self.state.instance)
-
 
 class TaskFastPath:
     """The ordinary ``POST /api/instance/task``, served before Starlette's layers.
@@ -693,5 +689,5 @@ def create_instance_app(
     )
     app.state.instance = instance
     if fast_path:
-        app.use_fast_path()
+        app.use_fast_path(lambda rest: TaskFastPath(rest, instance))
     return app
