@@ -201,7 +201,7 @@ async def start_orchestrator(
     """The orchestrator on a free port with the API key on, logging at info to a file.
 
     One worker: ``openclaw orchestrator serve --config``. Two or more: uvicorn's own
-    ``--workers`` over :mod:`openclaw_orchestrator.api.factory` (``serve`` has no such flag),
+    ``--workers`` over :mod:`openclaw_orchestrator.server.api.factory` (``serve`` has no such flag),
     with the same configuration passed through ``ORCHESTRATOR_*`` variables.
     """
     port = free_port()
@@ -215,7 +215,13 @@ async def start_orchestrator(
         argv += ["--port", str(port)]
     else:
         env |= {f"ORCHESTRATOR_{k.upper()}": _env_value(v) for k, v in config.items()}
-        argv = [PYTHON, "-m", "uvicorn", "openclaw_orchestrator.api.factory:app", "--factory"]
+        argv = [
+            PYTHON,
+            "-m",
+            "uvicorn",
+            "openclaw_orchestrator.server.api.factory:app",
+            "--factory",
+        ]
         argv += ["--workers", str(workers), "--host", "127.0.0.1", "--port", str(port)]
         argv += ["--loop", "uvloop", "--http", "httptools", "--no-access-log"]
         argv += ["--log-level", "warning", "--no-server-header"]

@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 import uvloop
 
-from openclaw_orchestrator.server import running
+from openclaw_orchestrator.server.hosting import running
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 

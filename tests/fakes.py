@@ -13,8 +13,8 @@ from collections.abc import AsyncIterable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from openclaw_orchestrator.drivers.base import History, ProbeResult
 from openclaw_orchestrator.models import InstanceSpec
+from openclaw_orchestrator.server.drivers.base import History, ProbeResult
 
 __all__ = ["FakeCall", "FakeClock", "FakeDriver", "Handler"]
 

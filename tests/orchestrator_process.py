@@ -16,7 +16,7 @@ from typing import Any
 
 import aiohttp
 
-from openclaw_orchestrator.server import bind_socket
+from openclaw_orchestrator.server.hosting import bind_socket
 
 __all__ = ["API_KEY", "OrchestratorProcess", "orchestrator_process"]
 

@@ -1,4 +1,4 @@
-"""The SDK's request builders and reply readers (:mod:`openclaw_orchestrator.api_calls`): pure,
+"""The SDK's request builders and reply readers (:mod:`openclaw_orchestrator.sdk.calls`): pure,
 no sockets, no event loop; what both clients send and how both read what comes back."""
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from typing import Any
 import orjson
 import pytest
 
-from openclaw_orchestrator import api_calls as calls
 from openclaw_orchestrator import errors
 from openclaw_orchestrator.errors import (
     InstanceDownError,
@@ -33,6 +32,7 @@ from openclaw_orchestrator.models import (
     SessionInfo,
     SpawnResult,
 )
+from openclaw_orchestrator.sdk import calls
 
 # -- requests ------------------------------------------------------------------------------
 
@@ -236,9 +236,9 @@ def test_public_info_drops_the_token() -> None:
 def test_a_plain_health_imports_neither_pydantic_nor_aiohttp() -> None:
     """The CLI's quick path can build and read ``health`` without pydantic or aiohttp."""
     code = (
-        "import sys; from openclaw_orchestrator import api_calls as c;"
+        "import sys; from openclaw_orchestrator.sdk import calls as c;"
         "c.health(['A']).parse({'A': 'healthy'});"
-        "from openclaw_orchestrator import sync_client;"
+        "from openclaw_orchestrator.sdk import sync_client;"
         "print(sorted(m for m in ('pydantic', 'aiohttp') if m in sys.modules))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -295,8 +295,8 @@ def test_rejected_and_invalid_share_the_wire_code_and_status() -> None:
 def test_both_clients_take_the_builders_parameters(method: str, build: Any) -> None:
     """Each client method has its builder's parameters (plus self), so the two clients'
     signatures cannot drift apart; help() shows them."""
-    from openclaw_orchestrator.client import AsyncClient
-    from openclaw_orchestrator.sync_client import Client
+    from openclaw_orchestrator.sdk.async_client import AsyncClient
+    from openclaw_orchestrator.sdk.sync_client import Client
 
     expected = ["self", *inspect.signature(build).parameters]
     for cls in (AsyncClient, Client):

@@ -18,9 +18,9 @@ import aiohttp
 import pytest
 from multidict import CIMultiDictProxy
 
-from openclaw_orchestrator.reference.app import create_instance_app
-from openclaw_orchestrator.reference.handlers import resolve_handler
-from openclaw_orchestrator.server import BackgroundServer
+from openclaw_orchestrator.devtools.reference.app import create_instance_app
+from openclaw_orchestrator.devtools.reference.handlers import resolve_handler
+from openclaw_orchestrator.server.hosting import BackgroundServer
 
 from .orchestrator_process import OrchestratorProcess, orchestrator_process
 

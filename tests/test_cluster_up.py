@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 
 from openclaw_orchestrator import AsyncClient, ConnectionFailedError, UnauthorizedError
-from openclaw_orchestrator.reference.app import create_instance_app
-from openclaw_orchestrator.reference.handlers import resolve_handler
-from openclaw_orchestrator.server import BackgroundServer
+from openclaw_orchestrator.devtools.reference.app import create_instance_app
+from openclaw_orchestrator.devtools.reference.handlers import resolve_handler
+from openclaw_orchestrator.server.hosting import BackgroundServer
 
 pytestmark = pytest.mark.slow
 

@@ -15,8 +15,8 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from openclaw_orchestrator.http_protocol import BoundedRequestProtocol, RequestLimits
-from openclaw_orchestrator.server import running, uvicorn_config
+from openclaw_orchestrator.server.hosting import running, uvicorn_config
+from openclaw_orchestrator.server.http_protocol import BoundedRequestProtocol, RequestLimits
 
 LIMITS = RequestLimits(max_bytes=4096, timeout=0.3, body_timeout=0.5)
 

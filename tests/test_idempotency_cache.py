@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 
 from pydantic import BaseModel
 
-from openclaw_orchestrator.idempotency import IdempotencyCache, json_size
+from openclaw_orchestrator.server.core.idempotency import IdempotencyCache, json_size
 
 
 def cache(max_bytes: int) -> IdempotencyCache[str]:

@@ -130,7 +130,7 @@ def test_domain_imports_only_stdlib_and_errors(path: Path) -> None:
         ("from ..models import Task", [f"{PACKAGE}.models"]),
         ("from .. import service", [f"{PACKAGE}.service"]),
         ("from ..drivers.base import InstanceDriver", [f"{PACKAGE}.drivers.base"]),
-        ("from openclaw_orchestrator.api import app", [f"{PACKAGE}.api"]),
+        ("from openclaw_orchestrator.server.api import app", [f"{PACKAGE}.server.api"]),
         ("from openclaw_orchestrator import domainx", [f"{PACKAGE}.domainx"]),
         ("def f():\n    import sqlalchemy", ["sqlalchemy"]),
         ("if TYPE_CHECKING:\n    from structlog import BoundLogger", ["structlog"]),
@@ -143,19 +143,27 @@ def test_the_checker_catches_what_it_should(source: str, offending: list[str]) -
     assert forbidden_imports(source) == offending
 
 
-# -- the core: parts with no cycle among them, and nothing of the API or the CLI ------------
+# -- the layers: sdk, server (core at its centre), cli, devtools ---------------------------
 
 SRC_DIR = DOMAIN_DIR.parent
-CORE_FILES = [
-    *sorted((SRC_DIR / "core").glob("*.py")),
-    SRC_DIR / "service.py",
-    SRC_DIR / "session_service.py",
-    SRC_DIR / "registry.py",
-]
+CORE_FILES = sorted((SRC_DIR / "server" / "core").glob("*.py"))
+SERVER_FILES = sorted((SRC_DIR / "server").rglob("*.py"))
+# What a client-only install runs: the SDK and the wire contract at the package root.
+CONTRACT = (
+    "__init__.py",
+    "__about__.py",
+    "errors.py",
+    "models.py",
+    "settings.py",
+    "instance_url.py",
+)
+SDK_FILES = [*sorted((SRC_DIR / "sdk").glob("*.py")), *(SRC_DIR / name for name in CONTRACT)]
+SERVER_ONLY_LIBRARIES = ("fastapi", "starlette", "uvicorn", "uvloop", "httptools", "sqlalchemy")
 
 
 def module_name(path: Path) -> str:
-    """``.../openclaw_orchestrator/core/routing.py`` -> ``openclaw_orchestrator.core.routing``."""
+    """``.../openclaw_orchestrator/server/core/routing.py`` ->
+    ``openclaw_orchestrator.server.core.routing``."""
     parts = path.relative_to(SRC_DIR.parent).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
@@ -165,8 +173,13 @@ def imports_of(path: Path) -> set[str]:
     package, ``from . import x`` counts as importing ``package.x``."""
     name = module_name(path)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    return imports_in(path.read_text(encoding="utf-8"), package)
+
+
+def imports_in(source: str, package: str) -> set[str]:
+    """:func:`imports_of` for source text written in ``package``."""
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -176,6 +189,12 @@ def imports_of(path: Path) -> set[str]:
             found.add(module)
             found.update(f"{module}.{alias.name}" for alias in node.names)
     return found
+
+
+def into(found: set[str], *layers: str) -> list[str]:
+    """Which of ``found`` belong to the given layers (``"cli"`` = ``openclaw_orchestrator.cli``)."""
+    outer = tuple(f"{PACKAGE}.{layer}" for layer in layers)
+    return sorted(m for m in found if f"{m}.".startswith(tuple(f"{o}." for o in outer)))
 
 
 def core_graph() -> dict[str, set[str]]:
@@ -205,11 +224,16 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str]:
     return []
 
 
-def test_the_core_modules_are_found() -> None:
-    """The core's parts are all seen, so the checks below cannot pass vacuously."""
+def test_the_layers_are_found() -> None:
+    """Every layer's files are seen, so the checks below cannot pass vacuously."""
     names = set(core_graph())
-    assert {f"{PACKAGE}.core.{part}" for part in ("dispatcher", "routing", "fanout")} <= names
-    assert f"{PACKAGE}.session_service" in names
+    core = f"{PACKAGE}.server.core"
+    parts = ("dispatcher", "routing", "fanout", "health_monitor", "sessions", "orchestrator")
+    assert {f"{core}.{part}" for part in parts} <= names
+    sdk = {module_name(path) for path in SDK_FILES}
+    assert {f"{PACKAGE}.sdk.async_client", f"{PACKAGE}.sdk.sync_client", PACKAGE} <= sdk
+    assert all(path.exists() for path in SDK_FILES)
+    assert f"{PACKAGE}.server.api.app" in {module_name(path) for path in SERVER_FILES}
 
 
 def test_no_import_cycle_between_core_modules() -> None:
@@ -226,6 +250,38 @@ def test_the_cycle_finder_finds_cycles() -> None:
 
 @pytest.mark.parametrize("path", CORE_FILES, ids=[module_name(p) for p in CORE_FILES])
 def test_the_core_imports_nothing_of_the_api_or_the_cli(path: Path) -> None:
-    """The core is usable without the web app or the command line."""
-    outer = (f"{PACKAGE}.api", f"{PACKAGE}.cli")
-    assert [m for m in imports_of(path) if m.startswith(outer)] == []
+    """The core is usable without the web app, the command line or the dev tools."""
+    assert into(imports_of(path), "server.api", "cli", "devtools") == []
+
+
+@pytest.mark.parametrize("path", SDK_FILES, ids=[module_name(p) for p in SDK_FILES])
+def test_the_sdk_imports_nothing_of_the_server(path: Path) -> None:
+    """The base install is the SDK: no module of it reaches the server, the CLI or the dev
+    tools, nor a library only the ``server`` extra installs."""
+    assert into(imports_of(path), "server", "cli", "devtools") == []
+    assert [m for m in imports_of(path) if m.split(".")[0] in SERVER_ONLY_LIBRARIES] == []
+
+
+@pytest.mark.parametrize("path", SERVER_FILES, ids=[module_name(p) for p in SERVER_FILES])
+def test_the_server_imports_nothing_of_the_cli_or_the_dev_tools(path: Path) -> None:
+    """The service runs without the command line or the local tooling around it."""
+    assert into(imports_of(path), "cli", "devtools") == []
+
+
+@pytest.mark.parametrize(
+    ("source", "package", "found"),
+    [
+        ("from ..server.core import routing", f"{PACKAGE}.sdk", [f"{PACKAGE}.server.core"]),
+        ("def f():\n    from ...cli import main", f"{PACKAGE}.server.core", [f"{PACKAGE}.cli"]),
+        ("from openclaw_orchestrator import server", f"{PACKAGE}.sdk", [f"{PACKAGE}.server"]),
+        ("from .calls import build", f"{PACKAGE}.sdk", []),
+        ("from ..errors import OrchestratorError", f"{PACKAGE}.sdk", []),
+        ("import openclaw_orchestrator.serverless", f"{PACKAGE}.sdk", []),
+    ],
+)
+def test_the_layer_checker_resolves_what_it_should(
+    source: str, package: str, found: list[str]
+) -> None:
+    """The checker itself: relative, nested and package imports are seen; prefixes are not
+    mistaken for layers."""
+    assert into(imports_in(source, package), "server", "cli")[:1] == found

@@ -19,10 +19,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from openclaw_orchestrator.logs import LineSink
-from openclaw_orchestrator.reference.app import create_instance_app
-from openclaw_orchestrator.reference.handlers import resolve_handler
-from openclaw_orchestrator.server import BackgroundServer, bind_socket
+from openclaw_orchestrator.devtools.reference.app import create_instance_app
+from openclaw_orchestrator.devtools.reference.handlers import resolve_handler
+from openclaw_orchestrator.server.hosting import BackgroundServer, bind_socket
+from openclaw_orchestrator.server.logs import LineSink
 
 
 class StalledFile(io.StringIO):

@@ -13,8 +13,8 @@ import sys
 import threading
 from pathlib import Path
 
-from openclaw_orchestrator.gc_tuning import YOUNG_THRESHOLD, settle_after_startup
-from openclaw_orchestrator.logs import LineSink, after_this_step
+from openclaw_orchestrator.server.gc_tuning import YOUNG_THRESHOLD, settle_after_startup
+from openclaw_orchestrator.server.logs import LineSink, after_this_step
 
 
 def _run(code: str) -> subprocess.CompletedProcess[str]:
@@ -90,7 +90,7 @@ def test_lines_still_queued_at_exit_are_written() -> None:
     """The interpreter's exit flushes what a last loop iteration left queued."""
     code = (
         "import asyncio\n"
-        "from openclaw_orchestrator.logs import configure_logging, get_logger\n"
+        "from openclaw_orchestrator.server.logs import configure_logging, get_logger\n"
         "configure_logging('info', 'json')\n"
         "log = get_logger('t')\n"
         "async def main():\n"
@@ -125,7 +125,7 @@ def test_a_logger_made_before_configuration_follows_it() -> None:
     """Module loggers are made at import, often before configure_logging: they must still
     write JSON lines to the configured sink, with their name."""
     code = (
-        "from openclaw_orchestrator.logs import configure_logging, get_logger\n"
+        "from openclaw_orchestrator.server.logs import configure_logging, get_logger\n"
         "early = get_logger('early.module')\n"
         "configure_logging('info', 'json')\n"
         "early.info('made.before', n=1)\n"
@@ -164,7 +164,7 @@ def test_after_this_step_without_a_loop_logs_now() -> None:
 def test_a_frequent_event_writes_the_line_structlog_would() -> None:
     """Same fields and values (the timestamp aside), same sink, request id from context."""
     code = (
-        "from openclaw_orchestrator.logs import FrequentEvent, bind_request_id,"
+        "from openclaw_orchestrator.server.logs import FrequentEvent, bind_request_id,"
         " configure_logging, get_logger\n"
         "configure_logging('info', 'json')\n"
         "bind_request_id('rid-7')\n"
@@ -190,20 +190,20 @@ def test_a_frequent_event_follows_level_and_format() -> None:
     """Filtered out above info; console format when asked; structlog's own before any
     configuration."""
     quiet = _run(
-        "from openclaw_orchestrator.logs import FrequentEvent, configure_logging\n"
+        "from openclaw_orchestrator.server.logs import FrequentEvent, configure_logging\n"
         "configure_logging('warning', 'json')\n"
         "FrequentEvent('svc', 'svc.attempt')(n=1)\n"
     )
     assert quiet.stderr == ""
     console = _run(
-        "from openclaw_orchestrator.logs import FrequentEvent, configure_logging\n"
+        "from openclaw_orchestrator.server.logs import FrequentEvent, configure_logging\n"
         "configure_logging('info', 'console')\n"
         "FrequentEvent('svc', 'svc.attempt')(n=1)\n"
     )
     assert "svc.attempt" in console.stderr
     assert "n=1" in console.stderr
     unconfigured = _run(
-        "from openclaw_orchestrator.logs import FrequentEvent\n"
+        "from openclaw_orchestrator.server.logs import FrequentEvent\n"
         "FrequentEvent('svc', 'svc.attempt')(n=1)\n"
     )
     assert "svc.attempt" in unconfigured.stdout + unconfigured.stderr

@@ -82,7 +82,7 @@ def test_wire_models_and_clients_are_exported() -> None:
     """The SDK, its wire models and the version are importable from the package root."""
     for name in WIRE_MODELS:
         assert getattr(openclaw_orchestrator, name) is getattr(models, name)
-    from openclaw_orchestrator import client
+    from openclaw_orchestrator.sdk import async_client as client
 
     for name in SDK_CLASSES:
         assert getattr(openclaw_orchestrator, name) is getattr(client, name)

@@ -17,9 +17,13 @@ import pytest
 from starlette.routing import Router
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from openclaw_orchestrator.reference import FaultConfig, HandlerContext, create_instance_app
-from openclaw_orchestrator.reference.app import InstanceApp
-from openclaw_orchestrator.reference.handlers import echo
+from openclaw_orchestrator.devtools.reference import (
+    FaultConfig,
+    HandlerContext,
+    create_instance_app,
+)
+from openclaw_orchestrator.devtools.reference.app import InstanceApp
+from openclaw_orchestrator.devtools.reference.handlers import echo
 
 Serve = Callable[[Any], Awaitable[str]]
 TASK = "/api/instance/task"

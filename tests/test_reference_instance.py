@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from openclaw_orchestrator.reference import (
+from openclaw_orchestrator.devtools.reference import (
     FaultConfig,
     HandlerContext,
     HandlerError,
@@ -33,11 +33,11 @@ from openclaw_orchestrator.reference import (
     resolve_handler,
     run_instance,
 )
-from openclaw_orchestrator.reference.faults import Faults
-from openclaw_orchestrator.reference.handlers import Invoker, echo
-from openclaw_orchestrator.reference.runner import local_url
-from openclaw_orchestrator.reference.search import SearchHandler, Shard
-from openclaw_orchestrator.server import running
+from openclaw_orchestrator.devtools.reference.faults import Faults
+from openclaw_orchestrator.devtools.reference.handlers import Invoker, echo
+from openclaw_orchestrator.devtools.reference.runner import local_url
+from openclaw_orchestrator.devtools.reference.search import SearchHandler, Shard
+from openclaw_orchestrator.server.hosting import running
 
 Serve = Callable[[Any], Awaitable[str]]
 TASK = "/api/instance/task"
@@ -453,7 +453,7 @@ async def test_registrar_survives_missing_orchestrator() -> None:
 
 async def test_demo_handler_searches_or_echoes() -> None:
     """The demo handler searches when the payload has a query and echoes otherwise."""
-    from openclaw_orchestrator.reference.handlers import HandlerContext
+    from openclaw_orchestrator.devtools.reference.handlers import HandlerContext
 
     demo = resolve_handler("demo")
     ctx = HandlerContext(instance="A", request_id="r")

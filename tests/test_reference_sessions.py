@@ -11,7 +11,7 @@ import orjson
 import pytest
 from yarl import URL
 
-from openclaw_orchestrator.reference import (
+from openclaw_orchestrator.devtools.reference import (
     Exchange,
     HandlerContext,
     HandlerError,
@@ -19,8 +19,8 @@ from openclaw_orchestrator.reference import (
     create_instance_app,
     resolve_handler,
 )
-from openclaw_orchestrator.reference.handlers import echo
-from openclaw_orchestrator.reference.sessions import (
+from openclaw_orchestrator.devtools.reference.handlers import echo
+from openclaw_orchestrator.devtools.reference.sessions import (
     SessionStore,
     is_valid_session_id,
     parse_history,

@@ -15,9 +15,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from openclaw_orchestrator.reference.app import create_instance_app
-from openclaw_orchestrator.reference.handlers import resolve_handler
-from openclaw_orchestrator.server import BackgroundServer, bind_socket
+from openclaw_orchestrator.devtools.reference.app import create_instance_app
+from openclaw_orchestrator.devtools.reference.handlers import resolve_handler
+from openclaw_orchestrator.server.hosting import BackgroundServer, bind_socket
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""The stdlib transport (:mod:`openclaw_orchestrator.transport`) on real sockets: replies,
+"""The stdlib transport (:mod:`openclaw_orchestrator.sdk.sync_transport`) on real sockets: replies,
 keep-alive, and the mapping of every failure onto the SDK's error tree and messages."""
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from typing import Any, ClassVar
 import orjson
 import pytest
 
-from openclaw_orchestrator.api_calls import ApiCall
 from openclaw_orchestrator.errors import (
     ConnectionFailedError,
     NotFoundError,
@@ -24,7 +23,8 @@ from openclaw_orchestrator.errors import (
     TimeoutExceededError,
     UnauthorizedError,
 )
-from openclaw_orchestrator.transport import SyncTransport
+from openclaw_orchestrator.sdk.calls import ApiCall
+from openclaw_orchestrator.sdk.sync_transport import SyncTransport
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -228,7 +228,7 @@ def test_sync_client_runs_without_an_event_loop_or_aiohttp(server: str) -> None:
     """Client sends over the stdlib transport: a call neither starts an event loop (no
     asyncio at all) nor imports aiohttp."""
     code = (
-        "import sys; from openclaw_orchestrator.sync_client import Client\n"
+        "import sys; from openclaw_orchestrator.sdk.sync_client import Client\n"
         "with Client(sys.argv[1]) as client: states = client.health(['A'])\n"
         "print(states, sorted(m for m in ('asyncio', 'aiohttp') if m in sys.modules))"
     )
@@ -301,7 +301,7 @@ def test_cli_quick_path_errors_exit_like_the_app(capsys: pytest.CaptureFixture[s
 def test_client_env_agrees_with_the_full_settings(
     environ: dict[str, str], url: str | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from openclaw_orchestrator.client_env import client_env
+    from openclaw_orchestrator.sdk.env import client_env
     from openclaw_orchestrator.settings import load_client_settings
 
     for name in [n for n in os_environ() if n.lower().startswith("orchestrator_")]:
@@ -323,15 +323,16 @@ def test_client_env_agrees_with_the_full_settings(
     ],
 )
 def test_client_env_defers_when_unsure(environ: dict[str, str]) -> None:
-    from openclaw_orchestrator.client_env import client_env
+    from openclaw_orchestrator.sdk.env import client_env
 
     assert client_env(None, environ) is None
 
 
 def test_client_env_default_url_is_the_settings_default() -> None:
-    from openclaw_orchestrator import client_env, settings
+    from openclaw_orchestrator import settings
+    from openclaw_orchestrator.sdk import env
 
-    assert client_env.DEFAULT_URL == settings.DEFAULT_URL
+    assert env.DEFAULT_URL == settings.DEFAULT_URL
 
 
 def os_environ() -> list[str]:

@@ -10,12 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from openclaw_orchestrator.server import bind_socket
+from openclaw_orchestrator.server.hosting import bind_socket
 
 SERVER = """
 import asyncio, gc, sys, threading
-from openclaw_orchestrator.logs import configure_logging
-from openclaw_orchestrator.server import serve_forever
+from openclaw_orchestrator.server.logs import configure_logging
+from openclaw_orchestrator.server.hosting import serve_forever
 
 async def fail():
     raise ValueError("never retrieved")

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 from .__about__ import __version__
 
 if TYPE_CHECKING:
-    from .client import AsyncClient, AsyncSession, AsyncSessions
     from .errors import (
         AddressNotAllowedError,
         AggregationError,
@@ -57,8 +56,9 @@ if TYPE_CHECKING:
         SpawnResult,
         TargetExpr,
     )
+    from .sdk.async_client import AsyncClient, AsyncSession, AsyncSessions
+    from .sdk.sync_client import Client, Session, Sessions
     from .settings import ConfigError
-    from .sync_client import Client, Session, Sessions
 
 __all__ = [
     "AddressNotAllowedError",
@@ -107,7 +107,7 @@ __all__ = [
     "__version__",
 ]
 
-_SOURCES = (".errors", ".models", ".settings", ".sync_client", ".client")
+_SOURCES = (".errors", ".models", ".settings", ".sdk.sync_client", ".sdk.async_client")
 """Where the lazy names live, cheapest module first (each imports the ones before it)."""
 
 

@@ -5,7 +5,7 @@ a test can make one slow, failing or unhealthy, and ``stop_instance`` closes one
 so connections are refused, as with a crashed process.
 
 Every test of a module that starts a cluster runs twice: with the orchestrator's fast paths
-(:class:`~openclaw_orchestrator.api.fastpath.FastPaths`) and with the FastAPI routes alone
+(:class:`~openclaw_orchestrator.server.api.fastpath.FastPaths`) and with the FastAPI routes alone
 (``create_app(..., fast_paths=False)``), so neither side can drift from the other.
 """
 
@@ -25,12 +25,12 @@ import orjson
 import pytest
 from starlette.middleware import Middleware
 
-from openclaw_orchestrator.api.app import create_app
+from openclaw_orchestrator.devtools.reference.app import create_instance_app
+from openclaw_orchestrator.devtools.reference.handlers import resolve_handler
 from openclaw_orchestrator.models import InstanceSpec
-from openclaw_orchestrator.reference.app import create_instance_app
-from openclaw_orchestrator.reference.handlers import resolve_handler
-from openclaw_orchestrator.server import BackgroundServer
-from openclaw_orchestrator.service import Orchestrator
+from openclaw_orchestrator.server.api.app import create_app
+from openclaw_orchestrator.server.core.orchestrator import Orchestrator
+from openclaw_orchestrator.server.hosting import BackgroundServer
 from openclaw_orchestrator.settings import Settings
 
 API_KEY = "test-key-0123456789"

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
-from openclaw_orchestrator.reference.app import create_instance_app
-from openclaw_orchestrator.reference.handlers import resolve_handler
-from openclaw_orchestrator.reference.runner import Registration, registration_lifespan
-from openclaw_orchestrator.server import bind_socket, running
+from openclaw_orchestrator.devtools.reference.app import create_instance_app
+from openclaw_orchestrator.devtools.reference.handlers import resolve_handler
+from openclaw_orchestrator.devtools.reference.runner import Registration, registration_lifespan
+from openclaw_orchestrator.server.hosting import bind_socket, running
 
 from .conftest import Cluster, start_cluster
 

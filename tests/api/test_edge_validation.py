@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 
-from openclaw_orchestrator.api.strict_json import decode_json
 from openclaw_orchestrator.domain.sessions import SessionRecord
 from openclaw_orchestrator.errors import InvalidRequestError
-from openclaw_orchestrator.runtime import open_store
+from openclaw_orchestrator.server.api.strict_json import decode_json
+from openclaw_orchestrator.server.composition import open_store
+from openclaw_orchestrator.server.stores.sqlite import sqlite_url
 from openclaw_orchestrator.settings import Settings
-from openclaw_orchestrator.stores.sqlite import sqlite_url
 
 from ..storage_faults import postgres_database
 from .conftest import API_KEY, Cluster, start_cluster

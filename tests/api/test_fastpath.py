@@ -19,9 +19,9 @@ from starlette.datastructures import State
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from openclaw_orchestrator.api.fastpath import FastPaths
-from openclaw_orchestrator.api.security import Authenticator
-from openclaw_orchestrator.service import Orchestrator
+from openclaw_orchestrator.server.api.fastpath import FastPaths
+from openclaw_orchestrator.server.api.security import Authenticator
+from openclaw_orchestrator.server.core.orchestrator import Orchestrator
 
 from .conftest import Cluster, start_cluster
 
@@ -177,7 +177,7 @@ def test_forked_processes_make_different_request_ids() -> None:
     """Workers forked after import (gunicorn --preload) must not repeat each other's ids."""
     import os
 
-    from openclaw_orchestrator.api.middleware import new_request_id
+    from openclaw_orchestrator.server.api.middleware import new_request_id
 
     read, write = os.pipe()
     pid = os.fork()

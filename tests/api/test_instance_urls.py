@@ -16,14 +16,14 @@ import aiohttp
 import orjson
 import pytest
 
-from openclaw_orchestrator.api.app import create_app
-from openclaw_orchestrator.drivers.base import InstanceDriver, ProbeResult
+from openclaw_orchestrator.devtools.reference.app import create_instance_app
+from openclaw_orchestrator.devtools.reference.handlers import resolve_handler
 from openclaw_orchestrator.errors import InstanceError
 from openclaw_orchestrator.models import InstanceSpec, RouteRequest
-from openclaw_orchestrator.reference.app import create_instance_app
-from openclaw_orchestrator.reference.handlers import resolve_handler
-from openclaw_orchestrator.server import BackgroundServer, running
-from openclaw_orchestrator.service import Orchestrator
+from openclaw_orchestrator.server.api.app import create_app
+from openclaw_orchestrator.server.core.orchestrator import Orchestrator
+from openclaw_orchestrator.server.drivers.base import InstanceDriver, ProbeResult
+from openclaw_orchestrator.server.hosting import BackgroundServer, running
 from openclaw_orchestrator.settings import ConfigError, Settings, load_settings
 
 from ..counting_server import counting_server

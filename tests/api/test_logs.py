@@ -28,10 +28,10 @@ from openclaw_orchestrator import (
     InvalidRequestError,
     UnauthorizedError,
 )
-from openclaw_orchestrator.reference.app import create_instance_app
-from openclaw_orchestrator.reference.faults import FaultConfig
-from openclaw_orchestrator.reference.handlers import HandlerContext
-from openclaw_orchestrator.server import BackgroundServer
+from openclaw_orchestrator.devtools.reference.app import create_instance_app
+from openclaw_orchestrator.devtools.reference.faults import FaultConfig
+from openclaw_orchestrator.devtools.reference.handlers import HandlerContext
+from openclaw_orchestrator.server.hosting import BackgroundServer
 
 BIN = Path(sys.executable).parent
 API_KEY = "log-test-api-key-3f9a7c1e"

@@ -14,13 +14,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from openclaw_orchestrator.drivers.openclaw import latest_messages
-from openclaw_orchestrator.drivers.worker import WorkerDriver
+from openclaw_orchestrator.devtools.reference.app import create_instance_app
+from openclaw_orchestrator.devtools.reference.handlers import resolve_handler
 from openclaw_orchestrator.errors import InstanceProtocolError
 from openclaw_orchestrator.models import InstanceSpec
-from openclaw_orchestrator.reference.app import create_instance_app
-from openclaw_orchestrator.reference.handlers import resolve_handler
-from openclaw_orchestrator.server import BackgroundServer
+from openclaw_orchestrator.server.drivers.openclaw import latest_messages
+from openclaw_orchestrator.server.drivers.worker import WorkerDriver
+from openclaw_orchestrator.server.hosting import BackgroundServer
 
 from .conftest import start_cluster
 

@@ -7,7 +7,7 @@ import io
 import orjson
 import pytest
 
-from openclaw_orchestrator.runner import UnsafeBindError, check_bind
+from openclaw_orchestrator.server.serve import UnsafeBindError, check_bind
 from openclaw_orchestrator.settings import Settings
 
 from .conftest import Cluster

@@ -26,7 +26,6 @@ from aiohttp import web
 from rich.console import Console, RenderableType
 from typer.testing import CliRunner
 
-from openclaw_orchestrator import api_calls
 from openclaw_orchestrator.cli import render
 from openclaw_orchestrator.cli.entry import expand_multi_value_options, find_openclaw
 from openclaw_orchestrator.cli.main import (
@@ -36,13 +35,6 @@ from openclaw_orchestrator.cli.main import (
     app,
     cluster_names,
     exit_code_for,
-)
-from openclaw_orchestrator.client import (
-    DEFAULT_TIMEOUT_MARGIN,
-    AsyncClient,
-    AsyncSession,
-    Client,
-    Session,
 )
 from openclaw_orchestrator.errors import (
     AggregationError,
@@ -78,6 +70,14 @@ from openclaw_orchestrator.models import (
     Skip,
     SpawnRequest,
     SpawnResult,
+)
+from openclaw_orchestrator.sdk import calls as api_calls
+from openclaw_orchestrator.sdk.async_client import (
+    DEFAULT_TIMEOUT_MARGIN,
+    AsyncClient,
+    AsyncSession,
+    Client,
+    Session,
 )
 from openclaw_orchestrator.settings import ConfigError
 
@@ -248,7 +248,7 @@ def _all_error_classes() -> list[type[BaseException]]:
 
 def test_unsafe_bind_is_a_config_error() -> None:
     """``serve`` refusing a non-loopback bind without a key exits 2, like any config error."""
-    from openclaw_orchestrator.runner import UnsafeBindError
+    from openclaw_orchestrator.server.serve import UnsafeBindError
 
     assert exit_code_for(UnsafeBindError("refusing")) == ExitCode.USAGE
 

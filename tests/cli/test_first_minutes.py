@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from openclaw_orchestrator.keyfile import KEY_FILE, kept_api_key
+from openclaw_orchestrator.devtools.keyfile import KEY_FILE, kept_api_key
 from openclaw_orchestrator.settings import ConfigError
 from tests.api.conftest import Cluster, start_cluster
 from tests.cli.test_cli_live import BIN, RUN_TIMEOUT, base_env, cli, cluster_env, read_terminal

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from openclaw_orchestrator.domain.backoff import RetryScheduled
-from openclaw_orchestrator.service import Orchestrator
+from openclaw_orchestrator.server.core.orchestrator import Orchestrator
 from openclaw_orchestrator.settings import Settings
 from tests.fakes import FakeClock, FakeDriver, Handler, answer_ok
 

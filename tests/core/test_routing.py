@@ -18,8 +18,8 @@ from openclaw_orchestrator.errors import (
     TimeoutExceededError,
 )
 from openclaw_orchestrator.models import RouteRequest
-from openclaw_orchestrator.registry import InstanceRecord, Registry
-from openclaw_orchestrator.service import Orchestrator
+from openclaw_orchestrator.server.core.orchestrator import Orchestrator
+from openclaw_orchestrator.server.core.registry import InstanceRecord, Registry
 from openclaw_orchestrator.settings import Settings
 from tests.core.builder import build
 from tests.fakes import FakeCall, FakeDriver, Handler

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from openclaw_orchestrator.core.dispatcher import Dispatcher
 from openclaw_orchestrator.domain.health import HealthPolicy
 from openclaw_orchestrator.errors import InstanceDownError
 from openclaw_orchestrator.models import SpawnRequest
-from openclaw_orchestrator.registry import Registry
-from openclaw_orchestrator.session_service import SessionService
+from openclaw_orchestrator.server.core.dispatcher import Dispatcher
+from openclaw_orchestrator.server.core.registry import Registry
+from openclaw_orchestrator.server.core.sessions import SessionService
+from openclaw_orchestrator.server.stores.sqlite import SqliteStore, sqlite_url
 from openclaw_orchestrator.settings import Settings
-from openclaw_orchestrator.stores.sqlite import SqliteStore, sqlite_url
 from tests.fakes import FakeCall, FakeClock, FakeDriver
 
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from openclaw_orchestrator.reference.handlers import HandlerError
-from openclaw_orchestrator.reference.search import (
+from openclaw_orchestrator.devtools.reference.handlers import HandlerError
+from openclaw_orchestrator.devtools.reference.search import (
     CORPUS,
     DEFAULT_K,
     Shard,

@@ -246,7 +246,7 @@ def test_the_registry_remembers_accepted_expressions_only() -> None:
     resolving once an instance it names is gone."""
     from openclaw_orchestrator.domain.health import HealthPolicy
     from openclaw_orchestrator.models import InstanceSpec
-    from openclaw_orchestrator.registry import Registry
+    from openclaw_orchestrator.server.core.registry import Registry
 
     registry = Registry(HealthPolicy())
     for name in "AB":

@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from openclaw_orchestrator.drivers.transport import TRANSPORTS, TransportKind
-from openclaw_orchestrator.drivers.worker import WorkerDriver
+from openclaw_orchestrator.server.drivers.instance_transport import TRANSPORTS, TransportKind
+from openclaw_orchestrator.server.drivers.worker import WorkerDriver
 
 
 @pytest.fixture(params=TRANSPORTS)

@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 
+from openclaw_orchestrator.devtools.reference import create_instance_app, resolve_handler
 from openclaw_orchestrator.domain.addresses import AddressPolicy
-from openclaw_orchestrator.drivers.transport import TransportKind
-from openclaw_orchestrator.drivers.worker import WorkerDriver
 from openclaw_orchestrator.errors import AddressNotAllowedError
 from openclaw_orchestrator.models import InstanceSpec
-from openclaw_orchestrator.reference import create_instance_app, resolve_handler
-from openclaw_orchestrator.runtime import client_session
+from openclaw_orchestrator.server.composition import client_session
+from openclaw_orchestrator.server.drivers.instance_transport import TransportKind
+from openclaw_orchestrator.server.drivers.worker import WorkerDriver
 
 from ..counting_server import counting_server
 

@@ -7,15 +7,15 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from openclaw_orchestrator.drivers.lean import (
+from openclaw_orchestrator.errors import InstanceDownError, InstanceError, TimeoutExceededError
+from openclaw_orchestrator.server.drivers.instance_transport import lean_base
+from openclaw_orchestrator.server.drivers.lean import (
     BadResponse,
     ConnectFailed,
     LeanHttp,
     Target,
     map_lean_errors,
 )
-from openclaw_orchestrator.drivers.transport import lean_base
-from openclaw_orchestrator.errors import InstanceDownError, InstanceError, TimeoutExceededError
 
 OK = b'HTTP/1.1 200 OK\r\nContent-Length: 12\r\nRetry-After: 3\r\n\r\n{"ok": true}'
 

@@ -9,15 +9,15 @@ import errno
 
 import pytest
 
-from openclaw_orchestrator.drivers.base import map_client_errors
-from openclaw_orchestrator.drivers.lean import (
+from openclaw_orchestrator.errors import OverloadedError, ReplyTooLargeError
+from openclaw_orchestrator.server.drivers.base import map_client_errors
+from openclaw_orchestrator.server.drivers.lean import (
     LeanHttp,
     PoolExhausted,
     ReplyTooLarge,
     Target,
     map_lean_errors,
 )
-from openclaw_orchestrator.errors import OverloadedError, ReplyTooLargeError
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"
 

@@ -9,18 +9,18 @@ import aiohttp
 import pytest
 from pydantic import SecretStr, ValidationError
 
-from openclaw_orchestrator.bodies import STREAM_FROM_BYTES
-from openclaw_orchestrator.drivers.base import Reply
-from openclaw_orchestrator.drivers.lean import LeanHttp
-from openclaw_orchestrator.drivers.transport import (
+from openclaw_orchestrator.devtools.reference import create_instance_app, resolve_handler
+from openclaw_orchestrator.models import InstanceSpec
+from openclaw_orchestrator.sdk.bodies import STREAM_FROM_BYTES
+from openclaw_orchestrator.server.composition import build_drivers
+from openclaw_orchestrator.server.drivers.base import Reply
+from openclaw_orchestrator.server.drivers.instance_transport import (
     AiohttpTransport,
     LeanTransport,
     open_transport,
 )
-from openclaw_orchestrator.drivers.worker import WorkerDriver
-from openclaw_orchestrator.models import InstanceSpec
-from openclaw_orchestrator.reference import create_instance_app, resolve_handler
-from openclaw_orchestrator.runtime import build_drivers
+from openclaw_orchestrator.server.drivers.lean import LeanHttp
+from openclaw_orchestrator.server.drivers.worker import WorkerDriver
 from openclaw_orchestrator.settings import InstancesSettings
 
 Serve = Callable[[Any], Awaitable[str]]

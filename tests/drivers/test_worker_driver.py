@@ -16,9 +16,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from openclaw_orchestrator.drivers import WorkerDriver
-from openclaw_orchestrator.drivers.transport import TransportKind
-from openclaw_orchestrator.drivers.worker import encode_task, parse_retry_after
+from openclaw_orchestrator.devtools.reference import (
+    FaultConfig,
+    HandlerContext,
+    HandlerError,
+    create_instance_app,
+    resolve_handler,
+)
+from openclaw_orchestrator.devtools.reference.handlers import echo
+from openclaw_orchestrator.devtools.reference.search import search_corpus
 from openclaw_orchestrator.errors import (
     InstanceDownError,
     InstanceError,
@@ -28,15 +34,9 @@ from openclaw_orchestrator.errors import (
     TimeoutExceededError,
 )
 from openclaw_orchestrator.models import InstanceSpec
-from openclaw_orchestrator.reference import (
-    FaultConfig,
-    HandlerContext,
-    HandlerError,
-    create_instance_app,
-    resolve_handler,
-)
-from openclaw_orchestrator.reference.handlers import echo
-from openclaw_orchestrator.reference.search import search_corpus
+from openclaw_orchestrator.server.drivers import WorkerDriver
+from openclaw_orchestrator.server.drivers.instance_transport import TransportKind
+from openclaw_orchestrator.server.drivers.worker import encode_task, parse_retry_after
 
 Serve = Callable[[Any], Awaitable[str]]
 

@@ -13,8 +13,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from openclaw_orchestrator.drivers import WorkerDriver
-from openclaw_orchestrator.drivers.worker import encode_history
+from openclaw_orchestrator.devtools.reference import (
+    FaultConfig,
+    HandlerContext,
+    create_instance_app,
+)
+from openclaw_orchestrator.devtools.reference.handlers import echo
 from openclaw_orchestrator.errors import (
     InstanceDownError,
     InstanceError,
@@ -24,8 +28,8 @@ from openclaw_orchestrator.errors import (
     TimeoutExceededError,
 )
 from openclaw_orchestrator.models import InstanceSpec
-from openclaw_orchestrator.reference import FaultConfig, HandlerContext, create_instance_app
-from openclaw_orchestrator.reference.handlers import echo
+from openclaw_orchestrator.server.drivers import WorkerDriver
+from openclaw_orchestrator.server.drivers.worker import encode_history
 
 Serve = Callable[[Any], Awaitable[str]]
 TOKEN = "s3cret-token"

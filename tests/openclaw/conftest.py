@@ -23,13 +23,13 @@ from typing import Any
 import aiohttp
 import pytest
 
-from openclaw_orchestrator.api.app import create_app
+from openclaw_orchestrator.devtools.openclaw.fleet import OpenClawFleet, start_fleet
+from openclaw_orchestrator.devtools.openclaw.install import InstallError, ensure_openclaw
+from openclaw_orchestrator.devtools.reference.app import create_instance_app
+from openclaw_orchestrator.devtools.reference.handlers import resolve_handler
 from openclaw_orchestrator.models import InstanceSpec
-from openclaw_orchestrator.openclaw.fleet import OpenClawFleet, start_fleet
-from openclaw_orchestrator.openclaw.install import InstallError, ensure_openclaw
-from openclaw_orchestrator.reference.app import create_instance_app
-from openclaw_orchestrator.reference.handlers import resolve_handler
-from openclaw_orchestrator.server import BackgroundServer
+from openclaw_orchestrator.server.api.app import create_app
+from openclaw_orchestrator.server.hosting import BackgroundServer
 from openclaw_orchestrator.settings import Settings
 
 from ..api.conftest import API_KEY, ORCHESTRATOR, Cluster

@@ -19,7 +19,14 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from openclaw_orchestrator.domain.backoff import is_retryable
-from openclaw_orchestrator.drivers.openclaw import (
+from openclaw_orchestrator.errors import (
+    InstanceDownError,
+    InstanceError,
+    InstanceProtocolError,
+    InstanceRejectedError,
+)
+from openclaw_orchestrator.models import InstanceSpec
+from openclaw_orchestrator.server.drivers.openclaw import (
     MISCONFIGURED,
     OpenClawDriver,
     ToolCall,
@@ -29,14 +36,7 @@ from openclaw_orchestrator.drivers.openclaw import (
     readiness,
     session_key,
 )
-from openclaw_orchestrator.errors import (
-    InstanceDownError,
-    InstanceError,
-    InstanceProtocolError,
-    InstanceRejectedError,
-)
-from openclaw_orchestrator.models import InstanceSpec
-from openclaw_orchestrator.server import running
+from openclaw_orchestrator.server.hosting import running
 
 TOKEN = "gateway-token-1"
 COMPLETION = {

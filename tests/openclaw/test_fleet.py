@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from openclaw_orchestrator.openclaw.fleet import gateway_names, local_fleet
-from openclaw_orchestrator.openclaw.gateway import Gateway, gateway_config
+from openclaw_orchestrator.devtools.openclaw.fleet import gateway_names, local_fleet
+from openclaw_orchestrator.devtools.openclaw.gateway import Gateway, gateway_config
 
 
 def test_gateway_config_is_local_with_chat_completions_and_no_outbound_extras() -> None:

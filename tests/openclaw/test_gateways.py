@@ -14,14 +14,14 @@ import aiohttp
 import orjson
 from pydantic import SecretStr
 
-from openclaw_orchestrator.drivers.openclaw import (
+from openclaw_orchestrator.devtools.openclaw.fleet import OpenClawFleet, fleet_banner
+from openclaw_orchestrator.models import InstanceSpec
+from openclaw_orchestrator.server.drivers.openclaw import (
     MISCONFIGURED,
     RESTORE_NOTE,
     OpenClawDriver,
     message_text,
 )
-from openclaw_orchestrator.models import InstanceSpec
-from openclaw_orchestrator.openclaw.fleet import OpenClawFleet, fleet_banner
 
 from ..api.conftest import Cluster
 from .conftest import GATEWAYS, HEALTH, mixed_cluster

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from openclaw_orchestrator.openclaw import install
-from openclaw_orchestrator.openclaw.install import (
+from openclaw_orchestrator.devtools.openclaw import install
+from openclaw_orchestrator.devtools.openclaw.install import (
     NODE_VERSION,
     InstallError,
     OpenClawInstall,

@@ -9,13 +9,13 @@ import aiohttp
 import orjson
 import pytest
 
-from openclaw_orchestrator.openclaw.stub_model import (
+from openclaw_orchestrator.devtools.openclaw.stub_model import (
     MAX_SLEEP,
     caller_text,
     create_stub_app,
     requested_sleep,
 )
-from openclaw_orchestrator.server import running
+from openclaw_orchestrator.server.hosting import running
 
 INTERNAL = "<<<BEGIN_OPENCLAW_INTERNAL_CONTEXT>>>\nnone\n<<<END_OPENCLAW_INTERNAL_CONTEXT>>>"
 GATEWAY_MESSAGES = [

@@ -14,8 +14,8 @@ from sqlalchemy import create_engine, insert, select
 
 from openclaw_orchestrator.domain.sessions import MessageRecord, SessionRecord
 from openclaw_orchestrator.errors import ConflictError, SessionExistsError
-from openclaw_orchestrator.stores.sqlite import CHUNK_ROWS, SqliteStore, sqlite_url
-from openclaw_orchestrator.stores.tables import messages, sessions
+from openclaw_orchestrator.server.stores.sqlite import CHUNK_ROWS, SqliteStore, sqlite_url
+from openclaw_orchestrator.server.stores.tables import messages, sessions
 
 
 @pytest.fixture

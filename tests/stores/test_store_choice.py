@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from openclaw_orchestrator.runtime import open_store
+from openclaw_orchestrator.server.composition import open_store
+from openclaw_orchestrator.server.stores.postgres import PostgresStore
+from openclaw_orchestrator.server.stores.sqlite import SqliteStore, sqlite_path, sqlite_url
 from openclaw_orchestrator.settings import ConfigError, Settings
-from openclaw_orchestrator.stores.postgres import PostgresStore
-from openclaw_orchestrator.stores.sqlite import SqliteStore, sqlite_path, sqlite_url
 from tests.cli.test_first_minutes import one_error_line
 from tests.test_cluster_up import clean_env, free_port, free_range, started
 

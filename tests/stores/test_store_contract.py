@@ -17,9 +17,9 @@ import pytest
 
 from openclaw_orchestrator.domain.sessions import MessageRecord, SessionRecord
 from openclaw_orchestrator.errors import ConflictError, SessionExistsError
-from openclaw_orchestrator.stores.base import Store
-from openclaw_orchestrator.stores.postgres import PostgresStore
-from openclaw_orchestrator.stores.sqlite import SqliteStore, sqlite_url
+from openclaw_orchestrator.server.stores.base import Store
+from openclaw_orchestrator.server.stores.postgres import PostgresStore
+from openclaw_orchestrator.server.stores.sqlite import SqliteStore, sqlite_url
 
 from ..storage_faults import postgres_database
 

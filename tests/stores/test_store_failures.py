@@ -25,12 +25,12 @@ from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from openclaw_orchestrator.errors import StorageFullError, StorageUnavailableError
-from openclaw_orchestrator.stores.base import Store
-from openclaw_orchestrator.stores.health import DiskSpace, StoreState, probe_delay
-from openclaw_orchestrator.stores.postgres import PostgresStore
-from openclaw_orchestrator.stores.postgres import storage_error as postgres_storage_error
-from openclaw_orchestrator.stores.sqlite import SqliteStore, sqlite_url
-from openclaw_orchestrator.stores.sqlite import storage_error as sqlite_storage_error
+from openclaw_orchestrator.server.stores.base import Store
+from openclaw_orchestrator.server.stores.health import DiskSpace, StoreState, probe_delay
+from openclaw_orchestrator.server.stores.postgres import PostgresStore
+from openclaw_orchestrator.server.stores.postgres import storage_error as postgres_storage_error
+from openclaw_orchestrator.server.stores.sqlite import SqliteStore, sqlite_url
+from openclaw_orchestrator.server.stores.sqlite import storage_error as sqlite_storage_error
 
 from ..storage_faults import (
     TcpRelay,

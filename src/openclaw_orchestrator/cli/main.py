@@ -1,9 +1,10 @@
 """The ``openclaw orchestrator`` commands (also ``openclaw-orchestrator``): thin over the SDK.
 
-A client command parses its options, makes one :class:`~openclaw_orchestrator.client.Client`
-call and hands the result to :mod:`.render`. Failures leave through one exit,
-:meth:`_Commands.invoke`, which prints ``error: <code>: <message>`` in red on stderr and
-exits with the code :func:`exit_code_for` finds in :data:`EXIT_CODES`:
+A client command parses its options, makes one
+:class:`~openclaw_orchestrator.sdk.sync_client.Client` call and hands the result to
+:mod:`.render`. Failures leave through one exit, :meth:`_Commands.invoke`, which prints
+``error: <code>: <message>`` in red on stderr and exits with the code
+:func:`exit_code_for` finds in :data:`EXIT_CODES`:
 
     0  ok (a fanout with failed entries is still ok unless min_success was unmet)
     1  the task failed: any other OrchestratorError (instance_error, no_healthy_instance,
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
     from rich.console import RenderableType
 
     from ..models import FanoutResult, HistoryPage, SpawnResult
-    from ..sync_client import Client, Session
+    from ..sdk.sync_client import Client, Session
 
 __all__ = ["EXIT_CODES", "ExitCode", "Output", "app", "exit_code_for"]
 
@@ -204,7 +205,7 @@ def _targets(tokens: list[str] | None, option: str) -> str | list[str] | None:
 
 
 def _client(url: str | None, config: Path | None) -> Client:
-    from ..sync_client import Client
+    from ..sdk.sync_client import Client
 
     return Client(url, config=config)
 
@@ -748,7 +749,7 @@ def serve(
 ) -> None:
     """Run the orchestrator API in the foreground."""
     require_server()
-    from ..runner import serve as serve_forever
+    from ..server.serve import serve as serve_forever
     from ..settings import load_settings
 
     settings = load_settings(config, host=host, port=port, log_level=log_level, data_dir=data_dir)
@@ -790,7 +791,7 @@ def up(
 ) -> None:
     """Start an orchestrator plus local reference instances, all in the foreground."""
     require_server()
-    from ..cluster import run_cluster
+    from ..devtools.cluster import run_cluster
 
     options: dict[str, Any] = {
         "names": cluster_names(instances),
@@ -867,8 +868,8 @@ def instance_serve(
 ) -> None:
     """Serve one reference instance; with --register it announces itself and heartbeats."""
     require_server()
-    from ..reference.faults import FaultConfig
-    from ..reference.runner import run_instance
+    from ..devtools.reference.faults import FaultConfig
+    from ..devtools.reference.runner import run_instance
     from ..settings import ConfigError
 
     api_key = _api_key(config) if register_url else None

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 if TYPE_CHECKING:
-    from ..sync_client import Client
+    from ..sdk.sync_client import Client
 
 __all__ = ["QUICK_COMMANDS", "try_quick"]
 
@@ -129,7 +129,7 @@ def try_quick(argv: Sequence[str]) -> int | None:
         return None  # Typer's usage error
     if not _wants_json(options) or _is_for_typer(command, options):
         return None
-    from ..sync_client import Client
+    from ..sdk.sync_client import Client
 
     try:
         call = _task(command, options) if command in _TASKS else _query(command, options)

@@ -1,0 +1,335 @@
+"""The typed async SDK: :class:`AsyncClient` (aiohttp), its session namespace and handles.
+
+Requests are built and replies read by :mod:`.api_calls` (no I/O), the layer the sync
+:class:`~.sync_client.Client` shares; this module only sends them. Transport failures are
+translated in one place, the client's ``_mapped_errors``::
+
+    connection refused, DNS, reset     -> ConnectionFailedError   (the orchestrator is unreachable)
+    the client-side deadline passed    -> TimeoutExceededError
+    a non-2xx reply                    -> the class named by its JSON ``code``
+    a reply that is not JSON/the model -> OrchestratorError
+
+The client-side HTTP deadline is the request's own ``timeout`` plus :data:`DEFAULT_TIMEOUT_MARGIN`,
+so the server's 504 (with its partial results) arrives before the client gives up.
+
+Sessions live under ``client.sessions`` (:class:`AsyncSessions`): calls made there carry the
+client's API key, while a handle (:class:`AsyncSession`) that holds a session token sends that
+token instead, so a program given only a token needs no key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Callable, Coroutine, Iterator
+from contextlib import AbstractAsyncContextManager, contextmanager, suppress
+from pathlib import Path
+from typing import Any, Concatenate, ParamSpec, Protocol, Self, TypeVar
+
+import aiohttp
+import orjson
+
+from ..errors import ConnectionFailedError, OrchestratorError, TimeoutExceededError
+from ..models import (
+    FanoutResult,
+    HistoryEntry,
+    SessionInfo,
+    SpawnResult,
+)
+from . import calls
+from .bodies import outgoing_body
+from .calls import (
+    DEFAULT_HISTORY_PAGE,
+    DEFAULT_TIMEOUT,
+    DEFAULT_TIMEOUT_MARGIN,
+    ApiCall,
+    SessionHandleBase,
+    SessionsBase,
+    StreamItem,
+    base_headers,
+    decode_error,
+    decode_reply,
+    display_url,
+    os_reason,
+)
+from .closing import AsyncClosesOnExit
+from .env import resolve_client
+from .sync_client import Client, Session, Sessions
+
+__all__ = [
+    "DEFAULT_HISTORY_PAGE",
+    "DEFAULT_TIMEOUT",
+    "DEFAULT_TIMEOUT_MARGIN",
+    "AsyncClient",
+    "AsyncSession",
+    "AsyncSessions",
+    "Client",
+    "Session",
+    "Sessions",
+]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+S = TypeVar("S", bound="_Sender")
+H = TypeVar("H", bound="SessionHandleBase[AsyncCaller]")
+
+
+class AsyncCaller(Protocol):
+    """Sends one :class:`~.api_calls.ApiCall` and returns its parsed reply."""
+
+    async def __call__(self, call: ApiCall[R], /) -> R: ...
+
+
+class _Sender(Protocol):
+    """What :func:`_sends` needs of its class: one way to send a call."""
+
+    @property
+    def _call(self) -> AsyncCaller: ...
+
+
+def _sends(build: Callable[P, ApiCall[R]]) -> Callable[Concatenate[S, P], Coroutine[Any, Any, R]]:
+    """A method that builds its call with ``build`` and sends it (see ``method_like``)."""
+
+    async def method(self: S, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        return await self._call(build(*args, **kwargs))
+
+    return calls.method_like(method, build)
+
+
+def _sends_for_session(
+    build: Callable[Concatenate[str, P], ApiCall[R]],
+) -> Callable[Concatenate[H, P], Coroutine[Any, Any, R]]:
+    """A handle's method: ``build`` with the handle's session id, sent with its token."""
+
+    async def method(self: H, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        return await self._call(build(self._id, *args, **kwargs).with_token(self._token))
+
+    return calls.method_like(method, build, bound=1)
+
+
+def _spawns(
+    build: Callable[P, ApiCall[SpawnResult]],
+) -> Callable[Concatenate[AsyncSessions, P], Coroutine[Any, Any, AsyncSession]]:
+    """``spawn``: the session ``build`` creates, as a handle holding its token."""
+
+    async def method(self: AsyncSessions, /, *args: P.args, **kwargs: P.kwargs) -> AsyncSession:
+        spawned = await self._call(build(*args, **kwargs))
+        return AsyncSession(self._call, spawned.session_id, token=spawned.token, info=spawned)
+
+    return calls.method_like(method, build)
+
+
+def _streams(
+    build: Callable[P, ApiCall[FanoutResult]],
+) -> Callable[Concatenate[AsyncClient, P], AsyncGenerator[StreamItem, None]]:
+    """``fanout_stream``: the fanout ``build`` makes, read as a stream of items."""
+
+    def method(
+        self: AsyncClient, /, *args: P.args, **kwargs: P.kwargs
+    ) -> AsyncGenerator[StreamItem, None]:
+        return self._stream(build(*args, **kwargs))
+
+    return calls.method_like(method, build, calls.FANOUT_STREAM_DOC)
+
+
+class AsyncClient(AsyncClosesOnExit):
+    """Async client of one orchestrator; one pooled aiohttp session, opened on first use.
+
+    ``url``/``api_key`` default to ``ORCHESTRATOR_URL``/``ORCHESTRATOR_API_KEY`` and then to
+    ``config`` (see :func:`~.settings.load_client_settings`). A ``session`` passed in is used
+    as is and left open by :meth:`aclose`.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        api_key: str | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        config: Path | None = None,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        resolved, key = resolve_client(config, url, api_key)
+        self.url = resolved.rstrip("/")
+        self.timeout = timeout
+        self._headers = base_headers(None if key is None else f"Bearer {key}")
+        self._session = session
+        self._owns_session = session is None
+        self._closed = False
+        self._sessions = AsyncSessions(self._call, self.url)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} url={display_url(self.url)!r}>"
+
+    @property
+    def is_closed(self) -> bool:
+        """Whether :meth:`aclose` was called; a closed client refuses every call."""
+        return self._closed
+
+    @property
+    def sessions(self) -> AsyncSessions:
+        """Stateful conversations pinned to one instance: spawn, send, history, close."""
+        return self._sessions
+
+    async def aclose(self) -> None:
+        """Close the pooled session (unless it was passed in). Safe to call twice."""
+        self._closed = True
+        session, self._session = self._session, None
+        if session is not None and self._owns_session:
+            await session.close()
+
+    route = _sends(calls.route)
+    fanout = _sends(calls.fanout)
+    fanout_stream = _streams(calls.fanout)
+    health = _sends(calls.health)
+    health_detail = _sends(calls.health_detail)
+    liveness = _sends(calls.liveness)
+    register = _sends(calls.register)
+    instances = _sends(calls.instances)
+    unregister = _sends(calls.unregister)
+
+    # -- transport -------------------------------------------------------------------------
+
+    async def _call(self, call: ApiCall[R], /) -> R:
+        """Send ``call`` and parse its reply; every failure is an OrchestratorError."""
+        with self._mapped_errors(call):
+            async with self._send(call) as response:
+                raw = await response.read()
+        return call.parse(decode_reply(response.status, raw))
+
+    async def _stream(self, call: ApiCall[FanoutResult]) -> AsyncGenerator[StreamItem, None]:
+        """Send a streaming fanout and yield its items as they are read."""
+        call = calls.streamed(call)
+        reader = calls.FanoutStreamReader()
+        with self._mapped_errors(call):
+            async with self._send(call) as response:
+                if response.status >= 400:
+                    raise decode_error(response.status, await response.read())
+                async for chunk in response.content.iter_any():
+                    for item in reader.feed(chunk):
+                        yield item
+        for item in reader.end():
+            yield item
+
+    def _send(self, call: ApiCall[Any]) -> AbstractAsyncContextManager[aiohttp.ClientResponse]:
+        """Start ``call`` on the pooled session, with the client's headers and the call's own."""
+        session = self._ensure_session()
+        headers = {**self._headers, **call.headers()}
+        data = None
+        if call.body is not None:
+            data = outgoing_body(orjson.dumps(call.body))
+            headers["Content-Type"] = "application/json"
+        return session.request(
+            call.method,
+            f"{self.url}{call.path}",
+            data=data,
+            params=call.params,
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=call.wait(self.timeout)),
+        )
+
+    def _ensure_session(self) -> aiohttp.ClientSession:
+        if self._closed:
+            raise RuntimeError(f"{type(self).__name__} is closed; create a new one")
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        return self._session
+
+    @contextmanager
+    def _mapped_errors(self, call: ApiCall[Any]) -> Iterator[None]:
+        """Translate aiohttp/asyncio failures into the error tree, most specific first."""
+        where = display_url(self.url)
+        try:
+            yield
+        except OrchestratorError:
+            raise
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            raise TimeoutExceededError(
+                f"no answer from the orchestrator at {where} within {call.wait(self.timeout):g}s"
+            ) from exc
+        except aiohttp.ClientConnectorError as exc:
+            raise ConnectionFailedError(
+                f"cannot reach the orchestrator at {where}: {os_reason(exc.os_error)}"
+            ) from exc
+        except aiohttp.InvalidURL as exc:
+            raise ConnectionFailedError(
+                f"cannot reach the orchestrator at {where}: not a valid URL"
+            ) from exc
+        except aiohttp.ClientError as exc:
+            raise ConnectionFailedError(
+                f"connection to the orchestrator at {where} failed: {exc}"
+            ) from exc
+
+
+class AsyncSessions(SessionsBase[AsyncCaller]):
+    """``client.sessions``: sessions are conversations pinned to one instance, durable in the
+    orchestrator. Calls here use the client's API key; the :class:`AsyncSession` handles that
+    :meth:`spawn` and :meth:`session` return use their session token when they hold one."""
+
+    spawn = _spawns(calls.spawn_session)
+    send = _sends(calls.send_to_session)
+    history = _sends(calls.session_history)
+    list = _sends(calls.session_list)
+    get = _sends(calls.get_session)
+    close = _sends(calls.close_session)
+
+    def iter_history(
+        self, session_id: str, *, offset: int = 0, page_size: int = DEFAULT_HISTORY_PAGE
+    ) -> AsyncGenerator[HistoryEntry, None]:
+        """Every history entry from ``offset`` on, fetching pages of ``page_size`` as needed."""
+        return _iter_history(self._call, session_id, offset, page_size, None)
+
+    def session(self, session_id: str, token: str | None = None) -> AsyncSession:
+        """A handle to an existing session, without a request; with ``token`` its calls send
+        that token instead of the client's API key."""
+        calls.session_path(session_id)
+        return AsyncSession(self._call, session_id, token=calls.check_token(token))
+
+
+class AsyncSession(SessionHandleBase[AsyncCaller]):
+    """A handle to one session: ``send``, ``history``, ``close``; ``async with`` closes it.
+
+    ``token`` is the session token (None for a handle opened by id with the API key); when
+    set, every call sends it instead of the client's key. It never appears in the repr.
+    ``info`` is the last :class:`SessionInfo` seen (from spawn, :meth:`get` or :meth:`close`),
+    without the token.
+    """
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """Close the session unless it is known closed; already closed or gone is fine."""
+        if not self.is_closed:
+            with suppress(*self._gone_errors()):
+                await self.close()
+
+    send = _sends_for_session(calls.send_to_session)
+    history = _sends_for_session(calls.session_history)
+
+    def iter_history(
+        self, *, offset: int = 0, page_size: int = DEFAULT_HISTORY_PAGE
+    ) -> AsyncGenerator[HistoryEntry, None]:
+        """See :meth:`AsyncSessions.iter_history`."""
+        return _iter_history(self._call, self._id, offset, page_size, self._token)
+
+    async def get(self) -> SessionInfo:
+        """The session's current state (also kept in :attr:`info`)."""
+        self.info = await self._call(calls.get_session(self._id).with_token(self._token))
+        return self.info
+
+    async def close(self) -> SessionInfo:
+        """Close the session; the closed :class:`SessionInfo` is kept in :attr:`info`."""
+        self.info = await self._call(calls.close_session(self._id).with_token(self._token))
+        return self.info
+
+
+async def _iter_history(
+    call: AsyncCaller, session_id: str, offset: int, page_size: int, token: str | None
+) -> AsyncGenerator[HistoryEntry, None]:
+    """Every history entry from ``offset`` on, fetching pages of ``page_size`` as needed."""
+    next_offset: int | None = offset
+    while next_offset is not None:
+        page_call = calls.session_history(session_id, offset=next_offset, limit=page_size)
+        page = await call(page_call.with_token(token))
+        for entry in page.messages:
+            yield entry
+        next_offset = calls.next_history_offset(page, next_offset)

@@ -1,0 +1,37 @@
+"""Reading the orchestrator's replies into typed results, for the SDK and the CLI's quick path.
+
+Light on purpose: the quick path imports it before pydantic is needed (a plain ``health``
+map never builds a model), so pydantic is imported only when a model is parsed.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ..errors import OrchestratorError
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+__all__ = ["expect_object", "parse_reply"]
+
+M = TypeVar("M", bound="BaseModel")
+
+
+def expect_object(data: Any, path: str) -> dict[str, Any]:
+    """``data`` when it is a JSON object; else the error a reply of ``path`` deserves."""
+    if not isinstance(data, dict):
+        raise OrchestratorError(f"the orchestrator sent a non-object reply to {path}")
+    return data
+
+
+def parse_reply(model: type[M], data: Any) -> M:
+    """``data`` as ``model``; a reply this SDK cannot read becomes an ``OrchestratorError``."""
+    from pydantic import ValidationError
+
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise OrchestratorError(
+            f"the orchestrator sent a {model.__name__} this SDK cannot read: {exc}"
+        ) from exc

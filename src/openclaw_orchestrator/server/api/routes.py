@@ -1,0 +1,215 @@
+"""Route handlers: validate, make one service call, return the model as JSON.
+
+Each router's route class (:func:`~.guard.guarded_route`) authenticates before the body is
+read and decodes it as strict JSON; each route documents the errors it can answer
+(:func:`~.openapi.error_responses`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Header, Query, Request
+from pydantic import BaseModel
+from starlette.responses import Response, StreamingResponse
+
+from ... import __about__
+from ...errors import OrchestratorError
+from ...models import (
+    IDEMPOTENCY_KEY_PATTERN,
+    MAX_IDEMPOTENCY_KEY,
+    FanoutEntry,
+    FanoutRequest,
+    FanoutResult,
+    HealthDetail,
+    InstanceInfo,
+    InstanceSpec,
+    RouteRequest,
+    RouteResult,
+)
+from ..core.idempotency import IdempotencyCache, fingerprint
+from ..core.orchestrator import Orchestrator
+from .guard import guarded_route
+from .middleware import request_id_of
+from .openapi import error_responses
+from .responses import json_response, value_json
+from .security import require_api_key
+
+__all__ = ["IdempotencyKey", "cluster", "orchestrator", "public"]
+
+NDJSON = "application/x-ndjson"
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        pattern=IDEMPOTENCY_KEY_PATTERN,
+        max_length=MAX_IDEMPOTENCY_KEY,
+        description=f"1–{MAX_IDEMPOTENCY_KEY} visible ASCII characters: a repeat with the "
+        "same key returns the first result instead of running again.",
+    ),
+]
+Render = Callable[[Any, dict[str, str] | None], Response]
+
+
+def _service(request: Request) -> Orchestrator:
+    service: Orchestrator = request.app.state.orchestrator
+    return service
+
+
+def _render_model(result: BaseModel, headers: dict[str, str] | None) -> Response:
+    return json_response(result, headers=headers)
+
+
+async def _idempotent(
+    request: Request,
+    key: str | None,
+    scope: str,
+    body: BaseModel,
+    work: Callable[[], Awaitable[BaseModel]],
+    render: Render = _render_model,
+) -> Response:
+    """Run ``work`` once per Idempotency-Key; a replay says so in a header."""
+    if key is None:
+        return render(await work(), None)
+    cache: IdempotencyCache[BaseModel] = request.app.state.idempotency
+    digest = fingerprint(scope, body.model_dump(mode="json"))
+    result, replayed = await cache.run(f"{scope}:{key}", digest, work)
+    return render(result, {"Idempotent-Replayed": "true"} if replayed else None)
+
+
+def _render_value(result: FanoutResult, headers: dict[str, str] | None) -> Response:
+    return Response(value_json(result), media_type="application/json", headers=headers)
+
+
+public = APIRouter(
+    tags=["liveness"], route_class=guarded_route(None), responses=error_responses(413)
+)
+orchestrator = APIRouter(
+    prefix="/api/orchestrator",
+    tags=["orchestrator"],
+    route_class=guarded_route(require_api_key),
+    responses=error_responses(401, 403, 413),
+)
+cluster = APIRouter(
+    prefix="/api/cluster",
+    tags=["cluster"],
+    route_class=guarded_route(require_api_key),
+    responses=error_responses(401, 403, 413),
+)
+
+
+@public.get("/api/health/check")
+async def liveness(request: Request) -> dict[str, Any]:
+    """The orchestrator's own liveness; no authentication, no secrets."""
+    return {**_service(request).liveness(), "version": __about__.__version__}
+
+
+@orchestrator.post(
+    "/route", response_model=RouteResult, responses=error_responses(400, 409, 502, 503, 504)
+)
+async def route(request: Request, body: RouteRequest, key: IdempotencyKey = None) -> Response:
+    """Deliver the payload to one instance, failing over to healthy candidates."""
+    service = _service(request)
+    rid = request_id_of(request.scope)
+    return await _idempotent(
+        request, key, "route", body, lambda: service.route(body, request_id=rid)
+    )
+
+
+@orchestrator.post(
+    "/fanout",
+    response_model=FanoutResult | Any,
+    responses={
+        200: {
+            "description": 'The FanoutResult; with `reply: "value"` only its aggregated '
+            "value; with `stream: true`, NDJSON lines: entries, then the result.",
+            "content": {NDJSON: {}},
+        },
+        **error_responses(400, 409, 502, 503, 504),
+    },
+)
+async def fanout(request: Request, body: FanoutRequest, key: IdempotencyKey = None) -> Response:
+    """Send to every target concurrently and aggregate (or stream with ``stream: true``)."""
+    service = _service(request)
+    rid = request_id_of(request.scope)
+    wants_value = body.reply == "value"
+    if body.stream or (not wants_value and NDJSON in request.headers.get("accept", "")):
+        events = service.fanout_events(body, request_id=rid)
+        first = await anext(events)  # validation errors surface here, as a normal 4xx
+        return StreamingResponse(_ndjson(first, events), media_type=NDJSON)
+    return await _idempotent(
+        request,
+        key,
+        "fanout",
+        body,
+        lambda: service.fanout(body, request_id=rid),
+        _render_value if wants_value else _render_model,
+    )
+
+
+async def _ndjson(
+    first: FanoutEntry | FanoutResult, events: AsyncIterator[FanoutEntry | FanoutResult]
+) -> AsyncIterator[bytes]:
+    """One JSON line per entry, then the result line (or an error line)."""
+    yield _line(first)
+    try:
+        async for event in events:
+            yield _line(event)
+    except OrchestratorError as exc:
+        yield orjson.dumps({"type": "error", **exc.to_dict()}) + b"\n"
+
+
+def _line(event: FanoutEntry | FanoutResult) -> bytes:
+    if isinstance(event, FanoutEntry):
+        return b'{"type":"entry","entry":' + event.model_dump_json().encode() + b"}\n"
+    return b'{"type":"result","result":' + event.model_dump_json().encode() + b"}\n"
+
+
+@orchestrator.get(
+    "/health",
+    response_model=dict[str, str] | dict[str, HealthDetail],
+    responses=error_responses(400),
+)
+async def health(
+    request: Request,
+    instances: Annotated[str | None, Query(min_length=1, description="Targets, e.g. A-H")] = None,
+    detail: bool = False,
+) -> Any:
+    """Each instance's state; ``detail=true`` adds latency, last check and last error."""
+    service = _service(request)
+    if detail:
+        return service.health_detail(instances)
+    return service.health(instances)
+
+
+class InstanceList(BaseModel):
+    """``GET /api/cluster/instances``."""
+
+    instances: list[InstanceInfo]
+
+
+@cluster.post(
+    "/register",
+    response_model=InstanceInfo,
+    status_code=201,
+    responses={200: {"model": InstanceInfo, "description": "A heartbeat"}, **error_responses(400)},
+)
+async def register(request: Request, body: InstanceSpec) -> Response:
+    """Add an instance at run time; re-posting the same registration is its heartbeat."""
+    info, created = _service(request).register(body)
+    return json_response(info, 201 if created else 200)
+
+
+@cluster.get("/instances", response_model=InstanceList)
+async def list_instances(request: Request) -> Response:
+    """Every instance with its driver, weight, tags and state; never its credentials."""
+    return json_response(InstanceList(instances=_service(request).instances()))
+
+
+@cluster.delete("/instances/{name}", responses=error_responses(404))
+async def unregister(request: Request, name: str) -> dict[str, str]:
+    """Remove an instance until the next restart (config) or re-registration."""
+    _service(request).unregister(name)
+    return {"removed": name}

@@ -1,0 +1,121 @@
+"""The dispatcher: one call to one instance, within a deadline, counted as outstanding load,
+its outcome fed to passive health detection. Routing, fanout and sessions all reach
+instances through it."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
+
+from ...errors import (
+    InstanceDownError,
+    InstanceError,
+    InvalidRequestError,
+    OrchestratorError,
+    TimeoutExceededError,
+)
+from ...models import InstanceSpec
+from ...settings import Settings
+from ..drivers.base import InstanceDriver
+from ..logs import get_logger
+from .clock import Clock
+from .health_monitor import failure_kind, report_health_change
+from .registry import InstanceRecord
+
+__all__ = ["Dispatcher", "DriverCall"]
+
+T = TypeVar("T")
+DriverCall = Callable[[InstanceDriver, InstanceSpec, float], Awaitable[T]]
+"""``op(driver, spec, seconds_left)``: one call to one instance."""
+
+log = get_logger("orchestrator")
+
+
+class Dispatcher:
+    """Calls instances through their drivers; owns the request deadlines' arithmetic."""
+
+    def __init__(
+        self, settings: Settings, drivers: Mapping[str, InstanceDriver], *, clock: Clock
+    ) -> None:
+        self._settings = settings
+        self._drivers = drivers
+        self.clock = clock
+
+    def __repr__(self) -> str:
+        return f"<Dispatcher [drivers: {', '.join(sorted(self._drivers)) or 'none'}]>"
+
+    def check_driver(self, spec: InstanceSpec) -> None:
+        """400 naming ``driver`` when no driver of that kind was given."""
+        if spec.driver not in self._drivers:
+            known = ", ".join(sorted(self._drivers))
+            raise InvalidRequestError(
+                f"instance {spec.name}: unknown driver {spec.driver!r}; one of {known}",
+                field="driver",
+            )
+
+    def deadline(self, timeout: float | None) -> float:
+        """The monotonic instant a request with ``timeout`` (or the default) must end by."""
+        settings = self._settings
+        budget = timeout if timeout is not None else settings.timeout
+        if budget > settings.max_timeout:
+            raise InvalidRequestError(
+                f"timeout: {budget:g}s is over the maximum of {settings.max_timeout:g}s",
+                field="timeout",
+            )
+        return self.clock() + budget
+
+    def attempt_timeout(self, requested: float | None) -> float | None:
+        """How long one attempt may take: the request's ``attempt_timeout``, else the
+        configured one, else None (the whole remaining deadline)."""
+        settings = self._settings
+        limit = requested if requested is not None else settings.retry.attempt_timeout
+        if limit is not None and limit > settings.max_timeout:
+            raise InvalidRequestError(
+                f"attempt_timeout: {limit:g}s is over the maximum of {settings.max_timeout:g}s",
+                field="attempt_timeout",
+            )
+        return limit
+
+    def attempt_deadline(self, deadline: float, attempt_timeout: float | None) -> float:
+        """The end of an attempt starting now: never past the request's ``deadline``."""
+        if attempt_timeout is None:
+            return deadline
+        return min(deadline, self.clock() + attempt_timeout)
+
+    async def invoke(
+        self, rec: InstanceRecord, payload: Any, deadline: float, request_id: str
+    ) -> Any:
+        """Run a task on ``rec`` (see :meth:`call`)."""
+
+        def invoke(driver: InstanceDriver, spec: InstanceSpec, timeout: float) -> Awaitable[Any]:
+            return driver.invoke(spec, payload, timeout=timeout, request_id=request_id)
+
+        return await self.call(rec, deadline, invoke)
+
+    async def call(self, rec: InstanceRecord, deadline: float, op: DriverCall[T]) -> T:
+        """Call ``op`` with ``rec``'s driver and the time left before ``deadline``, counting
+        it as outstanding load and feeding its outcome to passive health detection: only
+        an unreachable or timed-out instance counts against it, never a refused payload, a
+        reply over its size limit or the orchestrator's own overload."""
+        clock = self.clock
+        remaining = deadline - clock()
+        if remaining <= 0:
+            raise TimeoutExceededError("the request's deadline passed", instance=rec.name)
+        driver = self._drivers[rec.spec.driver]
+        rec.outstanding += 1
+        started = clock()
+        try:
+            result = await op(driver, rec.spec, remaining)
+        except OrchestratorError as exc:
+            if isinstance(exc, InstanceDownError | TimeoutExceededError):
+                event = rec.health.record_request_failure(failure_kind(exc), exc.message, clock())
+                report_health_change(event)
+            raise
+        except Exception as exc:  # a driver broke its contract: still that instance's failure
+            reason = f"instance {rec.name} failed: {type(exc).__name__}: {exc}"
+            log.warning("orchestrator.driver_defect", instance=rec.name, reason=reason)
+            raise InstanceError(reason, instance=rec.name) from exc
+        finally:
+            rec.outstanding -= 1
+        report_health_change(rec.health.record_request_success(clock() - started, clock()))
+        return result

@@ -1,0 +1,150 @@
+"""The health monitor: probes every instance on its schedule, keeps the verdicts, expires
+silent registrations, and reports every change of verdict.
+
+Passive detection (a live request refused or timed out) is fed by the dispatcher through
+the same records and reported by :func:`report_health_change`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+
+from ...domain.health import FailureKind, HealthChanged, HealthPolicy
+from ...errors import (
+    InstanceDownError,
+    OrchestratorError,
+    OverloadedError,
+    TimeoutExceededError,
+)
+from ...models import HealthDetail, TargetExpr
+from ..drivers.base import InstanceDriver
+from ..logs import get_logger
+from .clock import Clock, Sleep
+from .interfaces import InstanceRegistry
+from .registry import InstanceRecord
+
+__all__ = ["HealthMonitor", "failure_kind", "report_health_change"]
+
+log = get_logger("orchestrator")
+
+
+def failure_kind(exc: OrchestratorError) -> FailureKind:
+    """How an attempt failed, as the health verdicts count it."""
+    if isinstance(exc, InstanceDownError):
+        return FailureKind.REFUSED
+    if isinstance(exc, TimeoutExceededError):
+        return FailureKind.TIMEOUT
+    return FailureKind.ERROR
+
+
+def report_health_change(event: HealthChanged | None) -> None:
+    """Log a verdict change (``orchestrator.health_changed``); nothing when there was none."""
+    if event is not None:
+        log.info(
+            "orchestrator.health_changed",
+            instance=event.instance,
+            old=event.old.value,
+            new=event.new.value,
+            reason=event.reason,
+        )
+
+
+class HealthMonitor:
+    """Probes and verdicts over a registry; a background loop between :meth:`start` and
+    :meth:`aclose`."""
+
+    def __init__(
+        self,
+        registry: InstanceRegistry,
+        drivers: Mapping[str, InstanceDriver],
+        policy: HealthPolicy,
+        *,
+        clock: Clock,
+        sleep: Sleep,
+    ) -> None:
+        self._registry = registry
+        self._drivers = drivers
+        self._policy = policy
+        self._clock = clock
+        self._sleep = sleep
+        self._prober: asyncio.Task[None] | None = None
+        self._probes: set[asyncio.Task[None]] = set()
+
+    def __repr__(self) -> str:
+        running = "running" if self._prober is not None else "stopped"
+        return f"<HealthMonitor [{running} | {len(self._probes)} probing]>"
+
+    async def start(self) -> None:
+        """Start the background prober (health checks and heartbeat expiry)."""
+        if self._prober is None:
+            self._prober = asyncio.create_task(self._probe_loop(), name="orchestrator-prober")
+
+    async def aclose(self) -> None:
+        """Stop the prober and any probe in flight."""
+        tasks = [t for t in (self._prober, *self._probes) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._prober = None
+
+    def health(self, targets: TargetExpr | None = None) -> dict[str, str]:
+        """``{"A": "healthy", ...}`` for the targeted instances."""
+        registry = self._registry
+        names = registry.resolve(targets, field="instances")
+        return {n: registry.get(n).health.state.value for n in names}
+
+    def health_detail(self, targets: TargetExpr | None = None) -> dict[str, HealthDetail]:
+        """Per-instance state, latency, last check, failures and last error."""
+        names = self._registry.resolve(targets, field="instances")
+        return {n: self._registry.get(n).detail(self._to_wall) for n in names}
+
+    def _to_wall(self, mono: float) -> datetime:
+        return datetime.now(UTC) - timedelta(seconds=self._clock() - mono)
+
+    async def probe_all(self) -> None:
+        """Probe every instance now (start-up, tests, ``health --refresh``)."""
+        await asyncio.gather(*(self._probe(rec) for rec in self._registry))
+
+    async def _probe_loop(self) -> None:
+        policy = self._policy
+        tick = max(0.02, min(1.0, policy.interval / 4, policy.down_backoff / 2))
+        while True:
+            now = self._clock()
+            for gone in self._registry.expire(now):
+                log.warning("orchestrator.instance_expired", instance=gone.name)
+            for rec in self._registry:
+                if not rec.probing and rec.health.is_due(now):
+                    rec.probing = True
+                    task = asyncio.create_task(self._probe(rec))
+                    self._probes.add(task)
+                    task.add_done_callback(self._probes.discard)
+            await self._sleep(tick)
+
+    async def _probe(self, rec: InstanceRecord) -> None:
+        driver = self._drivers[rec.spec.driver]
+        started = self._clock()
+        try:
+            result = await driver.probe(rec.spec, timeout=self._policy.probe_timeout)
+        except OverloadedError as exc:  # ours (no fd, no buffer): the instance keeps its state
+            rec.health.next_probe_at = self._clock() + self._policy.interval
+            log.warning("orchestrator.probe_skipped", instance=rec.name, reason=exc.message)
+        except OrchestratorError as exc:
+            report_health_change(
+                rec.health.record_probe_failure(failure_kind(exc), exc.message, self._clock())
+            )
+        except Exception as exc:  # a defect, ours or a driver's: a failed probe, not a crash
+            reason = f"probe failed: {type(exc).__name__}: {exc}"
+            log.warning("orchestrator.probe_failed", instance=rec.name, reason=reason)
+            report_health_change(
+                rec.health.record_probe_failure(FailureKind.ERROR, reason, self._clock())
+            )
+        else:
+            latency = self._clock() - started
+            event = rec.health.record_probe_success(
+                latency, self._clock(), degraded=result.degraded, detail=result.detail
+            )
+            report_health_change(event)
+        finally:
+            rec.probing = False

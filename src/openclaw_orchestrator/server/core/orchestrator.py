@@ -1,0 +1,255 @@
+"""The Orchestrator: the composition the API, CLI and SDK sit on.
+
+It builds the core's parts from the settings and holds them; each does one job (see
+:mod:`openclaw_orchestrator.server.core`): the :class:`~.core.dispatcher.Dispatcher` calls one
+instance, the :class:`~.core.health_monitor.HealthMonitor` keeps the verdicts,
+:class:`~.core.routing.Routing` chooses and fails over, :class:`~.core.fanout.Fanout`
+gathers and aggregates, and :class:`~.session_service.SessionService` keeps sessions. The
+domain *decides* (which instance, whether to retry and after how long, whether a fanout
+can stop) and the parts *do*: await drivers, sleep, record outcomes and log them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator, Coroutine, Mapping, Sequence
+from typing import Any
+
+from ...domain.addresses import AddressRefused
+from ...domain.backoff import RetryBudget, RetryPolicy, RetryRules
+from ...domain.balancing import Balancer, Policy
+from ...domain.health import HealthPolicy
+from ...errors import InvalidRequestError
+from ...instance_url import url_host
+from ...models import (
+    FanoutEntry,
+    FanoutRequest,
+    FanoutResult,
+    HealthDetail,
+    InstanceInfo,
+    InstanceSpec,
+    RouteRequest,
+    RouteResult,
+    TargetExpr,
+    redact_url,
+)
+from ...settings import Settings
+from ..drivers.base import InstanceDriver
+from ..logs import dropped_log_lines, get_logger
+from ..stores.base import Store
+from .clock import Clock, Sleep
+from .dispatcher import Dispatcher
+from .fanout import Fanout, Reducer
+from .health_monitor import HealthMonitor
+from .interfaces import InstanceRegistry
+from .registry import Registry
+from .retrier import DEFAULT_RETRY_HOOKS, Retrier, RetryHook
+from .routing import Routing
+from .sessions import SessionService
+
+__all__ = ["Orchestrator", "Reducer"]
+
+log = get_logger("orchestrator")
+
+
+def _health_policy(settings: Settings) -> HealthPolicy:
+    """The health verdicts' policy from ``settings.health``."""
+    h = settings.health
+    return HealthPolicy(
+        interval=h.interval,
+        probe_timeout=h.probe_timeout,
+        degraded_latency=h.degraded_latency,
+        failure_threshold=h.failure_threshold,
+        down_backoff=h.down_backoff,
+    )
+
+
+def _retry_rules(settings: Settings, rng: random.Random) -> RetryRules:
+    """The one retry decision from ``settings.retry``."""
+    r = settings.retry
+    policy = RetryPolicy(max_retries=r.max_retries, base=r.backoff_base, cap=r.backoff_max)
+    budget = RetryBudget(
+        ratio=r.budget_ratio, window=r.budget_window, min_retries=r.budget_min_retries
+    )
+    return RetryRules(policy, budget, rng)
+
+
+class Orchestrator:
+    """Routes, fans out and health-checks over a registry of instances.
+
+    ``clock`` and ``sleep`` are the whole core's time: a fake clock and a zero-wait sleep
+    make retries and probes run instantly in tests. ``retry_hooks`` see every retry.
+    ``registry`` replaces the in-memory one (a shared registry for replicas): every part
+    reads instances and verdicts through its interface.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        drivers: Mapping[str, InstanceDriver],
+        reducers: Mapping[str, Reducer] | None = None,
+        store: Store | None = None,
+        clock: Clock = time.monotonic,
+        rng: random.Random | None = None,
+        sleep: Sleep = asyncio.sleep,
+        retry_hooks: Sequence[RetryHook] = DEFAULT_RETRY_HOOKS,
+        registry: InstanceRegistry | None = None,
+    ) -> None:
+        self.settings = settings
+        drivers = dict(drivers)
+        rng = rng or random.Random()  # noqa: S311  # jitter and load spreading, not secrets
+        self._clock = clock
+        policy = _health_policy(settings)
+        self.registry: InstanceRegistry = Registry(policy) if registry is None else registry
+        self._dispatcher = Dispatcher(settings, drivers, clock=clock)
+        self._monitor = HealthMonitor(self.registry, drivers, policy, clock=clock, sleep=sleep)
+        retrier = Retrier(_retry_rules(settings, rng), clock=clock, sleep=sleep, hooks=retry_hooks)
+        balancer = Balancer(Policy(settings.policy), rng=rng)
+        self._routing = Routing(
+            self.registry,
+            self._dispatcher,
+            retrier,
+            balancer,
+            max_retries=settings.retry.max_retries,
+        )
+        self._fanout = Fanout(self.registry, self._dispatcher, retrier, reducers=reducers or {})
+        self._address_policy = settings.instances.address_policy()
+        self._started_at = clock()
+        for spec in settings.instances.static:
+            self._dispatcher.check_driver(spec)
+            self.registry.upsert(spec, "config", clock())
+        self._store = store
+        self._sessions = (
+            None
+            if store is None
+            else SessionService(
+                self._dispatcher, self.registry, store, settings, place=self._routing.plan
+            )
+        )
+
+    @property
+    def sessions(self) -> SessionService:
+        """The session service; RuntimeError when the orchestrator was built without a store."""
+        if self._sessions is None:
+            raise RuntimeError("this Orchestrator has no store, so no sessions")
+        return self._sessions
+
+    def clock(self) -> float:
+        """Monotonic seconds, from the clock the orchestrator was given."""
+        return self._clock()
+
+    def plan(self, names: list[str], policy: Policy | None = None) -> tuple[str, ...]:
+        """The balancer's order over ``names`` (down ones left out)."""
+        return self._routing.plan(names, policy)
+
+    def deadline(self, timeout: float | None) -> float:
+        """The monotonic instant a request with ``timeout`` (or the default) must end by."""
+        return self._dispatcher.deadline(timeout)
+
+    def __repr__(self) -> str:
+        counts = self.registry.count_states()
+        states = ", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no instances"
+        return f"<Orchestrator [instances: {states}]>"
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the background prober (health checks and heartbeat expiry) and sweeper."""
+        await self._monitor.start()
+        if self._sessions is not None:
+            await self._sessions.start()
+
+    async def aclose(self) -> None:
+        """Stop background work; drivers and store are closed by whoever opened them."""
+        if self._sessions is not None:
+            await self._sessions.aclose()
+        await self._monitor.aclose()
+
+    async def __aenter__(self) -> Orchestrator:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # -- registry --------------------------------------------------------------------------
+
+    def register(self, spec: InstanceSpec) -> tuple[InstanceInfo, bool]:
+        """Add or heartbeat a run-time instance; returns its info and whether it is new.
+        A host ``instances.allow``/``deny`` refuses is a 400 naming ``url``; what a name
+        resolves to is checked on every connect."""
+        self._dispatcher.check_driver(spec)
+        try:
+            self._address_policy.check_host(url_host(spec.url))
+        except AddressRefused as exc:
+            raise InvalidRequestError(f"url: {exc}", field="url") from None
+        record, created = self.registry.upsert(spec, "registered", self._clock())
+        if created:
+            log.info(
+                "orchestrator.instance_registered", instance=spec.name, url=redact_url(spec.url)
+            )
+        return record.info(), created
+
+    def unregister(self, name: str) -> None:
+        """Remove an instance (config or registered) until the next restart."""
+        self.registry.remove(name)
+        log.info("orchestrator.instance_removed", instance=name)
+
+    def instances(self) -> list[InstanceInfo]:
+        """Every instance, in registry order."""
+        return [rec.info() for rec in self.registry]
+
+    # -- health ----------------------------------------------------------------------------
+
+    def health(self, targets: TargetExpr | None = None) -> dict[str, str]:
+        """``{"A": "healthy", ...}`` for the targeted instances."""
+        return self._monitor.health(targets)
+
+    def health_detail(self, targets: TargetExpr | None = None) -> dict[str, HealthDetail]:
+        """Per-instance state, latency, last check, failures and last error."""
+        return self._monitor.health_detail(targets)
+
+    def probe_all(self) -> Coroutine[Any, Any, None]:
+        """Probe every instance now (start-up, tests, ``health --refresh``)."""
+        return self._monitor.probe_all()
+
+    def liveness(self) -> dict[str, Any]:
+        """The orchestrator's own health: it is up, how its fleet looks, and whether its
+        store can write. While it cannot, the status is "degraded" with the reason (the
+        process is alive and routes and fanouts still work: no reason to restart it)."""
+        counts = self.registry.count_states()
+        body: dict[str, Any] = {
+            "status": "healthy",
+            "uptime_s": round(self._clock() - self._started_at, 3),
+            "instances": {"total": len(self.registry), **counts},
+            "logs": {"dropped": dropped_log_lines()},
+        }
+        if self._store is not None:
+            storage = self._store.status()
+            body["storage"] = storage.to_dict()
+            if not storage.is_ok:
+                body["status"] = "degraded"
+                body["reason"] = f"storage {storage.state.value}: {storage.reason}"
+        return body
+
+    # -- requests (the parts' coroutines, returned as they are: no extra frame per request) --
+
+    def route(self, request: RouteRequest, *, request_id: str) -> Coroutine[Any, Any, RouteResult]:
+        """Deliver the payload to one candidate, failing over within the deadline."""
+        return self._routing.route(request, request_id=request_id)
+
+    def fanout(
+        self, request: FanoutRequest, *, request_id: str
+    ) -> Coroutine[Any, Any, FanoutResult]:
+        """Send to every target at once and aggregate; see :meth:`fanout_events`."""
+        return self._fanout.fanout(request, request_id=request_id)
+
+    def fanout_events(
+        self, request: FanoutRequest, *, request_id: str
+    ) -> AsyncIterator[FanoutEntry | FanoutResult]:
+        """Yield each target's entry as it arrives, then the aggregated result (see
+        :meth:`~.core.fanout.Fanout.fanout_events`)."""
+        return self._fanout.fanout_events(request, request_id=request_id)

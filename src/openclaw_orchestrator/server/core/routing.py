@@ -1,0 +1,213 @@
+"""Routing: the candidates of a request, the balancing policy's order over them, and the
+failover loop that obeys the one retry decision (a failover goes to the next candidate)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ...domain.backoff import AttemptState, GiveUp, RetryAfter, RetryScheduled
+from ...domain.balancing import Balancer, Policy, Skip, select_next
+from ...errors import InstanceDownError, NoHealthyInstanceError, OrchestratorError
+from ...models import Attempt, RouteRequest, RouteResult
+from ...models import Skip as SkipModel
+from ..logs import FrequentEvent, after_this_step
+from .clock import ms
+from .dispatcher import Dispatcher
+from .interfaces import InstanceRegistry
+from .retrier import Retrier
+
+__all__ = ["Routing"]
+
+_log_attempt = FrequentEvent("orchestrator", "orchestrator.attempt")
+
+_OUTCOME_BY_CODE = {"instance_down": "down", "timeout": "timeout"}
+
+
+class Routing:
+    """Delivers a payload to one candidate, failing over within the deadline."""
+
+    def __init__(
+        self,
+        registry: InstanceRegistry,
+        dispatcher: Dispatcher,
+        retrier: Retrier,
+        balancer: Balancer,
+        *,
+        max_retries: int,
+    ) -> None:
+        self._registry = registry
+        self._dispatcher = dispatcher
+        self._retrier = retrier
+        self._balancer = balancer
+        self._max_retries = max_retries
+
+    def __repr__(self) -> str:
+        return f"<Routing {self._balancer!r} max_retries={self._max_retries}>"
+
+    def plan(self, names: list[str], policy: Policy | None = None) -> tuple[str, ...]:
+        """The balancer's order over ``names`` (down ones left out)."""
+        candidates = [self._registry.get(n).candidate() for n in names]
+        return self._balancer.plan(candidates, policy=policy).order
+
+    async def route(self, request: RouteRequest, *, request_id: str) -> RouteResult:
+        """Deliver the payload to one candidate, failing over within the deadline."""
+        dispatcher, registry = self._dispatcher, self._registry
+        started = dispatcher.clock()
+        deadline = dispatcher.deadline(request.timeout)
+        attempt_timeout = dispatcher.attempt_timeout(request.attempt_timeout)
+        names = registry.resolve(request.instances, field="instances")
+        policy = Policy(request.policy) if request.policy else None
+        plan = self._balancer.plan([registry.get(n).candidate() for n in names], policy=policy)
+        skipped: dict[str, str] = {s.instance: s.reason for s in plan.skipped}
+        if not plan.order:
+            raise _nothing_to_route(names, skipped)
+        retries = self._max_retries if request.retry is None else request.retry
+        self._retrier.rules.record_request(started)
+        attempts: list[Attempt] = []
+        tried: list[str] = []
+        name = plan.order[0]
+        while True:
+            tried.append(name)
+            try:
+                result = await self._attempt(
+                    name,
+                    request.payload,
+                    dispatcher.attempt_deadline(deadline, attempt_timeout),
+                    request_id,
+                    attempts,
+                )
+            except OrchestratorError as exc:
+                decision, skips = self._next_step(
+                    exc, plan.order, tried, len(attempts), retries, deadline
+                )
+                for skip in skips:
+                    skipped.setdefault(skip.instance, skip.reason)
+                if isinstance(decision, GiveUp):
+                    if decision.reason is not None:
+                        exc.details["reason"] = decision.reason
+                    raise self._route_failed(exc, attempts, skipped, started) from None
+                event = RetryScheduled(
+                    decision.target, len(attempts), decision.delay, exc.code, request_id
+                )
+                await self._retrier.wait(event)
+                name = decision.target
+                continue
+            if skipped:  # the usual route skips nothing: no sets to build
+                for skip_name in set(skipped) & set(tried):
+                    if skipped[skip_name] != "already_tried":  # tried, so in attempts instead
+                        del skipped[skip_name]
+            return RouteResult(
+                instance=name,
+                result=result,
+                attempts=attempts,
+                skipped=[SkipModel(instance=n, reason=r) for n, r in skipped.items()],  # type: ignore[arg-type]  # reasons come from the domain's SkipReason literal
+                total_ms=ms(dispatcher.clock() - started),
+                request_id=request_id,
+            )
+
+    def _next_step(
+        self,
+        exc: OrchestratorError,
+        order: tuple[str, ...],
+        tried: list[str],
+        retry: int,
+        retries: int,
+        deadline: float,
+    ) -> tuple[RetryAfter | GiveUp, list[Skip]]:
+        """The retry decision after ``exc`` and the instances it passed over: the next
+        candidate is the first untried live one, else the first live one again."""
+        next_name, skips = select_next(order, tried, self._is_down)
+        state = AttemptState(
+            retry=retry,
+            max_retries=retries,
+            deadline=deadline,
+            failed_target=tried[-1],
+            next_target=next_name,
+        )
+        decision = self._retrier.decide(state, exc)
+        if isinstance(decision, RetryAfter) or decision.cause == "no_target":
+            return decision, skips
+        untried = [n for n in order if n not in tried]
+        if decision.cause == "over_budget":
+            return decision, [*skips, *(Skip(n, "over_budget") for n in untried)]
+        if decision.cause == "deadline":
+            return decision, [*skips, *(Skip(n, "deadline") for n in untried)]
+        return decision, []  # final or exhausted: nothing was passed over
+
+    def _is_down(self, name: str) -> bool:
+        registry = self._registry
+        return name not in registry or registry.get(name).health.is_down()
+
+    def _route_failed(
+        self,
+        exc: OrchestratorError,
+        attempts: list[Attempt],
+        skipped: dict[str, str],
+        started: float,
+    ) -> OrchestratorError:
+        exc.details = {
+            **exc.details,
+            "attempts": [a.model_dump(mode="json") for a in attempts],
+            "skipped": skipped,
+            "total_ms": ms(self._dispatcher.clock() - started),
+        }
+        return exc
+
+    async def _attempt(
+        self,
+        name: str,
+        payload: Any,
+        deadline: float,
+        request_id: str,
+        attempts: list[Attempt],
+    ) -> Any:
+        """One try of one instance, recorded in ``attempts`` and fed to passive health."""
+        clock = self._dispatcher.clock
+        started = clock()
+        try:
+            result = await self._dispatcher.invoke(
+                self._registry.get(name), payload, deadline, request_id
+            )
+        except OrchestratorError as exc:
+            latency = clock() - started
+            outcome = _OUTCOME_BY_CODE.get(exc.code, "error")
+            attempts.append(
+                Attempt(
+                    instance=name,
+                    outcome=outcome,  # type: ignore[arg-type]  # one of the Attempt literals
+                    latency_ms=ms(latency),
+                    error=exc.to_dict()["error"],
+                )
+            )
+            _log_attempt(
+                request_id=request_id,
+                instance=name,
+                attempt=len(attempts),
+                outcome=outcome,
+                latency_ms=ms(latency),
+                error=exc.code,
+            )
+            raise
+        latency = clock() - started
+        attempts.append(Attempt(instance=name, outcome="ok", latency_ms=ms(latency)))
+        after_this_step(  # the request's last line: written after its reply
+            _log_attempt,
+            request_id=request_id,
+            instance=name,
+            attempt=len(attempts),
+            outcome="ok",
+            latency_ms=ms(latency),
+        )
+        return result
+
+
+def _nothing_to_route(names: list[str], skipped: dict[str, str]) -> OrchestratorError:
+    """Every candidate is down before the first attempt."""
+    if len(names) == 1:
+        return InstanceDownError(
+            f"instance {names[0]} is down", instance=names[0], details={"skipped": skipped}
+        )
+    return NoHealthyInstanceError(
+        f"no healthy instance among {', '.join(names) or 'the registry'}",
+        details={"skipped": skipped},
+    )

@@ -1,0 +1,189 @@
+"""The instance side of sessions: where a session is placed, delivering its messages,
+moving it when its instance is down (``failover: "migrate"``), and telling the instance
+when it closes. Every call goes through the dispatcher (deadline, load, passive health)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from ...domain.balancing import Policy
+from ...domain.sessions import MessageRecord, SessionRecord, rendezvous_order
+from ...errors import (
+    InstanceDownError,
+    InvalidRequestError,
+    NoHealthyInstanceError,
+    OrchestratorError,
+)
+from ...models import InstanceSpec, SpawnRequest
+from ..drivers.base import InstanceDriver
+from ..logs import get_logger
+from ..stores.base import Store
+from .dispatcher import Dispatcher
+from .interfaces import InstanceRegistry
+from .registry import InstanceRecord
+
+__all__ = ["CONSISTENT_HASH", "MIGRATE_PAGE_ROWS", "Placement", "SessionInstances"]
+
+log = get_logger("sessions")
+
+MIGRATE_PAGE_ROWS = 64
+"""History rows read from the store at a time while a session migrates."""
+CONSISTENT_HASH = "consistent_hash"
+
+Placement = Callable[[list[str], Policy], tuple[str, ...]]
+"""The balancer's order over live instance names under a policy (routing's ``plan``)."""
+
+
+class SessionInstances:
+    """Places, reaches, moves and closes sessions on instances."""
+
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        registry: InstanceRegistry,
+        store: Store,
+        *,
+        place: Placement,
+        default_policy: str,
+        close_timeout: float,
+        wall_clock: Callable[[], float],
+    ) -> None:
+        self._dispatcher = dispatcher
+        self._registry = registry
+        self._store = store
+        self._place_on = place
+        self._default_policy = default_policy
+        self._close_timeout = close_timeout
+        self._now = wall_clock
+
+    def __repr__(self) -> str:
+        return f"<SessionInstances default_policy={self._default_policy}>"
+
+    def place(self, session_id: str, request: SpawnRequest) -> str:
+        """The instance a new session is pinned to: the one asked for (known and not down),
+        else the session policy's choice among the live ones."""
+        registry = self._registry
+        if request.instance is not None:
+            if request.instance not in registry:
+                raise InvalidRequestError(
+                    f"unknown instance {request.instance!r}", field="instance"
+                )
+            if registry.get(request.instance).health.is_down():
+                raise InstanceDownError(
+                    f"instance {request.instance} is down", instance=request.instance
+                )
+            return request.instance
+        return self._choose(session_id, request.policy or self._default_policy, exclude=())
+
+    def _choose(self, session_id: str, policy: str, *, exclude: tuple[str, ...]) -> str:
+        live = [r for r in self._registry if not r.health.is_down() and r.name not in exclude]
+        if not live:
+            raise NoHealthyInstanceError("no healthy instance to place the session on")
+        policy = policy.replace("-", "_")
+        if policy == CONSISTENT_HASH:
+            weights = {r.name: r.spec.weight for r in live}
+            return rendezvous_order(session_id, [r.name for r in live], weights)[0]
+        try:
+            chosen = Policy(policy)
+        except ValueError:
+            raise InvalidRequestError(f"unknown policy {policy!r}", field="policy") from None
+        return self._place_on([r.name for r in live], chosen)[0]
+
+    def _record_of(self, name: str) -> InstanceRecord | None:
+        registry = self._registry
+        return registry.get(name) if name in registry else None
+
+    async def ensure_reachable(
+        self, record: SessionRecord, deadline: float, request_id: str
+    ) -> tuple[SessionRecord, str | None]:
+        """The session, moved first if its instance is down and it may migrate."""
+        pinned = self._record_of(record.instance)
+        if pinned is not None and not pinned.health.is_down():
+            return record, None
+        if record.failover != "migrate":
+            raise InstanceDownError(
+                f"instance {record.instance} of session {record.id} is down; the session "
+                "stays pinned (spawn with failover 'migrate' to move it)",
+                instance=record.instance,
+            )
+        return await self.migrate(record, deadline, request_id), record.instance
+
+    async def deliver(
+        self, record: SessionRecord, data: Any, deadline: float, request_id: str
+    ) -> Any:
+        """Send one message to the session's instance; its reply."""
+        rec = self._record_of(record.instance)
+        if rec is None:
+            raise InstanceDownError(
+                f"instance {record.instance} is no longer registered", instance=record.instance
+            )
+
+        def send(driver: InstanceDriver, spec: InstanceSpec, timeout: float) -> Awaitable[Any]:
+            return driver.session_send(
+                spec, record.id, data, timeout=timeout, request_id=request_id
+            )
+
+        return await self._dispatcher.call(rec, deadline, send)
+
+    async def migrate(
+        self, record: SessionRecord, deadline: float, request_id: str
+    ) -> SessionRecord:
+        """Replay the history to a healthy instance and record the move. The history is read
+        from the store :data:`MIGRATE_PAGE_ROWS` rows at a time while the driver sends it in
+        pages, so a long one is never in memory whole."""
+        target = self._choose(record.id, CONSISTENT_HASH, exclude=(record.instance,))
+        replayed = 0
+
+        async def history() -> AsyncIterator[tuple[Any, Any]]:
+            nonlocal replayed
+            offset = 0
+            while True:
+                rows = await self._store.history(record.id, offset=offset, limit=MIGRATE_PAGE_ROWS)
+                for m in rows:
+                    if m.kind == "message":
+                        replayed += 1
+                        yield m.data, m.reply
+                if len(rows) < MIGRATE_PAGE_ROWS:
+                    return
+                offset += len(rows)
+
+        def restore(driver: InstanceDriver, spec: InstanceSpec, timeout: float) -> Awaitable[None]:
+            return driver.session_restore(
+                spec, record.id, history(), timeout=timeout, request_id=request_id
+            )
+
+        await self._dispatcher.call(self._registry.get(target), deadline, restore)
+        note = MessageRecord(
+            session_id=record.id,
+            seq=record.messages + 1,
+            kind="migration",
+            instance=target,
+            data={"from": record.instance, "to": target, "replayed": replayed},
+            request_id=request_id,
+            created_at=self._now(),
+        )
+        moved = await self._store.append(record, note)
+        log.warning(
+            "sessions.migrated",
+            session_id=record.id,
+            old=record.instance,
+            new=target,
+            replayed=replayed,
+        )
+        return moved
+
+    async def close(self, record: SessionRecord) -> None:
+        """Tell the instance it can drop the session; best effort, never fails the caller."""
+        rec = self._record_of(record.instance)
+        if rec is None or rec.health.is_down():
+            return
+
+        def close(driver: InstanceDriver, spec: InstanceSpec, timeout: float) -> Awaitable[None]:
+            return driver.session_close(spec, record.id, timeout=timeout)
+
+        deadline = self._dispatcher.clock() + self._close_timeout
+        try:
+            await self._dispatcher.call(rec, deadline, close)
+        except OrchestratorError as exc:
+            log.info("sessions.close_on_instance_failed", session_id=record.id, error=exc.code)

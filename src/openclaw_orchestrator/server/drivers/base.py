@@ -1,0 +1,344 @@
+"""The seam between the orchestrator and the instances it drives.
+
+One driver per kind of instance implements :class:`InstanceDriver`. The worker driver
+reaches its instances through an :class:`InstanceTransport` (aiohttp, or the lean httptools
+client: :mod:`.transport`), chosen at start-up. Drivers (and the SDK
+client) are the only modules that import aiohttp; they translate every transport failure
+into the error tree of :mod:`openclaw_orchestrator.errors` in one place,
+:func:`map_client_errors`, so the service never sees an aiohttp exception.
+
+Two failures are never the instance's: running out of a local resource while connecting
+(file descriptors, socket buffers, memory: :data:`LOCAL_RESOURCE_ERRNOS`) is the
+orchestrator's :class:`~openclaw_orchestrator.errors.OverloadedError`, so the instance keeps
+its health state. And every reply is read through :func:`read_reply`, which stops at the
+instance's byte limit (:class:`~openclaw_orchestrator.errors.ReplyTooLargeError`).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol
+
+import aiohttp
+import orjson
+from yarl import URL
+
+from ...domain.addresses import AddressRefused
+from ...errors import (
+    AddressNotAllowedError,
+    InstanceDownError,
+    InstanceError,
+    InstanceProtocolError,
+    OrchestratorError,
+    OverloadedError,
+    ReplyTooLargeError,
+    TimeoutExceededError,
+)
+from ...instance_url import join_path
+from ...models import InstanceSpec
+from ..logs import get_logger
+
+__all__ = [
+    "LOCAL_RESOURCE_ERRNOS",
+    "OVERLOADED_RETRY_AFTER",
+    "History",
+    "InstanceDriver",
+    "InstanceTransport",
+    "ProbeResult",
+    "Reply",
+    "address_not_allowed",
+    "client_error",
+    "error_fields",
+    "exchanges",
+    "is_local_exhaustion",
+    "map_client_errors",
+    "overloaded_error",
+    "read_reply",
+    "reply_too_large",
+    "request_failed",
+    "request_url",
+    "translating_errors",
+]
+
+REQUEST_ID_HEADER = "X-Request-ID"
+log = get_logger("drivers")
+History = Iterable[tuple[Any, Any]] | AsyncIterable[tuple[Any, Any]]
+"""A session's ``(payload, result)`` pairs, oldest first; async when read from a store."""
+LOCAL_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+"""Errors of this process or machine, not of the instance being connected to."""
+OVERLOADED_RETRY_AFTER = 1.0
+"""Seconds an ``overloaded`` answer tells the caller to wait (``Retry-After``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeResult:
+    """What one health probe saw. ``degraded`` means alive but not fully able to serve."""
+
+    latency_s: float
+    degraded: bool = False
+    detail: str | None = None
+
+
+class InstanceDriver(Protocol):
+    """Talks to one kind of instance. Implementations never raise anything but
+    :class:`~openclaw_orchestrator.errors.OrchestratorError` subclasses.
+
+    The ``session_*`` methods drive a conversation the instance remembers between requests;
+    they raise what :meth:`invoke` raises, for the same reasons.
+    """
+
+    kind: str
+
+    async def invoke(
+        self, instance: InstanceSpec, payload: Any, *, timeout: float, request_id: str
+    ) -> Any:
+        """Run ``payload`` on ``instance`` and return its result (any JSON value)."""
+        ...
+
+    async def session_send(
+        self,
+        instance: InstanceSpec,
+        session_id: str,
+        payload: Any,
+        *,
+        timeout: float,
+        request_id: str,
+    ) -> Any:
+        """Send one message of session ``session_id`` (the instance creates the session on its
+        first message) and return the result, like :meth:`invoke`."""
+        ...
+
+    async def session_restore(
+        self,
+        instance: InstanceSpec,
+        session_id: str,
+        history: History,
+        *,
+        timeout: float,
+        request_id: str,
+    ) -> None:
+        """Replace ``instance``'s state of the session with ``history``, ``(payload, result)``
+        pairs oldest first, without re-running them (how a session migrates). ``history``
+        is consumed as it is sent, so a long one is never held in memory whole."""
+        ...
+
+    async def session_close(
+        self, instance: InstanceSpec, session_id: str, *, timeout: float
+    ) -> None:
+        """Make ``instance`` forget the session; closing an unknown session succeeds."""
+        ...
+
+    async def probe(self, instance: InstanceSpec, *, timeout: float) -> ProbeResult:
+        """Check ``instance``'s health; raise ``InstanceDownError``/``TimeoutExceededError``
+        /``InstanceError`` when it fails."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release what the driver owns (not the shared ``aiohttp.ClientSession``)."""
+        ...
+
+
+class Reply(NamedTuple):
+    """A complete reply: status, ``Retry-After`` (as sent) and the body.
+
+    (A named tuple: made per request, and a frozen dataclass costs three times as much.)"""
+
+    status: int
+    retry_after: str | None
+    body: bytes
+
+
+class InstanceTransport(Protocol):
+    """How a driver's HTTP exchanges reach an instance; implementations in :mod:`.transport`.
+
+    An exchange sends ``body`` to ``instance.url`` plus ``path`` (percent-encoded) with the
+    instance protocol's headers (``X-Deadline-Ms`` when ``deadline``, ``X-Request-ID`` when
+    given, the instance's bearer credential), and returns the reply whatever its status,
+    its body read up to ``max_reply`` bytes. Failures are the error tree's already: a
+    refused connect is ``InstanceDownError``, the deadline ``TimeoutExceededError``, a
+    refused address ``AddressNotAllowedError``, a long reply ``ReplyTooLargeError``, our
+    own exhaustion ``OverloadedError`` (:func:`client_error` gives the whole table).
+    """
+
+    async def exchange(
+        self,
+        method: str,
+        instance: InstanceSpec,
+        path: str,
+        body: bytes | None,
+        *,
+        timeout: float,
+        request_id: str | None,
+        max_reply: int,
+        deadline: bool = True,
+    ) -> Reply:
+        """One request and its reply, within ``timeout`` seconds all told."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release what the transport owns (not the shared ``aiohttp.ClientSession``)."""
+        ...
+
+
+async def exchanges(history: History) -> AsyncIterator[tuple[Any, Any]]:
+    """``history``'s pairs one at a time, whichever kind of iterable it is."""
+    if isinstance(history, AsyncIterable):
+        async for pair in history:
+            yield pair
+    else:
+        for pair in history:
+            yield pair
+
+
+def is_local_exhaustion(exc: BaseException) -> bool:
+    """Whether ``exc`` says this process ran out of something (:data:`LOCAL_RESOURCE_ERRNOS`,
+    or memory), rather than that the far end failed."""
+    if isinstance(exc, OSError):
+        return exc.errno in LOCAL_RESOURCE_ERRNOS
+    return isinstance(exc, MemoryError)
+
+
+def overloaded_error(exc: OSError | MemoryError, instance: str) -> OverloadedError:
+    """The error for a local resource running out (:func:`is_local_exhaustion`) while
+    reaching ``instance``: ours, retry later."""
+    if isinstance(exc, OSError):
+        reason = exc.strerror or errno.errorcode.get(exc.errno or 0, str(exc))
+    else:
+        reason = "out of memory"
+    return OverloadedError(
+        f"the orchestrator is out of a local resource ({reason}) and could not reach "
+        f"instance {instance}; retry later",
+        instance=instance,
+        retry_after=OVERLOADED_RETRY_AFTER,
+    )
+
+
+def reply_too_large(instance: str, limit: int) -> ReplyTooLargeError:
+    """The error for a reply of ``instance`` over ``limit`` bytes (read no further)."""
+    return ReplyTooLargeError(
+        f"instance {instance} sent a reply over its limit of {limit} bytes (max_reply_bytes); "
+        "reading stopped there",
+        instance=instance,
+        details={"max_reply_bytes": limit},
+    )
+
+
+async def read_reply(resp: aiohttp.ClientResponse, instance: str, limit: int) -> bytes:
+    """The body of ``resp``, at most ``limit`` bytes: a declared ``Content-Length`` over it
+    fails before anything is read, an undeclared body as soon as it passes it. Either way
+    the connection is closed (never pooled with an unread body behind it)."""
+    declared = resp.content_length
+    if declared is not None:
+        if declared > limit:
+            resp.close()
+            raise reply_too_large(instance, limit)
+        return await resp.read()
+    body = bytearray()
+    async for chunk in resp.content.iter_any():
+        body += chunk
+        if len(body) > limit:
+            resp.close()
+            raise reply_too_large(instance, limit)
+    return bytes(body)
+
+
+@contextmanager
+def translating_errors(
+    translate: Callable[[Exception, str], Exception], instance: str
+) -> Iterator[None]:
+    """Raise what ``translate`` makes of a failure, chained to it; the failure itself when
+    ``translate`` gives it back (already ours, or not the transport's)."""
+    try:
+        yield
+    except Exception as exc:
+        translated = translate(exc, instance)
+        if translated is exc:
+            raise
+        raise translated from exc
+
+
+def map_client_errors(instance: str) -> AbstractContextManager[None]:
+    """Translate aiohttp/asyncio failures into the orchestrator's errors (:func:`client_error`)."""
+    return translating_errors(client_error, instance)
+
+
+def client_error(exc: Exception, instance: str) -> Exception:
+    """What :func:`map_client_errors` raises for ``exc``, most specific first; ``exc`` itself
+    when it is already ours, and :func:`request_failed` for what no rule names."""
+    if isinstance(exc, OrchestratorError):
+        return exc
+    if isinstance(exc, OSError | MemoryError) and is_local_exhaustion(exc):
+        return overloaded_error(exc, instance)  # ClientOSError and its kin are OSErrors
+    if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
+        return TimeoutExceededError(
+            f"instance {instance} did not answer in time", instance=instance
+        )
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return InstanceDownError(
+            f"cannot connect to instance {instance}: {exc.os_error.strerror or exc}",
+            instance=instance,
+        )
+    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError):
+        return InstanceDownError(
+            f"connection to instance {instance} failed: {exc}", instance=instance
+        )
+    if isinstance(exc, AddressRefused):
+        return address_not_allowed(exc, instance)
+    if isinstance(exc, aiohttp.ContentTypeError | json.JSONDecodeError):
+        return InstanceProtocolError(
+            f"instance {instance} sent a reply that is not JSON: {exc}", instance=instance
+        )
+    if isinstance(exc, aiohttp.ClientError):
+        return InstanceError(f"instance {instance} failed: {exc}", instance=instance)
+    return request_failed(exc, instance)
+
+
+def address_not_allowed(exc: AddressRefused, instance: str) -> AddressNotAllowedError:
+    """The error for a connect that ``instances.allow``/``instances.deny`` refused."""
+    return AddressNotAllowedError(
+        f"instance {instance} is at an address the orchestrator may not connect to: {exc}",
+        instance=instance,
+    )
+
+
+def request_failed(exc: Exception, instance: str) -> InstanceError:
+    """The error for anything else that went wrong reaching ``instance`` (a request that
+    could not even be built, say): that instance's failure, never the caller's 500. Logged
+    with its type, since it may be a defect of ours."""
+    log.warning(
+        "drivers.request_failed", instance=instance, error=type(exc).__name__, detail=str(exc)
+    )
+    return InstanceError(
+        f"could not send a request to instance {instance}: {type(exc).__name__}: {exc}",
+        instance=instance,
+    )
+
+
+def request_url(instance: InstanceSpec, path: str) -> URL:
+    """``instance.url`` with ``path`` (percent-encoded) appended, never leaving the
+    instance's host and port (:func:`~openclaw_orchestrator.instance_url.join_path`); a URL
+    that cannot be built is the instance's failure, an InstanceError."""
+    try:
+        return join_path(instance.url, path)
+    except ValueError as exc:
+        raise InstanceError(
+            f"cannot build a request to instance {instance.name}: {exc}", instance=instance.name
+        ) from exc
+
+
+def error_fields(raw: bytes, kind_key: str = "code") -> tuple[str | None, str | None]:
+    """``(kind, message)`` of an ``{"error": {kind_key: ..., "message": ...}}`` reply body;
+    Nones for whatever is missing, not a string, or not JSON at all."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None, None
+    err = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(err, dict):
+        return None, None
+    kind, message = err.get(kind_key), err.get("message")
+    return (kind if isinstance(kind, str) else None, message if isinstance(message, str) else None)

@@ -1,0 +1,268 @@
+"""The two :class:`~.base.InstanceTransport` implementations, one chosen at start-up
+(``instances.transport``), the way uvicorn picks h11 or httptools behind one interface.
+
+``AiohttpTransport`` sends every exchange through the process's shared aiohttp session.
+
+``LeanTransport`` (the default) sends the protocol's hot request — a small JSON ``POST``
+(a task, a session message) to a plain ``http://`` instance URL — through
+:class:`~.lean.LeanHttp` (httptools, several times less CPU per request than aiohttp),
+and hands everything else to the ``AiohttpTransport`` it is built with, as
+:meth:`LeanTransport.lean_target` decides::
+
+    POST, body under STREAM_FROM_BYTES, X-Deadline-Ms   \\
+    http:// URL without userinfo, query or fragment      >-> LeanHttp
+    Authorization and X-Request-ID sendable verbatim    /
+    anything else (GET, PUT, DELETE, https://, big body) -> aiohttp
+
+Both send the protocol's headers (JSON content type, ``X-Deadline-Ms``, ``X-Request-ID``,
+the instance's bearer credential), check every connect against ``instances.allow``/
+``deny``, read a reply only up to ``max_reply`` bytes (``reply_too_large`` past it) and
+translate transport failures into the same errors (:func:`~.base.client_error`,
+:func:`~.lean.lean_error`). Every URL is the instance's URL plus a path, built by
+:func:`~.base.request_url`, which cannot leave the instance's host and port.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import aiohttp
+from yarl import URL
+
+from ...domain.addresses import AddressPolicy
+from ...models import InstanceSpec
+from ...sdk.bodies import STREAM_FROM_BYTES, outgoing_body
+from ...settings import DEFAULT_MAX_CONNECTIONS
+from .base import (
+    REQUEST_ID_HEADER,
+    InstanceTransport,
+    Reply,
+    map_client_errors,
+    read_reply,
+    request_url,
+)
+from .lean import LeanHttp, Target, lean_error
+
+__all__ = [
+    "DEADLINE_HEADER",
+    "SESSIONS_PATH",
+    "TRANSPORTS",
+    "AiohttpTransport",
+    "LeanTransport",
+    "TransportKind",
+    "lean_base",
+    "open_transport",
+]
+
+DEADLINE_HEADER = "X-Deadline-Ms"
+SESSIONS_PATH = "/api/instance/sessions"
+TransportKind = Literal["lean", "aiohttp"]
+TRANSPORTS: tuple[TransportKind, ...] = ("lean", "aiohttp")
+
+_BASE_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
+_MAX_CACHED_URLS = 4096
+
+
+def open_transport(
+    kind: TransportKind,
+    session: aiohttp.ClientSession,
+    *,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    address_policy: AddressPolicy | None = None,
+) -> InstanceTransport:
+    """The ``kind`` transport over ``session`` (which the caller keeps and closes); the lean
+    one opens its own connection pools, closed by its ``aclose()``."""
+    aiohttp_transport = AiohttpTransport(session)
+    if kind == "aiohttp":
+        return aiohttp_transport
+    if kind == "lean":
+        lean = LeanHttp(max_connections=max_connections, address_policy=address_policy)
+        return LeanTransport(lean, fallback=aiohttp_transport)
+    raise ValueError(f"unknown instance transport {kind!r}; one of {', '.join(TRANSPORTS)}")
+
+
+class AiohttpTransport:
+    """Every exchange through a shared ``aiohttp.ClientSession`` it does not own."""
+
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self._session = session
+        self._urls: dict[tuple[str, str], URL] = {}
+
+    def __repr__(self) -> str:
+        return f"<AiohttpTransport [urls cached: {len(self._urls)}]>"
+
+    async def exchange(
+        self,
+        method: str,
+        instance: InstanceSpec,
+        path: str,
+        body: bytes | None,
+        *,
+        timeout: float,
+        request_id: str | None,
+        max_reply: int,
+        deadline: bool = True,
+    ) -> Reply:
+        """One request; its reply read up to ``max_reply`` bytes (see the module docstring)."""
+        headers = dict(_BASE_HEADERS)
+        if deadline:
+            headers[DEADLINE_HEADER] = str(int(timeout * 1000))
+        if request_id is not None:
+            headers[REQUEST_ID_HEADER] = request_id
+        if instance.credentials is not None:
+            headers["Authorization"] = f"Bearer {instance.credentials.get_secret_value()}"
+        with map_client_errors(instance.name):
+            async with self._session.request(
+                method,
+                self._url(instance, path),
+                data=None if body is None else outgoing_body(body),
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=timeout),
+                allow_redirects=False,
+            ) as resp:
+                raw = await read_reply(resp, instance.name, max_reply)
+                return Reply(resp.status, resp.headers.get("Retry-After"), raw)
+
+    def _url(self, instance: InstanceSpec, path: str) -> URL:
+        """``path`` (percent-encoded) on ``instance``; a session path reuses the cached URL
+        of the sessions prefix (ids are many, each used for a while)."""
+        if path.startswith(SESSIONS_PATH + "/"):
+            prefix = self._cached_url(instance, SESSIONS_PATH)
+            return URL(f"{prefix}{path[len(SESSIONS_PATH) :]}", encoded=True)
+        return self._cached_url(instance, path)
+
+    def _cached_url(self, instance: InstanceSpec, path: str) -> URL:
+        """:func:`~.base.request_url` (InstanceError when it cannot be built), cached:
+        parsing costs more than the lookup."""
+        key = (instance.url, path)
+        url = self._urls.get(key)
+        if url is None:
+            if len(self._urls) >= _MAX_CACHED_URLS:  # instances come and go by registration
+                self._urls.clear()
+            url = self._urls[key] = request_url(instance, path)
+        return url
+
+    async def aclose(self) -> None:
+        """Nothing to close: the session belongs to the caller."""
+
+
+class LeanTransport:
+    """The hot POSTs through :class:`~.lean.LeanHttp`, the rest through ``fallback`` (see
+    the module docstring); owns and closes ``lean``, not ``fallback``."""
+
+    def __init__(self, lean: LeanHttp, *, fallback: InstanceTransport) -> None:
+        self._lean = lean
+        self._fallback = fallback
+        self._bases: dict[str, tuple[str, int, bytes, bytes] | None] = {}
+        self._targets: dict[tuple[str, str], Target | None] = {}
+
+    def __repr__(self) -> str:
+        return f"<LeanTransport {self._lean!r} fallback={self._fallback!r}>"
+
+    def lean_target(
+        self, method: str, instance: InstanceSpec, path: str, body: bytes | None, *, deadline: bool
+    ) -> Target | None:
+        """Where the lean client sends this request; None when the fallback must (anything
+        but a small POST with a deadline to a plain ``http://`` URL). Cached per URL and
+        path: a fanout sends the same task path to every instance."""
+        if method != "POST" or body is None or len(body) >= STREAM_FROM_BYTES or not deadline:
+            return None
+        key = (instance.url, path)
+        if key in self._targets:
+            return self._targets[key]
+        base = instance.url
+        if base not in self._bases:
+            if len(self._bases) >= _MAX_CACHED_URLS:
+                self._bases.clear()
+            self._bases[base] = lean_base(base)
+        parts = self._bases[base]
+        target: Target | None = None
+        if parts is not None:
+            host, port, authority, prefix = parts
+            target = Target(host, port, prefix + path.encode(), authority)
+        if len(self._targets) >= _MAX_CACHED_URLS:  # session paths are many
+            self._targets.clear()
+        self._targets[key] = target
+        return target
+
+    async def exchange(
+        self,
+        method: str,
+        instance: InstanceSpec,
+        path: str,
+        body: bytes | None,
+        *,
+        timeout: float,
+        request_id: str | None,
+        max_reply: int,
+        deadline: bool = True,
+    ) -> Reply:
+        """Through the lean client when :meth:`lean_target` and the headers allow, else
+        through the fallback."""
+        target = self.lean_target(method, instance, path, body, deadline=deadline)
+        if target is not None and body is not None:
+            headers = _header_lines(instance, timeout, request_id)
+            if headers is not None:
+                try:
+                    return await self._lean.post(
+                        target, headers, body, timeout=timeout, max_reply=max_reply
+                    )
+                except Exception as exc:
+                    translated = lean_error(exc, instance.name)
+                    if translated is exc:
+                        raise
+                    raise translated from exc
+        return await self._fallback.exchange(
+            method,
+            instance,
+            path,
+            body,
+            timeout=timeout,
+            request_id=request_id,
+            max_reply=max_reply,
+            deadline=deadline,
+        )
+
+    async def aclose(self) -> None:
+        """Close the lean pools; the fallback's session belongs to the caller."""
+        await self._lean.aclose()
+        await self._fallback.aclose()
+
+
+def lean_base(base: str) -> tuple[str, int, bytes, bytes] | None:
+    """``(host, port, Host header, path prefix)`` of a plain ``http://`` base URL, else None
+    (https, userinfo, a query: aiohttp handles those)."""
+    try:
+        url = URL(base.rstrip("/"))
+    except ValueError:  # never valid (instance_url checks it): aiohttp's path reports it
+        return None
+    if url.scheme != "http" or url.user or url.password or url.query_string or url.fragment:
+        return None
+    host, port = url.raw_host, url.port
+    if not host or port is None or not url.raw_path.isascii():
+        return None
+    authority = f"[{host}]" if ":" in host else host
+    if url.explicit_port is not None:
+        authority += f":{port}"
+    return host, port, authority.encode(), url.raw_path.rstrip("/").encode()
+
+
+def _verbatim(value: str) -> bool:
+    """Whether ``value`` can go out as a header value byte for byte."""
+    return value.isascii() and "\r" not in value and "\n" not in value
+
+
+def _header_lines(instance: InstanceSpec, timeout: float, request_id: str | None) -> bytes | None:
+    """The protocol's header lines for the lean client, or None when one of them could not
+    go out verbatim (aiohttp then sends, and encodes, the request)."""
+    lines = f"{DEADLINE_HEADER}: {int(timeout * 1000)}\r\n"
+    if request_id is not None:
+        if not _verbatim(request_id):
+            return None
+        lines += f"{REQUEST_ID_HEADER}: {request_id}\r\n"
+    if instance.credentials is not None:
+        value = f"Bearer {instance.credentials.get_secret_value()}"
+        if not _verbatim(value):
+            return None
+        lines += f"Authorization: {value}\r\n"
+    return lines.encode()

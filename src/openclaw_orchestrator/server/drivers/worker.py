@@ -1,0 +1,371 @@
+"""The driver for our documented instance protocol (``docs/instance-protocol.md``).
+
+It sits on every routed request, so the hot path is short: constant headers built once, the
+body serialized by orjson straight to bytes, one ``ClientTimeout`` per call and the reply
+read as bytes and parsed by orjson. Tasks and the session calls share one request function,
+:meth:`WorkerDriver._exchange`, whose replies map to the error tree by status::
+
+    2xx              -> the parsed body; tasks and session messages return body["result"]
+                                                    (no "result": InstanceProtocolError)
+    4xx but 429      -> InstanceRejectedError        the payload is wrong; never retried
+    429, 5xx         -> InstanceError                upstream_status, retry_after
+    anything else    -> InstanceProtocolError
+    transport        -> the transport's translation  refused: down, timeout, overloaded
+    a 2xx not JSON   -> InstanceProtocolError
+
+Every exchange goes through the driver's :class:`~.base.InstanceTransport`, chosen at
+start-up (``instances.transport``, :mod:`.transport`): the lean httptools client for the
+hot calls (a task, a session message) with aiohttp for the rest, or aiohttp for all. Both
+check every connect against ``instances.allow`` and ``instances.deny``
+(``address_not_allowed``), and every URL is the instance's URL plus a path, which cannot
+leave the instance's host and port.
+
+Every reply, through either transport, is read only up to the instance's
+``max_reply_bytes`` (else the driver's default, ``instances.max_reply_bytes``): past it the
+connection is dropped and the call fails with ``reply_too_large``.
+
+A restore streams the history in pages of at most ``restore_page_bytes`` of JSON (a single
+exchange larger than that goes alone): ``PUT`` with ``offset`` and ``final`` (protocol
+v1.1, ``docs/instance-protocol.md``). A history that fits one page goes as one v1 ``PUT``,
+so instances without paged restore still take it.
+
+The bearer credential goes into a header and nowhere else: no message, log or repr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import orjson
+
+from ...domain.addresses import AddressPolicy
+from ...errors import (
+    InstanceError,
+    InstanceProtocolError,
+    InstanceRejectedError,
+    InvalidRequestError,
+    TimeoutExceededError,
+)
+from ...models import InstanceSpec
+from ...sdk.closing import AsyncClosesOnExit
+from ...settings import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_REPLY_BYTES
+from .base import History, InstanceTransport, ProbeResult, error_fields, exchanges
+from .instance_transport import DEADLINE_HEADER, SESSIONS_PATH, TransportKind, open_transport
+
+__all__ = [
+    "DEADLINE_HEADER",
+    "DEFAULT_HEALTH_PATH",
+    "DEFAULT_RESTORE_PAGE_BYTES",
+    "SESSIONS_PATH",
+    "TASK_PATH",
+    "WorkerDriver",
+    "encode_history",
+    "encode_task",
+    "parse_retry_after",
+]
+
+TASK_PATH = "/api/instance/task"
+DEFAULT_HEALTH_PATH = "/api/health/check"
+DEFAULT_RESTORE_PAGE_BYTES = 512 * 1024
+"""JSON bytes of history per restore page: half the reference instance's 1 MiB body limit,
+which the protocol asks every instance to accept at least."""
+
+
+def encode_task(payload: Any) -> bytes:
+    """The task body; a payload orjson cannot encode (an int over 64 bits) is the caller's."""
+    try:
+        return orjson.dumps({"payload": payload})
+    except orjson.JSONEncodeError as exc:
+        raise InvalidRequestError(
+            f"payload: cannot encode as JSON: {exc}", field="payload"
+        ) from exc
+
+
+def encode_history(history: Sequence[tuple[Any, Any]]) -> bytes:
+    """The body of a whole (v1) session restore: ``{"history": [{"payload", "result"}]}``."""
+    return _restore_body([_encode_exchange(p, r) for p, r in history], 0, final=True)
+
+
+def _encode_exchange(payload: Any, result: Any) -> bytes:
+    """One history item, ``{"payload": ..., "result": ...}``, as JSON."""
+    try:
+        return orjson.dumps({"payload": payload, "result": result})
+    except orjson.JSONEncodeError as exc:
+        raise InvalidRequestError(
+            f"history: cannot encode as JSON: {exc}", field="history"
+        ) from exc
+
+
+def _restore_body(items: list[bytes], offset: int, *, final: bool) -> bytes:
+    """A restore page: v1's ``{"history": [...]}`` when it is the whole history, else with
+    its ``offset`` (items staged before it) and whether it is the ``final`` one."""
+    history = b"[" + b",".join(items) + b"]"
+    if offset == 0 and final:
+        return b'{"history":' + history + b"}"
+    tail = b"true" if final else b"false"
+    return b'{"history":%s,"offset":%d,"final":%s}' % (history, offset, tail)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """``Retry-After`` as seconds (decimals allowed); None for an HTTP-date or garbage."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+
+
+def _reply_error(name: str, status: int, raw: bytes, retry_after: str | None) -> InstanceError:
+    """The error for a non-2xx reply: rejected (4xx), retryable-looking (429/5xx) or protocol."""
+    code, message = error_fields(raw)
+    text = f"{name}: {message or f'HTTP {status}'}"
+    details = {"upstream_code": code} if code else None
+    if 400 <= status < 500 and status != 429:
+        return InstanceRejectedError(text, instance=name, upstream_status=status, details=details)
+    if status == 429 or 500 <= status < 600:
+        return InstanceError(
+            text,
+            instance=name,
+            upstream_status=status,
+            retry_after=parse_retry_after(retry_after),
+            details=details,
+        )
+    return InstanceProtocolError(
+        f"{name}: unexpected HTTP {status}", instance=name, upstream_status=status
+    )
+
+
+def _session_path(session_id: str) -> str:
+    """``/api/instance/sessions/{id}`` with the id percent-encoded as one path segment."""
+    segment = quote(session_id, safe=":")
+    if segment in (".", ".."):  # a dot segment would be resolved away, not sent
+        segment = segment.replace(".", "%2E")
+    return f"{SESSIONS_PATH}/{segment}"
+
+
+def _result(name: str, reply: Any) -> Any:
+    """The ``result`` of a task or session message reply."""
+    if not isinstance(reply, dict) or "result" not in reply:
+        raise InstanceProtocolError(f"{name}: reply has no 'result' field", instance=name)
+    return reply["result"]
+
+
+def _parse(name: str, raw: bytes) -> Any:
+    """A 2xx reply's JSON body."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InstanceProtocolError(
+            f"instance {name} sent a reply that is not JSON: {exc}", instance=name
+        ) from exc
+
+
+class WorkerDriver(AsyncClosesOnExit):
+    """Talks instance protocol v1 through an :class:`~.base.InstanceTransport`: ``transport``
+    names the kind to open over the shared ``aiohttp.ClientSession`` (which the driver does
+    not own; the transport it opens it does), or is one already open (the caller's)."""
+
+    kind = "worker"
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        *,
+        transport: TransportKind | InstanceTransport = "lean",
+        max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        restore_page_bytes: int = DEFAULT_RESTORE_PAGE_BYTES,
+        address_policy: AddressPolicy | None = None,
+    ) -> None:
+        self._owns_transport = isinstance(transport, str)
+        if isinstance(transport, str):
+            transport = open_transport(
+                transport,
+                session,
+                max_connections=max_connections,
+                address_policy=address_policy,
+            )
+        self._transport = transport
+        self._max_reply_bytes = max_reply_bytes
+        self._restore_page_bytes = restore_page_bytes
+
+    def _reply_limit(self, instance: InstanceSpec) -> int:
+        """The most bytes of a reply read from ``instance``: its own limit, else ours."""
+        return instance.max_reply_bytes or self._max_reply_bytes
+
+    async def _exchange(
+        self,
+        method: str,
+        instance: InstanceSpec,
+        path: str,
+        body: bytes | None,
+        *,
+        timeout: float,
+        request_id: str | None,
+    ) -> Any:
+        """One call to ``instance`` through the transport; the parsed 2xx body.
+
+        ``timeout`` bounds the call and goes out as ``X-Deadline-Ms``; any non-2xx reply or
+        transport failure is raised as the error tree says (module docstring).
+        """
+        reply = await self._transport.exchange(
+            method,
+            instance,
+            path,
+            body,
+            timeout=timeout,
+            request_id=request_id,
+            max_reply=self._reply_limit(instance),
+        )
+        if not 200 <= reply.status < 300:
+            raise _reply_error(instance.name, reply.status, reply.body, reply.retry_after)
+        return _parse(instance.name, reply.body)
+
+    async def invoke(
+        self,
+        instance: InstanceSpec,
+        payload: Any,
+        *,
+        timeout: float,  # InstanceDriver's signature; sets ClientTimeout
+        request_id: str,
+    ) -> Any:
+        """``POST /api/instance/task`` with ``{"payload": ...}``; the instance's ``result``."""
+        body = encode_task(payload)
+        reply = await self._exchange(
+            "POST", instance, TASK_PATH, body, timeout=timeout, request_id=request_id
+        )
+        return _result(instance.name, reply)
+
+    async def session_send(
+        self,
+        instance: InstanceSpec,
+        session_id: str,
+        payload: Any,
+        *,
+        timeout: float,  # InstanceDriver's signature; sets ClientTimeout
+        request_id: str,
+    ) -> Any:
+        """``POST /api/instance/sessions/{id}/messages``; the instance's ``result``."""
+        path = f"{_session_path(session_id)}/messages"
+        body = encode_task(payload)
+        reply = await self._exchange(
+            "POST", instance, path, body, timeout=timeout, request_id=request_id
+        )
+        return _result(instance.name, reply)
+
+    async def session_restore(
+        self,
+        instance: InstanceSpec,
+        session_id: str,
+        history: History,
+        *,
+        timeout: float,  # InstanceDriver's signature; bounds every page together
+        request_id: str,
+    ) -> None:
+        """``PUT /api/instance/sessions/{id}`` with the ``(payload, result)`` pairs to replay,
+        in pages of at most ``restore_page_bytes`` (module docstring); only one page is held
+        in memory at a time."""
+        path = _session_path(session_id)
+        deadline = asyncio.get_running_loop().time() + timeout
+        page: list[bytes] = []
+        size = offset = 0
+        async for payload, result in exchanges(history):
+            item = _encode_exchange(payload, result)
+            if page and size + len(item) > self._restore_page_bytes:
+                await self._restore_page(instance, path, page, offset, deadline, request_id)
+                offset += len(page)
+                page, size = [], 0
+            page.append(item)
+            size += len(item) + 1
+        await self._restore_page(instance, path, page, offset, deadline, request_id, final=True)
+
+    async def _restore_page(
+        self,
+        instance: InstanceSpec,
+        path: str,
+        page: list[bytes],
+        offset: int,
+        deadline: float,
+        request_id: str,
+        *,
+        final: bool = False,
+    ) -> None:
+        """One restore ``PUT``; a non-final page must be acknowledged as staged, which an
+        instance without paged restore (it would have kept just this page) does not do."""
+        left = deadline - asyncio.get_running_loop().time()
+        if left <= 0:
+            raise TimeoutExceededError(
+                f"instance {instance.name} did not take the restore in time",
+                instance=instance.name,
+            )
+        body = _restore_body(page, offset, final=final)
+        reply = await self._exchange(
+            "PUT", instance, path, body, timeout=left, request_id=request_id
+        )
+        staged = reply.get("staged") if isinstance(reply, dict) else None
+        if not final and staged != offset + len(page):
+            raise InstanceProtocolError(
+                f"{instance.name}: the history needs a paged restore (instance protocol v1.1) "
+                f"and the instance did not stage page {offset}..{offset + len(page)}",
+                instance=instance.name,
+            )
+
+    async def session_close(
+        self,
+        instance: InstanceSpec,
+        session_id: str,
+        *,
+        timeout: float,  # InstanceDriver's signature; sets ClientTimeout
+    ) -> None:
+        """``DELETE /api/instance/sessions/{id}``; an id the instance never saw is fine too."""
+        path = _session_path(session_id)
+        await self._exchange("DELETE", instance, path, None, timeout=timeout, request_id=None)
+
+    async def probe(
+        self,
+        instance: InstanceSpec,
+        *,
+        timeout: float,  # InstanceDriver's signature; sets ClientTimeout
+    ) -> ProbeResult:
+        """``GET`` the health path; a 2xx is alive, ``"status": "degraded"`` marks degraded."""
+        path = instance.health_path or DEFAULT_HEALTH_PATH
+        started = time.perf_counter()
+        reply = await self._transport.exchange(
+            "GET",
+            instance,
+            path,
+            None,
+            timeout=timeout,
+            request_id=None,
+            max_reply=self._reply_limit(instance),
+            deadline=False,
+        )
+        if not 200 <= reply.status < 300:
+            raise InstanceError(
+                f"{instance.name}: health check answered HTTP {reply.status}",
+                instance=instance.name,
+                upstream_status=reply.status,
+            )
+        body = _parse(instance.name, reply.body)
+        latency = time.perf_counter() - started
+        status = body.get("status") if isinstance(body, dict) else None
+        degraded = status == "degraded"
+        return ProbeResult(
+            latency_s=latency, degraded=degraded, detail=status if degraded else None
+        )
+
+    async def aclose(self) -> None:
+        """Close the transport if this driver opened it; the session belongs to the caller."""
+        if self._owns_transport:
+            await self._transport.aclose()
+
+    def __repr__(self) -> str:
+        return f"<WorkerDriver kind={self.kind} transport={self._transport!r}>"
