@@ -128,8 +128,10 @@ def test_decode_reply_maps_codes_and_non_json() -> None:
     with pytest.raises(OrchestratorError, match="HTTP 502") as caught:
         calls.decode_reply(502, b"<html>")
     assert caught.value.upstream_status == 502
-    with pytest.raises(OrchestratorError, match="not JSON"):
+    with pytest.raises(OrchestratorError, match="not JSON") as caught:
         calls.decode_reply(200, b"nope")
+    assert caught.value.upstream_status == 200
+    assert isinstance(caught.value.__cause__, orjson.JSONDecodeError)
     assert calls.decode_reply(200, b'{"A":"up"}') == {"A": "up"}
 
 
@@ -188,6 +190,8 @@ def test_stream_reader_refuses_a_stream_without_its_result() -> None:
         list(reader.end())
     with pytest.raises(OrchestratorError, match="unknown line type"):
         list(calls.FanoutStreamReader().feed(b'{"type": "x"}\n'))
+    with pytest.raises(OrchestratorError, match="fanout stream sent a line that is not JSON"):
+        list(calls.FanoutStreamReader().feed(b"<html>\n"))
 
 
 def test_history_must_advance() -> None:

@@ -13,7 +13,7 @@ from openclaw_orchestrator.devtools.reference import create_instance_app, resolv
 from openclaw_orchestrator.models import InstanceSpec
 from openclaw_orchestrator.sdk.bodies import STREAM_FROM_BYTES
 from openclaw_orchestrator.server.composition import build_drivers
-from openclaw_orchestrator.server.drivers.base import Reply
+from openclaw_orchestrator.server.drivers.base import InstanceRequest, Reply
 from openclaw_orchestrator.server.drivers.instance_transport import (
     AiohttpTransport,
     LeanTransport,
@@ -35,11 +35,9 @@ class RecordingTransport(AiohttpTransport):
         super().__init__(session)
         self.handed: list[str] = []
 
-    async def exchange(
-        self, method: str, instance: InstanceSpec, path: str, *a: Any, **k: Any
-    ) -> Reply:
-        self.handed.append(f"{method} {path}")
-        return await super().exchange(method, instance, path, *a, **k)
+    async def exchange(self, request: InstanceRequest) -> Reply:
+        self.handed.append(f"{request.method} {request.path}")
+        return await super().exchange(request)
 
 
 @pytest.mark.parametrize(
@@ -66,7 +64,10 @@ async def test_what_the_lean_transport_carries(
     """Only a small POST with a deadline to a plain http:// URL goes lean; the rest is aiohttp's."""
     transport = LeanTransport(LeanHttp(), fallback=AiohttpTransport(session))
     spec = InstanceSpec(name="A", url=url)
-    target = transport.lean_target(method, spec, "/api/instance/task", body, deadline=deadline)
+    request = InstanceRequest(
+        method, spec, "/api/instance/task", body, 2.0, "r1", 1024, deadline=deadline
+    )
+    target = transport.lean_target(request)
     assert (target is not None) is lean
     await transport.aclose()
 

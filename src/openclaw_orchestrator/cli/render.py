@@ -15,21 +15,21 @@ import orjson
 from pydantic import BaseModel
 
 from ..errors import OrchestratorError, error_from_body
-from ..models import (
-    FanoutEntry,
-    FanoutResult,
-    HealthDetail,
-    HistoryPage,
-    InstanceInfo,
-    RouteResult,
-    SendResult,
-    SessionInfo,
-)
+from ..models import FanoutEntry, HealthDetail
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
     from rich.table import Table
     from rich.text import Text
+
+    from ..models import (  # in annotations only
+        FanoutResult,
+        HistoryPage,
+        InstanceInfo,
+        RouteResult,
+        SendResult,
+        SessionInfo,
+    )
 
 __all__ = [
     "SESSION_STATE_STYLES",

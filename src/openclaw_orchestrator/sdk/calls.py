@@ -41,7 +41,7 @@ from ..errors import (
     UnauthorizedError,
     error_from_body,
 )
-from .replies import expect_object, parse_reply
+from .replies import decode_json, expect_object, parse_reply
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
@@ -213,12 +213,19 @@ def decode_reply(status: int, raw: bytes) -> Any:
     """The JSON of a reply; a non-2xx one raises its typed error."""
     if status >= 400:
         raise decode_error(status, raw)
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise OrchestratorError(
-            f"the orchestrator sent a reply that is not JSON: {exc}", upstream_status=status
-        ) from exc
+    return decode_json(raw, _reply_not_json, status)
+
+
+def _reply_not_json(exc: orjson.JSONDecodeError, status: int) -> OrchestratorError:
+    """The error for a 2xx reply with ``status`` whose body is not JSON."""
+    return OrchestratorError(
+        f"the orchestrator sent a reply that is not JSON: {exc}", upstream_status=status
+    )
+
+
+def _line_not_json(exc: orjson.JSONDecodeError, _: None) -> OrchestratorError:
+    """The error for a fanout stream line that is not JSON."""
+    return OrchestratorError(f"the fanout stream sent a line that is not JSON: {exc}")
 
 
 class FanoutStreamReader:
@@ -250,12 +257,7 @@ class FanoutStreamReader:
     def _item(self, line: bytes) -> StreamItem:
         from ..models import FanoutEntry, FanoutResult
 
-        try:
-            event = orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
-            raise OrchestratorError(
-                f"the fanout stream sent a line that is not JSON: {exc}"
-            ) from exc
+        event = decode_json(line, _line_not_json, None)
         kind = event.get("type") if isinstance(event, dict) else None
         if kind == "entry":
             return parse_reply(FanoutEntry, event.get("entry"))

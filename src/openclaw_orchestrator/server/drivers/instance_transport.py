@@ -35,6 +35,7 @@ from ...sdk.bodies import STREAM_FROM_BYTES, outgoing_body
 from ...settings import DEFAULT_MAX_CONNECTIONS
 from .base import (
     REQUEST_ID_HEADER,
+    InstanceRequest,
     InstanceTransport,
     Reply,
     map_client_errors,
@@ -91,36 +92,19 @@ class AiohttpTransport:
     def __repr__(self) -> str:
         return f"<AiohttpTransport [urls cached: {len(self._urls)}]>"
 
-    async def exchange(
-        self,
-        method: str,
-        instance: InstanceSpec,
-        path: str,
-        body: bytes | None,
-        *,
-        timeout: float,
-        request_id: str | None,
-        max_reply: int,
-        deadline: bool = True,
-    ) -> Reply:
+    async def exchange(self, request: InstanceRequest) -> Reply:
         """One request; its reply read up to ``max_reply`` bytes (see the module docstring)."""
-        headers = dict(_BASE_HEADERS)
-        if deadline:
-            headers[DEADLINE_HEADER] = str(int(timeout * 1000))
-        if request_id is not None:
-            headers[REQUEST_ID_HEADER] = request_id
-        if instance.credentials is not None:
-            headers["Authorization"] = f"Bearer {instance.credentials.get_secret_value()}"
+        instance, body = request.instance, request.body
         with map_client_errors(instance.name):
             async with self._session.request(
-                method,
-                self._url(instance, path),
+                request.method,
+                self._url(instance, request.path),
                 data=None if body is None else outgoing_body(body),
-                headers=headers,
-                timeout=aiohttp.ClientTimeout(total=timeout),
+                headers=_headers(request),
+                timeout=aiohttp.ClientTimeout(total=request.timeout),
                 allow_redirects=False,
             ) as resp:
-                raw = await read_reply(resp, instance.name, max_reply)
+                raw = await read_reply(resp, instance.name, request.max_reply)
                 return Reply(resp.status, resp.headers.get("Retry-After"), raw)
 
     def _url(self, instance: InstanceSpec, path: str) -> URL:
@@ -159,18 +143,19 @@ class LeanTransport:
     def __repr__(self) -> str:
         return f"<LeanTransport {self._lean!r} fallback={self._fallback!r}>"
 
-    def lean_target(
-        self, method: str, instance: InstanceSpec, path: str, body: bytes | None, *, deadline: bool
-    ) -> Target | None:
-        """Where the lean client sends this request; None when the fallback must (anything
+    def lean_target(self, request: InstanceRequest) -> Target | None:
+        """Where the lean client sends ``request``; None when the fallback must (anything
         but a small POST with a deadline to a plain ``http://`` URL). Cached per URL and
         path: a fanout sends the same task path to every instance."""
-        if method != "POST" or body is None or len(body) >= STREAM_FROM_BYTES or not deadline:
+        body = request.body
+        if request.method != "POST" or body is None or len(body) >= STREAM_FROM_BYTES:
             return None
-        key = (instance.url, path)
+        if not request.deadline:
+            return None
+        base, path = request.instance.url, request.path
+        key = (base, path)
         if key in self._targets:
             return self._targets[key]
-        base = instance.url
         if base not in self._bases:
             if len(self._bases) >= _MAX_CACHED_URLS:
                 self._bases.clear()
@@ -185,43 +170,28 @@ class LeanTransport:
         self._targets[key] = target
         return target
 
-    async def exchange(
-        self,
-        method: str,
-        instance: InstanceSpec,
-        path: str,
-        body: bytes | None,
-        *,
-        timeout: float,
-        request_id: str | None,
-        max_reply: int,
-        deadline: bool = True,
-    ) -> Reply:
+    async def exchange(self, request: InstanceRequest) -> Reply:
         """Through the lean client when :meth:`lean_target` and the headers allow, else
         through the fallback."""
-        target = self.lean_target(method, instance, path, body, deadline=deadline)
+        target = self.lean_target(request)
+        body = request.body
         if target is not None and body is not None:
-            headers = _header_lines(instance, timeout, request_id)
+            headers = _header_lines(request)
             if headers is not None:
                 try:
                     return await self._lean.post(
-                        target, headers, body, timeout=timeout, max_reply=max_reply
+                        target,
+                        headers,
+                        body,
+                        timeout=request.timeout,
+                        max_reply=request.max_reply,
                     )
                 except Exception as exc:
-                    translated = lean_error(exc, instance.name)
+                    translated = lean_error(exc, request.instance.name)
                     if translated is exc:
                         raise
                     raise translated from exc
-        return await self._fallback.exchange(
-            method,
-            instance,
-            path,
-            body,
-            timeout=timeout,
-            request_id=request_id,
-            max_reply=max_reply,
-            deadline=deadline,
-        )
+        return await self._fallback.exchange(request)
 
     async def aclose(self) -> None:
         """Close the lean pools; the fallback's session belongs to the caller."""
@@ -252,16 +222,32 @@ def _verbatim(value: str) -> bool:
     return value.isascii() and "\r" not in value and "\n" not in value
 
 
-def _header_lines(instance: InstanceSpec, timeout: float, request_id: str | None) -> bytes | None:
-    """The protocol's header lines for the lean client, or None when one of them could not
-    go out verbatim (aiohttp then sends, and encodes, the request)."""
-    lines = f"{DEADLINE_HEADER}: {int(timeout * 1000)}\r\n"
+def _headers(request: InstanceRequest) -> dict[str, str]:
+    """The protocol's headers for aiohttp (which encodes them)."""
+    headers = dict(_BASE_HEADERS)
+    if request.deadline:
+        headers[DEADLINE_HEADER] = str(int(request.timeout * 1000))
+    if request.request_id is not None:
+        headers[REQUEST_ID_HEADER] = request.request_id
+    credentials = request.instance.credentials
+    if credentials is not None:
+        headers["Authorization"] = f"Bearer {credentials.get_secret_value()}"
+    return headers
+
+
+def _header_lines(request: InstanceRequest) -> bytes | None:
+    """The protocol's header lines for the lean client (which sends only requests with a
+    deadline), or None when one of them could not go out verbatim (aiohttp then sends, and
+    encodes, the request)."""
+    lines = f"{DEADLINE_HEADER}: {int(request.timeout * 1000)}\r\n"
+    request_id = request.request_id
     if request_id is not None:
         if not _verbatim(request_id):
             return None
         lines += f"{REQUEST_ID_HEADER}: {request_id}\r\n"
-    if instance.credentials is not None:
-        value = f"Bearer {instance.credentials.get_secret_value()}"
+    credentials = request.instance.credentials
+    if credentials is not None:
+        value = f"Bearer {credentials.get_secret_value()}"
         if not _verbatim(value):
             return None
         lines += f"Authorization: {value}\r\n"

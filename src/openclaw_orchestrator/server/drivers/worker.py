@@ -14,7 +14,7 @@ read as bytes and parsed by orjson. Tasks and the session calls share one reques
     a 2xx not JSON   -> InstanceProtocolError
 
 Every exchange goes through the driver's :class:`~.base.InstanceTransport`, chosen at
-start-up (``instances.transport``, :mod:`.transport`): the lean httptools client for the
+start-up (``instances.transport``, :mod:`.instance_transport`): the lean httptools client for the
 hot calls (a task, a session message) with aiohttp for the rest, or aiohttp for all. Both
 check every connect against ``instances.allow`` and ``instances.deny``
 (``address_not_allowed``), and every URL is the instance's URL plus a path, which cannot
@@ -54,8 +54,17 @@ from ...errors import (
 )
 from ...models import InstanceSpec
 from ...sdk.closing import AsyncClosesOnExit
+from ...sdk.replies import decode_json
 from ...settings import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_REPLY_BYTES
-from .base import History, InstanceTransport, ProbeResult, error_fields, exchanges
+from .base import (
+    History,
+    InstanceRequest,
+    InstanceTransport,
+    ProbeResult,
+    Reply,
+    error_fields,
+    exchanges,
+)
 from .instance_transport import DEADLINE_HEADER, SESSIONS_PATH, TransportKind, open_transport
 
 __all__ = [
@@ -158,14 +167,18 @@ def _result(name: str, reply: Any) -> Any:
     return reply["result"]
 
 
-def _parse(name: str, raw: bytes) -> Any:
-    """A 2xx reply's JSON body."""
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InstanceProtocolError(
-            f"instance {name} sent a reply that is not JSON: {exc}", instance=name
-        ) from exc
+def _reply_body(name: str, reply: Reply) -> Any:
+    """The parsed body of instance ``name``'s 2xx ``reply``; any other raises its error."""
+    if not 200 <= reply.status < 300:
+        raise _reply_error(name, reply.status, reply.body, reply.retry_after)
+    return decode_json(reply.body, _not_json, name)
+
+
+def _not_json(exc: orjson.JSONDecodeError, name: str) -> InstanceProtocolError:
+    """The error for a 2xx reply of instance ``name`` whose body is not JSON."""
+    return InstanceProtocolError(
+        f"instance {name} sent a reply that is not JSON: {exc}", instance=name
+    )
 
 
 class WorkerDriver(AsyncClosesOnExit):
@@ -201,33 +214,25 @@ class WorkerDriver(AsyncClosesOnExit):
         """The most bytes of a reply read from ``instance``: its own limit, else ours."""
         return instance.max_reply_bytes or self._max_reply_bytes
 
-    async def _exchange(
-        self,
-        method: str,
-        instance: InstanceSpec,
-        path: str,
-        body: bytes | None,
-        *,
-        timeout: float,
-        request_id: str | None,
-    ) -> Any:
-        """One call to ``instance`` through the transport; the parsed 2xx body.
+    async def _exchange(self, request: InstanceRequest) -> Any:
+        """One call through the transport; the parsed 2xx body.
 
-        ``timeout`` bounds the call and goes out as ``X-Deadline-Ms``; any non-2xx reply or
-        transport failure is raised as the error tree says (module docstring).
+        ``request.timeout`` bounds the call and goes out as ``X-Deadline-Ms``; any non-2xx
+        reply or transport failure is raised as the error tree says (module docstring).
         """
-        reply = await self._transport.exchange(
-            method,
-            instance,
-            path,
-            body,
-            timeout=timeout,
-            request_id=request_id,
-            max_reply=self._reply_limit(instance),
-        )
-        if not 200 <= reply.status < 300:
-            raise _reply_error(instance.name, reply.status, reply.body, reply.retry_after)
-        return _parse(instance.name, reply.body)
+        return _reply_body(request.instance.name, await self._transport.exchange(request))
+
+    async def _run_task(
+        self, instance: InstanceSpec, path: str, payload: Any, timeout: float, request_id: str
+    ) -> Any:
+        """``POST`` ``{"payload": ...}`` to ``path``; the instance's ``result`` (a task or a
+        session message: the protocol's hot request, so the transport is awaited here, not
+        through :meth:`_exchange`, one coroutine fewer)."""
+        body = encode_task(payload)
+        limit = self._reply_limit(instance)
+        request = InstanceRequest("POST", instance, path, body, timeout, request_id, limit)
+        reply = await self._transport.exchange(request)
+        return _result(instance.name, _reply_body(instance.name, reply))
 
     async def invoke(
         self,
@@ -238,11 +243,7 @@ class WorkerDriver(AsyncClosesOnExit):
         request_id: str,
     ) -> Any:
         """``POST /api/instance/task`` with ``{"payload": ...}``; the instance's ``result``."""
-        body = encode_task(payload)
-        reply = await self._exchange(
-            "POST", instance, TASK_PATH, body, timeout=timeout, request_id=request_id
-        )
-        return _result(instance.name, reply)
+        return await self._run_task(instance, TASK_PATH, payload, timeout, request_id)
 
     async def session_send(
         self,
@@ -255,11 +256,7 @@ class WorkerDriver(AsyncClosesOnExit):
     ) -> Any:
         """``POST /api/instance/sessions/{id}/messages``; the instance's ``result``."""
         path = f"{_session_path(session_id)}/messages"
-        body = encode_task(payload)
-        reply = await self._exchange(
-            "POST", instance, path, body, timeout=timeout, request_id=request_id
-        )
-        return _result(instance.name, reply)
+        return await self._run_task(instance, path, payload, timeout, request_id)
 
     async def session_restore(
         self,
@@ -307,8 +304,9 @@ class WorkerDriver(AsyncClosesOnExit):
                 instance=instance.name,
             )
         body = _restore_body(page, offset, final=final)
+        limit = self._reply_limit(instance)
         reply = await self._exchange(
-            "PUT", instance, path, body, timeout=left, request_id=request_id
+            InstanceRequest("PUT", instance, path, body, left, request_id, limit)
         )
         staged = reply.get("staged") if isinstance(reply, dict) else None
         if not final and staged != offset + len(page):
@@ -327,7 +325,8 @@ class WorkerDriver(AsyncClosesOnExit):
     ) -> None:
         """``DELETE /api/instance/sessions/{id}``; an id the instance never saw is fine too."""
         path = _session_path(session_id)
-        await self._exchange("DELETE", instance, path, None, timeout=timeout, request_id=None)
+        limit = self._reply_limit(instance)
+        await self._exchange(InstanceRequest("DELETE", instance, path, None, timeout, None, limit))
 
     async def probe(
         self,
@@ -338,23 +337,16 @@ class WorkerDriver(AsyncClosesOnExit):
         """``GET`` the health path; a 2xx is alive, ``"status": "degraded"`` marks degraded."""
         path = instance.health_path or DEFAULT_HEALTH_PATH
         started = time.perf_counter()
-        reply = await self._transport.exchange(
-            "GET",
-            instance,
-            path,
-            None,
-            timeout=timeout,
-            request_id=None,
-            max_reply=self._reply_limit(instance),
-            deadline=False,
-        )
+        limit = self._reply_limit(instance)
+        request = InstanceRequest("GET", instance, path, None, timeout, None, limit, deadline=False)
+        reply = await self._transport.exchange(request)
         if not 200 <= reply.status < 300:
             raise InstanceError(
                 f"{instance.name}: health check answered HTTP {reply.status}",
                 instance=instance.name,
                 upstream_status=reply.status,
             )
-        body = _parse(instance.name, reply.body)
+        body = decode_json(reply.body, _not_json, instance.name)
         latency = time.perf_counter() - started
         status = body.get("status") if isinstance(body, dict) else None
         degraded = status == "degraded"
