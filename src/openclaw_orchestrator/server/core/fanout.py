@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import KW_ONLY, dataclass
 from typing import Any
 
 from ...domain.aggregation import (
@@ -38,24 +39,21 @@ Reducer = Callable[[list[dict[str, Any]]], Any]
 _log_target = FrequentEvent("orchestrator", "orchestrator.fanout_target")
 
 
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Fanout:
-    """Gathers one request's targets concurrently and aggregates their entries."""
+    """Gathers one request's targets concurrently and aggregates their entries.
 
-    def __init__(
-        self,
-        registry: InstanceRegistry,
-        dispatcher: Dispatcher,
-        retrier: Retrier,
-        *,
-        reducers: Mapping[str, Reducer],
-    ) -> None:
-        self._registry = registry
-        self._dispatcher = dispatcher
-        self._retrier = retrier
-        self._reducers = dict(reducers)
+    Its parts are wired once and never change (frozen); ``reducers`` are the custom
+    aggregates by name (a built-in name wins), kept as given: pass a copy."""
+
+    registry: InstanceRegistry
+    dispatcher: Dispatcher
+    retrier: Retrier
+    _: KW_ONLY
+    reducers: Mapping[str, Reducer]
 
     def __repr__(self) -> str:
-        return f"<Fanout [reducers: {', '.join(sorted(self._reducers)) or 'none'}]>"
+        return f"<Fanout [reducers: {', '.join(sorted(self.reducers)) or 'none'}]>"
 
     async def fanout(self, request: FanoutRequest, *, request_id: str) -> FanoutResult:
         """Send to every target at once and aggregate; see :meth:`fanout_events`."""
@@ -87,11 +85,11 @@ class Fanout:
         """:meth:`fanout_events` with the entries as domain values, in batches (what
         arrived by one wake-up): the non-streamed fanout never puts them on the wire one by
         one, so it builds no wire model and takes no generator step per entry."""
-        dispatcher = self._dispatcher
+        dispatcher = self.dispatcher
         started = dispatcher.clock()
         deadline = dispatcher.deadline(request.timeout)
         attempt_timeout = dispatcher.attempt_timeout(request.attempt_timeout)
-        names = self._registry.resolve(request.targets, field="targets")
+        names = self.registry.resolve(request.targets, field="targets")
         aggregator = self._aggregator(request, len(names))
         if request.min_success is not None and request.min_success > len(names):
             raise InvalidRequestError(
@@ -122,7 +120,7 @@ class Fanout:
             targets=targets,
             quorum=request.quorum,
             top_k=request.top_k,
-            reducers=self._reducers,
+            reducers=self.reducers,
         )
 
     async def _gather(
@@ -140,7 +138,7 @@ class Fanout:
         not what is pending (``asyncio.wait`` re-arms every pending task on each call,
         quadratic in the number of targets).
         """
-        clock = self._dispatcher.clock
+        clock = self.dispatcher.clock
         finished = _Finished(asyncio.get_running_loop())
         for task in tasks:
             task.add_done_callback(finished.add)
@@ -187,17 +185,17 @@ class Fanout:
         request_id: str,
     ) -> Entry:
         """One fanout target to completion: never raises, the outcome is the entry."""
-        dispatcher = self._dispatcher
+        dispatcher = self.dispatcher
         clock = dispatcher.clock
         started = clock()
         attempt = 0
         while True:
             try:
-                rec = self._registry.get(name)
+                rec = self.registry.get(name)
                 if rec.health.is_down():
                     raise InstanceDownError(f"instance {name} is down", instance=name)
                 if attempt == 0:  # the budget counts first attempts; retries spend it
-                    self._retrier.rules.record_request(clock())
+                    self.retrier.rules.record_request(clock())
                 until = dispatcher.attempt_deadline(deadline, attempt_timeout)
                 result = await dispatcher.invoke(rec, payload, until, request_id)
             except OrchestratorError as exc:
@@ -220,7 +218,7 @@ class Fanout:
                 event = RetryScheduled(
                     name, attempt, decision.delay, exc.code, request_id, "fanout"
                 )
-                await self._retrier.wait(event)
+                await self.retrier.wait(event)
                 continue
             latency = ms(clock() - started)
             _log_target(
@@ -238,7 +236,7 @@ class Fanout:
         """Whether and when to retry the same target; nowhere to retry once its instance
         is down (or gone)."""
         failed = exc.instance or ""
-        registry = self._registry
+        registry = self.registry
         is_down = failed not in registry or registry.get(failed).health.is_down()
         state = AttemptState(
             retry=retry,
@@ -247,7 +245,7 @@ class Fanout:
             failed_target=name,
             next_target=None if is_down else name,
         )
-        return self._retrier.decide(state, exc)
+        return self.retrier.decide(state, exc)
 
     def _result(
         self,
@@ -259,7 +257,7 @@ class Fanout:
     ) -> FanoutResult:
         ordered = sorted(arrived, key=lambda e: e.index)
         succeeded, failed, timed_out = entry_counts(ordered)
-        total_ms = ms(self._dispatcher.clock() - started)
+        total_ms = ms(self.dispatcher.clock() - started)
         results = [_wire_entry(e) for e in ordered]
         if request.min_success is not None and succeeded < request.min_success:
             cls = TimeoutExceededError if timed_out else InstanceError
@@ -344,12 +342,7 @@ def _unfinished(index: int, name: str, status: str, latency_ms: float) -> Entry:
 
 
 def _wire_entry(entry: Entry) -> FanoutEntry:
-    """The wire model of a domain entry. (Validated: pydantic's compiled validation of these
-    five fields costs less than ``model_construct``'s Python loop.)"""
-    return FanoutEntry(
-        instance=entry.instance,
-        status=entry.status,
-        result=entry.result,
-        error=entry.error,
-        latency_ms=entry.latency_ms,
-    )
+    """The wire model of a domain entry, read from its attributes of the same names.
+    (Validated: pydantic's compiled ``from_attributes`` read of the five fields costs no
+    more than keyword arguments, and much less than ``model_construct``'s Python loop.)"""
+    return FanoutEntry.model_validate(entry, from_attributes=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from dataclasses import KW_ONLY, dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from ...domain.health import FailureKind, HealthChanged, HealthPolicy
@@ -51,26 +52,19 @@ def report_health_change(event: HealthChanged | None) -> None:
         )
 
 
+@dataclass(slots=True, eq=False, repr=False)
 class HealthMonitor:
     """Probes and verdicts over a registry; a background loop between :meth:`start` and
-    :meth:`aclose`."""
+    :meth:`aclose` (its tasks are the only state that changes)."""
 
-    def __init__(
-        self,
-        registry: InstanceRegistry,
-        drivers: Mapping[str, InstanceDriver],
-        policy: HealthPolicy,
-        *,
-        clock: Clock,
-        sleep: Sleep,
-    ) -> None:
-        self._registry = registry
-        self._drivers = drivers
-        self._policy = policy
-        self._clock = clock
-        self._sleep = sleep
-        self._prober: asyncio.Task[None] | None = None
-        self._probes: set[asyncio.Task[None]] = set()
+    registry: InstanceRegistry
+    drivers: Mapping[str, InstanceDriver]
+    policy: HealthPolicy
+    _: KW_ONLY
+    clock: Clock
+    sleep: Sleep
+    _prober: asyncio.Task[None] | None = field(default=None, init=False)
+    _probes: set[asyncio.Task[None]] = field(default_factory=set, init=False)
 
     def __repr__(self) -> str:
         running = "running" if self._prober is not None else "stopped"
@@ -91,59 +85,59 @@ class HealthMonitor:
 
     def health(self, targets: TargetExpr | None = None) -> dict[str, str]:
         """``{"A": "healthy", ...}`` for the targeted instances."""
-        registry = self._registry
+        registry = self.registry
         names = registry.resolve(targets, field="instances")
         return {n: registry.get(n).health.state.value for n in names}
 
     def health_detail(self, targets: TargetExpr | None = None) -> dict[str, HealthDetail]:
         """Per-instance state, latency, last check, failures and last error."""
-        names = self._registry.resolve(targets, field="instances")
-        return {n: self._registry.get(n).detail(self._to_wall) for n in names}
+        names = self.registry.resolve(targets, field="instances")
+        return {n: self.registry.get(n).detail(self._to_wall) for n in names}
 
     def _to_wall(self, mono: float) -> datetime:
-        return datetime.now(UTC) - timedelta(seconds=self._clock() - mono)
+        return datetime.now(UTC) - timedelta(seconds=self.clock() - mono)
 
     async def probe_all(self) -> None:
         """Probe every instance now (start-up, tests, ``health --refresh``)."""
-        await asyncio.gather(*(self._probe(rec) for rec in self._registry))
+        await asyncio.gather(*(self._probe(rec) for rec in self.registry))
 
     async def _probe_loop(self) -> None:
-        policy = self._policy
+        policy = self.policy
         tick = max(0.02, min(1.0, policy.interval / 4, policy.down_backoff / 2))
         while True:
-            now = self._clock()
-            for gone in self._registry.expire(now):
+            now = self.clock()
+            for gone in self.registry.expire(now):
                 log.warning("orchestrator.instance_expired", instance=gone.name)
-            for rec in self._registry:
+            for rec in self.registry:
                 if not rec.probing and rec.health.is_due(now):
                     rec.probing = True
                     task = asyncio.create_task(self._probe(rec))
                     self._probes.add(task)
                     task.add_done_callback(self._probes.discard)
-            await self._sleep(tick)
+            await self.sleep(tick)
 
     async def _probe(self, rec: InstanceRecord) -> None:
-        driver = self._drivers[rec.spec.driver]
-        started = self._clock()
+        driver = self.drivers[rec.spec.driver]
+        started = self.clock()
         try:
-            result = await driver.probe(rec.spec, timeout=self._policy.probe_timeout)
+            result = await driver.probe(rec.spec, timeout=self.policy.probe_timeout)
         except OverloadedError as exc:  # ours (no fd, no buffer): the instance keeps its state
-            rec.health.next_probe_at = self._clock() + self._policy.interval
+            rec.health.next_probe_at = self.clock() + self.policy.interval
             log.warning("orchestrator.probe_skipped", instance=rec.name, reason=exc.message)
         except OrchestratorError as exc:
             report_health_change(
-                rec.health.record_probe_failure(failure_kind(exc), exc.message, self._clock())
+                rec.health.record_probe_failure(failure_kind(exc), exc.message, self.clock())
             )
         except Exception as exc:  # a defect, ours or a driver's: a failed probe, not a crash
             reason = f"probe failed: {type(exc).__name__}: {exc}"
             log.warning("orchestrator.probe_failed", instance=rec.name, reason=reason)
             report_health_change(
-                rec.health.record_probe_failure(FailureKind.ERROR, reason, self._clock())
+                rec.health.record_probe_failure(FailureKind.ERROR, reason, self.clock())
             )
         else:
-            latency = self._clock() - started
+            latency = self.clock() - started
             event = rec.health.record_probe_success(
-                latency, self._clock(), degraded=result.degraded, detail=result.detail
+                latency, self.clock(), degraded=result.degraded, detail=result.detail
             )
             report_health_change(event)
         finally:

@@ -18,7 +18,7 @@ import hashlib
 import sys
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 import orjson
@@ -57,32 +57,26 @@ class _Slot(Generic[T]):
     size: int = 0
 
 
+@dataclass(slots=True, kw_only=True, eq=False, repr=False)
 class IdempotencyCache(Generic[T]):
-    """In-process store of results by key, bounded in keys, bytes and time (module docstring)."""
+    """In-process store of results by key, bounded in keys, bytes and time (module docstring).
 
-    def __init__(
-        self,
-        *,
-        ttl: float,
-        clock: Callable[[], float],
-        max_entries: int = DEFAULT_MAX_ENTRIES,
-        max_bytes: int = DEFAULT_MAX_BYTES,
-        size_of: Callable[[T], int] = json_size,
-    ) -> None:
-        self._ttl = ttl
-        self._clock = clock
-        self._max = max_entries
-        self._max_bytes = max_bytes
-        self._size_of = size_of
-        self._bytes = 0
-        self._slots: OrderedDict[str, _Slot[T]] = OrderedDict()
+    The bounds are set once; the keys and the bytes they weigh are the state."""
+
+    ttl: float
+    clock: Callable[[], float]
+    max_entries: int = DEFAULT_MAX_ENTRIES
+    max_bytes: int = DEFAULT_MAX_BYTES
+    size_of: Callable[[T], int] = json_size
+    _bytes: int = field(default=0, init=False)
+    _slots: OrderedDict[str, _Slot[T]] = field(default_factory=OrderedDict, init=False)
 
     def __len__(self) -> int:
         return len(self._slots)
 
     def __repr__(self) -> str:
         return (
-            f"<IdempotencyCache [{len(self._slots)} keys, {self._bytes} bytes, ttl={self._ttl:g}s]>"
+            f"<IdempotencyCache [{len(self._slots)} keys, {self._bytes} bytes, ttl={self.ttl:g}s]>"
         )
 
     async def run(self, key: str, digest: str, work: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
@@ -93,7 +87,7 @@ class IdempotencyCache(Generic[T]):
                 field="Idempotency-Key",
             )
         while True:
-            now = self._clock()
+            now = self.clock()
             self._evict(now)
             slot = self._slots.get(key)
             if slot is None:
@@ -115,7 +109,7 @@ class IdempotencyCache(Generic[T]):
         self, key: str, digest: str, now: float, work: Callable[[], Awaitable[T]]
     ) -> T:
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._slots[key] = _Slot(digest, future, now + self._ttl)
+        self._slots[key] = _Slot(digest, future, now + self.ttl)
         try:
             result = await work()
         except BaseException as exc:
@@ -135,13 +129,13 @@ class IdempotencyCache(Generic[T]):
         slot = self._slots.get(key)
         if slot is None or slot.future is not future:
             return
-        size = self._size_of(result)
-        if size > self._max_bytes:
+        size = self.size_of(result)
+        if size > self.max_bytes:
             del self._slots[key]  # too large to keep: its key simply runs again
             return
         slot.size = size
         self._bytes += size
-        self._evict(self._clock())
+        self._evict(self.clock())
 
     def _evict(self, now: float) -> None:
         """Drop expired keys, then the oldest finished ones while over a bound; work in
@@ -149,7 +143,7 @@ class IdempotencyCache(Generic[T]):
         count, weight = len(self._slots), self._bytes
         victims: list[str] = []
         for key, slot in self._slots.items():
-            over = count >= self._max or weight > self._max_bytes
+            over = count >= self.max_entries or weight > self.max_bytes
             if not over and slot.expires_at > now:
                 break
             if slot.future.done():

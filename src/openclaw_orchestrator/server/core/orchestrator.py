@@ -15,7 +15,7 @@ import asyncio
 import random
 import time
 from collections.abc import AsyncIterator, Coroutine, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...domain.addresses import AddressRefused
 from ...domain.backoff import RetryBudget, RetryPolicy, RetryRules
@@ -23,18 +23,7 @@ from ...domain.balancing import Balancer, Policy
 from ...domain.health import HealthPolicy
 from ...errors import InvalidRequestError
 from ...instance_url import url_host
-from ...models import (
-    FanoutEntry,
-    FanoutRequest,
-    FanoutResult,
-    HealthDetail,
-    InstanceInfo,
-    InstanceSpec,
-    RouteRequest,
-    RouteResult,
-    TargetExpr,
-    redact_url,
-)
+from ...models import redact_url
 from ...settings import Settings
 from ..drivers.base import InstanceDriver
 from ..logs import dropped_log_lines, get_logger
@@ -49,21 +38,18 @@ from .retrier import DEFAULT_RETRY_HOOKS, Retrier, RetryHook
 from .routing import Routing
 from .sessions import SessionService
 
+if TYPE_CHECKING:  # the wire models only annotate the calls here; the parts build them
+    from ... import models
+
 __all__ = ["Orchestrator", "Reducer"]
 
 log = get_logger("orchestrator")
 
 
 def _health_policy(settings: Settings) -> HealthPolicy:
-    """The health verdicts' policy from ``settings.health``."""
-    h = settings.health
-    return HealthPolicy(
-        interval=h.interval,
-        probe_timeout=h.probe_timeout,
-        degraded_latency=h.degraded_latency,
-        failure_threshold=h.failure_threshold,
-        down_backoff=h.down_backoff,
-    )
+    """The health verdicts' policy from ``settings.health``, whose fields are exactly the
+    policy's (a field added to one and not the other fails here, at start-up)."""
+    return HealthPolicy(**settings.health.model_dump())
 
 
 def _retry_rules(settings: Settings, rng: random.Random) -> RetryRules:
@@ -106,7 +92,9 @@ class Orchestrator:
         self.registry: InstanceRegistry = Registry(policy) if registry is None else registry
         self._dispatcher = Dispatcher(settings, drivers, clock=clock)
         self._monitor = HealthMonitor(self.registry, drivers, policy, clock=clock, sleep=sleep)
-        retrier = Retrier(_retry_rules(settings, rng), clock=clock, sleep=sleep, hooks=retry_hooks)
+        retrier = Retrier(
+            _retry_rules(settings, rng), clock=clock, sleep=sleep, hooks=tuple(retry_hooks)
+        )
         balancer = Balancer(Policy(settings.policy), rng=rng)
         self._routing = Routing(
             self.registry,
@@ -115,7 +103,9 @@ class Orchestrator:
             balancer,
             max_retries=settings.retry.max_retries,
         )
-        self._fanout = Fanout(self.registry, self._dispatcher, retrier, reducers=reducers or {})
+        self._fanout = Fanout(
+            self.registry, self._dispatcher, retrier, reducers=dict(reducers or {})
+        )
         self._address_policy = settings.instances.address_policy()
         self._started_at = clock()
         for spec in settings.instances.static:
@@ -177,7 +167,7 @@ class Orchestrator:
 
     # -- registry --------------------------------------------------------------------------
 
-    def register(self, spec: InstanceSpec) -> tuple[InstanceInfo, bool]:
+    def register(self, spec: models.InstanceSpec) -> tuple[models.InstanceInfo, bool]:
         """Add or heartbeat a run-time instance; returns its info and whether it is new.
         A host ``instances.allow``/``deny`` refuses is a 400 naming ``url``; what a name
         resolves to is checked on every connect."""
@@ -198,17 +188,19 @@ class Orchestrator:
         self.registry.remove(name)
         log.info("orchestrator.instance_removed", instance=name)
 
-    def instances(self) -> list[InstanceInfo]:
+    def instances(self) -> list[models.InstanceInfo]:
         """Every instance, in registry order."""
         return [rec.info() for rec in self.registry]
 
     # -- health ----------------------------------------------------------------------------
 
-    def health(self, targets: TargetExpr | None = None) -> dict[str, str]:
+    def health(self, targets: models.TargetExpr | None = None) -> dict[str, str]:
         """``{"A": "healthy", ...}`` for the targeted instances."""
         return self._monitor.health(targets)
 
-    def health_detail(self, targets: TargetExpr | None = None) -> dict[str, HealthDetail]:
+    def health_detail(
+        self, targets: models.TargetExpr | None = None
+    ) -> dict[str, models.HealthDetail]:
         """Per-instance state, latency, last check, failures and last error."""
         return self._monitor.health_detail(targets)
 
@@ -237,19 +229,21 @@ class Orchestrator:
 
     # -- requests (the parts' coroutines, returned as they are: no extra frame per request) --
 
-    def route(self, request: RouteRequest, *, request_id: str) -> Coroutine[Any, Any, RouteResult]:
+    def route(
+        self, request: models.RouteRequest, *, request_id: str
+    ) -> Coroutine[Any, Any, models.RouteResult]:
         """Deliver the payload to one candidate, failing over within the deadline."""
         return self._routing.route(request, request_id=request_id)
 
     def fanout(
-        self, request: FanoutRequest, *, request_id: str
-    ) -> Coroutine[Any, Any, FanoutResult]:
+        self, request: models.FanoutRequest, *, request_id: str
+    ) -> Coroutine[Any, Any, models.FanoutResult]:
         """Send to every target at once and aggregate; see :meth:`fanout_events`."""
         return self._fanout.fanout(request, request_id=request_id)
 
     def fanout_events(
-        self, request: FanoutRequest, *, request_id: str
-    ) -> AsyncIterator[FanoutEntry | FanoutResult]:
+        self, request: models.FanoutRequest, *, request_id: str
+    ) -> AsyncIterator[models.FanoutEntry | models.FanoutResult]:
         """Yield each target's entry as it arrives, then the aggregated result (see
         :meth:`~.core.fanout.Fanout.fanout_events`)."""
         return self._fanout.fanout_events(request, request_id=request_id)

@@ -9,7 +9,8 @@ Hooks receive frozen :class:`~openclaw_orchestrator.domain.backoff.RetrySchedule
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass
 
 from ...domain.backoff import AttemptState, GiveUp, RetryAfter, RetryRules, RetryScheduled
 from ...errors import OrchestratorError
@@ -40,26 +41,20 @@ def log_retry(event: RetryScheduled) -> None:
 DEFAULT_RETRY_HOOKS: tuple[RetryHook, ...] = (log_retry,)
 
 
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Retrier:
-    """Asks the rules, tells the hooks, sleeps: what every retrying loop in the core uses."""
+    """Asks the rules, tells the hooks, sleeps: what every retrying loop in the core uses.
 
-    __slots__ = ("_hooks", "_sleep", "clock", "rules")
+    Wired once (frozen); ``hooks`` is a tuple, so the set of hooks is fixed too."""
 
-    def __init__(
-        self,
-        rules: RetryRules,
-        *,
-        clock: Clock,
-        sleep: Sleep,
-        hooks: Sequence[RetryHook] = DEFAULT_RETRY_HOOKS,
-    ) -> None:
-        self.rules = rules
-        self.clock = clock
-        self._sleep = sleep
-        self._hooks = tuple(hooks)
+    rules: RetryRules
+    _: KW_ONLY
+    clock: Clock
+    sleep: Sleep
+    hooks: tuple[RetryHook, ...] = DEFAULT_RETRY_HOOKS
 
     def __repr__(self) -> str:
-        return f"<Retrier {self.rules!r} hooks={len(self._hooks)}>"
+        return f"<Retrier {self.rules!r} hooks={len(self.hooks)}>"
 
     def decide(self, state: AttemptState, error: OrchestratorError) -> RetryAfter | GiveUp:
         """The rules' decision for ``state`` and ``error``, now."""
@@ -67,6 +62,6 @@ class Retrier:
 
     async def wait(self, event: RetryScheduled) -> None:
         """Tell every hook about the retry, then wait its delay."""
-        for hook in self._hooks:
+        for hook in self.hooks:
             hook(event)
-        await self._sleep(event.delay)
+        await self.sleep(event.delay)

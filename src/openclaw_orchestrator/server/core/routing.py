@@ -3,6 +3,7 @@ failover loop that obeys the one retry decision (a failover goes to the next can
 
 from __future__ import annotations
 
+from dataclasses import KW_ONLY, dataclass
 from typing import Any
 
 from ...domain.backoff import AttemptState, GiveUp, RetryAfter, RetryScheduled
@@ -23,46 +24,42 @@ _log_attempt = FrequentEvent("orchestrator", "orchestrator.attempt")
 _OUTCOME_BY_CODE = {"instance_down": "down", "timeout": "timeout"}
 
 
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Routing:
-    """Delivers a payload to one candidate, failing over within the deadline."""
+    """Delivers a payload to one candidate, failing over within the deadline.
 
-    def __init__(
-        self,
-        registry: InstanceRegistry,
-        dispatcher: Dispatcher,
-        retrier: Retrier,
-        balancer: Balancer,
-        *,
-        max_retries: int,
-    ) -> None:
-        self._registry = registry
-        self._dispatcher = dispatcher
-        self._retrier = retrier
-        self._balancer = balancer
-        self._max_retries = max_retries
+    Its parts are wired once and never change (frozen); ``max_retries`` is the default a
+    request's ``retry`` overrides."""
+
+    registry: InstanceRegistry
+    dispatcher: Dispatcher
+    retrier: Retrier
+    balancer: Balancer
+    _: KW_ONLY
+    max_retries: int
 
     def __repr__(self) -> str:
-        return f"<Routing {self._balancer!r} max_retries={self._max_retries}>"
+        return f"<Routing {self.balancer!r} max_retries={self.max_retries}>"
 
     def plan(self, names: list[str], policy: Policy | None = None) -> tuple[str, ...]:
         """The balancer's order over ``names`` (down ones left out)."""
-        candidates = [self._registry.get(n).candidate() for n in names]
-        return self._balancer.plan(candidates, policy=policy).order
+        candidates = [self.registry.get(n).candidate() for n in names]
+        return self.balancer.plan(candidates, policy=policy).order
 
     async def route(self, request: RouteRequest, *, request_id: str) -> RouteResult:
         """Deliver the payload to one candidate, failing over within the deadline."""
-        dispatcher, registry = self._dispatcher, self._registry
+        dispatcher, registry = self.dispatcher, self.registry
         started = dispatcher.clock()
         deadline = dispatcher.deadline(request.timeout)
         attempt_timeout = dispatcher.attempt_timeout(request.attempt_timeout)
         names = registry.resolve(request.instances, field="instances")
         policy = Policy(request.policy) if request.policy else None
-        plan = self._balancer.plan([registry.get(n).candidate() for n in names], policy=policy)
+        plan = self.balancer.plan([registry.get(n).candidate() for n in names], policy=policy)
         skipped: dict[str, str] = {s.instance: s.reason for s in plan.skipped}
         if not plan.order:
             raise _nothing_to_route(names, skipped)
-        retries = self._max_retries if request.retry is None else request.retry
-        self._retrier.rules.record_request(started)
+        retries = self.max_retries if request.retry is None else request.retry
+        self.retrier.rules.record_request(started)
         attempts: list[Attempt] = []
         tried: list[str] = []
         name = plan.order[0]
@@ -89,7 +86,7 @@ class Routing:
                 event = RetryScheduled(
                     decision.target, len(attempts), decision.delay, exc.code, request_id
                 )
-                await self._retrier.wait(event)
+                await self.retrier.wait(event)
                 name = decision.target
                 continue
             if skipped:  # the usual route skips nothing: no sets to build
@@ -124,7 +121,7 @@ class Routing:
             failed_target=tried[-1],
             next_target=next_name,
         )
-        decision = self._retrier.decide(state, exc)
+        decision = self.retrier.decide(state, exc)
         if isinstance(decision, RetryAfter) or decision.cause == "no_target":
             return decision, skips
         untried = [n for n in order if n not in tried]
@@ -135,7 +132,7 @@ class Routing:
         return decision, []  # final or exhausted: nothing was passed over
 
     def _is_down(self, name: str) -> bool:
-        registry = self._registry
+        registry = self.registry
         return name not in registry or registry.get(name).health.is_down()
 
     def _route_failed(
@@ -149,7 +146,7 @@ class Routing:
             **exc.details,
             "attempts": [a.model_dump(mode="json") for a in attempts],
             "skipped": skipped,
-            "total_ms": ms(self._dispatcher.clock() - started),
+            "total_ms": ms(self.dispatcher.clock() - started),
         }
         return exc
 
@@ -162,11 +159,11 @@ class Routing:
         attempts: list[Attempt],
     ) -> Any:
         """One try of one instance, recorded in ``attempts`` and fed to passive health."""
-        clock = self._dispatcher.clock
+        clock = self.dispatcher.clock
         started = clock()
         try:
-            result = await self._dispatcher.invoke(
-                self._registry.get(name), payload, deadline, request_id
+            result = await self.dispatcher.invoke(
+                self.registry.get(name), payload, deadline, request_id
             )
         except OrchestratorError as exc:
             latency = clock() - started

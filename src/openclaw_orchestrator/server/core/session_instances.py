@@ -5,6 +5,7 @@ when it closes. Every call goes through the dispatcher (deadline, load, passive 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import KW_ONLY, dataclass
 from typing import Any
 
 from ...domain.balancing import Policy
@@ -35,35 +36,30 @@ Placement = Callable[[list[str], Policy], tuple[str, ...]]
 """The balancer's order over live instance names under a policy (routing's ``plan``)."""
 
 
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class SessionInstances:
-    """Places, reaches, moves and closes sessions on instances."""
+    """Places, reaches, moves and closes sessions on instances.
 
-    def __init__(
-        self,
-        dispatcher: Dispatcher,
-        registry: InstanceRegistry,
-        store: Store,
-        *,
-        place: Placement,
-        default_policy: str,
-        close_timeout: float,
-        wall_clock: Callable[[], float],
-    ) -> None:
-        self._dispatcher = dispatcher
-        self._registry = registry
-        self._store = store
-        self._place_on = place
-        self._default_policy = default_policy
-        self._close_timeout = close_timeout
-        self._now = wall_clock
+    Wired once (frozen): ``placement`` orders live instances under a policy,
+    ``default_policy`` applies when a spawn names none, ``close_timeout`` bounds the
+    best-effort close, and ``wall_clock`` stamps the migration notes."""
+
+    dispatcher: Dispatcher
+    registry: InstanceRegistry
+    store: Store
+    _: KW_ONLY
+    placement: Placement
+    default_policy: str
+    close_timeout: float
+    wall_clock: Callable[[], float]
 
     def __repr__(self) -> str:
-        return f"<SessionInstances default_policy={self._default_policy}>"
+        return f"<SessionInstances default_policy={self.default_policy}>"
 
     def place(self, session_id: str, request: SpawnRequest) -> str:
         """The instance a new session is pinned to: the one asked for (known and not down),
         else the session policy's choice among the live ones."""
-        registry = self._registry
+        registry = self.registry
         if request.instance is not None:
             if request.instance not in registry:
                 raise InvalidRequestError(
@@ -74,10 +70,10 @@ class SessionInstances:
                     f"instance {request.instance} is down", instance=request.instance
                 )
             return request.instance
-        return self._choose(session_id, request.policy or self._default_policy, exclude=())
+        return self._choose(session_id, request.policy or self.default_policy, exclude=())
 
     def _choose(self, session_id: str, policy: str, *, exclude: tuple[str, ...]) -> str:
-        live = [r for r in self._registry if not r.health.is_down() and r.name not in exclude]
+        live = [r for r in self.registry if not r.health.is_down() and r.name not in exclude]
         if not live:
             raise NoHealthyInstanceError("no healthy instance to place the session on")
         policy = policy.replace("-", "_")
@@ -88,10 +84,10 @@ class SessionInstances:
             chosen = Policy(policy)
         except ValueError:
             raise InvalidRequestError(f"unknown policy {policy!r}", field="policy") from None
-        return self._place_on([r.name for r in live], chosen)[0]
+        return self.placement([r.name for r in live], chosen)[0]
 
     def _record_of(self, name: str) -> InstanceRecord | None:
-        registry = self._registry
+        registry = self.registry
         return registry.get(name) if name in registry else None
 
     async def ensure_reachable(
@@ -124,7 +120,7 @@ class SessionInstances:
                 spec, record.id, data, timeout=timeout, request_id=request_id
             )
 
-        return await self._dispatcher.call(rec, deadline, send)
+        return await self.dispatcher.call(rec, deadline, send)
 
     async def migrate(
         self, record: SessionRecord, deadline: float, request_id: str
@@ -139,7 +135,7 @@ class SessionInstances:
             nonlocal replayed
             offset = 0
             while True:
-                rows = await self._store.history(record.id, offset=offset, limit=MIGRATE_PAGE_ROWS)
+                rows = await self.store.history(record.id, offset=offset, limit=MIGRATE_PAGE_ROWS)
                 for m in rows:
                     if m.kind == "message":
                         replayed += 1
@@ -153,7 +149,7 @@ class SessionInstances:
                 spec, record.id, history(), timeout=timeout, request_id=request_id
             )
 
-        await self._dispatcher.call(self._registry.get(target), deadline, restore)
+        await self.dispatcher.call(self.registry.get(target), deadline, restore)
         note = MessageRecord(
             session_id=record.id,
             seq=record.messages + 1,
@@ -161,9 +157,9 @@ class SessionInstances:
             instance=target,
             data={"from": record.instance, "to": target, "replayed": replayed},
             request_id=request_id,
-            created_at=self._now(),
+            created_at=self.wall_clock(),
         )
-        moved = await self._store.append(record, note)
+        moved = await self.store.append(record, note)
         log.warning(
             "sessions.migrated",
             session_id=record.id,
@@ -182,8 +178,8 @@ class SessionInstances:
         def close(driver: InstanceDriver, spec: InstanceSpec, timeout: float) -> Awaitable[None]:
             return driver.session_close(spec, record.id, timeout=timeout)
 
-        deadline = self._dispatcher.clock() + self._close_timeout
+        deadline = self.dispatcher.clock() + self.close_timeout
         try:
-            await self._dispatcher.call(rec, deadline, close)
+            await self.dispatcher.call(rec, deadline, close)
         except OrchestratorError as exc:
             log.info("sessions.close_on_instance_failed", session_id=record.id, error=exc.code)

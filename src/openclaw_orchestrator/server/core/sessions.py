@@ -49,7 +49,7 @@ from ...models import (
 )
 from ...settings import Settings
 from ..logs import get_logger
-from ..stores.base import Store
+from ..stores.base import SessionQuery, Store
 from .dispatcher import Dispatcher
 from .interfaces import InstanceRegistry
 from .session_instances import Placement, SessionInstances
@@ -139,7 +139,7 @@ class SessionService:
             dispatcher,
             registry,
             store,
-            place=place,
+            placement=place,
             default_policy=self._settings.policy,
             close_timeout=settings.health.probe_timeout,
             wall_clock=wall_clock,
@@ -349,7 +349,7 @@ class SessionService:
             as_of(record, now)
             for stored in stored_as
             for record in await self._store.list_sessions(
-                instance=instance, state=stored, active_since=since
+                SessionQuery(instance=instance, state=stored, active_since=since)
             )
         ]
         if state is not None:

@@ -26,7 +26,7 @@ import errno
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -100,29 +100,24 @@ Translate = Callable[[BaseException], StorageUnavailableError | None]
 """A store's one translation of its driver's failures (None: not a storage failure)."""
 
 
+@dataclass(slots=True, eq=False, repr=False)
 class StoreHealth:
-    """The state machine of the module docstring, for one store; lives on one event loop."""
+    """The state machine of the module docstring, for one store; lives on one event loop.
 
-    def __init__(
-        self,
-        probe: Callable[[], Awaitable[None]],
-        translate: Translate,
-        *,
-        base: float = DEFAULT_PROBE_BASE,
-        cap: float = DEFAULT_PROBE_CAP,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-    ) -> None:
-        self._probe = probe
-        self._translate = translate
-        self._base = base
-        self._cap = cap
-        self._clock = clock
-        self._sleep = sleep
-        self.state = StoreState.OK
-        self.reason: str | None = None
-        self._next_probe_at = 0.0
-        self._recovery: asyncio.Task[None] | None = None
+    ``probe`` is the store's probe write and ``translate`` its one translation of driver
+    failures; ``base`` and ``cap`` shape the probes' backoff (:func:`probe_delay`)."""
+
+    probe: Callable[[], Awaitable[None]]
+    translate: Translate
+    _: KW_ONLY
+    base: float = DEFAULT_PROBE_BASE
+    cap: float = DEFAULT_PROBE_CAP
+    clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    state: StoreState = field(default=StoreState.OK, init=False)
+    reason: str | None = field(default=None, init=False)
+    _next_probe_at: float = field(default=0.0, init=False)
+    _recovery: asyncio.Task[None] | None = field(default=None, init=False)
 
     def __repr__(self) -> str:
         why = f": {self.reason}" if self.reason else ""
@@ -137,7 +132,7 @@ class StoreHealth:
 
     def retry_after(self) -> float:
         """Seconds until the next probe (at least 1: what ``Retry-After`` can say)."""
-        return max(1.0, self._next_probe_at - self._clock())
+        return max(1.0, self._next_probe_at - self.clock())
 
     def check(self) -> None:
         """Raise the current state's error unless the store is ok (a flag read)."""
@@ -159,7 +154,7 @@ class StoreHealth:
             )
         self.state, self.reason = state, exc.message
         if self._recovery is None or self._recovery.done():
-            self._next_probe_at = self._clock()
+            self._next_probe_at = self.clock()
             self._recovery = asyncio.get_running_loop().create_task(
                 self._recover(), name="store-recovery"
             )
@@ -173,7 +168,7 @@ class StoreHealth:
         try:
             yield
         except Exception as exc:
-            error = self._translate(exc)
+            error = self.translate(exc)
             if error is None:
                 raise
             if error is exc:
@@ -185,11 +180,11 @@ class StoreHealth:
         probe = 0
         while True:
             probe += 1
-            delay = probe_delay(probe, base=self._base, cap=self._cap)
-            self._next_probe_at = self._clock() + delay
-            await self._sleep(delay)
+            delay = probe_delay(probe, base=self.base, cap=self.cap)
+            self._next_probe_at = self.clock() + delay
+            await self.sleep(delay)
             try:
-                await self._probe()
+                await self.probe()
             except StorageUnavailableError as exc:
                 self.state, self.reason = _state_of(exc), exc.message
                 continue
@@ -207,31 +202,25 @@ class StoreHealth:
             self._recovery = None
 
 
+@dataclass(slots=True, eq=False, repr=False)
 class DiskSpace:
     """Free space of the filesystem holding ``path``, read at most every ``ttl`` seconds."""
 
-    def __init__(
-        self,
-        path: str,
-        *,
-        min_free_bytes: int = DEFAULT_MIN_FREE_BYTES,
-        ttl: float = DEFAULT_SPACE_TTL,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.path = path
-        self.min_free_bytes = min_free_bytes
-        self._ttl = ttl
-        self._clock = clock
-        self._free: int | None = None
-        self._read_at = 0.0
+    path: str
+    _: KW_ONLY
+    min_free_bytes: int = DEFAULT_MIN_FREE_BYTES
+    ttl: float = DEFAULT_SPACE_TTL
+    clock: Callable[[], float] = time.monotonic
+    _free: int | None = field(default=None, init=False)
+    _read_at: float = field(default=0.0, init=False)
 
     def __repr__(self) -> str:
         return f"<DiskSpace {self.path} [{self._free} bytes free, min {self.min_free_bytes}]>"
 
     def free_bytes(self, *, fresh: bool = False) -> int | None:
         """Bytes an unprivileged writer may still use; None when it cannot be read."""
-        now = self._clock()
-        if fresh or self._free is None or now - self._read_at >= self._ttl:
+        now = self.clock()
+        if fresh or self._free is None or now - self._read_at >= self.ttl:
             try:
                 st = os.statvfs(self.path)
             except OSError:
