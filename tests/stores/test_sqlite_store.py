@@ -14,6 +14,7 @@ from sqlalchemy import create_engine, insert, select
 
 from openclaw_orchestrator.domain.sessions import MessageRecord, SessionRecord
 from openclaw_orchestrator.errors import ConflictError, SessionExistsError
+from openclaw_orchestrator.server.stores.base import SessionQuery
 from openclaw_orchestrator.server.stores.sqlite import CHUNK_ROWS, SqliteStore, sqlite_url
 from openclaw_orchestrator.server.stores.tables import messages, sessions
 
@@ -169,4 +170,4 @@ async def test_a_batch_bigger_than_one_statement(store: SqliteStore) -> None:
     await asyncio.gather(*(store.append(r, _message(r.id, 1)) for r in records))
     for record in records[:: CHUNK_ROWS // 4]:
         assert (await store.get_session(record.id)).messages == 1  # type: ignore[union-attr]
-    assert len(await store.list_sessions(limit=10_000)) == len(records)
+    assert len(await store.list_sessions(SessionQuery(limit=10_000))) == len(records)

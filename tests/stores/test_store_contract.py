@@ -17,7 +17,7 @@ import pytest
 
 from openclaw_orchestrator.domain.sessions import MessageRecord, SessionRecord
 from openclaw_orchestrator.errors import ConflictError, SessionExistsError
-from openclaw_orchestrator.server.stores.base import Store
+from openclaw_orchestrator.server.stores.base import SessionQuery, Store
 from openclaw_orchestrator.server.stores.postgres import PostgresStore
 from openclaw_orchestrator.server.stores.sqlite import SqliteStore, sqlite_url
 
@@ -113,9 +113,19 @@ async def test_list_filters_and_order(store: Store) -> None:
     await store.create_session(session("c", instance="A", last_active_at=3000.0))
     await store.set_state("c", "closed", closed_at=3001.0)
     assert [s.id for s in await store.list_sessions()] == ["c", "b", "a"]
-    assert [s.id for s in await store.list_sessions(instance="A")] == ["c", "a"]
-    assert [s.id for s in await store.list_sessions(state="open")] == ["b", "a"]
-    assert [s.id for s in await store.list_sessions(active_since=1500.0)] == ["c", "b"]
+    assert [s.id for s in await store.list_sessions(SessionQuery(instance="A"))] == ["c", "a"]
+    assert [s.id for s in await store.list_sessions(SessionQuery(state="open"))] == ["b", "a"]
+    since = SessionQuery(active_since=1500.0)
+    assert [s.id for s in await store.list_sessions(since)] == ["c", "b"]
+    every = SessionQuery(instance="A", state="open", active_since=500.0)
+    assert [s.id for s in await store.list_sessions(every)] == ["a"]
+    assert [s.id for s in await store.list_sessions(SessionQuery(limit=2))] == ["c", "b"]
+
+
+async def test_list_reads_records_whole(store: Store) -> None:
+    """A listed session equals the one read by id (JSON metadata decoded on both stores)."""
+    await store.create_session(session(metadata={"k": [1, 2], "n": None}))
+    assert await store.list_sessions() == [await store.get_session("s1")]
 
 
 async def test_close_is_sticky(store: Store) -> None:

@@ -1,7 +1,8 @@
 """Running ASGI apps on uvicorn (uvloop + httptools), in the foreground or as a task.
 
-``running()`` is what tests and the local cluster use: it binds ``host:port`` itself (port 0
-picks a free one), so the URL is known before the first request and no port is ever raced.
+``running(app)`` (:class:`BackgroundServer` as an async context manager) is what tests and
+the local cluster use: it binds ``host:port`` itself (port 0 picks a free one), so the URL is
+known before the first request and no port is ever raced.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
@@ -86,10 +87,12 @@ class _EmbeddedServer(uvicorn.Server):
 
 
 class BackgroundServer:
-    """An ASGI app served by a task of the current loop, on a socket bound up front.
+    """An ASGI app served by a task of the current loop, on a socket bound up front (``sock``
+    if the caller bound it).
 
     Stopping is two steps, ``request_stop()`` then ``wait_stopped()``, so that many servers
     can be asked to stop at once and then awaited together (uvicorn polls every 0.1 s).
+    ``async with BackgroundServer(app) as url`` starts it, gives its base URL and stops it.
     """
 
     def __init__(
@@ -139,23 +142,16 @@ class BackgroundServer:
         self.request_stop()
         await self.wait_stopped()
 
+    async def __aenter__(self) -> str:
+        try:
+            return await self.start()
+        except BaseException:  # a server that failed to start still holds its socket
+            await self.aclose()
+            raise
 
-@contextlib.asynccontextmanager
-async def running(
-    app: Any,
-    *,
-    host: str = "127.0.0.1",
-    port: int = 0,
-    log_level: str = "warning",
-    sock: socket.socket | None = None,
-    request_limits: RequestLimits | None = None,
-) -> AsyncIterator[str]:
-    """Serve ``app`` as a task of the current loop (on ``sock`` if given: see
-    :class:`BackgroundServer`); yield its base URL; stop it on exit."""
-    server = BackgroundServer(
-        app, host=host, port=port, log_level=log_level, sock=sock, request_limits=request_limits
-    )
-    try:
-        yield await server.start()
-    finally:
-        await server.aclose()
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+running = BackgroundServer
+"""Serve ``app`` as a task of the current loop: ``async with running(app) as url``."""

@@ -12,14 +12,38 @@ something that could not be recorded.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from ...domain.sessions import MessageRecord, SessionRecord
 from ...errors import ConflictError
 from .health import StoreStatus
 
-__all__ = ["Store", "append_conflict", "appended"]
+__all__ = [
+    "DEFAULT_SESSION_QUERY",
+    "SESSION_LIST_LIMIT",
+    "SessionQuery",
+    "Store",
+    "append_conflict",
+    "appended",
+]
+
+SESSION_LIST_LIMIT = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class SessionQuery:
+    """Which sessions :meth:`Store.list_sessions` returns: those matching every filter given
+    (None matches any), most recently active first, at most ``limit``. One value, so that
+    both stores read a listing from one definition (:func:`.rows.select_sessions`)."""
+
+    instance: str | None = None
+    state: str | None = None
+    active_since: float | None = None
+    limit: int = SESSION_LIST_LIMIT
+
+
+DEFAULT_SESSION_QUERY = SessionQuery()
 
 
 class Store(Protocol):
@@ -52,14 +76,9 @@ class Store(Protocol):
         ...
 
     async def list_sessions(
-        self,
-        *,
-        instance: str | None = None,
-        state: str | None = None,
-        active_since: float | None = None,
-        limit: int = 1000,
+        self, query: SessionQuery = DEFAULT_SESSION_QUERY
     ) -> list[SessionRecord]:
-        """Sessions matching every given filter, most recently active first."""
+        """Sessions matching every filter of ``query``, most recently active first."""
         ...
 
     async def append(self, record: SessionRecord, *entries: MessageRecord) -> SessionRecord:

@@ -29,9 +29,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 from ...domain.sessions import MessageRecord, SessionRecord
 from ...errors import SessionExistsError, StorageFullError, StorageUnavailableError
-from .base import append_conflict, appended
+from .base import DEFAULT_SESSION_QUERY, SessionQuery, append_conflict, appended
 from .health import FULL_ERRNOS, StoreHealth, StoreState, StoreStatus
-from .rows import JSON_AS_VALUES, MESSAGE_COLUMNS, SESSION_COLUMNS
+from .rows import JSON_AS_VALUES, MESSAGE_COLUMNS, SESSION_COLUMNS, select_sessions
 from .tables import PROBE_ROW, TOUCH_PROBE, messages, metadata, sessions, store_probe
 
 __all__ = ["PostgresStore", "storage_error"]
@@ -185,23 +185,13 @@ class PostgresStore:
         return None if row is None else _ROWS.session(row)
 
     async def list_sessions(
-        self,
-        *,
-        instance: str | None = None,
-        state: str | None = None,
-        active_since: float | None = None,
-        limit: int = 1000,
+        self, query: SessionQuery = DEFAULT_SESSION_QUERY
     ) -> list[SessionRecord]:
         """Filtered, most recently active first."""
-        query = _SESSION.order_by(sessions.c.last_active_at.desc()).limit(limit)
-        if instance is not None:
-            query = query.where(sessions.c.instance == instance)
-        if state is not None:
-            query = query.where(sessions.c.state == state)
-        if active_since is not None:
-            query = query.where(sessions.c.last_active_at >= active_since)
+        sql, params = select_sessions(query)
+        statement = text(sql).columns(*_SESSION.selected_columns)  # typed: JSON decoded
         async with self._reading() as conn:
-            rows = (await conn.execute(query)).all()
+            rows = (await conn.execute(statement, params)).all()
         return [_ROWS.session(r) for r in rows]
 
     async def append(self, record: SessionRecord, *entries: MessageRecord) -> SessionRecord:

@@ -5,6 +5,8 @@ A row is a tuple in the order of :data:`SESSION_COLUMNS` or :data:`MESSAGE_COLUM
 stores select and insert exactly these, by name). JSON columns are the one difference
 between the stores: plain ``sqlite3`` moves them as text (:data:`JSON_AS_TEXT`), while
 SQLAlchemy's JSON type converts them itself (:data:`JSON_AS_VALUES`).
+
+:func:`select_sessions` is the one listing query, the same SQL text on both databases.
 """
 
 from __future__ import annotations
@@ -15,8 +17,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...domain.sessions import MessageRecord, SessionRecord
+from .base import SessionQuery
+from .tables import sessions
 
-__all__ = ["JSON_AS_TEXT", "JSON_AS_VALUES", "MESSAGE_COLUMNS", "SESSION_COLUMNS", "RowMapper"]
+__all__ = [
+    "JSON_AS_TEXT",
+    "JSON_AS_VALUES",
+    "MESSAGE_COLUMNS",
+    "SESSION_COLUMNS",
+    "RowMapper",
+    "select_sessions",
+]
 
 SESSION_COLUMNS = (
     "id", "instance", "token_hash", "state", "ttl", "failover", "metadata", "created_at",
@@ -84,3 +95,20 @@ same."""
 
 JSON_AS_VALUES = RowMapper(_same, _same)
 """SQLAlchemy Core: its JSON type encodes and decodes."""
+
+
+def select_sessions(query: SessionQuery) -> tuple[str, dict[str, Any]]:
+    """The SELECT of :data:`SESSION_COLUMNS` that ``query`` asks for, and its parameters:
+    the same text on SQLite and PostgreSQL (named parameters), so the two stores cannot
+    disagree on what a filter means or on the order."""
+    filters = (
+        ("instance", "instance = :instance", query.instance),
+        ("state", "state = :state", query.state),
+        ("active_since", "last_active_at >= :active_since", query.active_since),
+    )
+    given = [(name, condition, value) for name, condition, value in filters if value is not None]
+    sql = f"SELECT {', '.join(SESSION_COLUMNS)} FROM {sessions.name}"  # noqa: S608  # constants
+    if given:
+        sql += " WHERE " + " AND ".join(condition for _, condition, _ in given)
+    params = {name: value for name, _, value in given}
+    return sql + " ORDER BY last_active_at DESC LIMIT :limit", {**params, "limit": query.limit}

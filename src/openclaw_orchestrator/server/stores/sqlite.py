@@ -50,9 +50,9 @@ from sqlalchemy import create_engine, make_url
 
 from ...domain.sessions import MessageRecord, SessionRecord
 from ...errors import SessionExistsError, StorageFullError, StorageUnavailableError
-from .base import append_conflict, appended
+from .base import DEFAULT_SESSION_QUERY, SessionQuery, append_conflict, appended
 from .health import DEFAULT_MIN_FREE_BYTES, FULL_ERRNOS, DiskSpace, StoreHealth, StoreStatus
-from .rows import JSON_AS_TEXT, MESSAGE_COLUMNS, SESSION_COLUMNS
+from .rows import JSON_AS_TEXT, MESSAGE_COLUMNS, SESSION_COLUMNS, select_sessions
 from .tables import PROBE_ROW, TOUCH_PROBE, messages, metadata, sessions
 
 __all__ = ["SqliteStore", "sqlite_path", "sqlite_url", "storage_error"]
@@ -428,7 +428,9 @@ class SqliteStore:
             self._pool_conns.append(conn)
         return conn
 
-    async def _read_many(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    async def _read_many(
+        self, sql: str, params: tuple[Any, ...] | dict[str, Any]
+    ) -> list[tuple[Any, ...]]:
         if self._pool is None:
             raise RuntimeError("the store is not open")
 
@@ -456,31 +458,11 @@ class SqliteStore:
         return None if row is None else _ROWS.session(row)
 
     async def list_sessions(
-        self,
-        *,
-        instance: str | None = None,
-        state: str | None = None,
-        active_since: float | None = None,
-        limit: int = 1000,
+        self, query: SessionQuery = DEFAULT_SESSION_QUERY
     ) -> list[SessionRecord]:
-        """Filtered, most recently active first."""
-        where: list[str] = []
-        params: list[Any] = []
-        if instance is not None:
-            where.append("instance = ?")
-            params.append(instance)
-        if state is not None:
-            where.append("state = ?")
-            params.append(state)
-        if active_since is not None:
-            where.append("last_active_at >= ?")
-            params.append(active_since)
-        sql = f"SELECT {_SESSION_COLS} FROM {_S}"  # noqa: S608  # constants and placeholders
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY last_active_at DESC LIMIT ?"
-        params.append(limit)
-        return [_ROWS.session(r) for r in await self._read_many(sql, tuple(params))]
+        """Filtered, most recently active first (on a reader thread)."""
+        sql, params = select_sessions(query)
+        return [_ROWS.session(r) for r in await self._read_many(sql, params)]
 
     async def append(self, record: SessionRecord, *entries: MessageRecord) -> SessionRecord:
         """Insert the entries and update the session, in one transaction shared with the
