@@ -35,7 +35,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypedDict
 
 import anyio
 import orjson
@@ -68,6 +68,7 @@ __all__ = [
     "MESSAGES_PATH",
     "SESSION_PATH",
     "TASK_PATH",
+    "InstanceOptions",
     "ReferenceInstance",
     "create_instance_app",
 ]
@@ -642,6 +643,18 @@ def _http_error(request: Request, exc: Exception) -> Response:
 
 def _server_error(request: Request, exc: Exception) -> Response:
     return error_response(500, "internal_error", "internal error")
+
+
+class InstanceOptions(TypedDict, total=False):
+    """What an instance is, apart from its name and handler: the keywords of
+    :func:`create_instance_app` that :func:`~.runner.run_instance` passes through as they are."""
+
+    token: str | None
+    faults: FaultConfig | None
+    fault_api: bool
+    max_body_bytes: int
+    max_sessions: int
+    max_history: int
 
 
 def create_instance_app(

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Self
+from typing import Any, Self, Unpack
 
 import aiohttp
 import uvicorn
@@ -26,10 +26,8 @@ from ...server.hosting import uvicorn_config
 from ...server.logs import configure_logging, flush_logs, get_logger
 from ...server.serve import listen_socket
 from ...server.tasks import cancel_and_wait
-from .app import DEFAULT_MAX_BODY_BYTES, AppLifespan, create_instance_app
-from .faults import FaultConfig
+from .app import AppLifespan, InstanceOptions, create_instance_app
 from .handlers import Handler, resolve_handler
-from .sessions import DEFAULT_MAX_HISTORY, DEFAULT_MAX_SESSIONS
 
 __all__ = [
     "DEFAULT_HEARTBEAT_TTL",
@@ -204,18 +202,13 @@ def run_instance(
     port: int,
     handler: str | Handler = "echo",
     shard: str | None = None,
-    token: str | None = None,
-    faults: FaultConfig | None = None,
-    fault_api: bool = False,
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-    max_sessions: int = DEFAULT_MAX_SESSIONS,
-    max_history: int = DEFAULT_MAX_HISTORY,
     register_url: str | None = None,
     api_key: str | None = None,
     public_url: str | None = None,
     heartbeat_ttl: float = DEFAULT_HEARTBEAT_TTL,
     log_level: str = "warning",
     log_format: str = "json",
+    **options: Unpack[InstanceOptions],
 ) -> None:
     """Serve instance ``name`` on ``host:port`` in the foreground until SIGINT/SIGTERM.
 
@@ -223,7 +216,8 @@ def run_instance(
     Port 0 picks a free port (announced correctly when registering). Raises ValueError for a
     bad name, handler or shard before anything is bound. Once bound, one line on stdout says
     where: ``instance A listening on http://127.0.0.1:18801`` (as ``up`` announces the
-    orchestrator). Logs go to stderr (``log_format`` ``json`` or ``console``).
+    orchestrator). Logs go to stderr (``log_format`` ``json`` or ``console``). ``options``
+    (token, faults, limits) are :func:`~.app.create_instance_app`'s.
     """
     if not is_valid_name(name):
         raise ValueError(f"instance name {name!r}: letters, digits, '_', '.', ':' (max 64)")
@@ -236,20 +230,15 @@ def run_instance(
         if register_url:
             url = public_url or here
             registration = Registration(
-                register_url, name, url, api_key=api_key, heartbeat_ttl=heartbeat_ttl, token=token
+                register_url,
+                name,
+                url,
+                api_key=api_key,
+                heartbeat_ttl=heartbeat_ttl,
+                token=options.get("token"),
             )
             lifespan = registration_lifespan(registration)
-        app = create_instance_app(
-            name,
-            fn,
-            token=token,
-            faults=faults,
-            fault_api=fault_api,
-            max_body_bytes=max_body_bytes,
-            max_sessions=max_sessions,
-            max_history=max_history,
-            lifespan=lifespan,
-        )
+        app = create_instance_app(name, fn, lifespan=lifespan, **options)
         server = uvicorn.Server(uvicorn_config(app, log_level=log_level))
         settle_after_startup()  # this process serves until it stops (see gc_tuning)
         print(f"instance {name} listening on {here}", flush=True)
