@@ -238,7 +238,7 @@ def test_public_info_drops_the_token() -> None:
 
 
 def test_a_plain_health_imports_neither_pydantic_nor_aiohttp() -> None:
-    """The CLI's quick path can build and read ``health`` without pydantic or aiohttp."""
+    """The CLI's fast path can build and read ``health`` without pydantic or aiohttp."""
     code = (
         "import sys; from openclaw_orchestrator.sdk import calls as c;"
         "c.health(['A']).parse({'A': 'healthy'});"

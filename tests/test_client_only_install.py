@@ -122,7 +122,7 @@ async def test_sdk_runs_without_the_server(live: Cluster) -> None:
 
 
 async def test_client_commands_run_without_the_server(live: Cluster) -> None:
-    """health, instances, route and fanout (quick path and Typer path), every sessions_*
+    """health, instances, route and fanout (fast path and Typer path), every sessions_*
     command, register and unregister work in a process that cannot import the server."""
     env = cluster_env(live)
     stateless = [

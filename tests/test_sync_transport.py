@@ -239,12 +239,12 @@ def test_sync_client_runs_without_an_event_loop_or_aiohttp(server: str) -> None:
     assert done.stdout.strip() == "{'A': 'healthy'} []"
 
 
-def test_cli_quick_path_prints_json_and_defers_the_rest(
+def test_cli_fast_path_prints_json_and_defers_the_rest(
     server: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from openclaw_orchestrator.cli.quick import try_quick
+    from openclaw_orchestrator.cli.fastpath import try_fast_path
 
-    code = try_quick(
+    code = try_fast_path(
         ["health", "--instances", "A", "--instances", "B", "--url", server, "-o", "json"]
     )
     assert code == 0
@@ -267,14 +267,14 @@ def test_cli_quick_path_prints_json_and_defers_the_rest(
         ["sessions_send", "--id", "bad id", "-o", "json"],
         ["sessions_send", "--id", "s1", "--token-env", "SURELY_NOT_SET_VAR", "-o", "json"],
     ):
-        assert try_quick(argv) is None, argv
+        assert try_fast_path(argv) is None, argv
 
 
-def test_cli_quick_path_errors_exit_like_the_app(capsys: pytest.CaptureFixture[str]) -> None:
-    from openclaw_orchestrator.cli.quick import try_quick
+def test_cli_fast_path_errors_exit_like_the_app(capsys: pytest.CaptureFixture[str]) -> None:
+    from openclaw_orchestrator.cli.fastpath import try_fast_path
 
     url = f"http://127.0.0.1:{_free_port()}"
-    assert try_quick(["health", "--url", url, "-o", "json"]) == 4
+    assert try_fast_path(["health", "--url", url, "-o", "json"]) == 4
     assert f"error: connection_failed: cannot reach the orchestrator at {url}" in (
         capsys.readouterr().err
     )
@@ -283,7 +283,7 @@ def test_cli_quick_path_errors_exit_like_the_app(capsys: pytest.CaptureFixture[s
         ["fanout", "--targets", "A-C"],
         ["sessions_send", "--id", "s1", "--data", "[1]"],
     ):
-        assert try_quick([*command, "--url", url, "-o", "json"]) == 4, command
+        assert try_fast_path([*command, "--url", url, "-o", "json"]) == 4, command
         assert "error: connection_failed" in capsys.readouterr().err
 
 

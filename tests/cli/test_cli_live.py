@@ -505,11 +505,11 @@ async def test_register_flags(live: Cluster) -> None:
     assert "J" not in live.service.registry
 
 
-# -- the quick path (cli/quick.py) against the Typer commands ---------------------------------
+# -- the fast path (cli/fastpath.py) against the Typer commands ---------------------------------
 
 
 async def typer_cli(*args: str, env: dict[str, str]) -> Run:
-    """The Typer app itself, skipping the quick path that ``openclaw`` takes first."""
+    """The Typer app itself, skipping the fast path that ``openclaw`` takes first."""
     code = "from openclaw_orchestrator.cli.main import app; app(prog_name='openclaw orchestrator')"
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", code, *args,
@@ -543,19 +543,19 @@ def _without_timings(value: Any) -> Any:
         ["fanout", "--targets", "A-B", "--aggregate", "no-such-reducer"],
     ],
 )
-async def test_quick_route_and_fanout_print_what_the_commands_print(
+async def test_fast_path_route_and_fanout_print_what_the_commands_print(
     live: Cluster, args: list[str]
 ) -> None:
-    """The quick path's JSON, error line and exit code are the Typer command's."""
+    """The fast path's JSON, error line and exit code are the Typer command's."""
     env = cluster_env(live)
-    quick, full = await asyncio.gather(cli(*args, env=env), typer_cli(*args, env=env))
-    assert quick.code == full.code, (quick, full)
-    assert quick.err == full.err
-    if quick.code == 0:
-        assert _without_timings(quick.json()) == _without_timings(full.json())
+    fast, full = await asyncio.gather(cli(*args, env=env), typer_cli(*args, env=env))
+    assert fast.code == full.code, (fast, full)
+    assert fast.err == full.err
+    if fast.code == 0:
+        assert _without_timings(fast.json()) == _without_timings(full.json())
 
 
-async def test_quick_route_sends_the_idempotency_key(live: Cluster) -> None:
+async def test_fast_path_route_sends_the_idempotency_key(live: Cluster) -> None:
     """Twice with one key: the second reply is the first one (same request id)."""
     env = cluster_env(live)
     args = ["route", "--instances", "A", "--idempotency-key", "quick-key-1"]
@@ -575,7 +575,7 @@ async def test_quick_route_sends_the_idempotency_key(live: Cluster) -> None:
         (["route", "--payload", "@/no/such/file.json"], "--payload"),
     ],
 )
-async def test_values_the_quick_path_cannot_vouch_for_are_typer_usage_errors(
+async def test_values_the_fast_path_cannot_vouch_for_are_typer_usage_errors(
     live: Cluster, args: list[str], option: str
 ) -> None:
     """An invalid value goes to Typer, which reports it (exit 2) and sends nothing."""

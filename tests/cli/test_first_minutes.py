@@ -71,19 +71,19 @@ def answers(url: str) -> bool:
 
 async def test_ctrl_c_during_a_route_prints_interrupted(live: Cluster) -> None:
     """Ctrl-C while a route waits on a slow instance: `interrupted` on stderr, exit 130, on
-    the quick path (JSON) and the Typer path (table) alike."""
+    the fast path (JSON) and the Typer path (table) alike."""
     await live.set_faults("A", latency=30)
     record = live.service.registry.get("A")
     args = ["route", "--instances", "A", "--timeout", "3s"]  # the server gives up soon after
     async with (
-        started(*args, env=cluster_env(live)) as quick,
+        started(*args, env=cluster_env(live)) as fast,
         started(*args, "-o", "table", env=cluster_env(live)) as typer,
     ):
-        await wait_until(lambda: record.outstanding == 2, "both requests in flight", quick)
-        for route in (quick, typer):
+        await wait_until(lambda: record.outstanding == 2, "both requests in flight", fast)
+        for route in (fast, typer):
             route.process.send_signal(signal.SIGINT)
-        assert [await quick.finish(), await typer.finish()] == [130, 130], (quick, typer)
-    for route in (quick, typer):
+        assert [await fast.finish(), await typer.finish()] == [130, 130], (fast, typer)
+    for route in (fast, typer):
         assert route.stderr.strip() == "interrupted", route
         assert route.stdout == ""
 
@@ -232,7 +232,7 @@ def test_a_loose_or_broken_key_file(tmp_path: Path) -> None:
 )
 async def test_blank_targets_are_a_usage_error(args: list[str], option: str) -> None:
     """Targets that name nothing are refused before any request (exit 2, naming the option),
-    never sent as "all instances"; on the quick path and the Typer path."""
+    never sent as "all instances"; on the fast path and the Typer path."""
     run = await cli(*args, env=base_env(ORCHESTRATOR_URL=UNREACHABLE))
     assert run.code == 2, run
     assert option in run.err
@@ -346,7 +346,7 @@ async def test_fanout_summary_and_value_only(
 ) -> None:
     """`--summary` prints the counts and the aggregate without the entries; `--value-only`
     prints exactly the aggregated value (for --aggregate true, the array of results); the
-    quick path and the Typer path (with --config) print the same."""
+    fast path and the Typer path (with --config) print the same."""
     await live.set_faults("B", fail_rate=1.0, fail_status=500)
     config = tmp_path / "client.json"
     config.write_text("{}")

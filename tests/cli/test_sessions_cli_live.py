@@ -195,18 +195,18 @@ async def test_session_exit_codes(live: Cluster) -> None:
         assert run.out == ""
 
 
-async def test_quick_sessions_send_answers_as_the_command(live: Cluster) -> None:
-    """The quick path's sessions_send (before Typer loads) and the Typer command: the same
+async def test_fast_path_sessions_send_answers_as_the_command(live: Cluster) -> None:
+    """The fast path's sessions_send (before Typer loads) and the Typer command: the same
     reply shape, one after the other in the session; the same errors, line for line."""
     env = cluster_env(live)
     spawned = await cli("sessions_spawn", "--id", "both", "--instance", "B", env=env)
     assert spawned.code == 0, spawned
     token = spawned.json()["token"]
     args = ["sessions_send", "--id", "both", "--data", '{"n": 1}', "--timeout", "5s"]
-    quick = await cli(*args, env=env)
+    fast = await cli(*args, env=env)
     full = await typer_cli(*args, env=env)
-    assert quick.code == full.code == 0, (quick, full)
-    first, second = quick.json(), full.json()
+    assert fast.code == full.code == 0, (fast, full)
+    first, second = fast.json(), full.json()
     assert (first["seq"], second["seq"]) == (1, 2)
     assert first.keys() == second.keys()
     assert first["instance"] == second["instance"] == "B"
@@ -216,9 +216,9 @@ async def test_quick_sessions_send_answers_as_the_command(live: Cluster) -> None
         (["sessions_send", "--id", "other-one", "--token-env", "TOK"], keyless),  # 403
         (["sessions_send", "--id", "both", "--token-env", "NOT_SET"], keyless),  # usage, 2
     ]:
-        quick, full = await asyncio.gather(cli(*argv, env=environ), typer_cli(*argv, env=environ))
-        assert (quick.code, quick.err) == (full.code, full.err), (quick, full)
-        assert quick.code != 0
+        fast, full = await asyncio.gather(cli(*argv, env=environ), typer_cli(*argv, env=environ))
+        assert (fast.code, fast.err) == (full.code, full.err), (fast, full)
+        assert fast.code != 0
     by_token = await cli("sessions_send", "--id", "both", "--token-env", "TOK", env=keyless)
     assert by_token.code == 0, by_token
     assert by_token.json()["seq"] == 3

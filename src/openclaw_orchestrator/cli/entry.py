@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from .exits import interrupted
-from .quick import QUICK_COMMANDS
+from .fastpath import FAST_PATH_COMMANDS
 
 __all__ = [
     "MULTI_VALUE_OPTIONS",
@@ -98,10 +98,10 @@ def _run(argv: Sequence[str], *, prog_name: str) -> NoReturn:
     """Run one command; Ctrl-C anywhere in it is :func:`interrupted`, never a traceback."""
     try:
         args = expand_multi_value_options(argv)
-        if args and args[0] in QUICK_COMMANDS:  # JSON health/instances/route/fanout skip Typer
-            from .quick import try_quick
+        if args and args[0] in FAST_PATH_COMMANDS:  # JSON health/instances/route/fanout skip Typer
+            from .fastpath import try_fast_path
 
-            code = try_quick(args)
+            code = try_fast_path(args)
             if code is not None:
                 sys.stdout.flush()
                 raise SystemExit(code)

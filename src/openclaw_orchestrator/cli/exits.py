@@ -1,5 +1,5 @@
 """Exit codes of the ``openclaw orchestrator`` commands (see :mod:`.main`); no Typer here,
-so the quick path (:mod:`.quick`) exits the same way without loading it."""
+so the fast path (:mod:`.fastpath`) exits the same way without loading it."""
 
 from __future__ import annotations
 

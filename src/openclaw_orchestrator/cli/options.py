@@ -1,6 +1,6 @@
-"""How the CLI reads option values, shared by the Typer commands and the quick path.
+"""How the CLI reads option values, shared by the Typer commands and the fast path.
 
-Nothing here imports Typer: the quick path (:mod:`.quick`) runs before Typer is loaded, and
+Nothing here imports Typer: the fast path (:mod:`.fastpath`) runs before Typer is loaded, and
 must read ``--payload``, ``--instances`` or ``--aggregate`` exactly as the commands do.
 """
 

@@ -14,7 +14,7 @@ The builders' parameters and docstrings are the clients' methods' (:func:`method
 the session namespace and handle keep their state in :class:`SessionsBase` and
 :class:`SessionHandleBase`, so the async and the sync client differ only where they send.
 
-Light on purpose: the CLI's quick path imports it before pydantic is needed (a plain
+Light on purpose: the CLI's fast path imports it before pydantic is needed (a plain
 ``health`` map never builds a model), so the wire models load only when a reply is parsed.
 """
 

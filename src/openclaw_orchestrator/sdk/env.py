@@ -1,4 +1,4 @@
-"""The client's two environment variables, read without pydantic (the CLI's quick path).
+"""The client's two environment variables, read without pydantic (the CLI's fast path).
 
 :func:`~.settings.load_client_settings` stays the authority on client settings; this is its
 light twin for the common case only, so ``openclaw orchestrator health`` need not import

@@ -1,6 +1,6 @@
-"""Reading the orchestrator's replies into typed results, for the SDK and the CLI's quick path.
+"""Reading the orchestrator's replies into typed results, for the SDK and the CLI's fast path.
 
-Light on purpose: the quick path imports it before pydantic is needed (a plain ``health``
+Light on purpose: the fast path imports it before pydantic is needed (a plain ``health``
 map never builds a model), so pydantic is imported only when a model is parsed.
 """
 

@@ -2,7 +2,7 @@
 
 The same calls as :class:`~.client.AsyncClient`, built and read by :mod:`.api_calls`, sent
 over the stdlib :class:`~.transport.SyncTransport`: no event loop, no aiohttp. Light enough
-for the CLI's quick path, which runs its commands through it. Called inside a running event
+for the CLI's fast path, which runs its commands through it. Called inside a running event
 loop it refuses (``RuntimeError``), since a blocking call there would stall that loop.
 
 Most methods are the builders of :mod:`.api_calls` turned into methods by :func:`_sends`:

@@ -1,6 +1,6 @@
 """A small synchronous HTTP transport on the standard library (``http.client``).
 
-The I/O of the sync :class:`~.sync_client.Client` (and so of the CLI's quick path): no event
+The I/O of the sync :class:`~.sync_client.Client` (and so of the CLI's fast path): no event
 loop, and no aiohttp to import (≈ 130 ms with its SSL context). Failures map onto the same
 error tree, with the same messages, as :class:`~.client.AsyncClient`::
 

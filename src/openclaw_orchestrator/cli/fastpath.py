@@ -1,8 +1,8 @@
-"""A quick path for the most scripted JSON commands, taken before Typer, Rich or aiohttp load.
+"""A fast path for the most scripted JSON commands, taken before Typer, Rich or aiohttp load.
 
 ``health``, ``instances``, ``route``, ``fanout`` and ``sessions_send`` printing JSON make up
 most scripted calls and cost one request each; building the Typer app (≈ 100 ms) and Rich
-(≈ 35 ms) for them would dominate the run. :func:`try_quick` accepts only a strict subset
+(≈ 35 ms) for them would dominate the run. :func:`try_fast_path` accepts only a strict subset
 of those commands' options (the ones spelled out below) with values it can vouch for, and
 returns None for anything else — help, table output, ``--config``, ``--stream``, stdin as
 ``--payload -``, targets that name nothing, an unknown, repeated or invalid option, a fanout
@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 if TYPE_CHECKING:
     from ..sdk.sync_client import Client
 
-__all__ = ["QUICK_COMMANDS", "try_quick"]
+__all__ = ["FAST_PATH_COMMANDS", "try_fast_path"]
 
-QUICK_COMMANDS = frozenset({"health", "instances", "route", "fanout", "sessions_send"})
+FAST_PATH_COMMANDS = frozenset({"health", "instances", "route", "fanout", "sessions_send"})
 _COMMON = frozenset({"--url", "--output", "-o"})
 _VALUE_OPTIONS = {
     "health": _COMMON | {"--instances"},
@@ -66,7 +66,7 @@ _TASKS = frozenset({"route", "fanout", "sessions_send"})
 _REPEATABLE = frozenset({"--instances", "--targets"})
 # Integer options and their bounds, as the Typer commands declare them.
 _Call: TypeAlias = "Callable[[Client], Any]"
-"""One SDK call on the quick path's :class:`~..sync_client.Client`."""
+"""One SDK call on the fast path's :class:`~..sync_client.Client`."""
 _INTS = {
     "--retry": (0, 10),
     "--min-success": (0, None),
@@ -76,8 +76,8 @@ _INTS = {
 
 
 def _parse(argv: Sequence[str]) -> tuple[str, dict[str, list[str]]] | None:
-    """``(command, options)`` when ``argv`` is a quick command's plain form, else None."""
-    if not argv or argv[0] not in QUICK_COMMANDS:
+    """``(command, options)`` when ``argv`` is a fast-path command's plain form, else None."""
+    if not argv or argv[0] not in FAST_PATH_COMMANDS:
         return None
     command = argv[0]
     values, flags = _VALUE_OPTIONS[command], _FLAGS[command]
@@ -118,8 +118,8 @@ def _wants_json(options: dict[str, list[str]]) -> bool:
     return output[0].lower() == "json"
 
 
-def try_quick(argv: Sequence[str]) -> int | None:
-    """Run ``argv`` on the quick path and return its exit code, or None: use the Typer app."""
+def try_fast_path(argv: Sequence[str]) -> int | None:
+    """Run ``argv`` on the fast path and return its exit code, or None: use the Typer app."""
     parsed = _parse(argv)
     if parsed is None:
         return None
