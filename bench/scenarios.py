@@ -146,14 +146,19 @@ async def route_overhead(workdir: Path, sizes: Sizes) -> list[Row]:
         instances = {"A": instance.url}
         orch = await start_orchestrator(workdir, instances, settings={"health": QUIET_HEALTH})
         procs.append(orch)
-        orch2 = await start_orchestrator(
-            workdir,
-            instances,
-            label="orchestrator-2w",
-            workers=2,
-            settings={"health": QUIET_HEALTH},
-        )
-        procs.append(orch2)
+        # Two workers are two processes: they share PostgreSQL, never one SQLite file (which
+        # refuses a second process). Without PostgreSQL that variant is left out.
+        pg_url = os.environ.get("BENCH_PG_URL", PG_URL)
+        orch2 = None
+        if await _drop_pg_tables(pg_url):
+            orch2 = await start_orchestrator(
+                workdir,
+                instances,
+                label="orchestrator-2w",
+                workers=2,
+                settings={"health": QUIET_HEALTH, "database_url": pg_url},
+            )
+            procs.append(orch2)
         nginx = await start_nginx(workdir, instance.url) if shutil.which("nginx") else None
         if nginx is not None:  # apt-get install nginx; without it that variant is left out
             procs.append(nginx)
@@ -162,8 +167,11 @@ async def route_overhead(workdir: Path, sizes: Sizes) -> list[Row]:
         variants: list[tuple[str, str, bytes, dict[str, str], Proc]] = [
             ("direct", instance.url + "/api/instance/task", task, JSON, instance),
             ("orchestrator", orch.url + "/api/orchestrator/route", routed, AUTH, orch),
-            ("orchestrator-2w", orch2.url + "/api/orchestrator/route", routed, AUTH, orch2),
         ]
+        if orch2 is not None:
+            variants.append(
+                ("orchestrator-2w", orch2.url + "/api/orchestrator/route", routed, AUTH, orch2)
+            )
         if nginx is not None:
             variants.insert(1, ("nginx", nginx.url + "/api/instance/task", task, JSON, nginx))
         rows = []
@@ -474,6 +482,8 @@ async def _wait_states(
 
 
 async def _drop_pg_tables(url: str) -> bool:
+    """Whether PostgreSQL answers at ``url``; if so its orchestrator schema is dropped (the
+    tables and the migration version), so the next orchestrator migrates a fresh one."""
     try:
         import asyncpg
     except ImportError:
@@ -484,7 +494,10 @@ async def _drop_pg_tables(url: str) -> bool:
     except (OSError, asyncpg.PostgresError, TimeoutError):
         return False
     try:
-        await conn.execute("DROP TABLE IF EXISTS orchestrator_messages, orchestrator_sessions")
+        await conn.execute(
+            "DROP TABLE IF EXISTS orchestrator_messages, orchestrator_sessions,"
+            " orchestrator_store_probe, alembic_version"
+        )
     finally:
         await conn.close()
     return True

@@ -24,6 +24,7 @@ SERVER_MODULES: tuple[str, ...] = (
     "httptools",
     "sqlalchemy",
     "asyncpg",
+    "alembic",
 )
 """The top-level modules of the ``server`` extra's distributions (pyproject.toml), in order."""
 

@@ -12,6 +12,10 @@ PostgreSQL shutting down or starting up, ``disk_full``) into ``StorageUnavailabl
 :class:`~.health.StoreHealth` refuses sends until a probe write succeeds. SQLAlchemy's pool
 drops connections that failed as disconnects, so the store reconnects by itself: no restart.
 Connecting gives up after ``CONNECT_TIMEOUT`` seconds (asyncpg's own default is 60).
+
+**At open** the schema is brought to the newest revision (:mod:`.migrations`) in one
+transaction holding a transaction-scoped advisory lock: of replicas starting together one
+migrates, the others wait for its COMMIT and then find nothing to do.
 """
 
 from __future__ import annotations
@@ -31,8 +35,9 @@ from ...domain.sessions import MessageRecord, SessionRecord
 from ...errors import SessionExistsError, StorageFullError, StorageUnavailableError
 from .base import DEFAULT_SESSION_QUERY, SessionQuery, append_conflict, appended
 from .health import FULL_ERRNOS, StoreHealth, StoreState, StoreStatus
+from .migrations import migrate_locked
 from .rows import JSON_AS_VALUES, MESSAGE_COLUMNS, SESSION_COLUMNS, select_sessions
-from .tables import PROBE_ROW, TOUCH_PROBE, messages, metadata, sessions, store_probe
+from .tables import PROBE_ROW, TOUCH_PROBE, messages, sessions, store_probe
 
 __all__ = ["PostgresStore", "storage_error"]
 
@@ -119,9 +124,10 @@ class PostgresStore:
         return f"<PostgresStore {url} [{self._health.state}]>"
 
     async def open(self) -> None:
-        """Create any missing tables."""
+        """Migrate the schema to the newest revision, one replica at a time (ConfigError
+        when the database is at a revision this code does not know)."""
         async with self._engine.begin() as conn:
-            await conn.run_sync(metadata.create_all)
+            await conn.run_sync(migrate_locked)
 
     async def aclose(self) -> None:
         """Stop recovering, then close every pooled connection."""

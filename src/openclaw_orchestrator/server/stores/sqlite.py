@@ -20,8 +20,15 @@ per-statement thread hand-offs, which were most of the CPU of a session send:
   small pool of reader threads, each with its own connection.
 
 A file only: the writer, the reader and the reader threads each open it (``:memory:`` would
-give each its own empty database). The tables are :mod:`.tables`' (created through
-SQLAlchemy's stdlib ``sqlite3`` dialect at open), the rows :mod:`.rows`'.
+give each its own empty database). The tables are :mod:`.tables`', brought to the newest
+revision by the :mod:`.migrations` at open (through SQLAlchemy's stdlib ``sqlite3``
+dialect), the rows :mod:`.rows`'.
+
+**One process per file.** The writer thread's group commit and the inline reads are correct
+because this process is the only writer; a second orchestrator on the same file would break
+that. So :class:`SqliteFileLock` takes ``<db>.lock`` (``flock``, exclusive, non-blocking) for
+the store's lifetime, and another process opening the file gets a ``ConfigError`` saying to
+use PostgreSQL for replicas. The OS drops the lock with its process: ``kill -9`` leaves none.
 
 **When the disk fills or the file becomes unusable**, :func:`storage_error` turns the
 ``sqlite3``/``OSError`` failure into ``StorageFullError`` (507) or
@@ -36,7 +43,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import functools
+import os
 import sqlite3
 import threading
 import time
@@ -44,18 +53,20 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import create_engine, make_url
 
 from ...domain.sessions import MessageRecord, SessionRecord
 from ...errors import SessionExistsError, StorageFullError, StorageUnavailableError
+from ...settings import ConfigError
 from .base import DEFAULT_SESSION_QUERY, SessionQuery, append_conflict, appended
 from .health import DEFAULT_MIN_FREE_BYTES, FULL_ERRNOS, DiskSpace, StoreHealth, StoreStatus
+from .migrations import migrate
 from .rows import JSON_AS_TEXT, MESSAGE_COLUMNS, SESSION_COLUMNS, select_sessions
-from .tables import PROBE_ROW, TOUCH_PROBE, messages, metadata, sessions
+from .tables import PROBE_ROW, TOUCH_PROBE, messages, sessions
 
-__all__ = ["SqliteStore", "sqlite_path", "sqlite_url", "storage_error"]
+__all__ = ["SqliteFileLock", "SqliteStore", "sqlite_path", "sqlite_url", "storage_error"]
 
 READER_THREADS = 2
 SQLITE_BUSY_TIMEOUT_MS = 10_000
@@ -145,6 +156,95 @@ def _connect(path: str) -> sqlite3.Connection:
     ):
         conn.execute(pragma)
     return conn
+
+
+def _try_flock(fd: int, mode: int) -> bool:
+    """Take ``flock(mode)`` on ``fd`` without waiting; False when another holder prevents it."""
+    try:
+        fcntl.flock(fd, mode | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+class SqliteFileLock:
+    """``<db>.lock``, held exclusively by the one process that uses the database. ``flock``:
+    the OS drops it when the process ends however it ends (``kill -9`` leaves no stale lock),
+    and its descriptor is not inherited by child processes (PEP 446). The rule is one
+    *process* per file, so the stores of one process share the lock (a test reopening the
+    file while its first store is open): counted in :data:`_HELD`, released by the last."""
+
+    _HELD: ClassVar[dict[str, tuple[int, int]]] = {}  # lock path -> (descriptor, holders)
+    _GUARD: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, database: str) -> None:
+        self.path = os.path.realpath(f"{database}.lock")
+        self._holding = False
+
+    def __repr__(self) -> str:
+        return f"<SqliteFileLock {self.path} [{'held' if self.is_held else 'not held'}]>"
+
+    def __enter__(self) -> SqliteFileLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+    @property
+    def is_held(self) -> bool:
+        """Whether this object holds the lock."""
+        return self._holding
+
+    def acquire(self) -> None:
+        """Take the lock now, or ConfigError: another process is using the database."""
+        with self._GUARD:
+            if self._holding:
+                return
+            fd, holders = self._HELD.get(self.path, (-1, 0))
+            if not holders:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+                if not _try_flock(fd, fcntl.LOCK_EX):
+                    os.close(fd)
+                    raise self._taken()
+            self._HELD[self.path] = (fd, holders + 1)
+            self._holding = True
+
+    def release(self) -> None:
+        """Let another process have the database once no store of this one uses it (closing
+        the descriptor drops the lock)."""
+        with self._GUARD:
+            if not self._holding:
+                return
+            self._holding = False
+            fd, holders = self._HELD.pop(self.path)
+            if holders > 1:
+                self._HELD[self.path] = (fd, holders - 1)
+            else:
+                os.close(fd)
+
+    def check_free(self) -> None:
+        """The ConfigError :meth:`acquire` would raise, found without taking the lock (a
+        shared probe, dropped at once; no file created): to refuse before anything starts."""
+        if self.path in self._HELD:
+            return  # this process has it
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return
+        try:
+            if not _try_flock(fd, fcntl.LOCK_SH):
+                raise self._taken()
+        finally:
+            os.close(fd)
+
+    def _taken(self) -> ConfigError:
+        database = self.path.removesuffix(".lock")
+        return ConfigError(
+            f"{database}: another orchestrator process is using this SQLite database (it holds "
+            f"{self.path}); a SQLite store is for one process: stop the other one, or use "
+            "PostgreSQL (database_url) for several replicas"
+        )
 
 
 @dataclass(slots=True)
@@ -323,6 +423,8 @@ class SqliteStore:
             raise ValueError(f"SqliteStore needs a SQLite file URL, not {url!r}")
         self.url = url
         self.path = path
+        self._lock = SqliteFileLock(path)
+        self._lock.check_free()  # refused before anything starts (serve: one line, exit 2)
         self._space = DiskSpace(str(Path(path).parent), min_free_bytes=min_free_bytes)
         self._health = StoreHealth(self._probe, functools.partial(storage_error, space=self._space))
         self._writer: _Writer | None = None
@@ -344,22 +446,28 @@ class SqliteStore:
     # -- lifecycle -------------------------------------------------------------------------
 
     async def open(self) -> None:
-        """Create the folder and any missing tables, start the writer thread."""
-        await asyncio.to_thread(self._create_schema)
+        """Create the folder, take the file's lock (ConfigError if another process has it),
+        bring the schema to the newest revision, start the writer thread."""
+        await asyncio.to_thread(self._prepare)
         self._reader = _connect(self.path)
         self._pool = ThreadPoolExecutor(READER_THREADS, thread_name_prefix="sqlite-reader")
         self._writer = _Writer(self.path)
         self._writer.start()
 
-    def _create_schema(self) -> None:
+    def _prepare(self) -> None:
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        _connect(self.path).close()  # WAL is a property of the file: set it first
-        engine = create_engine(f"sqlite:///{self.path}")
+        self._lock.acquire()
         try:
-            with engine.begin() as conn:
-                metadata.create_all(conn)
-        finally:
-            engine.dispose()
+            _connect(self.path).close()  # WAL is a property of the file: set it first
+            engine = create_engine(f"sqlite:///{self.path}")
+            try:
+                with engine.begin() as conn:
+                    migrate(conn)
+            finally:
+                engine.dispose()
+        except BaseException:
+            self._lock.release()
+            raise
 
     async def aclose(self) -> None:
         """Commit what is queued, stop the writer, close every connection."""
@@ -376,6 +484,7 @@ class SqliteStore:
         if self._reader is not None:
             self._reader.close()
             self._reader = None
+        self._lock.release()
 
     # -- health ----------------------------------------------------------------------------
 
