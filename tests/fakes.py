@@ -14,20 +14,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from openclaw_orchestrator.models import InstanceSpec
-from openclaw_orchestrator.server.drivers.base import History, ProbeResult
+from openclaw_orchestrator.server.drivers.base import Fence, History, ProbeResult
 
 __all__ = ["FakeCall", "FakeClock", "FakeDriver", "Handler"]
 
 
 @dataclass(frozen=True, slots=True)
 class FakeCall:
-    """One call the core made: which operation, on which instance, with what."""
+    """One call the core made: which operation, on which instance, with what (a session
+    call's ``fence`` too)."""
 
     op: str
     instance: str
     payload: Any = None
     timeout: float = 0.0
     session_id: str | None = None
+    fence: Fence | None = None
 
 
 Handler = Callable[[FakeCall], Any]
@@ -88,8 +90,10 @@ class FakeDriver:
         *,
         timeout: float,
         request_id: str,
+        fence: Fence | None = None,
     ) -> Any:
-        return self._run(FakeCall("session_send", instance.name, payload, timeout, session_id))
+        call = FakeCall("session_send", instance.name, payload, timeout, session_id, fence)
+        return self._run(call)
 
     async def session_restore(
         self,
@@ -99,17 +103,24 @@ class FakeDriver:
         *,
         timeout: float,
         request_id: str,
+        fence: Fence | None = None,
     ) -> None:
         if isinstance(history, AsyncIterable):
             replayed = [pair async for pair in history]
         else:
             replayed = list(history)
-        self._run(FakeCall("session_restore", instance.name, replayed, timeout, session_id))
+        call = FakeCall("session_restore", instance.name, replayed, timeout, session_id, fence)
+        self._run(call)
 
     async def session_close(
-        self, instance: InstanceSpec, session_id: str, *, timeout: float
+        self,
+        instance: InstanceSpec,
+        session_id: str,
+        *,
+        timeout: float,
+        fence: Fence | None = None,
     ) -> None:
-        self._run(FakeCall("session_close", instance.name, None, timeout, session_id))
+        self._run(FakeCall("session_close", instance.name, None, timeout, session_id, fence))
 
     async def probe(self, instance: InstanceSpec, *, timeout: float) -> ProbeResult:
         self._run(FakeCall("probe", instance.name, None, timeout))

@@ -96,6 +96,16 @@ def test_session_errors_are_exported() -> None:
     assert issubclass(openclaw_orchestrator.SessionExistsError, errors.ConflictError)
 
 
+def test_fencing_errors_are_exported() -> None:
+    """``except StaleEpochError`` / ``StaleSeqError`` work from the package root; both are
+    an instance's errors (they name it), surfaced as 409."""
+    for cls in (openclaw_orchestrator.StaleEpochError, openclaw_orchestrator.StaleSeqError):
+        assert cls is getattr(errors, cls.__name__)
+        assert issubclass(cls, errors.InstanceError)
+        assert cls.status == 409
+        assert errors.ERRORS_BY_CODE[cls.code] is cls
+
+
 def test_unknown_attribute_raises_attribute_error() -> None:
     """The lazy loader does not invent names."""
     with pytest.raises(AttributeError, match="NoSuchThing"):

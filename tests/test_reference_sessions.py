@@ -296,7 +296,7 @@ async def test_lru_session_is_evicted(serve: Serve, session: aiohttp.ClientSessi
     assert status == 404
     assert (await _history(session, url, "s1"))["seen"] == 2
     assert repr(app.state.instance.sessions) == (
-        "<SessionStore open=2 evicted=1 max_sessions=2 max_history=1000>"
+        "<SessionStore open=2 evicted=1 tombstones=0 max_sessions=2 max_history=1000>"
     )
     _, body = await _send(session, url, "s2", 2)
     assert body["seen"] == 1
@@ -434,7 +434,9 @@ def test_store_repr_and_open() -> None:
     assert "a" in store
     assert store.close("a")
     assert not store.close("a")
-    assert repr(store) == "<SessionStore open=0 evicted=0 max_sessions=5 max_history=2>"
+    assert repr(store) == (
+        "<SessionStore open=0 evicted=0 tombstones=0 max_sessions=5 max_history=2>"
+    )
 
 
 @pytest.mark.parametrize(

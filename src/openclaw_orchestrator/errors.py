@@ -27,7 +27,9 @@ which tells an instance's refusal (``InstanceRejectedError``) apart from a malfo
         ├── ReplyTooLargeError         502 reply_too_large      reply over the instance's limit
         ├── AddressNotAllowedError     502 address_not_allowed  instances.allow/deny refused it
         ├── InstanceDownError          503 instance_down
-        └── TimeoutExceededError       504 timeout
+        ├── TimeoutExceededError       504 timeout
+        ├── StaleEpochError            409 stale_epoch          fenced off: a newer epoch holds it
+        └── StaleSeqError              409 stale_seq            fenced off: a later message ran
 
 Errors that only the SDK or CLI see (``ConnectionFailedError``: orchestrator unreachable)
 live here too so that one ``except OrchestratorError`` covers them.
@@ -58,6 +60,8 @@ __all__ = [
     "ReplyTooLargeError",
     "SessionClosedError",
     "SessionExistsError",
+    "StaleEpochError",
+    "StaleSeqError",
     "StorageFullError",
     "StorageUnavailableError",
     "TimeoutExceededError",
@@ -258,6 +262,25 @@ class TimeoutExceededError(InstanceError):
     status = 504
 
 
+class StaleEpochError(InstanceError):
+    """The instance refused a session call whose fencing epoch is older than one it has seen
+    (instance protocol v1.2): whoever sent it lost the session's lease; nothing ran.
+
+    An instance error (it names the instance and never blames the caller's payload), with
+    409 because the session moved on under a newer lease, and never retried elsewhere."""
+
+    code = "stale_epoch"
+    status = 409
+
+
+class StaleSeqError(InstanceError):
+    """The instance refused a session message whose position (``X-Session-Seq``) is behind
+    the last one it ran (instance protocol v1.2); nothing ran."""
+
+    code = "stale_seq"
+    status = 409
+
+
 ERRORS_BY_CODE: dict[str, type[OrchestratorError]] = {
     cls.code: cls
     for cls in (
@@ -281,6 +304,8 @@ ERRORS_BY_CODE: dict[str, type[OrchestratorError]] = {
         AddressNotAllowedError,
         InstanceDownError,
         TimeoutExceededError,
+        StaleEpochError,
+        StaleSeqError,
     )
 }
 

@@ -1,4 +1,4 @@
-"""The reference instance: a lean Starlette app speaking instance protocol v1.
+"""The reference instance: a lean Starlette app speaking instance protocol v1 (v1.2).
 
 See ``docs/instance-protocol.md`` for the contract. It sits on the benchmark's direct path,
 so the request path is plain Starlette with orjson, a pure-ASGI middleware for the request
@@ -21,6 +21,12 @@ Routes::
 
 A session message is a task that sees, and extends, its session (:mod:`.sessions`): messages
 of one session run one at a time, in arrival order, under the session's lock.
+
+Fencing (v1.2): ``X-Session-Epoch`` on a message, restore or close and ``X-Session-Seq`` on a
+message or restore are checked by the session (:class:`.sessions.StaleError`, answered
+``409 stale_epoch``/``stale_seq``) on arrival and again when the request's turn comes, so a
+request that was queued when a newer epoch arrived does not run either. A message whose seq
+is the last one run is answered from the remembered reply, with ``X-Session-Replayed: true``.
 
 The ``reply_bytes``/``health_reply_bytes`` faults pad replies as they are sent
 (:class:`_PaddedSend`), so an instance can answer gigabytes without holding them.
@@ -57,6 +63,7 @@ from .sessions import (
     RestoreOrderError,
     Session,
     SessionStore,
+    StaleError,
     is_valid_session_id,
     parse_restore,
 )
@@ -64,8 +71,11 @@ from .sessions import (
 __all__ = [
     "DEADLINE_GRACE",
     "DEFAULT_MAX_BODY_BYTES",
+    "EPOCH_HEADER",
     "HEALTH_PATH",
     "MESSAGES_PATH",
+    "REPLAYED_HEADER",
+    "SEQ_HEADER",
     "SESSION_PATH",
     "TASK_PATH",
     "InstanceOptions",
@@ -85,6 +95,11 @@ SESSION_PATH = "/api/instance/sessions/{session_id:path}"
 """``:path`` so that even an id holding an encoded ``/`` gets the 400 naming ``session_id``."""
 MESSAGES_PATH = SESSION_PATH + "/messages"
 REQUEST_ID_SCOPE_KEY = "openclaw.request_id"
+EPOCH_HEADER = "X-Session-Epoch"
+SEQ_HEADER = "X-Session-Seq"
+REPLAYED_HEADER = "X-Session-Replayed"
+_MAX_FENCE = 2**63 - 1
+"""The largest epoch or seq: what a signed 64-bit database column holds."""
 
 _REQUEST_ID = b"x-request-id"
 _log = get_logger("reference.app")
@@ -149,11 +164,6 @@ def _encode_result(body: dict[str, Any]) -> bytes:
         raise HandlerError(500, "handler_error", f"result is not JSON: {exc}") from exc
 
 
-def _result_response(body: dict[str, Any]) -> Response:
-    """A 200 carrying a handler's result (see :func:`_encode_result`)."""
-    return Response(_encode_result(body), 200, media_type="application/json")
-
-
 def _too_large(limit: int) -> HandlerError:
     return HandlerError(413, "payload_too_large", f"request body is over {limit} bytes")
 
@@ -186,6 +196,30 @@ def _session_id(request: Request) -> str:
         )
         raise HandlerError(400, "invalid_request", message)
     return session_id
+
+
+def _fence_value(request: Request, header: str, least: int) -> int | None:
+    """The integer value of fencing ``header`` (None when absent); a 400 naming it unless it
+    is a decimal integer from ``least`` to :data:`_MAX_FENCE`."""
+    value = request.headers.get(header)
+    if value is None:
+        return None
+    if not (value.isascii() and value.isdigit() and len(value) <= 19) or not (
+        least <= int(value) <= _MAX_FENCE
+    ):
+        message = f"{header}: expected an integer from {least} to {_MAX_FENCE}, got {value!r}"
+        raise HandlerError(400, "invalid_request", message)
+    return int(value)
+
+
+def _epoch(request: Request) -> int | None:
+    """``X-Session-Epoch``: the sender's lease epoch of the session (0 or more)."""
+    return _fence_value(request, EPOCH_HEADER, 0)
+
+
+def _seq(request: Request) -> int | None:
+    """``X-Session-Seq``: a message's position in the session's history (1 or more)."""
+    return _fence_value(request, SEQ_HEADER, 1)
 
 
 @contextlib.asynccontextmanager
@@ -292,43 +326,52 @@ class ReferenceInstance:
         """``POST .../sessions/{id}/messages``: a task run in its session's turn, then kept.
 
         A message that fails (fault, handler error, deadline) leaves the session unchanged.
+        A fenced one (v1.2) is checked on arrival and again in its turn; one whose seq was
+        the last run is answered again from its remembered reply, without running.
         """
         payload, deadline = await self._read_task(request)
-        session = self.sessions.open(_session_id(request))
+        session_id, epoch, seq = _session_id(request), _epoch(request), _seq(request)
+        session = self.sessions.admit(session_id, epoch)
         request_id = request.scope[REQUEST_ID_SCOPE_KEY]
         self.inflight += 1
         try:
             async with _turn(session, deadline):
+                session.admit(epoch)
+                if (replayed := session.replayed(seq)) is not None:
+                    return _replayed_response(replayed)
                 await self._inject_faults(request.receive)
                 context = HandlerContext(self.name, request_id, deadline, session.context())
                 result = await self._run(payload, context)
                 seen = session.seen + 1
-                response = _result_response({"result": result, "instance": self.name, "seen": seen})
+                body = _encode_result({"result": result, "instance": self.name, "seen": seen})
                 session.record(payload, result)
-            return response
+                session.remember(seq, body)
+            return Response(body, 200, media_type="application/json")
         finally:
             self.inflight -= 1
 
     async def restore(self, request: Request) -> Response:
         """``PUT .../sessions/{id}``: become the replayed history, whole or a page at a time
-        (staged until the final page); no handler runs."""
+        (staged until the final page); no handler runs. Every page of a fenced restore is
+        checked like a message; the final one sets the session's seq when it carries one."""
         self.authorize(request)
         deadline = _parse_deadline(request.headers.get("x-deadline-ms"))
         body = _parse_json(await _read_body(request, self.max_body_bytes))
-        session_id = _session_id(request)
+        session_id, epoch, seq = _session_id(request), _epoch(request), _seq(request)
         try:
             restore = parse_restore(body)
         except ValueError as exc:
             raise HandlerError(400, "invalid_request", str(exc)) from None
-        session = self.sessions.open(session_id)
+        session = self.sessions.admit(session_id, epoch)
         async with _turn(session, deadline):
+            session.admit(epoch)
             try:
                 staged = session.stage(restore.exchanges, restore.offset)
             except RestoreOrderError as exc:
                 raise HandlerError(409, "restore_out_of_order", str(exc)) from None
             if not restore.final:
                 return _json(200, {"session_id": session_id, "staged": staged})
-            session.commit()
+            session.commit(seq)
         return _json(200, {"session_id": session_id, "seen": session.seen})
 
     async def get_session(self, request: Request) -> Response:
@@ -341,10 +384,11 @@ class ReferenceInstance:
         return _json(200, session.to_dict())
 
     async def close(self, request: Request) -> Response:
-        """``DELETE .../sessions/{id}``: forget the session; idempotent."""
+        """``DELETE .../sessions/{id}``: forget the session; idempotent. With an epoch, one
+        below the session's is refused and a tombstone keeps later stale messages out."""
         self.authorize(request)
         session_id = _session_id(request)
-        self.sessions.close(session_id)
+        self.sessions.close(session_id, _epoch(request))
         return _json(200, {"closed": session_id})
 
     async def _inject_faults(self, receive: Receive) -> None:
@@ -435,6 +479,17 @@ def _error_headers(exc: HandlerError) -> dict[str, str]:
 def _handler_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HandlerError)  # registered for HandlerError only
     return error_response(exc.status, exc.code, exc.message, _error_headers(exc))
+
+
+def _stale(request: Request, exc: Exception) -> Response:
+    """A fenced request from behind the session's fence: 409 with its code; nothing ran."""
+    assert isinstance(exc, StaleError)  # registered for StaleError only
+    return error_response(409, exc.code, str(exc))
+
+
+def _replayed_response(body: bytes) -> Response:
+    """The remembered reply of a message delivered again (the same ``X-Session-Seq``)."""
+    return Response(body, 200, {REPLAYED_HEADER: "true"}, media_type="application/json")
 
 
 class _Expiry:
@@ -695,6 +750,7 @@ def create_instance_app(
         middleware=[Middleware(RequestIdMiddleware)],
         exception_handlers={
             HandlerError: _handler_error,
+            StaleError: _stale,
             HTTPException: _http_error,
             Exception: _server_error,
         },

@@ -9,6 +9,13 @@ A replay comes whole or in pages (protocol v1.1): pages are *staged* in order, e
 ``offset`` the number staged before it, and the final page swaps the staged history in; the
 session keeps answering from its old history until then. Staging is bounded like history.
 
+Fencing (protocol v1.2) keeps a stale sender out: each session remembers the highest
+``epoch`` it was sent (a request below it is :class:`StaleError`, ``stale_epoch``), the last
+message position ``seq`` it ran and that run's reply (the same ``seq`` again is answered from
+it, a lower one is ``stale_seq``). A close with an epoch leaves a *tombstone*, id -> epoch,
+bounded like the sessions, so a late message of the closed session is refused rather than
+starting a new one. Requests without an epoch or seq are not fenced at all (v1.1).
+
 Stdlib only: the app maps the ``ValueError`` raised here to its 400 envelope.
 """
 
@@ -30,6 +37,7 @@ __all__ = [
     "Session",
     "SessionContext",
     "SessionStore",
+    "StaleError",
     "is_valid_session_id",
     "parse_history",
     "parse_restore",
@@ -88,22 +96,67 @@ class RestoreOrderError(ValueError):
         self.expected = expected
 
 
+class StaleError(Exception):
+    """A fenced request from behind the session's fence (protocol v1.2); ``code`` is
+    ``stale_epoch`` or ``stale_seq``. Nothing was changed."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 class Session:
-    """One session's live state: kept exchanges, the count of all, and the lock ordering them.
+    """One session's live state: kept exchanges, the count of all, the lock ordering them and
+    its fence (``epoch``: the highest seen, None before any; ``seq``: the last position run
+    or restored, 0 before any; ``reply``: the body that run answered, to answer it again).
 
     Messages of a session take ``lock`` in arrival order (``asyncio.Lock`` is FIFO), so the
     handler of one message sees every earlier message's exchange.
     """
 
-    __slots__ = ("history", "id", "lock", "seen", "staged", "staged_count")
+    __slots__ = ("epoch", "history", "id", "lock", "reply", "seen", "seq", "staged", "staged_count")
 
-    def __init__(self, session_id: str, max_history: int) -> None:
+    def __init__(self, session_id: str, max_history: int, epoch: int | None = None) -> None:
         self.id = session_id
         self.history: deque[Exchange] = deque(maxlen=max_history)
         self.seen = 0
         self.lock = asyncio.Lock()
         self.staged: deque[Exchange] | None = None
         self.staged_count = 0
+        self.epoch = epoch
+        self.seq = 0
+        self.reply: bytes | None = None
+
+    def admit(self, epoch: int | None) -> None:
+        """Take a request fenced with ``epoch`` (None: unfenced, always taken), raising the
+        session's epoch to it; StaleError when it is below the session's."""
+        if epoch is None:
+            return
+        if self.epoch is not None and epoch < self.epoch:
+            raise StaleError(
+                "stale_epoch",
+                f"session {self.id}: epoch {epoch} < {self.epoch}, the newest this instance "
+                "has seen; a newer lease holds the session",
+            )
+        self.epoch = epoch
+
+    def replayed(self, seq: int | None) -> bytes | None:
+        """The reply to answer again when message ``seq`` is the last one run; None when it
+        is to run (unfenced, or past the last); StaleError when it is behind."""
+        if seq is None or seq > self.seq:
+            return None
+        if seq == self.seq and self.reply is not None:
+            return self.reply
+        if seq < self.seq:
+            why = f"{seq} < {self.seq}, the last position this instance ran or restored"
+        else:
+            why = f"{seq} is where the restored history ends; no reply is kept to repeat"
+        raise StaleError("stale_seq", f"session {self.id}: seq {why}")
+
+    def remember(self, seq: int | None, reply: bytes) -> None:
+        """Note that message ``seq`` ran and answered ``reply`` (unfenced: nothing to note)."""
+        if seq is not None:
+            self.seq, self.reply = seq, reply
 
     def context(self) -> SessionContext:
         """A frozen snapshot for the handler of the next message."""
@@ -132,27 +185,38 @@ class Session:
         self.staged_count += len(exchanges)
         return self.staged_count
 
-    def commit(self) -> None:
-        """Become the staged conversation (its newest ``max_history`` kept)."""
+    def commit(self, seq: int | None = None) -> None:
+        """Become the staged conversation (its newest ``max_history`` kept), which ends at
+        message position ``seq`` when given; no reply of the old conversation is kept."""
         if self.staged is None:
             raise RestoreOrderError(0, None)
         self.history, self.seen = self.staged, self.staged_count
         self.staged, self.staged_count = None, 0
+        if seq is not None:
+            self.seq = seq
+        self.reply = None
 
     def to_dict(self) -> dict[str, Any]:
         """The body of ``GET /api/instance/sessions/{id}``."""
         history = [exchange.to_dict() for exchange in self.history]
-        return {"session_id": self.id, "seen": self.seen, "history": history}
+        body: dict[str, Any] = {"session_id": self.id, "seen": self.seen, "history": history}
+        if self.epoch is not None:
+            body["epoch"] = self.epoch
+        if self.seq:
+            body["seq"] = self.seq
+        return body
 
     def __repr__(self) -> str:
         state = "busy" if self.lock.locked() else "idle"
-        return f"<Session {self.id} seen={self.seen} kept={len(self.history)} {state}>"
+        fence = "" if self.epoch is None else f" epoch={self.epoch} seq={self.seq}"
+        return f"<Session {self.id} seen={self.seen} kept={len(self.history)}{fence} {state}>"
 
 
 class SessionStore:
-    """The sessions of one instance, least recently used first; bounded in count and length."""
+    """The sessions of one instance, least recently used first; bounded in count and length.
+    So are the tombstones of fenced closes (id -> epoch), the oldest forgotten first."""
 
-    __slots__ = ("_sessions", "evicted", "max_history", "max_sessions")
+    __slots__ = ("_sessions", "_tombstones", "evicted", "max_history", "max_sessions")
 
     def __init__(
         self, *, max_sessions: int = DEFAULT_MAX_SESSIONS, max_history: int = DEFAULT_MAX_HISTORY
@@ -163,6 +227,7 @@ class SessionStore:
         self.max_history = max_history
         self.evicted = 0
         self._sessions: OrderedDict[str, Session] = OrderedDict()
+        self._tombstones: OrderedDict[str, int] = OrderedDict()
 
     def get(self, session_id: str) -> Session | None:
         """The session, if this instance knows it; looking does not count as use."""
@@ -178,15 +243,53 @@ class SessionStore:
         if session is not None:
             self._sessions.move_to_end(session_id)
             return session
-        session = self._sessions[session_id] = Session(session_id, self.max_history)
+        closed_at = self._tombstones.pop(session_id, None)  # a new life, as fenced as the old
+        session = Session(session_id, self.max_history, closed_at)
+        self._sessions[session_id] = session
         if len(self._sessions) > self.max_sessions:
             self._sessions.popitem(last=False)
             self.evicted += 1
         return session
 
-    def close(self, session_id: str) -> bool:
-        """Forget the session; whether it existed."""
+    def admit(self, session_id: str, epoch: int | None) -> Session:
+        """:meth:`open` for a request fenced with ``epoch`` (None: unfenced, as ``open``),
+        raising the session's epoch to it; StaleError, before anything changes, when it is
+        below the session's or not above the epoch the session was closed at."""
+        session = self._sessions.get(session_id)
+        if session is not None:
+            session.admit(epoch)
+        elif epoch is not None:
+            self._check_tombstone(session_id, epoch, closing=False)
+        session = self.open(session_id)
+        session.admit(epoch)
+        return session
+
+    def close(self, session_id: str, epoch: int | None = None) -> bool:
+        """Forget the session; whether it existed. With an ``epoch`` (checked as by
+        :meth:`admit`, though closing again at the same epoch is fine) leave a tombstone."""
+        session = self._sessions.get(session_id)
+        if epoch is not None:
+            if session is not None:
+                session.admit(epoch)  # a message still queued behind now finds itself stale
+            else:
+                self._check_tombstone(session_id, epoch, closing=True)
+            self._tombstones[session_id] = epoch
+            self._tombstones.move_to_end(session_id)
+            if len(self._tombstones) > self.max_sessions:
+                self._tombstones.popitem(last=False)
         return self._sessions.pop(session_id, None) is not None
+
+    def _check_tombstone(self, session_id: str, epoch: int, *, closing: bool) -> None:
+        """StaleError when ``session_id`` was closed at an epoch a request at ``epoch``
+        cannot follow: a message or restore needs a higher one, a close at least the same."""
+        closed_at = self._tombstones.get(session_id)
+        if closed_at is None or epoch > closed_at or (closing and epoch == closed_at):
+            return
+        sign = "<" if closing else "<="
+        raise StaleError(
+            "stale_epoch",
+            f"session {session_id}: epoch {epoch} {sign} {closed_at}, the epoch it was closed at",
+        )
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -197,6 +300,7 @@ class SessionStore:
     def __repr__(self) -> str:
         return (
             f"<SessionStore open={len(self._sessions)} evicted={self.evicted}"
+            f" tombstones={len(self._tombstones)}"
             f" max_sessions={self.max_sessions} max_history={self.max_history}>"
         )
 

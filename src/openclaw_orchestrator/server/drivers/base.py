@@ -45,6 +45,7 @@ from ..logs import get_logger
 __all__ = [
     "LOCAL_RESOURCE_ERRNOS",
     "OVERLOADED_RETRY_AFTER",
+    "Fence",
     "History",
     "InstanceDriver",
     "InstanceRequest",
@@ -84,12 +85,31 @@ class ProbeResult:
     detail: str | None = None
 
 
+class Fence(NamedTuple):
+    """What fences a session call off from a stale sender (instance protocol v1.2).
+
+    ``epoch`` is the session's lease epoch, which the orchestrator bumps whenever a replica
+    takes the lease and on migration and close: an instance refuses a call below the highest
+    it has seen (:class:`~openclaw_orchestrator.errors.StaleEpochError`). ``seq`` is a
+    message's position in the session's history (on a restore: where the history ends): a
+    message sent again at the last position run is answered from the reply the instance
+    kept, not run twice; one behind it is refused
+    (:class:`~openclaw_orchestrator.errors.StaleSeqError`). None: no position sent.
+
+    (A named tuple, as :class:`Reply`: made per call.)"""
+
+    epoch: int
+    seq: int | None = None
+
+
 class InstanceDriver(Protocol):
     """Talks to one kind of instance. Implementations never raise anything but
     :class:`~openclaw_orchestrator.errors.OrchestratorError` subclasses.
 
     The ``session_*`` methods drive a conversation the instance remembers between requests;
-    they raise what :meth:`invoke` raises, for the same reasons.
+    they raise what :meth:`invoke` raises, for the same reasons. Their ``fence`` (None: the
+    call is not fenced, as before v1.2) is the session's :class:`Fence`; a driver whose
+    instances cannot enforce it accepts it and says so.
     """
 
     kind: str
@@ -108,6 +128,7 @@ class InstanceDriver(Protocol):
         *,
         timeout: float,
         request_id: str,
+        fence: Fence | None = None,
     ) -> Any:
         """Send one message of session ``session_id`` (the instance creates the session on its
         first message) and return the result, like :meth:`invoke`."""
@@ -121,6 +142,7 @@ class InstanceDriver(Protocol):
         *,
         timeout: float,
         request_id: str,
+        fence: Fence | None = None,
     ) -> None:
         """Replace ``instance``'s state of the session with ``history``, ``(payload, result)``
         pairs oldest first, without re-running them (how a session migrates). ``history``
@@ -128,7 +150,12 @@ class InstanceDriver(Protocol):
         ...
 
     async def session_close(
-        self, instance: InstanceSpec, session_id: str, *, timeout: float
+        self,
+        instance: InstanceSpec,
+        session_id: str,
+        *,
+        timeout: float,
+        fence: Fence | None = None,
     ) -> None:
         """Make ``instance`` forget the session; closing an unknown session succeeds."""
         ...
@@ -144,13 +171,16 @@ class InstanceDriver(Protocol):
 
 
 class Reply(NamedTuple):
-    """A complete reply: status, ``Retry-After`` (as sent) and the body.
+    """A complete reply: status, ``Retry-After`` (as sent), the body, and whether it came
+    with ``X-Session-Replayed: true`` (a session message answered from the instance's memory
+    of an earlier delivery, protocol v1.2).
 
     (A named tuple: made per request, and a frozen dataclass costs three times as much.)"""
 
     status: int
     retry_after: str | None
     body: bytes
+    replayed: bool = False
 
 
 @dataclass(slots=True)
@@ -158,7 +188,8 @@ class InstanceRequest:
     """One exchange with an instance, built once per call and handed whole to the
     :class:`InstanceTransport` (as httpx hands its transports a ``Request``): ``body`` to
     ``instance``'s URL plus ``path``, within ``timeout`` seconds (sent as ``X-Deadline-Ms``
-    when ``deadline``), tagged ``request_id``, its reply read up to ``max_reply`` bytes.
+    when ``deadline``), tagged ``request_id``, its reply read up to ``max_reply`` bytes, and
+    fenced by ``fence`` (a session call's ``X-Session-Epoch``/``X-Session-Seq``) when given.
 
     Anything more that should travel to the instance with every request is a field here,
     sent by each transport's header builder. Treat it as immutable; it is not frozen
@@ -173,6 +204,7 @@ class InstanceRequest:
     request_id: str | None
     max_reply: int
     deadline: bool = True
+    fence: Fence | None = None
 
 
 class InstanceTransport(Protocol):

@@ -15,10 +15,12 @@ and hands everything else to the ``AiohttpTransport`` it is built with, as
     anything else (GET, PUT, DELETE, https://, big body) -> aiohttp
 
 Both send the protocol's headers (JSON content type, ``X-Deadline-Ms``, ``X-Request-ID``,
-the instance's bearer credential), check every connect against ``instances.allow``/
-``deny``, read a reply only up to ``max_reply`` bytes (``reply_too_large`` past it) and
-translate transport failures into the same errors (:func:`~.base.client_error`,
-:func:`~.lean.lean_error`). Every URL is the instance's URL plus a path, built by
+the instance's bearer credential, and a fenced session call's ``X-Session-Epoch`` and
+``X-Session-Seq``), report a fenced reply's ``X-Session-Replayed: true``
+(``Reply.replayed``), check every connect against ``instances.allow``/``deny``, read a reply
+only up to ``max_reply`` bytes (``reply_too_large`` past it) and translate transport
+failures into the same errors (:func:`~.base.client_error`, :func:`~.lean.lean_error`).
+Every URL is the instance's URL plus a path, built by
 :func:`~.base.request_url`, which cannot leave the instance's host and port.
 """
 
@@ -35,6 +37,7 @@ from ...sdk.bodies import STREAM_FROM_BYTES, outgoing_body
 from ...settings import DEFAULT_MAX_CONNECTIONS
 from .base import (
     REQUEST_ID_HEADER,
+    Fence,
     InstanceRequest,
     InstanceTransport,
     Reply,
@@ -46,6 +49,9 @@ from .lean import LeanHttp, Target, lean_error
 
 __all__ = [
     "DEADLINE_HEADER",
+    "EPOCH_HEADER",
+    "REPLAYED_HEADER",
+    "SEQ_HEADER",
     "SESSIONS_PATH",
     "TRANSPORTS",
     "AiohttpTransport",
@@ -56,6 +62,9 @@ __all__ = [
 ]
 
 DEADLINE_HEADER = "X-Deadline-Ms"
+EPOCH_HEADER = "X-Session-Epoch"
+SEQ_HEADER = "X-Session-Seq"
+REPLAYED_HEADER = "X-Session-Replayed"
 SESSIONS_PATH = "/api/instance/sessions"
 TransportKind = Literal["lean", "aiohttp"]
 TRANSPORTS: tuple[TransportKind, ...] = ("lean", "aiohttp")
@@ -105,7 +114,8 @@ class AiohttpTransport:
                 allow_redirects=False,
             ) as resp:
                 raw = await read_reply(resp, instance.name, request.max_reply)
-                return Reply(resp.status, resp.headers.get("Retry-After"), raw)
+                replayed = request.fence is not None and _is_replayed(resp)
+                return Reply(resp.status, resp.headers.get("Retry-After"), raw, replayed)
 
     def _url(self, instance: InstanceSpec, path: str) -> URL:
         """``path`` (percent-encoded) on ``instance``; a session path reuses the cached URL
@@ -222,6 +232,19 @@ def _verbatim(value: str) -> bool:
     return value.isascii() and "\r" not in value and "\n" not in value
 
 
+def _is_replayed(resp: aiohttp.ClientResponse) -> bool:
+    """Whether the instance answered from its memory of an earlier delivery (v1.2)."""
+    return resp.headers.get(REPLAYED_HEADER, "").lower() == "true"
+
+
+def _fence_lines(fence: Fence) -> str:
+    """A fenced session call's ``X-Session-Epoch`` (and ``X-Session-Seq``) header lines."""
+    lines = f"{EPOCH_HEADER}: {fence.epoch}\r\n"
+    if fence.seq is not None:
+        lines += f"{SEQ_HEADER}: {fence.seq}\r\n"
+    return lines
+
+
 def _headers(request: InstanceRequest) -> dict[str, str]:
     """The protocol's headers for aiohttp (which encodes them)."""
     headers = dict(_BASE_HEADERS)
@@ -229,6 +252,11 @@ def _headers(request: InstanceRequest) -> dict[str, str]:
         headers[DEADLINE_HEADER] = str(int(request.timeout * 1000))
     if request.request_id is not None:
         headers[REQUEST_ID_HEADER] = request.request_id
+    fence = request.fence
+    if fence is not None:
+        headers[EPOCH_HEADER] = str(fence.epoch)
+        if fence.seq is not None:
+            headers[SEQ_HEADER] = str(fence.seq)
     credentials = request.instance.credentials
     if credentials is not None:
         headers["Authorization"] = f"Bearer {credentials.get_secret_value()}"
@@ -251,4 +279,6 @@ def _header_lines(request: InstanceRequest) -> bytes | None:
         if not _verbatim(value):
             return None
         lines += f"Authorization: {value}\r\n"
+    if request.fence is not None:
+        lines += _fence_lines(request.fence)
     return lines.encode()

@@ -136,6 +136,7 @@ class _Connection(asyncio.Protocol):
         self._status = 0
         self._header_name = b""
         self._retry_after: str | None = None
+        self._replayed = False
         self._chunks: list[bytes] = []
         self._keep_alive = False
         self._max_reply = DEFAULT_MAX_REPLY_BYTES
@@ -151,7 +152,8 @@ class _Connection(asyncio.Protocol):
             return
         if exc is None and self._status and not self._parser.should_keep_alive():
             # A reply without a length ends where the connection does.
-            self._waiter.set_result(Reply(self._status, self._retry_after, b"".join(self._chunks)))
+            body = b"".join(self._chunks)
+            self._waiter.set_result(Reply(self._status, self._retry_after, body, self._replayed))
             return
         self._waiter.set_exception(
             exc or ConnectionResetError("the instance closed the connection")
@@ -175,6 +177,8 @@ class _Connection(asyncio.Protocol):
         elif size == 14 and name.lower() == b"content-length":
             if value.isdigit() and int(value) > self._max_reply:  # refused before any body
                 self._fail(ReplyTooLarge(self._max_reply))
+        elif size == 18 and name.lower() == b"x-session-replayed":  # a session message's
+            self._replayed = value.lower() == b"true"
 
     def on_headers_complete(self) -> None:
         self._status = self._parser.get_status_code()
@@ -188,7 +192,7 @@ class _Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self._keep_alive = self._parser.should_keep_alive()
-        reply = Reply(self._status, self._retry_after, b"".join(self._chunks))
+        reply = Reply(self._status, self._retry_after, b"".join(self._chunks), self._replayed)
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(reply)
 
@@ -217,7 +221,7 @@ class _Connection(asyncio.Protocol):
         (a context object, the current task, a reschedule) and a fanout makes thousands."""
         if self.transport is None or self.closed:
             raise ConnectionResetError("the connection is closed")
-        self._status, self._retry_after, self._keep_alive = 0, None, False
+        self._status, self._retry_after, self._keep_alive, self._replayed = 0, None, False, False
         self._chunks = []
         self._max_reply, self._received, self._body_size = max_reply, 0, 0
         waiter: asyncio.Future[Reply] = self._loop.create_future()

@@ -40,6 +40,11 @@ earlier ones were left out; the history streams through, so memory is bounded to
 deletes the gateway session with its ``sessions`` tool (its transcript is archived by the
 gateway).
 
+Fencing: the session calls accept a :class:`~.base.Fence` (instance protocol v1.2) and send
+nothing of it. A gateway has no epoch or message position to check, so it cannot refuse a
+stale sender or recognise a redelivered message; what protects a gateway session is the
+orchestrator's own side, its session lease and conditional writes of the history.
+
 Every reply is read up to the instance's ``max_reply_bytes`` (else
 ``instances.max_reply_bytes``); past it the connection is dropped: ``reply_too_large``.
 
@@ -69,6 +74,7 @@ from ...sdk.closing import AsyncClosesOnExit
 from ...settings import DEFAULT_MAX_REPLY_BYTES
 from .base import (
     REQUEST_ID_HEADER,
+    Fence,
     History,
     ProbeResult,
     error_fields,
@@ -423,7 +429,10 @@ async def latest_messages(history: History, budget: int) -> tuple[list[dict[str,
 
 
 class OpenClawDriver(AsyncClosesOnExit):
-    """Talks to OpenClaw gateways over a shared ``aiohttp.ClientSession`` it does not own."""
+    """Talks to OpenClaw gateways over a shared ``aiohttp.ClientSession`` it does not own.
+
+    The session calls take a ``fence`` and cannot enforce it: gateways have no fencing
+    (module docstring), so the orchestrator's lease and conditional writes protect them."""
 
     kind = "openclaw"
 
@@ -561,6 +570,7 @@ class OpenClawDriver(AsyncClosesOnExit):
         *,
         timeout: float,  # InstanceDriver's signature; sets ClientTimeout
         request_id: str,
+        fence: Fence | None = None,  # accepted, not enforceable (class docstring)
     ) -> Any:
         """Like :meth:`invoke`, inside the gateway session ``orch-<session_id>``."""
         key = session_key(session_id)
@@ -575,6 +585,7 @@ class OpenClawDriver(AsyncClosesOnExit):
         *,
         timeout: float,  # InstanceDriver's signature; sets ClientTimeout
         request_id: str,
+        fence: Fence | None = None,  # accepted, not enforceable (class docstring)
     ) -> None:
         """Give the gateway the conversation: drop any old gateway session of this id, then
         one turn whose ``messages`` are the history (its newest ``restore_bytes`` of text)
@@ -598,6 +609,7 @@ class OpenClawDriver(AsyncClosesOnExit):
         session_id: str,
         *,
         timeout: float,  # InstanceDriver's signature; sets ClientTimeout
+        fence: Fence | None = None,  # accepted, not enforceable (class docstring)
     ) -> None:
         """Delete the gateway session(s) ``agent:*:orch-<id>`` with the ``sessions`` tool; a
         session the gateway does not have is already closed."""

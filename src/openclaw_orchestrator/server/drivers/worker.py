@@ -7,6 +7,8 @@ read as bytes and parsed by orjson. Tasks and the session calls share one reques
 
     2xx              -> the parsed body; tasks and session messages return body["result"]
                                                     (no "result": InstanceProtocolError)
+    409 stale_epoch  -> StaleEpochError              a fenced session call (v1.2) from a
+    409 stale_seq    -> StaleSeqError                sender behind the session's fence
     4xx but 429      -> InstanceRejectedError        the payload is wrong; never retried
     429, 5xx         -> InstanceError                upstream_status, retry_after
     anything else    -> InstanceProtocolError
@@ -29,6 +31,12 @@ exchange larger than that goes alone): ``PUT`` with ``offset`` and ``final`` (pr
 v1.1, ``docs/instance-protocol.md``). A history that fits one page goes as one v1 ``PUT``,
 so instances without paged restore still take it.
 
+A session call given a :class:`~.base.Fence` carries it as ``X-Session-Epoch`` and
+``X-Session-Seq`` (protocol v1.2). A message the instance answers from its memory of an
+earlier delivery of the same seq (``X-Session-Replayed: true``: the orchestrator died
+between delivering and recording it) returns that result like any other, and is logged as
+``drivers.session_replayed``.
+
 The bearer credential goes into a header and nowhere else: no message, log or repr.
 """
 
@@ -38,7 +46,7 @@ import asyncio
 import math
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote
 
 import aiohttp
@@ -50,13 +58,17 @@ from ...errors import (
     InstanceProtocolError,
     InstanceRejectedError,
     InvalidRequestError,
+    StaleEpochError,
+    StaleSeqError,
     TimeoutExceededError,
 )
 from ...models import InstanceSpec
 from ...sdk.closing import AsyncClosesOnExit
 from ...sdk.replies import decode_json
 from ...settings import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_REPLY_BYTES
+from ..logs import get_logger
 from .base import (
+    Fence,
     History,
     InstanceRequest,
     InstanceTransport,
@@ -84,6 +96,13 @@ DEFAULT_HEALTH_PATH = "/api/health/check"
 DEFAULT_RESTORE_PAGE_BYTES = 512 * 1024
 """JSON bytes of history per restore page: half the reference instance's 1 MiB body limit,
 which the protocol asks every instance to accept at least."""
+
+_log = get_logger("drivers.worker")
+_FENCE_ERRORS: dict[str | None, type[InstanceError]] = {
+    StaleEpochError.code: StaleEpochError,
+    StaleSeqError.code: StaleSeqError,
+}
+"""The 409 codes of a fenced session call refused (protocol v1.2), by their own class."""
 
 
 def encode_task(payload: Any) -> bytes:
@@ -137,6 +156,9 @@ def _reply_error(name: str, status: int, raw: bytes, retry_after: str | None) ->
     code, message = error_fields(raw)
     text = f"{name}: {message or f'HTTP {status}'}"
     details = {"upstream_code": code} if code else None
+    if status == 409 and code in _FENCE_ERRORS:
+        fenced = _FENCE_ERRORS[code]
+        return fenced(text, instance=name, upstream_status=status, details=details)
     if 400 <= status < 500 and status != 429:
         return InstanceRejectedError(text, instance=name, upstream_status=status, details=details)
     if status == 429 or 500 <= status < 600:
@@ -181,6 +203,22 @@ def _not_json(exc: orjson.JSONDecodeError, name: str) -> InstanceProtocolError:
     )
 
 
+def _log_replayed(name: str, path: str, request_id: str, fence: Fence | None) -> None:
+    """Note a message the instance answered from its memory of an earlier delivery."""
+    seq = None if fence is None else fence.seq
+    _log.info("drivers.session_replayed", instance=name, path=path, seq=seq, request_id=request_id)
+
+
+class _RestoreTarget(NamedTuple):
+    """What every page of one restore shares: where it goes, by when, tagged and fenced how."""
+
+    instance: InstanceSpec
+    path: str
+    deadline: float
+    request_id: str
+    fence: Fence | None
+
+
 class WorkerDriver(AsyncClosesOnExit):
     """Talks instance protocol v1 through an :class:`~.base.InstanceTransport`: ``transport``
     names the kind to open over the shared ``aiohttp.ClientSession`` (which the driver does
@@ -223,15 +261,25 @@ class WorkerDriver(AsyncClosesOnExit):
         return _reply_body(request.instance.name, await self._transport.exchange(request))
 
     async def _run_task(
-        self, instance: InstanceSpec, path: str, payload: Any, timeout: float, request_id: str
+        self,
+        instance: InstanceSpec,
+        path: str,
+        payload: Any,
+        timeout: float,
+        request_id: str,
+        fence: Fence | None = None,
     ) -> Any:
         """``POST`` ``{"payload": ...}`` to ``path``; the instance's ``result`` (a task or a
         session message: the protocol's hot request, so the transport is awaited here, not
         through :meth:`_exchange`, one coroutine fewer)."""
         body = encode_task(payload)
         limit = self._reply_limit(instance)
-        request = InstanceRequest("POST", instance, path, body, timeout, request_id, limit)
+        request = InstanceRequest(
+            "POST", instance, path, body, timeout, request_id, limit, True, fence
+        )
         reply = await self._transport.exchange(request)
+        if reply.replayed:
+            _log_replayed(instance.name, path, request_id, fence)
         return _result(instance.name, _reply_body(instance.name, reply))
 
     async def invoke(
@@ -253,10 +301,12 @@ class WorkerDriver(AsyncClosesOnExit):
         *,
         timeout: float,  # InstanceDriver's signature; sets ClientTimeout
         request_id: str,
+        fence: Fence | None = None,
     ) -> Any:
-        """``POST /api/instance/sessions/{id}/messages``; the instance's ``result``."""
+        """``POST /api/instance/sessions/{id}/messages``; the instance's ``result`` (also
+        when it answered from its memory of the same ``fence.seq``: module docstring)."""
         path = f"{_session_path(session_id)}/messages"
-        return await self._run_task(instance, path, payload, timeout, request_id)
+        return await self._run_task(instance, path, payload, timeout, request_id, fence)
 
     async def session_restore(
         self,
@@ -266,38 +316,33 @@ class WorkerDriver(AsyncClosesOnExit):
         *,
         timeout: float,  # InstanceDriver's signature; bounds every page together
         request_id: str,
+        fence: Fence | None = None,
     ) -> None:
         """``PUT /api/instance/sessions/{id}`` with the ``(payload, result)`` pairs to replay,
         in pages of at most ``restore_page_bytes`` (module docstring); only one page is held
-        in memory at a time."""
+        in memory at a time. Every page carries ``fence``."""
         path = _session_path(session_id)
         deadline = asyncio.get_running_loop().time() + timeout
+        send = _RestoreTarget(instance, path, deadline, request_id, fence)
         page: list[bytes] = []
         size = offset = 0
         async for payload, result in exchanges(history):
             item = _encode_exchange(payload, result)
             if page and size + len(item) > self._restore_page_bytes:
-                await self._restore_page(instance, path, page, offset, deadline, request_id)
+                await self._restore_page(send, page, offset)
                 offset += len(page)
                 page, size = [], 0
             page.append(item)
             size += len(item) + 1
-        await self._restore_page(instance, path, page, offset, deadline, request_id, final=True)
+        await self._restore_page(send, page, offset, final=True)
 
     async def _restore_page(
-        self,
-        instance: InstanceSpec,
-        path: str,
-        page: list[bytes],
-        offset: int,
-        deadline: float,
-        request_id: str,
-        *,
-        final: bool = False,
+        self, target: _RestoreTarget, page: list[bytes], offset: int, *, final: bool = False
     ) -> None:
         """One restore ``PUT``; a non-final page must be acknowledged as staged, which an
         instance without paged restore (it would have kept just this page) does not do."""
-        left = deadline - asyncio.get_running_loop().time()
+        instance, path = target.instance, target.path
+        left = target.deadline - asyncio.get_running_loop().time()
         if left <= 0:
             raise TimeoutExceededError(
                 f"instance {instance.name} did not take the restore in time",
@@ -306,7 +351,9 @@ class WorkerDriver(AsyncClosesOnExit):
         body = _restore_body(page, offset, final=final)
         limit = self._reply_limit(instance)
         reply = await self._exchange(
-            InstanceRequest("PUT", instance, path, body, left, request_id, limit)
+            InstanceRequest(
+                "PUT", instance, path, body, left, target.request_id, limit, fence=target.fence
+            )
         )
         staged = reply.get("staged") if isinstance(reply, dict) else None
         if not final and staged != offset + len(page):
@@ -322,11 +369,15 @@ class WorkerDriver(AsyncClosesOnExit):
         session_id: str,
         *,
         timeout: float,  # InstanceDriver's signature; sets ClientTimeout
+        fence: Fence | None = None,
     ) -> None:
-        """``DELETE /api/instance/sessions/{id}``; an id the instance never saw is fine too."""
+        """``DELETE /api/instance/sessions/{id}``; an id the instance never saw is fine too.
+        With ``fence`` the instance keeps later stale calls of the session out."""
         path = _session_path(session_id)
         limit = self._reply_limit(instance)
-        await self._exchange(InstanceRequest("DELETE", instance, path, None, timeout, None, limit))
+        await self._exchange(
+            InstanceRequest("DELETE", instance, path, None, timeout, None, limit, fence=fence)
+        )
 
     async def probe(
         self,
