@@ -38,7 +38,8 @@ from ..storage_faults import postgres_database
 T = TypeVar("T")
 COMMAND = [sys.executable, "-m", "openclaw_orchestrator.server.stores.migrations"]
 FUTURE = "9999_future"
-TABLES = {"orchestrator_sessions", "orchestrator_messages", "orchestrator_store_probe"}
+BASELINE_TABLES = {"orchestrator_sessions", "orchestrator_messages", "orchestrator_store_probe"}
+TABLES = {*BASELINE_TABLES, "orchestrator_leases"}
 OPEN_STORE = """
 import asyncio, sys
 from openclaw_orchestrator.server.stores.postgres import PostgresStore
@@ -108,8 +109,9 @@ def session_row(session_id: str) -> dict[str, Any]:
 
 
 def make_legacy(conn: Connection) -> None:
-    """A database as the code before migrations left it: ``create_all`` and a session."""
-    metadata.create_all(conn)
+    """A database as the code before migrations left it: ``create_all`` of the baseline's
+    tables (later revisions' tables did not exist yet) and a session."""
+    metadata.create_all(conn, tables=[metadata.tables[name] for name in BASELINE_TABLES])
     conn.execute(insert(sessions).values(session_row("kept")))
 
 
@@ -145,8 +147,10 @@ async def test_opening_again_changes_nothing(url: str) -> None:
 
 async def test_a_database_made_before_migrations_is_stamped_and_keeps_its_rows(url: str) -> None:
     """Tables from the old ``metadata.create_all`` and no ``alembic_version``: stamped at the
-    baseline (then brought to head), not recreated; its session is still there."""
+    baseline, then brought to head (the later revisions' tables added), not recreated; its
+    session is still there."""
     await run(url, make_legacy)
+    assert await run(url, table_names) == BASELINE_TABLES
     assert await run(url, revision_of) is None
     async with opened(url) as store:
         kept = await store.get_session("kept")
@@ -225,9 +229,11 @@ async def test_the_dba_command_upgrades_and_reports(url: str) -> None:
     assert await run(url, schema_drift) == []
     history = await asyncio.to_thread(cli, "history")
     assert f"<base> -> {BASELINE}" in history.stdout
+    assert f"{BASELINE} -> 0002" in history.stdout
     sql = await asyncio.to_thread(cli, "upgrade", "--url", url, "--sql")
     assert sql.returncode == 0
     assert "CREATE TABLE orchestrator_sessions" in sql.stdout
+    assert "CREATE TABLE orchestrator_leases" in sql.stdout
 
 
 async def test_the_dba_command_refuses_a_newer_schema_in_one_line(url: str) -> None:

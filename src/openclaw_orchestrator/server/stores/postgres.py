@@ -16,6 +16,9 @@ Connecting gives up after ``CONNECT_TIMEOUT`` seconds (asyncpg's own default is 
 **At open** the schema is brought to the newest revision (:mod:`.migrations`) in one
 transaction holding a transaction-scoped advisory lock: of replicas starting together one
 migrates, the others wait for its COMMIT and then find nothing to do.
+
+**Leases** (:mod:`.leases`) are judged by the server's ``now()``: the replicas' own clocks
+never decide who holds a lease, so replicas whose clocks disagree still agree on it.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import contextlib
 import os
 import time
 from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import bindparam, delete, insert, make_url, select, text, update
@@ -35,6 +39,7 @@ from ...domain.sessions import MessageRecord, SessionRecord
 from ...errors import SessionExistsError, StorageFullError, StorageUnavailableError
 from .base import DEFAULT_SESSION_QUERY, SessionQuery, append_conflict, appended
 from .health import FULL_ERRNOS, StoreHealth, StoreState, StoreStatus
+from .leases import Lease, LeaseSql, check_lease, lease_of
 from .migrations import migrate_locked
 from .rows import JSON_AS_VALUES, MESSAGE_COLUMNS, SESSION_COLUMNS, select_sessions
 from .tables import PROBE_ROW, TOUCH_PROBE, messages, sessions, store_probe
@@ -65,6 +70,16 @@ _UPDATE_SESSION = (
         instance=bindparam("b_instance"),
     )
 )
+
+_LEASES = LeaseSql.with_clock(now="now()", until="now() + make_interval(secs => :ttl)")
+_ACQUIRE_LEASE = text(_LEASES.acquire)
+_RELEASE_LEASE = text(_LEASES.release)
+_GET_LEASE = text(_LEASES.get)
+
+
+def _seconds(expires_at: datetime) -> float:
+    """A ``timestamptz`` (asyncpg: an aware ``datetime``) as seconds since the epoch."""
+    return expires_at.timestamp()
 
 
 def _sqlstate(exc: BaseException) -> str:
@@ -282,3 +297,29 @@ class PostgresStore:
             await conn.execute(delete(messages).where(messages.c.session_id.in_(ids)))
             await conn.execute(delete(sessions).where(sessions.c.id.in_(ids)))
         return len(ids)
+
+    # -- the LeaseStore (judged by the server's now()) -------------------------------------
+
+    async def acquire_lease(self, name: str, holder: str, ttl: float) -> Lease | None:
+        """Take, take over or renew ``name`` for ``ttl`` seconds of the server's clock; None
+        while another holder's lease is live (see :class:`~.leases.LeaseStore`)."""
+        check_lease(name, holder, ttl)
+        params = {"name": name, "holder": holder, "ttl": float(ttl)}
+        async with self._writing() as conn:
+            row = (await conn.execute(_ACQUIRE_LEASE, params)).first()
+        return None if row is None else lease_of(row, _seconds)
+
+    async def release_lease(self, name: str, holder: str, epoch: int) -> bool:
+        """Expire ``name`` now if ``holder`` still holds it at ``epoch``."""
+        check_lease(name, holder)
+        params = {"name": name, "holder": holder, "epoch": epoch}
+        async with self._writing() as conn:
+            result = await conn.execute(_RELEASE_LEASE, params)
+        return bool(result.rowcount)
+
+    async def get_lease(self, name: str) -> Lease | None:
+        """The live lease on ``name``, or None."""
+        check_lease(name)
+        async with self._reading() as conn:
+            row = (await conn.execute(_GET_LEASE, {"name": name})).first()
+        return None if row is None else lease_of(row, _seconds)

@@ -37,6 +37,10 @@ refuses sends until a probe write succeeds again. :meth:`SqliteStore.check_writa
 reads the free space of the database's filesystem (cached for a second) and reports
 *full* below ``min_free_bytes``, so the first send after the disk fills is refused before
 it is delivered.
+
+**Leases** (:mod:`.leases`) are judged by this process's clock (``time.time()``): a SQLite
+file serves one process, so there is no other clock to agree with. ``expires_at`` is stored
+as UTC text in SQLAlchemy's SQLite ``DateTime`` format, fixed-width, so it compares in order.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -62,6 +67,7 @@ from ...errors import SessionExistsError, StorageFullError, StorageUnavailableEr
 from ...settings import ConfigError
 from .base import DEFAULT_SESSION_QUERY, SessionQuery, append_conflict, appended
 from .health import DEFAULT_MIN_FREE_BYTES, FULL_ERRNOS, DiskSpace, StoreHealth, StoreStatus
+from .leases import Lease, LeaseSql, check_lease, lease_of
 from .migrations import migrate
 from .rows import JSON_AS_TEXT, MESSAGE_COLUMNS, SESSION_COLUMNS, select_sessions
 from .tables import PROBE_ROW, TOUCH_PROBE, messages, sessions
@@ -81,6 +87,8 @@ _MESSAGE_VALUES = f"({', '.join('?' * len(MESSAGE_COLUMNS))})"
 _GET_SESSION = f"SELECT {_SESSION_COLS} FROM {_S} WHERE id = ?"  # noqa: S608  # constants
 _FIND_BY_KEY = f"SELECT {_MESSAGE_COLS} FROM {_M} WHERE session_id = ? AND idempotency_key = ?"  # noqa: S608
 _INSERT_SESSION = f"INSERT INTO {_S} ({_SESSION_COLS}) VALUES {_SESSION_VALUES}"  # noqa: S608
+_LEASES = LeaseSql.with_clock(now=":now", until=":until")
+_TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"  # SQLAlchemy's SQLite DateTime: text, sorts as time
 CHUNK_ROWS = 500  # 10 parameters a row: well under SQLite's 32,766 per statement
 
 # sqlite3 primary result codes (https://sqlite.org/rescode.html): the disk is full, or the
@@ -131,6 +139,16 @@ def _update_sessions(n: int) -> str:
         f"UPDATE {_S} SET messages = v.column1, last_active_at = v.column2, "  # noqa: S608
         f"instance = v.column3 FROM (VALUES {values}) AS v WHERE {_S}.id = v.column4"
     )
+
+
+def _sqlite_time(seconds: float) -> str:
+    """Seconds since the epoch as the text ``expires_at`` holds (UTC)."""
+    return datetime.fromtimestamp(seconds, UTC).strftime(_TIME_FORMAT)
+
+
+def _seconds(stored: str) -> float:
+    """The text ``expires_at`` holds, as seconds since the epoch."""
+    return datetime.strptime(stored, _TIME_FORMAT).replace(tzinfo=UTC).timestamp()
 
 
 def sqlite_url(data_dir: Path) -> str:
@@ -523,7 +541,9 @@ class SqliteStore:
         with self._health.watching():
             return await asyncio.shield(job.done)  # a cancelled caller does not cancel it
 
-    def _read_one(self, sql: str, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    def _read_one(
+        self, sql: str, params: tuple[Any, ...] | dict[str, Any]
+    ) -> tuple[Any, ...] | None:
         if self._reader is None:
             raise RuntimeError("the store is not open")
         with self._read_lock, self._health.watching():
@@ -652,3 +672,32 @@ class SqliteStore:
 
         result: int = await self._write(run)
         return result
+
+    # -- the LeaseStore (judged by this process's clock) -----------------------------------
+
+    async def acquire_lease(self, name: str, holder: str, ttl: float) -> Lease | None:
+        """Take, take over or renew ``name`` for ``ttl`` seconds; None while another
+        holder's lease is live (see :class:`~.leases.LeaseStore`)."""
+        check_lease(name, holder, ttl)
+        now = time.time()
+        params = {
+            "name": name, "holder": holder,
+            "now": _sqlite_time(now), "until": _sqlite_time(now + ttl),
+        }  # fmt: skip
+        row = await self._write(lambda conn: conn.execute(_LEASES.acquire, params).fetchone())
+        return None if row is None else lease_of(row, _seconds)
+
+    async def release_lease(self, name: str, holder: str, epoch: int) -> bool:
+        """Expire ``name`` now if ``holder`` still holds it at ``epoch``."""
+        check_lease(name, holder)
+        params = {"name": name, "holder": holder, "epoch": epoch, "now": _sqlite_time(time.time())}
+        released: int = await self._write(
+            lambda conn: conn.execute(_LEASES.release, params).rowcount
+        )
+        return released > 0
+
+    async def get_lease(self, name: str) -> Lease | None:
+        """The live lease on ``name``, or None (inline: one primary-key lookup)."""
+        check_lease(name)
+        row = self._read_one(_LEASES.get, {"name": name, "now": _sqlite_time(time.time())})
+        return None if row is None else lease_of(row, _seconds)

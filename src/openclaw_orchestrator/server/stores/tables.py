@@ -5,13 +5,17 @@ primary key is (session_id, seq): two writers can never record the same position
 ``store_probe`` holds one row that the store rewrites to learn it can write again after a
 failure (:mod:`.health`); after a full disk, PostgreSQL also writes (and rolls back) a
 ``reserve`` there, so that a row that happened to fit in a page does not pass for free space.
+``orchestrator_leases`` holds one row per named lease (:mod:`.leases`): who holds it, its
+fencing ``epoch`` and its expiry, a timestamp judged by the database's clock.
 """
 
 from __future__ import annotations
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Column,
+    DateTime,
     Float,
     ForeignKey,
     Index,
@@ -23,7 +27,16 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
-__all__ = ["PROBE_ROW", "TOUCH_PROBE", "messages", "metadata", "sessions", "store_probe"]
+__all__ = [
+    "LEASE_NAME_MAX",
+    "PROBE_ROW",
+    "TOUCH_PROBE",
+    "leases",
+    "messages",
+    "metadata",
+    "sessions",
+    "store_probe",
+]
 
 metadata = MetaData()
 
@@ -74,6 +87,18 @@ store_probe = Table(
     Column("id", String(16), primary_key=True),
     Column("probed_at", Float, nullable=False),
     Column("reserve", LargeBinary, nullable=True),
+)
+
+LEASE_NAME_MAX = 200
+"""The longest lease name, and the longest holder id."""
+
+leases = Table(
+    "orchestrator_leases",
+    metadata,
+    Column("name", String(LEASE_NAME_MAX), primary_key=True),
+    Column("holder", String(LEASE_NAME_MAX), nullable=False),
+    Column("epoch", BigInteger, nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
 )
 
 TOUCH_PROBE = (

@@ -1,12 +1,13 @@
 """The schema's versions: Alembic migrations, applied by the store at start-up.
 
 ``versions/`` holds one file per revision (``0001`` is the schema as it was before
-migrations existed). :func:`migrate` brings a database to the newest revision on a
-connection the caller owns, inside its transaction; :func:`migrate_locked` does it behind
-PostgreSQL's ``pg_advisory_xact_lock(MIGRATION_LOCK_KEY)``, so that of replicas starting
-together one migrates and the others wait, then find the schema at head. The lock is
-transaction-scoped (released by the COMMIT or rollback), never session-level, so a PgBouncer
-in transaction mode cannot leave it held on a server connection. For a DBA:
+migrations existed, ``0002`` adds the leases). :func:`migrate` brings a database to the
+newest revision on a connection the caller owns, inside its transaction;
+:func:`migrate_locked` does it behind PostgreSQL's
+``pg_advisory_xact_lock(MIGRATION_LOCK_KEY)``, so that of replicas starting together one
+migrates and the others wait, then find the schema at head. The lock is transaction-scoped
+(released by the COMMIT or rollback), never session-level, so a PgBouncer in transaction
+mode cannot leave it held on a server connection. For a DBA:
 ``python -m openclaw_orchestrator.server.stores.migrations`` (see ``__main__``); nothing
 needs an ``alembic.ini``.
 """
@@ -37,7 +38,7 @@ __all__ = [
 
 BASELINE = "0001"
 """The revision of the schema that ``metadata.create_all`` made before migrations existed."""
-HEAD = "0001"
+HEAD = "0002"
 """The newest revision in ``versions/`` (a test keeps it equal to :func:`head`): a database
 already there is recognised without importing Alembic."""
 MIGRATION_LOCK_KEY = 0x6F63_6C61_776D_6967  # "oclawmig": one fixed 64-bit advisory lock key
