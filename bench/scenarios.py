@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import os
 import re
@@ -10,7 +11,7 @@ import shutil
 import statistics
 import subprocess
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -140,7 +141,9 @@ async def _measured(
 async def route_overhead(workdir: Path, sizes: Sizes) -> list[Row]:
     """Direct vs nginx vs the orchestrator's route (1 and 2 workers), at c1 and c64."""
     procs: list[Proc] = []
-    with stopping(procs):
+    async with contextlib.AsyncExitStack() as stack:
+        pg_url = await stack.enter_async_context(fresh_pg_database())
+        stack.enter_context(stopping(procs))  # stopped before their database is dropped
         instance = await start_instance("A", workdir)
         procs.append(instance)
         instances = {"A": instance.url}
@@ -148,9 +151,8 @@ async def route_overhead(workdir: Path, sizes: Sizes) -> list[Row]:
         procs.append(orch)
         # Two workers are two processes: they share PostgreSQL, never one SQLite file (which
         # refuses a second process). Without PostgreSQL that variant is left out.
-        pg_url = os.environ.get("BENCH_PG_URL", PG_URL)
         orch2 = None
-        if await _drop_pg_tables(pg_url):
+        if pg_url is not None:
             orch2 = await start_orchestrator(
                 workdir,
                 instances,
@@ -481,26 +483,32 @@ async def _wait_states(
 # -- 4. sessions ---------------------------------------------------------------------------
 
 
-async def _drop_pg_tables(url: str) -> bool:
-    """Whether PostgreSQL answers at ``url``; if so its orchestrator schema is dropped (the
-    tables and the migration version), so the next orchestrator migrates a fresh one."""
+@contextlib.asynccontextmanager
+async def fresh_pg_database() -> AsyncIterator[str | None]:
+    """A new, empty database on the PostgreSQL server of ``BENCH_PG_URL`` (the machine's
+    local one by default), dropped on exit; None when no server answers. Each run migrates
+    its own schema from nothing, as a first replica does."""
     try:
         import asyncpg
     except ImportError:
-        return False
-    dsn = url.replace("postgresql+asyncpg://", "postgresql://")
+        yield None
+        return
+    base = os.environ.get("BENCH_PG_URL", PG_URL)
+    admin_dsn = base.replace("postgresql+asyncpg://", "postgresql://")
+    name = f"orchestrator_bench_{os.getpid()}_{time.monotonic_ns()}"
     try:
-        conn = await asyncpg.connect(dsn, timeout=3)
+        admin = await asyncpg.connect(admin_dsn, timeout=3)
     except (OSError, asyncpg.PostgresError, TimeoutError):
-        return False
+        yield None
+        return
     try:
-        await conn.execute(
-            "DROP TABLE IF EXISTS orchestrator_messages, orchestrator_sessions,"
-            " orchestrator_store_probe, alembic_version"
-        )
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield base.rsplit("/", 1)[0] + "/" + name
+        finally:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
-        await conn.close()
-    return True
+        await admin.close()
 
 
 PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
@@ -509,12 +517,15 @@ PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 async def sessions_sends(workdir: Path, sizes: Sizes) -> list[Row]:
     """Sends/s to one session and spread over 100, on SQLite and (when reachable) PostgreSQL."""
     rows = []
-    stores = [("sqlite", None)]
-    if await _drop_pg_tables(os.environ.get("BENCH_PG_URL", PG_URL)):
-        stores.append(("postgres", os.environ.get("BENCH_PG_URL", PG_URL)))
-    for store, db_url in stores:
+    for store in ("sqlite", "postgres"):
         procs: list[Proc] = []
-        with stopping(procs):
+        async with contextlib.AsyncExitStack() as stack:
+            db_url = None
+            if store == "postgres":
+                db_url = await stack.enter_async_context(fresh_pg_database())
+                if db_url is None:
+                    continue  # no PostgreSQL here: that row is left out
+            stack.enter_context(stopping(procs))
             for name in "AB":
                 procs.append(await start_instance(name, workdir))
             settings: dict[str, Any] = {"health": QUIET_HEALTH}
@@ -543,8 +554,6 @@ async def sessions_sends(workdir: Path, sizes: Sizes) -> list[Row]:
                 rows.append(
                     _row_from_load("sessions", f"{store}:{variant}", concurrency, result, orch, cpu)
                 )
-        if db_url:
-            await _drop_pg_tables(db_url)
     return rows
 
 
