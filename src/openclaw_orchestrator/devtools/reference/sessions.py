@@ -255,12 +255,13 @@ class SessionStore:
         """:meth:`open` for a request fenced with ``epoch`` (None: unfenced, as ``open``),
         raising the session's epoch to it; StaleError, before anything changes, when it is
         below the session's or not above the epoch the session was closed at."""
-        session = self._sessions.get(session_id)
-        if session is not None:
-            session.admit(epoch)
-        elif epoch is not None:
+        known = self._sessions.get(session_id)
+        if known is not None:
+            known.admit(epoch)  # before open() counts it as used
+            return self.open(session_id)
+        if epoch is not None:
             self._check_tombstone(session_id, epoch, closing=False)
-        session = self.open(session_id)
+        session = self.open(session_id)  # a new life starts at the tombstone's epoch
         session.admit(epoch)
         return session
 

@@ -85,14 +85,14 @@ def migrate(connection: Connection) -> None:
     """Bring the database to :func:`head` in the caller's transaction: stamp a database made
     before migrations at :data:`BASELINE` (its rows stay), refuse one at a revision this code
     does not know (a newer orchestrator's: an older one must not write into it)."""
-    if revision_of(connection) == HEAD:
+    current = revision_of(connection)
+    if current == HEAD:
         return  # the usual start-up: nothing to do, and no Alembic to import
     from alembic import command
     from alembic.script import ScriptDirectory
 
     config = alembic_config(connection)
     scripts = ScriptDirectory.from_config(config)
-    current = revision_of(connection)
     if current is None and inspect(connection).has_table(sessions.name):
         command.stamp(config, BASELINE)
         current = BASELINE
