@@ -143,8 +143,15 @@ class SessionSettings(_Section):
     policy: str = Field(
         default="consistent_hash", description="Placement when a spawn names no instance."
     )
+    lease_ttl: float = Field(
+        default=10.0,
+        ge=0.5,
+        le=300.0,
+        description="Seconds a replica holds a session's lease without renewing it: how "
+        "long a session waits for a replica that died mid-send before another takes over.",
+    )
 
-    _durations = field_validator("ttl", "retention", "sweep_interval", mode="before")(
+    _durations = field_validator("ttl", "retention", "sweep_interval", "lease_ttl", mode="before")(
         _duration_field
     )
 
@@ -295,6 +302,12 @@ class Settings(BaseSettings):
         default=None,
         description="SQLAlchemy URL; default SQLite in data_dir. PostgreSQL: "
         "postgresql+asyncpg://user@host/db",
+    )
+    database_transaction_pooling: bool = Field(
+        default=False,
+        description="PostgreSQL: database_url points at a pooler in transaction mode "
+        "(PgBouncer pool_mode=transaction), where consecutive transactions may run on "
+        "different server connections: no prepared statement is kept between them.",
     )
     store_reserve_bytes: int = Field(
         default=8 * 1024 * 1024,

@@ -24,6 +24,7 @@ from openclaw_orchestrator.server.stores.migrations import (
     BASELINE,
     HEAD,
     MIGRATION_LOCK_KEY,
+    alembic_config,
     head,
     revision_of,
 )
@@ -39,7 +40,7 @@ T = TypeVar("T")
 COMMAND = [sys.executable, "-m", "openclaw_orchestrator.server.stores.migrations"]
 FUTURE = "9999_future"
 BASELINE_TABLES = {"orchestrator_sessions", "orchestrator_messages", "orchestrator_store_probe"}
-TABLES = {*BASELINE_TABLES, "orchestrator_leases"}
+TABLES = set(metadata.tables)  # every table of tables.py, the later revisions' too
 OPEN_STORE = """
 import asyncio, sys
 from openclaw_orchestrator.server.stores.postgres import PostgresStore
@@ -109,10 +110,17 @@ def session_row(session_id: str) -> dict[str, Any]:
 
 
 def make_legacy(conn: Connection) -> None:
-    """A database as the code before migrations left it: ``create_all`` of the baseline's
-    tables (later revisions' tables did not exist yet) and a session."""
-    metadata.create_all(conn, tables=[metadata.tables[name] for name in BASELINE_TABLES])
-    conn.execute(insert(sessions).values(session_row("kept")))
+    """A database as the code before migrations left it: the baseline's tables as they were
+    then (revision 0001's schema; later revisions' tables and columns did not exist yet),
+    no ``alembic_version``, and a session."""
+    from alembic import command
+
+    command.upgrade(alembic_config(conn), BASELINE)
+    conn.execute(text("DROP TABLE alembic_version"))
+    columns = ", ".join(session_row("kept"))
+    values = ", ".join(f":{name}" for name in session_row("kept"))
+    row = {**session_row("kept"), "metadata": '{"k": "v"}'}
+    conn.execute(text(f"INSERT INTO orchestrator_sessions ({columns}) VALUES ({values})"), row)  # noqa: S608
 
 
 def set_future_revision(conn: Connection) -> None:

@@ -23,7 +23,7 @@ import secrets
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from .tables import LEASE_NAME_MAX, leases
 
@@ -57,6 +57,7 @@ class Lease:
     expires_at: float
 
 
+@runtime_checkable
 class LeaseStore(Protocol):
     """Leases in the shared database; both stores implement it. Bounds, checked before any
     I/O (``ValueError`` naming the argument): ``name`` and ``holder`` 1 to 200 characters,

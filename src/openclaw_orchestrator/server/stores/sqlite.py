@@ -617,7 +617,10 @@ class SqliteStore:
         self, session_id: str, *, offset: int = 0, limit: int | None = None
     ) -> list[MessageRecord]:
         """Oldest first."""
-        sql = f"SELECT {_MESSAGE_COLS} FROM {_M} WHERE session_id = ? ORDER BY seq LIMIT ? OFFSET ?"  # noqa: S608
+        sql = (
+            f"SELECT {_MESSAGE_COLS} FROM {_M} "  # noqa: S608
+            "WHERE session_id = ? AND status = 'done' ORDER BY seq LIMIT ? OFFSET ?"
+        )
         rows = await self._read_many(sql, (session_id, -1 if limit is None else limit, offset))
         return [_ROWS.message(r) for r in rows]
 

@@ -28,7 +28,9 @@ from sqlalchemy import (
 )
 
 __all__ = [
+    "DONE",
     "LEASE_NAME_MAX",
+    "PENDING",
     "PROBE_ROW",
     "TOUCH_PROBE",
     "leases",
@@ -39,6 +41,14 @@ __all__ = [
 ]
 
 metadata = MetaData()
+
+LEASE_NAME_MAX = 200
+"""The longest lease name, and the longest holder id."""
+
+PENDING = "pending"
+"""A history row's status while its position is claimed and its reply not yet recorded."""
+DONE = "done"
+"""A history row's status once recorded: the history is the done rows."""
 
 sessions = Table(
     "orchestrator_sessions",
@@ -54,6 +64,11 @@ sessions = Table(
     Column("last_active_at", Float, nullable=False),
     Column("closed_at", Float, nullable=True),
     Column("messages", Integer, nullable=False, default=0),
+    # The session's lease (:mod:`..core.shared_sessions`): who may deliver its messages
+    # now, until when (epoch seconds by the database's clock), and the fencing epoch.
+    Column("epoch", BigInteger, nullable=False, server_default="0"),
+    Column("holder", String(LEASE_NAME_MAX), nullable=True),
+    Column("held_until", Float, nullable=True),
     Index("ix_sessions_state_active", "state", "last_active_at"),
     Index("ix_sessions_instance", "instance"),
 )
@@ -76,6 +91,10 @@ messages = Table(
     Column("request_id", String(128), nullable=True),
     Column("idempotency_key", String(255), nullable=True),
     Column("created_at", Float, nullable=False),
+    # "pending": a position claimed by a lease holder before it delivers (no reply yet),
+    # "done": recorded. Only done entries are history.
+    Column("status", String(16), nullable=False, server_default=DONE),
+    Column("epoch", BigInteger, nullable=True),
     UniqueConstraint("session_id", "idempotency_key", name="uq_messages_idempotency"),
 )
 
@@ -88,9 +107,6 @@ store_probe = Table(
     Column("probed_at", Float, nullable=False),
     Column("reserve", LargeBinary, nullable=True),
 )
-
-LEASE_NAME_MAX = 200
-"""The longest lease name, and the longest holder id."""
 
 leases = Table(
     "orchestrator_leases",
@@ -106,3 +122,73 @@ TOUCH_PROBE = (
     "ON CONFLICT (id) DO UPDATE SET probed_at = excluded.probed_at"
 )
 """One committed write, the same SQL on SQLite and PostgreSQL (named parameters)."""
+
+# -- shared registry and health (migration 0004) -----------------------------------------
+
+FLEET_REASON_MAX = 1000
+"""The longest verdict reason kept (longer ones are cut): a message, not a log."""
+
+fleet_version = Table(
+    "orchestrator_fleet_version",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("version", BigInteger, nullable=False),
+)
+"""One row: the fleet's change counter. Every write of the two tables below takes the next
+value in its transaction, so the row lock orders commits and versions alike."""
+
+fleet_instances = Table(
+    "orchestrator_instances",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("spec", JSON, nullable=True),  # NULL: unregistered (the row carries the version)
+    Column("source", String(16), nullable=False),
+    Column("heartbeat_at", Float, nullable=True),  # epoch seconds, the database's clock
+    Column("expires_at", Float, nullable=True),  # idem; NULL: no heartbeat_ttl
+    Column("version", BigInteger, nullable=False),
+    Index("ix_instances_version", "version"),
+)
+
+fleet_verdicts = Table(
+    "orchestrator_verdicts",
+    metadata,
+    Column("instance", String(64), primary_key=True),
+    Column("state", String(16), nullable=False),
+    Column("reason", String(FLEET_REASON_MAX), nullable=True),
+    Column("changed_at", Float, nullable=False),  # epoch seconds, the database's clock
+    Column("origin", String(LEASE_NAME_MAX), nullable=False),  # the deciding replica
+    Column("version", BigInteger, nullable=False),
+    Index("ix_verdicts_version", "version"),
+)
+
+# -- shared idempotency keys and retry budget (migration 0005) -----------------------------
+
+IDEMPOTENCY_SCOPE_MAX = 32
+IDEMPOTENCY_KEY_MAX = 255
+
+idempotency = Table(
+    "orchestrator_idempotency",
+    metadata,
+    Column("scope", String(IDEMPOTENCY_SCOPE_MAX), primary_key=True),
+    Column("key", String(IDEMPOTENCY_KEY_MAX), primary_key=True),
+    Column("fingerprint", String(64), nullable=False),
+    Column("holder", String(LEASE_NAME_MAX), nullable=False),
+    Column("status", String(8), nullable=False),
+    Column("result", LargeBinary, nullable=True),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Index("ix_idempotency_expires", "expires_at"),
+)
+"""One row per Idempotency-Key (:mod:`..core.shared_idempotency`): ``running`` while its
+``holder`` works (``expires_at`` is the claim's end), ``done`` with the result kept until
+``expires_at`` (the retention). Both times by the database's clock."""
+
+retry_budget = Table(
+    "orchestrator_retry_budget",
+    metadata,
+    Column("holder", String(LEASE_NAME_MAX), primary_key=True),
+    Column("bucket", BigInteger, primary_key=True),
+    Column("requests", BigInteger, nullable=False),
+    Column("retries", BigInteger, nullable=False),
+    Index("ix_retry_budget_bucket", "bucket"),
+)
+"""Each replica's first attempts and retries per time bucket (:mod:`..core.fleet_budget`)."""
