@@ -61,6 +61,7 @@ class FakeDriver:
     """An ``InstanceDriver`` whose instances are a function, not a server."""
 
     kind = "worker"
+    fences_sessions = False  # its handler runs every delivery
 
     def __init__(self, handler: Handler = answer_ok) -> None:
         self.handler = handler

@@ -460,10 +460,12 @@ class SendResult(_Wire):
 
 
 class HistoryEntry(_Wire):
-    """One recorded event of a session: a message and its reply, or a migration."""
+    """One recorded event of a session: a message and its reply, a migration, or an
+    ``interrupted`` message: the replica sending it died before recording it and its
+    instance could not say whether it ran (no reply is known)."""
 
     seq: int
-    kind: Literal["message", "migration"]
+    kind: Literal["message", "migration", "interrupted"]
     data: Any = None
     reply: Any = None
     instance: str

@@ -155,6 +155,7 @@ class _DefectiveDriver:
     """A driver with a bug: its calls raise what no driver may raise."""
 
     kind = "worker"
+    fences_sessions = False
 
     async def probe(self, instance: InstanceSpec, *, timeout: float) -> ProbeResult:
         raise RuntimeError("a defect in the driver")

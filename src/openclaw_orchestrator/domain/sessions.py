@@ -45,7 +45,10 @@ MAX_TTL = 30 * 86400.0
 
 State = Literal["open", "closed", "expired"]
 Failover = Literal["none", "migrate"]
-Kind = Literal["message", "migration"]
+Kind = Literal["message", "migration", "interrupted"]
+"""A history entry: a message and its reply, a move to another instance, or a message whose
+outcome cannot be known (its sender died before recording it, and its instance cannot
+answer a redelivery from memory): kept with no reply."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +79,8 @@ class SessionRecord:
 
 @dataclass(frozen=True, slots=True)
 class MessageRecord:
-    """One history entry: a message and its reply, or a migration note."""
+    """One history entry: a message and its reply, a migration note, or an interrupted
+    message (see :data:`Kind`)."""
 
     session_id: str
     seq: int

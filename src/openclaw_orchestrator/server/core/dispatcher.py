@@ -53,6 +53,10 @@ class Dispatcher:
                 field="driver",
             )
 
+    def fences(self, spec: InstanceSpec) -> bool:
+        """Whether ``spec``'s driver enforces session fencing (``fences_sessions``)."""
+        return self._drivers[spec.driver].fences_sessions
+
     def deadline(self, timeout: float | None) -> float:
         """The monotonic instant a request with ``timeout`` (or the default) must end by."""
         settings = self._settings

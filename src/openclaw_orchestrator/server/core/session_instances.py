@@ -17,7 +17,7 @@ from ...errors import (
     OrchestratorError,
 )
 from ...models import InstanceSpec, SpawnRequest
-from ..drivers.base import InstanceDriver
+from ..drivers.base import Fence, InstanceDriver
 from ..logs import get_logger
 from ..stores.base import Store
 from .dispatcher import Dispatcher
@@ -105,10 +105,27 @@ class SessionInstances:
             )
         return await self.migrate(record, deadline, request_id), record.instance
 
+    def fences(self, instance: str) -> bool:
+        """Whether ``instance`` is registered and its driver enforces session fencing."""
+        rec = self._record_of(instance)
+        return rec is not None and self.dispatcher.fences(rec.spec)
+
+    def is_down(self, instance: str) -> bool:
+        """Whether ``instance`` is unknown now or judged down."""
+        rec = self._record_of(instance)
+        return rec is None or rec.health.is_down()
+
     async def deliver(
-        self, record: SessionRecord, data: Any, deadline: float, request_id: str
+        self,
+        record: SessionRecord,
+        data: Any,
+        deadline: float,
+        request_id: str,
+        *,
+        fence: Fence | None = None,
     ) -> Any:
-        """Send one message to the session's instance; its reply."""
+        """Send one message to the session's instance, fenced when ``fence`` is given;
+        its reply."""
         rec = self._record_of(record.instance)
         if rec is None:
             raise InstanceDownError(
@@ -117,7 +134,7 @@ class SessionInstances:
 
         def send(driver: InstanceDriver, spec: InstanceSpec, timeout: float) -> Awaitable[Any]:
             return driver.session_send(
-                spec, record.id, data, timeout=timeout, request_id=request_id
+                spec, record.id, data, timeout=timeout, request_id=request_id, fence=fence
             )
 
         return await self.dispatcher.call(rec, deadline, send)
@@ -125,9 +142,24 @@ class SessionInstances:
     async def migrate(
         self, record: SessionRecord, deadline: float, request_id: str
     ) -> SessionRecord:
-        """Replay the history to a healthy instance and record the move. The history is read
-        from the store :data:`MIGRATE_PAGE_ROWS` rows at a time while the driver sends it in
-        pages, so a long one is never in memory whole."""
+        """Replay the history to a healthy instance and record the move (one process: the
+        session's lock is the only fence). See :meth:`move`."""
+        note = await self.move(record, deadline, request_id)
+        return await self.store.append(record, note)
+
+    async def move(
+        self,
+        record: SessionRecord,
+        deadline: float,
+        request_id: str,
+        *,
+        fence: Fence | None = None,
+    ) -> MessageRecord:
+        """Replay the history to a healthy instance (fenced when ``fence`` is given: its
+        ``seq`` is where the history ends); the note recording the move, at the next
+        position, for the caller to record. The history is read from the store
+        :data:`MIGRATE_PAGE_ROWS` rows at a time while the driver sends it in pages, so a
+        long one is never in memory whole."""
         target = self._choose(record.id, CONSISTENT_HASH, exclude=(record.instance,))
         replayed = 0
 
@@ -146,11 +178,18 @@ class SessionInstances:
 
         def restore(driver: InstanceDriver, spec: InstanceSpec, timeout: float) -> Awaitable[None]:
             return driver.session_restore(
-                spec, record.id, history(), timeout=timeout, request_id=request_id
+                spec, record.id, history(), timeout=timeout, request_id=request_id, fence=fence
             )
 
         await self.dispatcher.call(self.registry.get(target), deadline, restore)
-        note = MessageRecord(
+        log.warning(
+            "sessions.migrated",
+            session_id=record.id,
+            old=record.instance,
+            new=target,
+            replayed=replayed,
+        )
+        return MessageRecord(
             session_id=record.id,
             seq=record.messages + 1,
             kind="migration",
@@ -159,24 +198,17 @@ class SessionInstances:
             request_id=request_id,
             created_at=self.wall_clock(),
         )
-        moved = await self.store.append(record, note)
-        log.warning(
-            "sessions.migrated",
-            session_id=record.id,
-            old=record.instance,
-            new=target,
-            replayed=replayed,
-        )
-        return moved
 
-    async def close(self, record: SessionRecord) -> None:
-        """Tell the instance it can drop the session; best effort, never fails the caller."""
+    async def close(self, record: SessionRecord, *, fence: Fence | None = None) -> None:
+        """Tell the instance it can drop the session (fenced: it keeps a tombstone, so no
+        message of an older epoch starts the session again); best effort, never fails the
+        caller."""
         rec = self._record_of(record.instance)
         if rec is None or rec.health.is_down():
             return
 
         def close(driver: InstanceDriver, spec: InstanceSpec, timeout: float) -> Awaitable[None]:
-            return driver.session_close(spec, record.id, timeout=timeout)
+            return driver.session_close(spec, record.id, timeout=timeout, fence=fence)
 
         deadline = self.dispatcher.clock() + self.close_timeout
         try:

@@ -48,11 +48,16 @@ from ...models import (
     SpawnResult,
 )
 from ...settings import Settings
+from ..drivers.base import Fence
 from ..logs import get_logger
 from ..stores.base import SessionQuery, Store
+from ..stores.leases import LeaseStore, holder_id
+from ..stores.session_leases import SessionLeaseStore
 from .dispatcher import Dispatcher
 from .interfaces import InstanceRegistry
+from .leadership import Leadership
 from .session_instances import Placement, SessionInstances
+from .shared_sessions import LeasedSessions
 
 __all__ = ["MAX_HISTORY_PAGE", "SessionService"]
 
@@ -60,6 +65,9 @@ log = get_logger("sessions")
 
 TOKEN_BYTES = 24
 MAX_HISTORY_PAGE = 1000
+SWEEPER = "session-sweeper"
+"""With replicas, the sweeper (expiry, purge, orphans) runs on the holder of the lease
+``leader:session-sweeper`` (:class:`~.leadership.Leadership`) alone."""
 _SESSION_ID = re.compile(SESSION_ID_PATTERN)
 
 
@@ -148,6 +156,20 @@ class SessionService:
         self._token_bytes = token_bytes
         self._gates: dict[str, _Gate] = {}
         self._sweeper: asyncio.Task[None] | None = None
+        self._holder = holder_id()
+        # A store the replicas share: sends and closes go under the session's lease.
+        self._leased = (
+            LeasedSessions(
+                store,
+                self._instances,
+                holder=self._holder,
+                lease_ttl=self._settings.lease_ttl,
+                clock=dispatcher.clock,
+                wall_clock=wall_clock,
+            )
+            if isinstance(store, SessionLeaseStore)
+            else None
+        )
 
     def __repr__(self) -> str:
         return f"<SessionService [{len(self._gates)} busy] store={self._store!r}>"
@@ -155,9 +177,14 @@ class SessionService:
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the expiry sweeper."""
+        """Start the expiry sweeper: here, or with replicas on the one that leads."""
         if self._sweeper is None:
-            self._sweeper = asyncio.create_task(self._sweep_loop(), name="session-sweeper")
+            if self._leased is not None and isinstance(self._store, LeaseStore):
+                leader = Leadership(self._store, SWEEPER, holder=self._holder)
+                sweeping = leader.run(lambda _lease: self._sweep_loop())
+            else:
+                sweeping = self._sweep_loop()
+            self._sweeper = asyncio.create_task(sweeping, name="session-sweeper")
 
     async def aclose(self) -> None:
         """Stop the sweeper (the store is closed by whoever opened it)."""
@@ -178,7 +205,19 @@ class SessionService:
             await asyncio.sleep(self._settings.sweep_interval)
 
     async def sweep(self) -> tuple[int, int]:
-        """Expire idle sessions and purge old ones; returns (expired, purged)."""
+        """Expire idle sessions, purge old ones and (replicas) settle the positions dead
+        replicas left pending; returns (expired, purged)."""
+        if self._leased is not None:
+            settled = 0
+            for session_id in await self._leased.orphaned():
+                async with self._gate(session_id):  # never beside this process's own send
+                    settled += await self._leased.settle_orphan(
+                        session_id,
+                        self._dispatcher.deadline(None),
+                        f"sweep-{secrets.token_hex(4)}",
+                    )
+            if settled:
+                log.info("sessions.orphans_settled", count=settled)
         now = self._now()
         expired = await self._store.expire_idle(now)
         for record in expired:
@@ -245,6 +284,22 @@ class SessionService:
     ) -> SendResult:
         """Deliver ``data`` to the session's instance, in order; acknowledge once durable."""
         deadline = self._dispatcher.deadline(timeout)
+        if self._leased is not None:
+            self._store.check_writable()
+            async with self._gate(session_id):  # one waiter per replica polls the lease
+                sent = await self._leased.send(
+                    session_id,
+                    data,
+                    deadline=deadline,
+                    idempotency_key=idempotency_key,
+                    request_id=request_id,
+                )
+            return self._result(
+                sent.message,
+                request_id=request_id,
+                replayed=sent.replayed,
+                moved_from=sent.moved_from,
+            )
         async with self._gate(session_id):
             record = check_sendable(
                 await self._store.get_session(session_id), session_id, self._now()
@@ -359,6 +414,17 @@ class SessionService:
 
     async def close(self, session_id: str) -> SessionInfo:
         """Close the session (after any send in flight); closing twice is harmless."""
+        if self._leased is not None:
+            async with self._gate(session_id):
+                closed, epoch = await self._leased.close(
+                    session_id,
+                    deadline=self._dispatcher.deadline(None),
+                    request_id=f"close-{secrets.token_hex(4)}",
+                )
+            if epoch is not None:
+                await self._instances.close(closed, fence=Fence(epoch))
+                log.info("sessions.closed", session_id=session_id)
+            return SessionInfo(**_info(closed))
         async with self._gate(session_id):
             await self._get(session_id)
             record = await self._store.set_state(session_id, "closed", closed_at=self._now())

@@ -113,6 +113,11 @@ class InstanceDriver(Protocol):
     """
 
     kind: str
+    fences_sessions: bool
+    """Whether its instances enforce a :class:`Fence` (protocol v1.2): a redelivered
+    message is answered from their memory, never run twice. Without it, a message whose
+    sender died before recording it cannot be redelivered safely: it is recorded as
+    interrupted instead."""
 
     async def invoke(
         self, instance: InstanceSpec, payload: Any, *, timeout: float, request_id: str

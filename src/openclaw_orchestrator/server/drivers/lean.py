@@ -81,8 +81,11 @@ __all__ = [
     "map_lean_errors",
 ]
 
-DEFAULT_KEEPALIVE = 30.0
-"""Seconds an idle connection is kept (aiohttp's pool in ``runtime.py`` keeps 30 s too)."""
+DEFAULT_KEEPALIVE = 4.0
+"""Seconds an idle connection is kept (aiohttp's pool in ``composition.py`` keeps it as
+long): under the 5 s after which uvicorn and Node close an idle connection, so a request
+is never written into a connection the instance is closing at that moment (a reset that
+would count against the instance's health, and could not be retried safely)."""
 MAX_HEADER_BYTES = 64 * 1024
 """Bytes a reply may have besides its body (status line and headers)."""
 

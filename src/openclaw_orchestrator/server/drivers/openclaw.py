@@ -435,6 +435,7 @@ class OpenClawDriver(AsyncClosesOnExit):
     (module docstring), so the orchestrator's lease and conditional writes protect them."""
 
     kind = "openclaw"
+    fences_sessions = False  # gateways have no fencing (class docstring)
 
     def __init__(
         self,

@@ -225,6 +225,7 @@ class WorkerDriver(AsyncClosesOnExit):
     not own; the transport it opens it does), or is one already open (the caller's)."""
 
     kind = "worker"
+    fences_sessions = True  # protocol v1.2 (docs/instance-protocol.md, "Fencing")
 
     def __init__(
         self,
