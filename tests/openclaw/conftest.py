@@ -48,11 +48,18 @@ HEALTH = {
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Give the first test that needs the fleet the time to install and start it."""
+    """Give the first test of each module that needs the fleet (a module-scoped fixture:
+    each module starts its own, and with xdist the modules may run on different workers)
+    the time to install and start it."""
+    here = Path(__file__).parent  # the hook sees every item of the session: only ours
+    marked: set[str] = set()
     for item in items:
+        module = item.nodeid.split("::", 1)[0]
+        if here not in item.path.parents or module in marked:
+            continue
         if "fleet" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.timeout(FLEET_TIMEOUT))
-            return
+            marked.add(module)
 
 
 @pytest.fixture(scope="module")

@@ -32,6 +32,7 @@ __all__ = [
     "DEFAULT_MAX_RETRIES",
     "RETRYABLE_UPSTREAM_STATUSES",
     "AttemptState",
+    "FleetCounts",
     "GiveUp",
     "GiveUpCause",
     "RetryAfter",
@@ -135,6 +136,20 @@ class RetryScheduled:
     operation: Literal["route", "fanout"] = "route"
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FleetCounts:
+    """What the other replicas counted over the window, as last read from the database
+    they share: their first attempts and retries, how many replicas are counting (this one
+    included), this replica's ``rank`` among them (0-based, the same order on every
+    replica) and a ``turn`` that every replica agrees on (the database's time bucket)."""
+
+    requests: int
+    retries: int
+    replicas: int = 1
+    rank: int = 0
+    turn: int = 0
+
+
 class RetryBudget:
     """Caps retries to a share of recent traffic so retries cannot amplify an outage.
 
@@ -142,9 +157,35 @@ class RetryBudget:
     a sliding ``window`` of seconds kept as ``buckets`` fixed-width time buckets (memory is
     O(buckets); the window is exact to one bucket width). Only first attempts are passed to
     :meth:`record_request`; :meth:`try_spend` records the retries it allows.
+
+    **A fleet.** Replicas sharing one budget each keep their own counts; a syncer publishes
+    them (:attr:`counted`) and hands back the others' with :meth:`observe_fleet`. The check
+    then adds the others' counts, and, since theirs are a little stale, each replica may
+    spend only its part of the headroom seen at the last sync::
+
+        headroom = min_retries + ratio * fleet_requests - fleet_retries   (at the sync)
+        units    = ceil(headroom), dealt round-robin over the replicas from ``turn``
+        allowed  = spent_since_sync + 1 <= my_units + ratio * my_requests_since_sync
+
+    so that between two syncs the replicas together spend no more than the fleet's headroom.
+    A view older than the window is ignored (the syncer stopped): the budget is local again.
     """
 
-    __slots__ = ("_epochs", "_latest", "_requests", "_retries", "_width", "min_retries", "ratio")
+    __slots__ = (
+        "_epochs",
+        "_fleet",
+        "_latest",
+        "_mark",
+        "_requests",
+        "_retries",
+        "_seen_at",
+        "_share",
+        "_tight",
+        "_totals_ever",
+        "_width",
+        "min_retries",
+        "ratio",
+    )
 
     def __init__(
         self, *, ratio: float = 0.2, window: float = 10.0, min_retries: int = 10, buckets: int = 10
@@ -158,18 +199,81 @@ class RetryBudget:
         self._requests = [0] * buckets
         self._retries = [0] * buckets
         self._latest: int | None = None  # newest bucket seen, for __repr__
+        self._totals_ever = [0, 0, 0]  # first attempts, retries, share refusals: ever
+        self._fleet: FleetCounts | None = None
+        self._seen_at = 0.0
+        self._mark = (0, 0)  # _totals_ever at the last sync
+        self._share = 0
+        self._tight = False
+
+    @property
+    def width(self) -> float:
+        """Seconds per bucket."""
+        return self._width
+
+    @property
+    def buckets(self) -> int:
+        """Buckets in the window."""
+        return len(self._epochs)
+
+    @property
+    def counted(self) -> tuple[int, int]:
+        """``(first attempts, retries)`` counted here since creation: a syncer publishes
+        the difference since its last publication."""
+        return self._totals_ever[0], self._totals_ever[1]
+
+    @property
+    def share_refusals(self) -> int:
+        """Retries refused only because this replica's share was spent (the fleet had
+        headroom): a syncer syncs early when it grows, to be dealt a new share."""
+        return self._totals_ever[2]
+
+    @property
+    def is_tight(self) -> bool:
+        """Whether the fleet's headroom at the last sync was under two retries per replica:
+        then every first attempt is news worth syncing soon (it earns the fleet a share)."""
+        return self._fleet is not None and self._tight
 
     def record_request(self, now: float) -> None:
         """Count one first attempt at ``now``."""
         self._requests[self._slot(now)] += 1
+        self._totals_ever[0] += 1
+
+    def observe_fleet(self, fleet: FleetCounts, now: float) -> None:
+        """The other replicas' counts as of ``now``; deals this replica's share of the
+        fleet's headroom (class docstring)."""
+        requests, retries = self._totals(self._epoch(now))
+        headroom = self.min_retries + self.ratio * (requests + fleet.requests)
+        headroom -= retries + fleet.retries
+        units = math.ceil(headroom) if headroom > 0 else 0
+        replicas = max(fleet.replicas, 1)
+        first = (fleet.rank - fleet.turn) % replicas  # the first unit dealt to this replica
+        self._share = 0 if first >= units else (units - 1 - first) // replicas + 1
+        self._tight = replicas > 1 and units < 2 * replicas
+        self._fleet, self._seen_at, self._mark = fleet, now, self.counted
 
     def try_spend(self, now: float) -> bool:
         """Record one retry and return True if the budget allows it; else record nothing."""
         requests, retries = self._totals(self._epoch(now))
+        fleet = self._fleet
+        if fleet is not None and now - self._seen_at > self._width * len(self._epochs):
+            fleet = self._fleet = None  # stale: the syncer stopped
+        if fleet is not None:
+            requests, retries = requests + fleet.requests, retries + fleet.retries
         if retries >= self.min_retries + self.ratio * requests:
             return False
+        if fleet is not None and fleet.replicas > 1 and not self._within_share():
+            self._totals_ever[2] += 1
+            return False
         self._retries[self._slot(now)] += 1
+        self._totals_ever[1] += 1
         return True
+
+    def _within_share(self) -> bool:
+        """Whether one more retry stays within this replica's share since the last sync."""
+        spent = self._totals_ever[1] - self._mark[1]
+        earned = self.ratio * (self._totals_ever[0] - self._mark[0])
+        return spent + 1 <= self._share + earned
 
     def _slot(self, now: float) -> int:
         """The bucket for ``now``, emptied first when it still holds an expired epoch."""
@@ -192,8 +296,10 @@ class RetryBudget:
     def __repr__(self) -> str:
         latest = self._latest
         requests, retries = (0, 0) if latest is None else self._totals(latest)
+        fleet = self._fleet
+        others = "" if fleet is None else f" fleet: +{fleet.retries}/+{fleet.requests}"
         return (
-            f"<RetryBudget [retries: {retries} | requests: {requests}]"
+            f"<RetryBudget [retries: {retries} | requests: {requests}]{others}"
             f" ratio={self.ratio} min_retries={self.min_retries}>"
         )
 

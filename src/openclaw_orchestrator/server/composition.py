@@ -17,10 +17,13 @@ from sqlalchemy.exc import ArgumentError
 from ..domain.addresses import AddressPolicy
 from ..settings import DEFAULT_MAX_CONNECTIONS, ConfigError, InstancesSettings, Settings
 from .core.orchestrator import Orchestrator, Reducer
+from .core.shared_fleet import shared_fleet
 from .drivers.address_guard import GuardedResolver, guard_trace_config
 from .drivers.base import InstanceDriver
+from .drivers.lean import DEFAULT_KEEPALIVE
 from .drivers.openclaw import OpenClawDriver
 from .drivers.worker import WorkerDriver
+from .shared_state import shared_state
 from .stores.base import Store
 from .stores.postgres import PostgresStore
 from .stores.sqlite import SqliteStore, sqlite_path, sqlite_url
@@ -28,7 +31,7 @@ from .stores.sqlite import SqliteStore, sqlite_path, sqlite_url
 __all__ = ["build_drivers", "client_session", "load_reducers", "open_orchestrator", "open_store"]
 
 POOL_LIMIT = 1024
-KEEPALIVE_SECONDS = 30.0
+KEEPALIVE_SECONDS = DEFAULT_KEEPALIVE  # under the instances' own idle timeout (drivers.lean)
 
 
 def load_reducers(specs: Mapping[str, str]) -> dict[str, Reducer]:
@@ -113,7 +116,7 @@ def open_store(settings: Settings) -> Store:
         raise ConfigError(f"database_url: not a database URL; expected {expected}") from None
     backend = parsed.get_backend_name()
     if backend == "postgresql":
-        return PostgresStore(url)
+        return PostgresStore(url, transaction_pooling=settings.database_transaction_pooling)
     if sqlite_path(url) is not None:
         return SqliteStore(url, min_free_bytes=settings.store_reserve_bytes)
     if backend == "sqlite":
@@ -134,9 +137,12 @@ async def open_orchestrator(settings: Settings) -> AsyncIterator[Orchestrator]:
             max_connections=limits.max_connections, address_policy=limits.address_policy()
         ) as session:
             drivers = build_drivers(session, limits)
-            orchestrator = Orchestrator(settings, drivers=drivers, reducers=reducers, store=store)
+            fleet = shared_fleet(store, settings)  # None on SQLite: one process
+            orchestrator = Orchestrator(
+                settings, drivers=drivers, reducers=reducers, store=store, fleet=fleet
+            )
             try:
-                async with orchestrator:
+                async with orchestrator, shared_state(store, orchestrator):
                     yield orchestrator
             finally:
                 for driver in drivers.values():

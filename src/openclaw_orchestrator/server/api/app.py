@@ -55,6 +55,12 @@ class OrchestratorApp(FastPathApp, FastAPI):
         return self.openapi_schema
 
 
+def _share_keys(app: FastAPI, service: Orchestrator) -> None:
+    """Replicas on one PostgreSQL database share their Idempotency-Keys (:mod:`..shared_state`)."""
+    if service.idempotency is not None:
+        app.state.idempotency = service.idempotency
+
+
 def create_app(
     settings: Settings,
     *,
@@ -72,11 +78,13 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if service is not None:
             app.state.orchestrator = service
+            _share_keys(app, service)
             yield
             return
         try:
             async with open_orchestrator(settings) as built:
                 app.state.orchestrator = built
+                _share_keys(app, built)
                 log.info(
                     "api.started",
                     instances=len(built.registry),

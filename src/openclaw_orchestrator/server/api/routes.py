@@ -29,7 +29,7 @@ from ...models import (
     RouteRequest,
     RouteResult,
 )
-from ..core.idempotency import IdempotencyCache, fingerprint
+from ..core.idempotency import IdempotencyKeys, fingerprint
 from ..core.orchestrator import Orchestrator
 from .guard import guarded_route
 from .middleware import request_id_of
@@ -68,14 +68,16 @@ async def _idempotent(
     scope: str,
     body: BaseModel,
     work: Callable[[], Awaitable[BaseModel]],
+    decode: Callable[[bytes], BaseModel],
     render: Render = _render_model,
 ) -> Response:
-    """Run ``work`` once per Idempotency-Key; a replay says so in a header."""
+    """Run ``work`` once per Idempotency-Key (``decode`` reads a result a replica kept as
+    JSON); a replay says so in a header."""
     if key is None:
         return render(await work(), None)
-    cache: IdempotencyCache[BaseModel] = request.app.state.idempotency
+    cache: IdempotencyKeys[BaseModel] = request.app.state.idempotency
     digest = fingerprint(scope, body.model_dump(mode="json"))
-    result, replayed = await cache.run(f"{scope}:{key}", digest, work)
+    result, replayed = await cache.run(f"{scope}:{key}", digest, work, decode=decode)
     return render(result, {"Idempotent-Replayed": "true"} if replayed else None)
 
 
@@ -114,7 +116,12 @@ async def route(request: Request, body: RouteRequest, key: IdempotencyKey = None
     service = _service(request)
     rid = request_id_of(request.scope)
     return await _idempotent(
-        request, key, "route", body, lambda: service.route(body, request_id=rid)
+        request,
+        key,
+        "route",
+        body,
+        lambda: service.route(body, request_id=rid),
+        RouteResult.model_validate_json,
     )
 
 
@@ -145,6 +152,7 @@ async def fanout(request: Request, body: FanoutRequest, key: IdempotencyKey = No
         "fanout",
         body,
         lambda: service.fanout(body, request_id=rid),
+        FanoutResult.model_validate_json,
         _render_value if wants_value else _render_model,
     )
 
@@ -198,7 +206,7 @@ class InstanceList(BaseModel):
 )
 async def register(request: Request, body: InstanceSpec) -> Response:
     """Add an instance at run time; re-posting the same registration is its heartbeat."""
-    info, created = _service(request).register(body)
+    info, created = await _service(request).register(body)
     return json_response(info, 201 if created else 200)
 
 
@@ -211,5 +219,5 @@ async def list_instances(request: Request) -> Response:
 @cluster.delete("/instances/{name}", responses=error_responses(404))
 async def unregister(request: Request, name: str) -> dict[str, str]:
     """Remove an instance until the next restart (config) or re-registration."""
-    _service(request).unregister(name)
+    await _service(request).unregister(name)
     return {"removed": name}

@@ -2,7 +2,9 @@
 silent registrations, and reports every change of verdict.
 
 Passive detection (a live request refused or timed out) is fed by the dispatcher through
-the same records and reported by :func:`report_health_change`.
+the same records and reported by :func:`report_health_change`. With replicas, a ``gate``
+(:data:`~.fleet.ProbeGate`) is asked before each probe, so that one replica at a time
+probes each instance (:mod:`.shared_fleet`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from ...models import HealthDetail, TargetExpr
 from ..drivers.base import InstanceDriver
 from ..logs import get_logger
 from .clock import Clock, Sleep
+from .fleet import ProbeGate
 from .interfaces import InstanceRegistry
 from .registry import InstanceRecord
 
@@ -63,6 +66,7 @@ class HealthMonitor:
     _: KW_ONLY
     clock: Clock
     sleep: Sleep
+    gate: ProbeGate | None = None
     _prober: asyncio.Task[None] | None = field(default=None, init=False)
     _probes: set[asyncio.Task[None]] = field(default_factory=set, init=False)
 
@@ -117,6 +121,13 @@ class HealthMonitor:
             await self.sleep(tick)
 
     async def _probe(self, rec: InstanceRecord) -> None:
+        try:
+            if self.gate is None or await self.gate(rec):
+                await self._probe_now(rec)
+        finally:
+            rec.probing = False
+
+    async def _probe_now(self, rec: InstanceRecord) -> None:
         driver = self.drivers[rec.spec.driver]
         started = self.clock()
         try:
@@ -140,5 +151,3 @@ class HealthMonitor:
                 latency, self.clock(), degraded=result.degraded, detail=result.detail
             )
             report_health_change(event)
-        finally:
-            rec.probing = False

@@ -9,6 +9,11 @@ The cache is bounded in time (``ttl``), in keys (``max_entries``) and in the byt
 results it keeps (``max_bytes``, each result weighed as its JSON); past a bound the oldest
 finished keys go first. A single result larger than ``max_bytes`` is not remembered at all:
 the request still succeeds, and a retry with its key runs again.
+
+:class:`IdempotencyKeys` is the seam: this in-process cache serves one process (SQLite), and
+:class:`~.shared_idempotency.SharedIdempotency` serves replicas sharing a PostgreSQL database
+with the same rules. ``decode`` turns a result kept as JSON back into its value; only a
+shared store needs it (a replay on another replica has nothing but the JSON).
 """
 
 from __future__ import annotations
@@ -19,14 +24,14 @@ import sys
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 import orjson
 from pydantic_core import PydanticSerializationError, to_json
 
 from ...errors import ConflictError, InvalidRequestError
 
-__all__ = ["IdempotencyCache", "fingerprint", "json_size"]
+__all__ = ["IdempotencyCache", "IdempotencyKeys", "fingerprint", "json_size"]
 
 T = TypeVar("T")
 MAX_KEY_LENGTH = 255
@@ -47,6 +52,23 @@ def json_size(result: object) -> int:
         return len(to_json(result))
     except PydanticSerializationError:
         return sys.maxsize
+
+
+class IdempotencyKeys(Protocol[T]):
+    """Runs work once per key (module docstring): both the in-process cache and the store
+    shared by replicas implement it."""
+
+    async def run(
+        self,
+        key: str,
+        digest: str,
+        work: Callable[[], Awaitable[T]],
+        *,
+        decode: Callable[[bytes], T],
+    ) -> tuple[T, bool]:
+        """``(result, replayed)``: ``work``'s result, or the first run's for a repeat of
+        ``key`` with the same ``digest``; ConflictError (409) for another digest."""
+        ...
 
 
 @dataclass(slots=True)
@@ -79,8 +101,16 @@ class IdempotencyCache(Generic[T]):
             f"<IdempotencyCache [{len(self._slots)} keys, {self._bytes} bytes, ttl={self.ttl:g}s]>"
         )
 
-    async def run(self, key: str, digest: str, work: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
-        """Run ``work`` once per key; returns ``(result, replayed)``."""
+    async def run(
+        self,
+        key: str,
+        digest: str,
+        work: Callable[[], Awaitable[T]],
+        *,
+        decode: Callable[[bytes], T] | None = None,
+    ) -> tuple[T, bool]:
+        """Run ``work`` once per key; returns ``(result, replayed)``. ``decode`` is unused:
+        results stay values in this process."""
         if not key or len(key) > MAX_KEY_LENGTH:
             raise InvalidRequestError(
                 f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters",

@@ -31,6 +31,7 @@ from ..stores.base import Store
 from .clock import Clock, Sleep
 from .dispatcher import Dispatcher
 from .fanout import Fanout, Reducer
+from .fleet import Fleet, LocalFleet
 from .health_monitor import HealthMonitor
 from .interfaces import InstanceRegistry
 from .registry import Registry
@@ -40,6 +41,7 @@ from .sessions import SessionService
 
 if TYPE_CHECKING:  # the wire models only annotate the calls here; the parts build them
     from ... import models
+    from .idempotency import IdempotencyKeys
 
 __all__ = ["Orchestrator", "Reducer"]
 
@@ -67,8 +69,9 @@ class Orchestrator:
 
     ``clock`` and ``sleep`` are the whole core's time: a fake clock and a zero-wait sleep
     make retries and probes run instantly in tests. ``retry_hooks`` see every retry.
-    ``registry`` replaces the in-memory one (a shared registry for replicas): every part
-    reads instances and verdicts through its interface.
+    ``registry`` replaces the in-memory one: every part reads instances and verdicts through
+    its interface. ``fleet`` (:class:`~.shared_fleet.SharedFleet` for replicas on PostgreSQL)
+    brings its own registry, writes registrations first, and owns probes one replica at a time.
     """
 
     def __init__(
@@ -83,18 +86,25 @@ class Orchestrator:
         sleep: Sleep = asyncio.sleep,
         retry_hooks: Sequence[RetryHook] = DEFAULT_RETRY_HOOKS,
         registry: InstanceRegistry | None = None,
+        fleet: Fleet | None = None,
     ) -> None:
         self.settings = settings
         drivers = dict(drivers)
         rng = rng or random.Random()  # noqa: S311  # jitter and load spreading, not secrets
         self._clock = clock
         policy = _health_policy(settings)
-        self.registry: InstanceRegistry = Registry(policy) if registry is None else registry
+        if fleet is None:  # one process: the registry in memory is the whole truth
+            fleet = LocalFleet(Registry(policy) if registry is None else registry)
+        self._fleet = fleet
+        self.registry: InstanceRegistry = fleet.registry
         self._dispatcher = Dispatcher(settings, drivers, clock=clock)
-        self._monitor = HealthMonitor(self.registry, drivers, policy, clock=clock, sleep=sleep)
+        self._monitor = HealthMonitor(
+            self.registry, drivers, policy, clock=clock, sleep=sleep, gate=fleet.probe_gate
+        )
         retrier = Retrier(
             _retry_rules(settings, rng), clock=clock, sleep=sleep, hooks=tuple(retry_hooks)
         )
+        self.retry_budget: RetryBudget = retrier.rules.budget  # fleet-synced on PostgreSQL
         balancer = Balancer(Policy(settings.policy), rng=rng)
         self._routing = Routing(
             self.registry,
@@ -112,6 +122,7 @@ class Orchestrator:
             self._dispatcher.check_driver(spec)
             self.registry.upsert(spec, "config", clock())
         self._store = store
+        self.idempotency: IdempotencyKeys[Any] | None = None  # set when replicas share keys
         self._sessions = (
             None
             if store is None
@@ -148,6 +159,7 @@ class Orchestrator:
 
     async def start(self) -> None:
         """Start the background prober (health checks and heartbeat expiry) and sweeper."""
+        await self._fleet.start()  # the shared fleet's registrations and verdicts first
         await self._monitor.start()
         if self._sessions is not None:
             await self._sessions.start()
@@ -157,6 +169,7 @@ class Orchestrator:
         if self._sessions is not None:
             await self._sessions.aclose()
         await self._monitor.aclose()
+        await self._fleet.aclose()
 
     async def __aenter__(self) -> Orchestrator:
         await self.start()
@@ -167,7 +180,7 @@ class Orchestrator:
 
     # -- registry --------------------------------------------------------------------------
 
-    def register(self, spec: models.InstanceSpec) -> tuple[models.InstanceInfo, bool]:
+    async def register(self, spec: models.InstanceSpec) -> tuple[models.InstanceInfo, bool]:
         """Add or heartbeat a run-time instance; returns its info and whether it is new.
         A host ``instances.allow``/``deny`` refuses is a 400 naming ``url``; what a name
         resolves to is checked on every connect."""
@@ -176,16 +189,16 @@ class Orchestrator:
             self._address_policy.check_host(url_host(spec.url))
         except AddressRefused as exc:
             raise InvalidRequestError(f"url: {exc}", field="url") from None
-        record, created = self.registry.upsert(spec, "registered", self._clock())
+        record, created = await self._fleet.register(spec, self._clock())
         if created:
             log.info(
                 "orchestrator.instance_registered", instance=spec.name, url=redact_url(spec.url)
             )
         return record.info(), created
 
-    def unregister(self, name: str) -> None:
+    async def unregister(self, name: str) -> None:
         """Remove an instance (config or registered) until the next restart."""
-        self.registry.remove(name)
+        await self._fleet.unregister(name)
         log.info("orchestrator.instance_removed", instance=name)
 
     def instances(self) -> list[models.InstanceInfo]:

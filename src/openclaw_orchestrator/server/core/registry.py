@@ -2,7 +2,9 @@
 
 Instances come from the configuration (``source="config"``, permanent) or register at run
 time (``source="registered"``); a registration with ``heartbeat_ttl`` must be renewed within
-that many seconds or it is dropped by :meth:`Registry.expire`.
+that many seconds or it is dropped by :meth:`Registry.expire`. Replicas sharing a database
+feed their registry with :meth:`Registry.adopt` and :meth:`Registry.discard` instead
+(:mod:`.shared_fleet`): the database's clock expires those, not this process's.
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ from ...domain.targets import AcceptedTargets, parse_targets, plain_names
 from ...errors import InvalidRequestError, NotFoundError
 from ...models import HealthDetail, InstanceInfo, InstanceSpec, redact_url
 
-__all__ = ["InstanceRecord", "Registry", "Source"]
+__all__ = ["HealthFactory", "InstanceRecord", "Registry", "Source"]
 
 Source = Literal["config", "registered"]
+HealthFactory = Callable[[str, HealthPolicy], HealthVerdicts]
+"""Makes a new instance's health record (:class:`InstanceHealth` unless replicas share it)."""
 
 
 @dataclass(slots=True, eq=False)
@@ -85,8 +89,9 @@ class Registry:
     """Instances by name, in registration order (the order ``all`` and ranges follow): the
     in-memory :class:`~openclaw_orchestrator.server.core.interfaces.InstanceRegistry`."""
 
-    def __init__(self, policy: HealthPolicy) -> None:
+    def __init__(self, policy: HealthPolicy, *, new_health: HealthFactory = InstanceHealth) -> None:
         self._policy = policy
+        self._new_health = new_health
         self._records: dict[str, InstanceRecord] = {}
         self._accepted = AcceptedTargets()
 
@@ -120,25 +125,54 @@ class Registry:
         is a different process now. A config instance cannot be replaced by a registration.
         """
         old = self._records.get(spec.name)
-        if old is not None and old.source == "config" and source == "registered":
-            raise InvalidRequestError(
-                f"instance {spec.name!r} comes from the configuration and cannot be re-registered",
-                field="name",
-            )
-        same_process = old is not None and (old.spec.url, old.spec.driver) == (
-            spec.url,
-            spec.driver,
-        )
-        if old is not None and same_process:
-            old.spec = spec
-            record = old
-        else:
-            record = InstanceRecord(spec, source, InstanceHealth(spec.name, self._policy))
-            self._records[spec.name] = record
+        if source == "registered":
+            self.check_registrable(spec.name)
+        record = self._put(spec, source)
         if source == "registered":
             record.heartbeat_at = now
             record.heartbeat_wall = datetime.now(UTC)
         return record, old is None
+
+    def check_registrable(self, name: str) -> None:
+        """400 naming ``name`` when it is a config instance: a registration cannot replace it."""
+        old = self._records.get(name)
+        if old is not None and old.source == "config":
+            raise InvalidRequestError(
+                f"instance {name!r} comes from the configuration and cannot be re-registered",
+                field="name",
+            )
+
+    def adopt(
+        self, spec: InstanceSpec, *, heartbeat_wall: datetime | None
+    ) -> InstanceRecord | None:
+        """Hold a registration the replicas share, as :meth:`upsert` would, except that its
+        heartbeat is judged by the shared database's clock, not here (``heartbeat_at`` stays
+        None); None, and nothing changed, when ``spec.name`` is a config instance here."""
+        old = self._records.get(spec.name)
+        if old is not None and old.source == "config":
+            return None
+        record = self._put(spec, "registered")
+        record.heartbeat_wall = heartbeat_wall
+        return record
+
+    def discard(self, name: str) -> InstanceRecord | None:
+        """Drop a registration the replicas no longer share; a config instance (or an
+        unknown name) stays as it is, and None is returned."""
+        record = self._records.get(name)
+        if record is None or record.source != "registered":
+            return None
+        del self._records[name]
+        return record
+
+    def _put(self, spec: InstanceSpec, source: Source) -> InstanceRecord:
+        """Refresh the record of the same process (URL and driver), else start a new one."""
+        old = self._records.get(spec.name)
+        if old is not None and (old.spec.url, old.spec.driver) == (spec.url, spec.driver):
+            old.spec = spec
+            return old
+        record = InstanceRecord(spec, source, self._new_health(spec.name, self._policy))
+        self._records[spec.name] = record
+        return record
 
     def remove(self, name: str) -> InstanceRecord:
         """Drop ``name``; NotFoundError when unknown."""
