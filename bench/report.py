@@ -111,6 +111,22 @@ def check_targets(rows: list[Row]) -> list[dict[str, Any]]:
     sends = _find(rows, "sessions", "sqlite:100_sessions")
     if sends:
         add("sessions: sqlite sends/s over 100 sessions >= 2000", sends.req_s, 2000, at_most=False)
+    pg_sends = _find(rows, "sessions", "postgres:100_sessions")
+    if pg_sends:
+        add(
+            "sessions: postgres sends/s over 100 sessions >= 2000",
+            pg_sends.req_s,
+            2000,
+            at_most=False,
+        )
+        three = _find(rows, "sessions", "postgres:100_sessions_3_replicas")
+        if three:
+            add(
+                "sessions: postgres 3 replicas / 1 replica sends/s >= 1",
+                three.req_s / pg_sends.req_s,
+                1.0,
+                at_most=False,
+            )
     cli = _find(rows, "startup", "cli_health")
     if cli:
         add("cli: health end to end (ms) <= 300", cli.p50_ms, 300)

@@ -554,7 +554,48 @@ async def sessions_sends(workdir: Path, sizes: Sizes) -> list[Row]:
                 rows.append(
                     _row_from_load("sessions", f"{store}:{variant}", concurrency, result, orch, cpu)
                 )
+            if db_url:
+                rows.append(await _replicas_row(workdir, urls, settings, orch, ids, sizes))
     return rows
+
+
+async def _replicas_row(
+    workdir: Path,
+    instances: dict[str, str],
+    settings: dict[str, Any],
+    first: Proc,
+    ids: list[str],
+    sizes: Sizes,
+) -> Row:
+    """The same 100 sessions through three replicas on the one database (the first one and
+    two more), each send going to the next replica in turn: any replica takes any session's
+    send, under the session's lease. CPU is the three replicas' together."""
+    extra: list[Proc] = []
+    try:
+        for n in (2, 3):
+            extra.append(
+                await start_orchestrator(
+                    workdir, instances, label=f"orchestrator-replica-{n}", settings=settings
+                )
+            )
+        replicas = [first, *extra]
+        body = orjson.dumps({"data": PAYLOAD})
+        send = [
+            (f"{replicas[k % 3].url}/api/orchestrator/sessions/{i}/send", body)
+            for k, i in enumerate(ids * 3)
+        ]
+        before = [p.cpu() for p in replicas]
+        result = await run_load(
+            send, headers=AUTH, concurrency=64, requests=sizes.send_requests, warmup=100
+        )
+        spent = sum(p.cpu() - b for p, b in zip(replicas, before, strict=True))
+        row = _row_from_load("sessions", "postgres:100_sessions_3_replicas", 64, result, None, None)
+        row.cpu_us_per_req = spent / len(result.latencies) * 1e6 if result.latencies else None
+        row.cpu_of = "3 replicas"
+        return row
+    finally:
+        for proc in extra:
+            proc.stop()
 
 
 async def _spawn(url: str, n: int) -> list[str]:

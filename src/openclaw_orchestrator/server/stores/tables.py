@@ -25,6 +25,7 @@ from sqlalchemy import (
     String,
     Table,
     UniqueConstraint,
+    text,
 )
 
 __all__ = [
@@ -96,6 +97,14 @@ messages = Table(
     Column("status", String(16), nullable=False, server_default=DONE),
     Column("epoch", BigInteger, nullable=True),
     UniqueConstraint("session_id", "idempotency_key", name="uq_messages_idempotency"),
+    # Every claim asks "is a position of this session pending?": without this, the answer
+    # reads the session's whole history, a longer read with every message.
+    Index(
+        "ix_messages_pending",
+        "session_id",
+        postgresql_where=text(f"status = '{PENDING}'"),
+        sqlite_where=text(f"status = '{PENDING}'"),
+    ),
 )
 
 PROBE_ROW = "probe"

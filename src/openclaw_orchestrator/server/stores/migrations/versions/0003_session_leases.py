@@ -5,7 +5,8 @@ A session row gains its lease: ``holder`` (the replica delivering its messages n
 sent to the instance and bumped whenever the lease changes hands, on migration and on
 close. A history row gains ``status``: ``pending`` while a lease holder has claimed the
 position and not yet recorded the reply, ``done`` once recorded (every existing row), and
-the ``epoch`` that claimed it. Nothing else changes: a database at ``0002`` keeps its rows.
+the ``epoch`` that claimed it, and a partial index finds a session's pending position
+without reading its history. Nothing else changes: a database at ``0002`` keeps its rows.
 
 On PostgreSQL, the two statements of every send are functions, so that each is one round
 trip and one transaction: ``orchestrator_claim_session`` (lock the session row, take or
@@ -183,6 +184,14 @@ def upgrade() -> None:
     with op.batch_alter_table("orchestrator_messages") as batch:
         batch.add_column(sa.Column("status", sa.String(16), nullable=False, server_default="done"))
         batch.add_column(sa.Column("epoch", sa.BigInteger, nullable=True))
+    pending = sa.text("status = 'pending'")
+    op.create_index(
+        "ix_messages_pending",
+        "orchestrator_messages",
+        ["session_id"],
+        postgresql_where=pending,
+        sqlite_where=pending,
+    )
     if op.get_bind().dialect.name == "postgresql":
         for function in FUNCTIONS:
             op.execute(function)
@@ -194,6 +203,7 @@ def downgrade() -> None:
         for name in FUNCTION_NAMES:
             op.execute(f"DROP FUNCTION IF EXISTS {name}")
     op.execute("DELETE FROM orchestrator_messages WHERE status = 'pending'")
+    op.drop_index("ix_messages_pending", "orchestrator_messages")
     with op.batch_alter_table("orchestrator_messages") as batch:
         batch.drop_column("epoch")
         batch.drop_column("status")
