@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
 
 from .conftest import IN_CI
 
@@ -123,10 +124,16 @@ class TcpRelay:
 
 @contextlib.asynccontextmanager
 async def postgres_database() -> AsyncIterator[str]:
-    """A fresh database on the shared PostgreSQL server (dropped on exit); yields its URL."""
+    """A fresh database on the shared PostgreSQL server (dropped on exit); yields its URL.
+
+    The admin engine pools nothing: each statement's connection is closed when its block
+    ends, so a teardown cut short (a timeout) never leaves a connection open on the loop,
+    which would keep a module-scoped uvloop from ever closing."""
     url = make_url(POSTGRES_URL)
     name = f"store_faults_{secrets.token_hex(4)}"
-    admin = create_async_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    admin = create_async_engine(
+        url.set(database="postgres"), isolation_level="AUTOCOMMIT", poolclass=NullPool
+    )
     try:
         async with admin.connect() as conn:
             await conn.execute(text(f'CREATE DATABASE "{name}"'))

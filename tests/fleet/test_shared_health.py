@@ -25,7 +25,7 @@ from openclaw_orchestrator.server.stores.fleet import FleetStore
 from ..storage_faults import postgres_database
 from .replicas import ProbedInstance, Replica, probed_instance, replicas, wait_until
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(180)]
 
 INTERVAL = 0.5
 HEALTH = {"interval": INTERVAL, "probe_timeout": 0.5, "down_backoff": 2.0}

@@ -25,7 +25,7 @@ from openclaw_orchestrator.models import InstanceSpec
 from ..storage_faults import postgres_database
 from .replicas import ProbedInstance, Replica, probed_instance, replicas, wait_until
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(180)]
 
 MAX_POLLS = 2  # a change is seen by the first poll that starts after its COMMIT
 _started = time.monotonic()

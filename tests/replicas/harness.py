@@ -56,6 +56,7 @@ from ..storage_faults import postgres_database
 
 __all__ = [
     "API_KEY",
+    "CLUSTER_TEST_TIMEOUT",
     "CountingHandler",
     "CountingInstance",
     "Front",
@@ -73,6 +74,11 @@ __all__ = [
     "report",
     "until",
 ]
+
+CLUSTER_TEST_TIMEOUT = 180
+"""Seconds for one test of a module that shares a cluster: the last one also stops its
+replicas and drops the database, and a timeout there would leave connections open on the
+module's event loop."""
 
 API_KEY = "replicas-test-key-0123456789"
 T = TypeVar("T")

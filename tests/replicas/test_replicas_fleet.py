@@ -21,9 +21,13 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from ..fleet.replicas import ProbedInstance, probed_instance
-from .harness import Replica, ReplicaCluster, replica_cluster
+from .harness import CLUSTER_TEST_TIMEOUT, Replica, ReplicaCluster, replica_cluster
 
-pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.asyncio(loop_scope="module"),
+    pytest.mark.timeout(CLUSTER_TEST_TIMEOUT),
+]
 
 INTERVAL = 1.0
 HEALTH = {"interval": INTERVAL, "probe_timeout": 0.5, "down_backoff": 3.0}

@@ -18,6 +18,7 @@ import pytest
 import pytest_asyncio
 
 from .harness import (
+    CLUSTER_TEST_TIMEOUT,
     PrivatePostgres,
     ReplicaCluster,
     SendOutcome,
@@ -29,7 +30,11 @@ from .harness import (
     until,
 )
 
-pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.asyncio(loop_scope="module"),
+    pytest.mark.timeout(CLUSTER_TEST_TIMEOUT),
+]
 
 LEASE_TTL = 1.0
 SETTINGS = {"sessions": {"lease_ttl": LEASE_TTL, "sweep_interval": 0.5}}

@@ -19,9 +19,13 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from .harness import ReplicaCluster, replica_cluster
+from .harness import CLUSTER_TEST_TIMEOUT, ReplicaCluster, replica_cluster
 
-pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.asyncio(loop_scope="module"),
+    pytest.mark.timeout(CLUSTER_TEST_TIMEOUT),
+]
 
 INSTANCES = tuple("ABCDEFGH")
 WINDOW = 4.0
