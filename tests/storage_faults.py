@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import make_url, text
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from .conftest import IN_CI
@@ -146,9 +147,32 @@ async def postgres_database() -> AsyncIterator[str]:
     try:
         yield url.set(database=name).render_as_string(hide_password=False)
     finally:
-        async with admin.connect() as conn:
-            await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        await admin.dispose()
+        try:
+            await drop_database(admin, name)
+        finally:
+            await admin.dispose()
+
+
+DROP_PATIENCE = 60.0
+"""Seconds a drop keeps trying while the server cannot checkpoint."""
+
+
+async def drop_database(admin: AsyncEngine, name: str) -> None:
+    """``DROP DATABASE … WITH (FORCE)``, tried again while the server cannot checkpoint (a
+    drop asks for one): the disk-full tests fill a tablespace of the shared server, and
+    until they drop it every checkpoint, so every other test's drop, fails with
+    'checkpoint request failed'."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + DROP_PATIENCE
+    while True:
+        try:
+            async with admin.connect() as conn:
+                await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            return
+        except DBAPIError as exc:
+            if "checkpoint request failed" not in str(exc) or loop.time() > deadline:
+                raise
+        await asyncio.sleep(0.5)
 
 
 async def terminate_backends(database_url: str) -> int:

@@ -34,6 +34,7 @@ from openclaw_orchestrator.server.stores.sqlite import storage_error as sqlite_s
 
 from ..storage_faults import (
     TcpRelay,
+    drop_database,
     fill_disk,
     postgres_database,
     terminate_backends,
@@ -223,8 +224,8 @@ async def _tablespace_database(url: str, location: Path) -> AsyncIterator[str]:
         try:
             yield parsed.set(database=name).render_as_string(hide_password=False)
         finally:
+            await drop_database(admin, name)
             async with admin.connect() as conn:
-                await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
                 await conn.execute(text(f"DROP TABLESPACE IF EXISTS {space}"))
     finally:
         await admin.dispose()
