@@ -33,6 +33,7 @@ class Batches(Generic[A, R]):
     max_batch: int = 256
     _queue: list[tuple[A, asyncio.Future[R]]] = field(default_factory=list, init=False)
     _busy: int = field(default=0, init=False)
+    _lanes: set[asyncio.Task[None]] = field(default_factory=set, init=False)
     batches: int = field(default=0, init=False)
     """Calls made so far (for tests and the bench)."""
 
@@ -46,7 +47,9 @@ class Batches(Generic[A, R]):
         self._queue.append((args, future))
         if self._busy < self.lanes:
             self._busy += 1
-            asyncio.get_running_loop().create_task(self._drain())
+            lane = asyncio.get_running_loop().create_task(self._drain())
+            self._lanes.add(lane)  # the loop keeps only a weak reference to a task
+            lane.add_done_callback(self._lanes.discard)
         return future
 
     async def _drain(self) -> None:
