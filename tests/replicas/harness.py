@@ -57,6 +57,8 @@ from ..storage_faults import postgres_database
 __all__ = [
     "API_KEY",
     "CLUSTER_TEST_TIMEOUT",
+    "LEASE_TTL",
+    "SESSION_SETTINGS",
     "CountingHandler",
     "CountingInstance",
     "Front",
@@ -74,6 +76,13 @@ __all__ = [
     "report",
     "until",
 ]
+
+LEASE_TTL = 1.0
+"""The session lease the session tests run with: short, so a dead holder is taken over
+within a test."""
+SESSION_SETTINGS = {"sessions": {"lease_ttl": LEASE_TTL, "sweep_interval": 0.5}}
+"""Every replica's settings in the session tests: that lease, and a sweeper that settles
+orphaned positions within a test."""
 
 CLUSTER_TEST_TIMEOUT = 180
 """Seconds for one test of a module that shares a cluster: the last one also stops its

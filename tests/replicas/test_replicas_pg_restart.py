@@ -19,6 +19,8 @@ import pytest_asyncio
 
 from .harness import (
     CLUSTER_TEST_TIMEOUT,
+    LEASE_TTL,
+    SESSION_SETTINGS,
     PrivatePostgres,
     ReplicaCluster,
     SendOutcome,
@@ -36,8 +38,6 @@ pytestmark = [
     pytest.mark.timeout(CLUSTER_TEST_TIMEOUT),
 ]
 
-LEASE_TTL = 1.0
-SETTINGS = {"sessions": {"lease_ttl": LEASE_TTL, "sweep_interval": 0.5}}
 SESSIONS = 12
 OUTAGE = 1.5
 """Seconds between the crash stop and the start."""
@@ -58,7 +58,9 @@ async def cluster(
 ) -> AsyncIterator[ReplicaCluster]:
     """Three replicas on the private server, instances A and B, one front."""
     folder = tmp_path_factory.mktemp("replicas-pg")
-    async with replica_cluster(folder, settings=SETTINGS, database_url=server.url) as started:
+    async with replica_cluster(
+        folder, settings=SESSION_SETTINGS, database_url=server.url
+    ) as started:
         yield started
 
 

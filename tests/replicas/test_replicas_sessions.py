@@ -22,6 +22,8 @@ import pytest_asyncio
 
 from .harness import (
     CLUSTER_TEST_TIMEOUT,
+    LEASE_TTL,
+    SESSION_SETTINGS,
     ReplicaCluster,
     SendOutcome,
     assert_consistent,
@@ -38,8 +40,6 @@ pytestmark = [
     pytest.mark.timeout(CLUSTER_TEST_TIMEOUT),
 ]
 
-LEASE_TTL = 1.0
-SETTINGS = {"sessions": {"lease_ttl": LEASE_TTL, "sweep_interval": 0.5}}
 IN_FLIGHT_AT_KILL = "502 front_upstream_failed"
 """What the front answers for a request its replica died while serving (never re-sent)."""
 
@@ -48,7 +48,7 @@ IN_FLIGHT_AT_KILL = "502 front_upstream_failed"
 async def cluster(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ReplicaCluster]:
     """Three replicas on a fresh database, instances A and B, one front: the module's."""
     folder = tmp_path_factory.mktemp("replicas-sessions")
-    async with replica_cluster(folder, settings=SETTINGS) as started:
+    async with replica_cluster(folder, settings=SESSION_SETTINGS) as started:
         yield started
 
 

@@ -68,6 +68,17 @@ class Sent:
     replayed: bool = False
 
 
+def _present(session_id: str) -> Callable[[SessionRecord | None], SessionRecord]:
+    """A claim's check that only needs the session to exist (the sweeper, a close)."""
+
+    def check(record: SessionRecord | None) -> SessionRecord:
+        if record is None:
+            raise NotFoundError(f"no session {session_id!r}", field="session_id")
+        return record
+
+    return check
+
+
 @dataclass(slots=True)
 class _Held:
     """A send under the lease, as it goes: the session, the epoch (a migration moves it
@@ -381,14 +392,9 @@ class LeasedSessions:
         does not keep them apart. Anything that stops it now (the instance is unreachable,
         another replica holds the session) leaves it for the next sweep."""
 
-        def present(record: SessionRecord | None) -> SessionRecord:
-            if record is None:
-                raise NotFoundError(f"no session {session_id!r}", field="session_id")
-            return record
-
         try:
             claim = await self.store.claim_session(
-                session_id, self.holder, self.lease_ttl, check=present, message=None
+                session_id, self.holder, self.lease_ttl, check=_present(session_id), message=None
             )
             if claim is None:
                 return False
@@ -409,12 +415,7 @@ class LeasedSessions:
         pending position first; the record and the epoch the instance is told to close at
         (None when the session was closed already: nothing to tell)."""
 
-        def present(record: SessionRecord | None) -> SessionRecord:
-            if record is None:
-                raise NotFoundError(f"no session {session_id!r}", field="session_id")
-            return record
-
-        claim = await self._claim(session_id, deadline, present, None)
+        claim = await self._claim(session_id, deadline, _present(session_id), None)
         closed_at = self.wall_clock()  # after the send in flight: it is recorded before
         if claim.record.state != "open":
             await self._release(session_id, claim.epoch)
@@ -423,7 +424,7 @@ class LeasedSessions:
             try:
                 await self._settle(claim, deadline, request_id)
             except OrchestratorError:
-                claim = await self._claim(session_id, deadline, present, None)
+                claim = await self._claim(session_id, deadline, _present(session_id), None)
                 if claim.orphan is not None:  # unreachable now: closing settles it this way
                     orphan = replace(
                         claim.orphan, kind="interrupted", reply=None, created_at=closed_at

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import time
 import uuid
@@ -280,8 +281,12 @@ class PostgresStore:
         )
         self._statement_cache = 0 if transaction_pooling else CALL_STATEMENT_CACHE
         self._calls: asyncpg.Pool | None = None
-        self._claims = Batches(self._claim_batch, lanes=CALL_LANES)
-        self._records = Batches(self._record_batch, lanes=CALL_LANES)
+        self._claims: Batches[tuple[Any, ...], tuple[Any, ...]] = Batches(
+            functools.partial(self._call_batched, _CLAIM_SESSIONS), lanes=CALL_LANES
+        )
+        self._records: Batches[tuple[Any, ...], tuple[Any, ...]] = Batches(
+            functools.partial(self._call_batched, _RECORD_MESSAGES), lanes=CALL_LANES
+        )
         self._background: set[asyncio.Task[None]] = set()
         self._health = StoreHealth(self._probe, storage_error)
 
@@ -527,7 +532,8 @@ class PostgresStore:
         status, epoch, session, entry = future.result()
         if status in _NOT_CLAIMED:
             return
-        session_id, holder = orjson.loads(session)["id"], orjson.loads(session)["holder"]
+        row = orjson.loads(session)
+        session_id, holder = row["id"], row["holder"]
         seq = orjson.loads(entry)["seq"] if status == "pending" else None
 
         async def give_back() -> None:
@@ -541,11 +547,15 @@ class PostgresStore:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _claim_batch(self, batch: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-        """One call of ``orchestrator_claim_sessions`` for the batch; rows in its order."""
+    async def _call_batched(
+        self, sql: str, batch: Sequence[tuple[Any, ...]]
+    ) -> list[tuple[Any, ...]]:
+        """One call of a batched function (``orchestrator_claim_sessions`` or
+        ``orchestrator_record_messages``): the batch's arguments as one array each, the
+        rows (after their 1-based index) back in the batch's order."""
         columns = [list(column) for column in zip(*batch, strict=True)]
         async with self._calling() as conn:
-            rows = await conn.fetch(_CLAIM_SESSIONS, *columns)
+            rows = await conn.fetch(sql, *columns)
         by_index = {row[0]: tuple(row[1:]) for row in rows}
         return [by_index[i] for i in range(1, len(batch) + 1)]
 
@@ -582,18 +592,10 @@ class PostgresStore:
             m.latency_ms, m.created_at, m.request_id, release,
         )  # fmt: skip
         with self._health.watching():
-            recorded = await asyncio.shield(self._records.submit(args))
+            (recorded,) = await asyncio.shield(self._records.submit(args))
         if not recorded:
             raise lease_lost(record.id, epoch)
         return replace(appended(record, (message,)), messages=message.seq)
-
-    async def _record_batch(self, batch: Sequence[tuple[Any, ...]]) -> list[bool]:
-        """One call of ``orchestrator_record_messages`` for the batch; results in order."""
-        columns = [list(column) for column in zip(*batch, strict=True)]
-        async with self._calling() as conn:
-            rows = await conn.fetch(_RECORD_MESSAGES, *columns)
-        by_index = {row[0]: bool(row[1]) for row in rows}
-        return [by_index[i] for i in range(1, len(batch) + 1)]
 
     async def abandon_message(
         self, session_id: str, holder: str, epoch: int, seq: int, *, release: bool
