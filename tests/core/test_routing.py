@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from openclaw_orchestrator.domain.backoff import RetryScheduled
+from openclaw_orchestrator.domain.backoff import FleetCounts, RetryBudget, RetryScheduled
 from openclaw_orchestrator.domain.health import HealthPolicy
 from openclaw_orchestrator.errors import (
     InstanceDownError,
@@ -20,6 +20,7 @@ from openclaw_orchestrator.errors import (
 from openclaw_orchestrator.models import RouteRequest
 from openclaw_orchestrator.server.core.orchestrator import Orchestrator
 from openclaw_orchestrator.server.core.registry import InstanceRecord, Registry
+from openclaw_orchestrator.server.core.retrier import REGRANT_WAIT
 from openclaw_orchestrator.settings import Settings
 from tests.core.builder import build
 from tests.fakes import FakeCall, FakeDriver, Handler
@@ -174,3 +175,63 @@ async def test_the_parts_read_the_registry_they_are_given() -> None:
     assert "A" in registry
     assert registry.lookups > 0
     assert orchestrator.health("A") == {"A": "healthy"}
+
+
+class FleetGrants:
+    """A fleet syncer stand-in: the fleet has headroom the budget may not spend until a
+    new grant comes; ``regrant`` deals it (``units``), or times out when ``units`` is None."""
+
+    def __init__(self, core_budget: RetryBudget, now: float, units: int | None) -> None:
+        self.budget, self.now, self.units = core_budget, now, units
+        self.waits: list[float] = []
+
+    async def regrant(self, timeout: float) -> bool:
+        self.waits.append(timeout)
+        if self.units is None:
+            return False
+        self.budget.observe_fleet(
+            FleetCounts(requests=0, retries=0, replicas=3), self.now, granted=self.units
+        )
+        return True
+
+
+def granted_nothing(core_budget: RetryBudget, now: float) -> None:
+    """Three replicas, the fleet with all its headroom, this replica granted none of it."""
+    core_budget.observe_fleet(FleetCounts(requests=0, retries=0, replicas=3), now, granted=0)
+
+
+async def test_a_retry_refused_only_by_the_grant_waits_for_a_new_grant() -> None:
+    """The fleet has headroom but this replica's grant is spent: the retry waits for the
+    syncer's next exchange and goes ahead with the new grant."""
+    core = build(refuse("A"), names="AB")
+    grants = FleetGrants(core.orchestrator.retry_budget, core.clock(), units=2)
+    core.orchestrator.retrier.grants = grants
+    granted_nothing(core.orchestrator.retry_budget, core.clock())
+    result = await core.orchestrator.route(
+        RouteRequest(payload=1, instances=["A", "B"]), request_id="r"
+    )
+    assert result.instance == "B"
+    assert len(grants.waits) == 1
+    assert 0 < grants.waits[0] <= REGRANT_WAIT
+
+
+async def test_no_new_grant_in_time_gives_up_as_over_budget() -> None:
+    core = build(refuse("A"), names="AB")
+    grants = FleetGrants(core.orchestrator.retry_budget, core.clock(), units=None)
+    core.orchestrator.retrier.grants = grants
+    granted_nothing(core.orchestrator.retry_budget, core.clock())
+    with pytest.raises(InstanceDownError) as caught:
+        await core.orchestrator.route(RouteRequest(payload=1, instances=["A", "B"]), request_id="r")
+    assert caught.value.details["reason"] == "retry budget exhausted"
+    assert len(grants.waits) == 1
+
+
+async def test_a_fleet_without_headroom_refuses_without_waiting() -> None:
+    """Refused by the fleet's total, not by the grant: no wait, the same answer at once."""
+    core = build(refuse("A"), names="AB", budget_min_retries=0, budget_ratio=0.0)
+    grants = FleetGrants(core.orchestrator.retry_budget, core.clock(), units=2)
+    core.orchestrator.retrier.grants = grants
+    granted_nothing(core.orchestrator.retry_budget, core.clock())
+    with pytest.raises(InstanceDownError):
+        await core.orchestrator.route(RouteRequest(payload=1, instances=["A", "B"]), request_id="r")
+    assert grants.waits == []

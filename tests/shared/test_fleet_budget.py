@@ -14,7 +14,7 @@ import pytest
 
 from openclaw_orchestrator.domain.backoff import FleetCounts, RetryBudget
 from openclaw_orchestrator.server.core.fleet_budget import FleetBudget, fleet_view
-from openclaw_orchestrator.server.stores.budget_sql import BudgetSql, FleetTotals
+from openclaw_orchestrator.server.stores.budget_sql import GRANT_MARGIN, BudgetSql, FleetTotals
 from openclaw_orchestrator.server.stores.postgres import PostgresStore
 
 from ..storage_faults import postgres_database
@@ -70,6 +70,22 @@ def test_requests_earned_since_the_sync_are_this_replicas_to_spend() -> None:
     assert roomy.share_refusals == 3  # the fleet had headroom: news for the syncer
 
 
+def test_only_replicas_that_want_retries_share_the_headroom() -> None:
+    """Two idle replicas hold nothing: the one that wants retries is dealt all the
+    headroom; an idle one is dealt nothing, and counts as a replica all the same."""
+    totals = FleetTotals(0, {"r1": (0, 0), "r2": (0, 0)}, {"r1": 0, "r2": 0}, frozenset())
+    busy = fleet_view(totals, "r0", wanting=True)
+    assert (busy.replicas, busy.sharing, busy.rank) == (3, 1, 0)
+    assert budget().deal(busy, 0.0) == MIN_RETRIES
+    idle = fleet_view(totals, "r0", wanting=False)
+    assert (idle.replicas, idle.sharing) == (3, 0)
+    assert budget().deal(idle, 0.0) == 0
+    both = FleetTotals(0, {}, {"r2": 4}, frozenset({"r2"}))
+    view = fleet_view(both, "r1", wanting=True)
+    assert (view.sharing, view.rank, view.granted) == (2, 0, 4)
+    assert budget().deal(view, 0.0) == 5  # its half of ten, and r2 holds four
+
+
 def test_a_view_older_than_the_window_is_ignored() -> None:
     one = budget()
     one.observe_fleet(FleetCounts(requests=0, retries=100, replicas=3), 0.0)
@@ -80,22 +96,39 @@ def test_a_view_older_than_the_window_is_ignored() -> None:
 
 @pytest.mark.parametrize("sync_every", [1, 3, 9])
 def test_three_replicas_stay_near_the_ratio_of_the_fleets_traffic(sync_every: int) -> None:
-    """60 failing routes in turn over three replicas that sync after every ``sync_every``
-    routes: the fleet's retries stay within 10 % of 22 (each alone would allow 14, 42 in
-    all)."""
+    """60 failing routes in turn over three replicas that exchange, one after the other,
+    after every ``sync_every`` routes: the fleet's retries stay within 10 % of 22 (each
+    alone would allow 14, 42 in all)."""
     replicas = [budget() for _ in range(3)]
     published = [(0, 0)] * 3
+    grants = {f"r{i}": 0 for i in range(3)}
     spent = 0
     for route in range(ROUTES):
         if route % sync_every == 0:
-            rows = {f"r{i}": b.counted for i, b in enumerate(replicas)}
             for i, one in enumerate(replicas):
-                view = fleet_view(FleetTotals(bucket=route, by_holder=rows), f"r{i}")
-                one.observe_fleet(view, 1.0)
-            published = [b.counted for b in replicas]
+                rows = {f"r{j}": published[j] for j in range(3)}
+                view = fleet_view(FleetTotals(route, rows, grants), f"r{i}")
+                grants[f"r{i}"] = one.deal(view, 1.0)
+                one.observe_fleet(view, 1.0, granted=grants[f"r{i}"])
+                published[i] = one.counted
         spent += spend_route(replicas[route % 3], 1.0)
-    assert published
     assert abs(spent - EXPECTED) <= 0.1 * EXPECTED, spent
+
+
+def test_grants_never_add_up_to_more_than_the_headroom() -> None:
+    """However stale the views: three replicas that each exchange once, in turn, while
+    the others spend from their grants, never spend more than the fleet allows."""
+    replicas = [budget() for _ in range(3)]
+    published = [(0, 0)] * 3
+    grants = {f"r{i}": 0 for i in range(3)}
+    for i, one in enumerate(replicas):  # each sees the others' grants, not their spending
+        rows = {f"r{j}": published[j] for j in range(3)}
+        view = fleet_view(FleetTotals(0, rows, grants), f"r{i}")
+        grants[f"r{i}"] = one.deal(view, 1.0)
+        one.observe_fleet(view, 1.0, granted=grants[f"r{i}"])
+    assert sum(grants.values()) == MIN_RETRIES
+    spent = sum(1 for one in replicas for _ in range(20) if one.try_spend(1.0))
+    assert spent == MIN_RETRIES
 
 
 # -- through PostgreSQL --------------------------------------------------------------------
@@ -127,7 +160,7 @@ async def failing_routes(synced: list[FleetBudget]) -> int:
 
 @pytest.mark.parametrize("replicas", [1, 3])
 async def test_the_fleet_keeps_the_ratio_through_postgres(replicas: int) -> None:
-    """One or three replicas: the fleet allows 22 retries, within 10 %."""
+    """One or three replicas: the fleet allows 22 retries, within 10 % and never more."""
     async with postgres_database() as url, syncers(url, replicas) as synced:
         await asyncio.gather(*(s.sync() for s in synced))
         spent = await failing_routes(synced)
@@ -135,6 +168,7 @@ async def test_the_fleet_keeps_the_ratio_through_postgres(replicas: int) -> None
         view = await synced[0].sync()
     print(f"retries with {replicas} replica(s): {spent} (ratio allows {EXPECTED:g})")
     assert abs(spent - EXPECTED) <= 0.1 * EXPECTED, spent
+    assert spent <= EXPECTED  # the grants never add up to more than the headroom
     assert view.replicas == replicas
     assert view.retries + synced[0].budget.counted[1] == spent  # every spend was published
 
@@ -148,4 +182,34 @@ async def test_a_replica_that_stops_syncing_leaves_the_fleet_after_a_window() ->
         await first.aclose()
         await asyncio.sleep(1.2)
         view = await second.sync()
-    assert (view.replicas, view.requests) == (1, 0)
+    assert (view.replicas, view.requests, view.granted) == (1, 0, 0)
+
+
+async def test_a_grant_held_by_a_replica_that_died_counts_until_it_expires() -> None:
+    """A replica that stops without leaving keeps its grant for the window and the
+    margin: the others are dealt only what it leaves, then everything."""
+    async with postgres_database() as url, syncers(url, 2, window=1.0) as (first, second):
+        assert first.budget.try_spend(time.monotonic())  # the first wants retries
+        await first.sync()
+        view = await second.sync()
+        assert (view.replicas, view.granted) == (2, MIN_RETRIES - 1)  # all that is left
+        assert not second.budget.try_spend(time.monotonic())
+        dead = first._task
+        assert dead is not None
+        dead.cancel()  # dies: no release
+        await asyncio.sleep(1.0 + GRANT_MARGIN + 0.3)
+        view = await second.sync()
+    assert (view.replicas, view.granted) == (1, 0)
+    assert second.budget.try_spend(time.monotonic())
+
+
+async def test_an_idle_replica_refused_by_its_grant_is_dealt_one_at_its_next_exchange() -> None:
+    """Idle replicas hold no grant; the first retry refused by that wakes the syncer, and
+    :meth:`FleetBudget.regrant` returns once an exchange has dealt it a part."""
+    async with postgres_database() as url, syncers(url, 2) as (first, second):
+        await asyncio.gather(first.sync(), second.sync())
+        await second.sync()  # now it sees both
+        assert not second.budget.try_spend(time.monotonic())
+        assert second.budget.share_refusals == 1
+        assert await second.regrant(2.0)
+        assert second.budget.try_spend(time.monotonic())

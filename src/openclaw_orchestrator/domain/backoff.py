@@ -141,13 +141,18 @@ class FleetCounts:
     """What the other replicas counted over the window, as last read from the database
     they share: their first attempts and retries, how many replicas are counting (this one
     included), this replica's ``rank`` among them (0-based, the same order on every
-    replica) and a ``turn`` that every replica agrees on (the database's time bucket)."""
+    replica), a ``turn`` that every replica agrees on (the database's time bucket), the
+    retries the others were ``granted`` and may still spend (counted in nobody's
+    ``retries`` yet) and how many replicas are ``sharing`` the headroom: those that want
+    retries (None: all; 0: this one does not want any, and ``rank`` is among the sharing)."""
 
     requests: int
     retries: int
     replicas: int = 1
     rank: int = 0
     turn: int = 0
+    granted: int = 0
+    sharing: int | None = None
 
 
 class RetryBudget:
@@ -161,14 +166,19 @@ class RetryBudget:
     **A fleet.** Replicas sharing one budget each keep their own counts; a syncer publishes
     them (:attr:`counted`) and hands back the others' with :meth:`observe_fleet`. The check
     then adds the others' counts, and, since theirs are a little stale, each replica may
-    spend only its part of the headroom seen at the last sync::
+    spend only the units it was granted at its last sync (:meth:`deal`)::
 
         headroom = min_retries + ratio * fleet_requests - fleet_retries   (at the sync)
-        units    = ceil(headroom), dealt round-robin over the replicas from ``turn``
-        allowed  = spent_since_sync + 1 <= my_units + ratio * my_requests_since_sync
+        units    = ceil(headroom), dealt round-robin from ``turn`` over the replicas
+                   that want retries (spent or were refused some lately)
+        grant    = min(my_units, floor(headroom - what the others hold granted))
+        allowed  = spent_since_sync + 1 <= grant + ratio * my_requests_since_sync
 
-    so that between two syncs the replicas together spend no more than the fleet's headroom.
-    A view older than the window is ignored (the syncer stopped): the budget is local again.
+    The syncer deals and records grants one replica at a time (the database serializes
+    them), and a replica's grant is replaced only at its own sync, which publishes what it
+    spent from it: so the grants held at any moment never add up to more than the fleet's
+    headroom, however stale each replica's view. A view older than the window is ignored
+    (the syncer stopped): the budget is local again.
     """
 
     __slots__ = (
@@ -239,18 +249,43 @@ class RetryBudget:
         self._requests[self._slot(now)] += 1
         self._totals_ever[0] += 1
 
-    def observe_fleet(self, fleet: FleetCounts, now: float) -> None:
-        """The other replicas' counts as of ``now``; deals this replica's share of the
-        fleet's headroom (class docstring)."""
-        requests, retries = self._totals(self._epoch(now))
-        headroom = self.min_retries + self.ratio * (requests + fleet.requests)
-        headroom -= retries + fleet.retries
-        units = math.ceil(headroom) if headroom > 0 else 0
+    def deal(self, fleet: FleetCounts, now: float) -> int:
+        """The retries this replica may be granted at ``now``, given the others' counts and
+        grants: its round-robin units of the fleet's headroom, no more than what the
+        others' grants leave (class docstring)."""
+        sharing = fleet.replicas if fleet.sharing is None else fleet.sharing
+        if sharing < 1:
+            return 0
+        units = self._units(fleet, now)
+        first = (fleet.rank - fleet.turn) % sharing  # the first unit dealt to this replica
+        mine = 0 if first >= units else (units - 1 - first) // sharing + 1
+        free = math.floor(self._headroom(fleet, now) - fleet.granted)
+        return max(0, min(mine, free))
+
+    def observe_fleet(self, fleet: FleetCounts, now: float, *, granted: int | None = None) -> None:
+        """The other replicas' counts as of ``now`` and the retries this replica was
+        ``granted`` (:meth:`deal` when not given); what is counted from now on is spent
+        from, and earns into, that grant. The syncer calls it with the counts it publishes
+        in the same step, so nothing spent falls between the grant and the counts."""
+        units = self._units(fleet, now)
         replicas = max(fleet.replicas, 1)
-        first = (fleet.rank - fleet.turn) % replicas  # the first unit dealt to this replica
-        self._share = 0 if first >= units else (units - 1 - first) // replicas + 1
+        self._share = self.deal(fleet, now) if granted is None else granted
         self._tight = replicas > 1 and units < 2 * replicas
         self._fleet, self._seen_at, self._mark = fleet, now, self.counted
+
+    def withdraw_grant(self) -> None:
+        """Spend nothing more from the grant (its record may not have been written): only
+        what first attempts counted from now on earn, until the next sync."""
+        self._share, self._mark = 0, self.counted
+
+    def _headroom(self, fleet: FleetCounts, now: float) -> float:
+        requests, retries = self._totals(self._epoch(now))
+        headroom = self.min_retries + self.ratio * (requests + fleet.requests)
+        return headroom - (retries + fleet.retries)
+
+    def _units(self, fleet: FleetCounts, now: float) -> int:
+        headroom = self._headroom(fleet, now)
+        return math.ceil(headroom) if headroom > 0 else 0
 
     def try_spend(self, now: float) -> bool:
         """Record one retry and return True if the budget allows it; else record nothing."""

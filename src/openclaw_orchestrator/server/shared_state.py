@@ -42,7 +42,9 @@ async def shared_state(store: Store, orchestrator: Orchestrator) -> AsyncIterato
     )
     async with keys, budget:
         orchestrator.idempotency = keys
+        orchestrator.retrier.grants = budget
         try:
             yield
         finally:
             orchestrator.idempotency = None
+            orchestrator.retrier.grants = None

@@ -200,7 +200,7 @@ class Fanout:
                 result = await dispatcher.invoke(rec, payload, until, request_id)
             except OrchestratorError as exc:
                 attempt += 1
-                decision = self._retry_decision(exc, name, attempt, retries, deadline)
+                decision = await self._retry_decision(exc, name, attempt, retries, deadline)
                 if isinstance(decision, GiveUp):
                     latency = ms(clock() - started)
                     status: EntryStatus = (
@@ -230,7 +230,7 @@ class Fanout:
             )
             return Entry(name, "ok", result, None, latency, index)
 
-    def _retry_decision(
+    async def _retry_decision(
         self, exc: OrchestratorError, name: str, retry: int, retries: int, deadline: float
     ) -> RetryAfter | GiveUp:
         """Whether and when to retry the same target; nowhere to retry once its instance
@@ -245,7 +245,7 @@ class Fanout:
             failed_target=name,
             next_target=None if is_down else name,
         )
-        return self.retrier.decide(state, exc)
+        return await self.retrier.decide(state, exc)
 
     def _result(
         self,

@@ -104,6 +104,7 @@ class Orchestrator:
         retrier = Retrier(
             _retry_rules(settings, rng), clock=clock, sleep=sleep, hooks=tuple(retry_hooks)
         )
+        self.retrier = retrier  # its grants come from the fleet's syncer on PostgreSQL
         self.retry_budget: RetryBudget = retrier.rules.budget  # fleet-synced on PostgreSQL
         balancer = Balancer(Policy(settings.policy), rng=rng)
         self._routing = Routing(

@@ -74,7 +74,7 @@ class Routing:
                     attempts,
                 )
             except OrchestratorError as exc:
-                decision, skips = self._next_step(
+                decision, skips = await self._next_step(
                     exc, plan.order, tried, len(attempts), retries, deadline
                 )
                 for skip in skips:
@@ -102,7 +102,7 @@ class Routing:
                 request_id=request_id,
             )
 
-    def _next_step(
+    async def _next_step(
         self,
         exc: OrchestratorError,
         order: tuple[str, ...],
@@ -121,7 +121,7 @@ class Routing:
             failed_target=tried[-1],
             next_target=next_name,
         )
-        decision = self.retrier.decide(state, exc)
+        decision = await self.retrier.decide(state, exc)
         if isinstance(decision, RetryAfter) or decision.cause == "no_target":
             return decision, skips
         untried = [n for n in order if n not in tried]

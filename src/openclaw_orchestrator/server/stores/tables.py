@@ -14,6 +14,7 @@ from __future__ import annotations
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Float,
@@ -201,3 +202,17 @@ retry_budget = Table(
     Index("ix_retry_budget_bucket", "bucket"),
 )
 """Each replica's first attempts and retries per time bucket (:mod:`..core.fleet_budget`)."""
+
+# -- retry grants (migration 0006) --------------------------------------------------------
+
+retry_grants = Table(
+    "orchestrator_retry_grants",
+    metadata,
+    Column("holder", String(LEASE_NAME_MAX), primary_key=True),
+    Column("granted", Integer, nullable=False),
+    Column("wanting", Boolean, nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+)
+"""The retries each replica was granted at its last exchange and may still spend, until
+``expires_at`` by the database's clock, and whether it wants retries (the headroom is dealt
+among those that do; :mod:`..stores.budget_sql`)."""
