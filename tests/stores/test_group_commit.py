@@ -82,3 +82,35 @@ async def test_a_caller_that_stops_waiting_does_not_stop_its_item() -> None:
     run.release.set()
     assert await future == 70
     assert run.calls == [[7]]
+
+
+# -- the calls' pool on PostgreSQL ---------------------------------------------------------
+
+
+async def test_a_call_connection_given_back_inside_a_transaction_is_rolled_back() -> None:
+    """The calls' pool skips asyncpg's four-statement reset on every release (the calls
+    set no session state), but a connection given back inside a transaction is still rolled
+    back before anyone else gets it: its locks are gone and its writes never happened."""
+    from openclaw_orchestrator.server.stores.postgres import PostgresStore
+
+    from ..storage_faults import postgres_database
+
+    async with postgres_database() as url:
+        store = PostgresStore(url)
+        await store.open()
+        try:
+            async with store._calling() as conn:
+                transaction = conn.transaction()
+                await transaction.start()
+                await conn.execute("CREATE TABLE left_behind (x int)")
+                pid = await conn.fetchval("SELECT pg_backend_pid()")
+            async with store._calling() as other:
+                state = await other.fetchval(
+                    "SELECT state FROM pg_stat_activity WHERE pid = $1 AND pid <> pg_backend_pid()",
+                    pid,
+                )
+                table = await other.fetchval("SELECT to_regclass('left_behind')::text")
+        finally:
+            await store.aclose()
+    assert state in ("idle", None)  # None: the same connection asks (it is this one)
+    assert table is None
