@@ -62,6 +62,7 @@ from .health import FULL_ERRNOS, StoreHealth, StoreState, StoreStatus
 from .leases import Lease, LeaseSql, check_lease, lease_of
 from .migrations import migrate_locked
 from .rows import JSON_AS_VALUES, MESSAGE_COLUMNS, SESSION_COLUMNS, select_sessions
+from .runs_postgres import PostgresRuns
 from .session_leases import Claim, lease_lost
 from .tables import DONE, PENDING, PROBE_ROW, TOUCH_PROBE, messages, sessions, store_probe
 
@@ -296,6 +297,7 @@ class PostgresStore:
         )
         self._background: set[asyncio.Task[None]] = set()
         self._health = StoreHealth(self._probe, storage_error)
+        self.runs = PostgresRuns(self._engine, self._health.watching)
 
     def __repr__(self) -> str:
         url = self._engine.url.render_as_string(hide_password=True)

@@ -70,6 +70,7 @@ from .health import DEFAULT_MIN_FREE_BYTES, FULL_ERRNOS, DiskSpace, StoreHealth,
 from .leases import Lease, LeaseSql, check_lease, lease_of
 from .migrations import migrate
 from .rows import JSON_AS_TEXT, MESSAGE_COLUMNS, SESSION_COLUMNS, select_sessions
+from .runs_sqlite import SqliteRuns
 from .tables import PROBE_ROW, TOUCH_PROBE, messages, sessions
 
 __all__ = ["SqliteFileLock", "SqliteStore", "sqlite_path", "sqlite_url", "storage_error"]
@@ -451,6 +452,7 @@ class SqliteStore:
         self._pool: ThreadPoolExecutor | None = None
         self._pool_conns: list[sqlite3.Connection] = []
         self._local = threading.local()
+        self.runs = SqliteRuns(self)  # the durable runs, on the same file and writer
 
     def __repr__(self) -> str:
         queued = 0 if self._writer is None else self._writer.queued

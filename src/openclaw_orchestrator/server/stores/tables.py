@@ -26,6 +26,7 @@ from sqlalchemy import (
     String,
     Table,
     UniqueConstraint,
+    false,
     text,
 )
 
@@ -216,3 +217,51 @@ retry_grants = Table(
 """The retries each replica was granted at its last exchange and may still spend, until
 ``expires_at`` by the database's clock, and whether it wants retries (the headroom is dealt
 among those that do; :mod:`..stores.budget_sql`)."""
+
+# -- durable runs (migration 0007) --------------------------------------------------------
+
+runs = Table(
+    "orchestrator_runs",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("kind", String(16), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("request", JSON, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("deadline_at", Float, nullable=False),
+    Column("started_at", Float, nullable=True),
+    Column("finished_at", Float, nullable=True),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("delivered", Boolean, nullable=False, server_default=false()),
+    Column("idempotency_key", String(255), nullable=True, unique=True),
+    Column("instance", String(64), nullable=True),
+    Column("result", JSON, nullable=True),
+    Column("error", JSON, nullable=True),
+    Column("cancel_requested", Boolean, nullable=False, server_default=false()),
+    Column("callback", JSON, nullable=True),
+    Column("holder", String(LEASE_NAME_MAX), nullable=True),
+    Column("held_until", Float, nullable=True),
+    Column("epoch", BigInteger, nullable=False, server_default="0"),
+    Index("ix_runs_state_created", "state", "created_at"),
+    Index("ix_runs_created", "created_at", "id"),
+    Index("ix_runs_finished", "finished_at"),
+)
+"""One row per durable run (:mod:`.runs`): the request as submitted, where it stands, its
+lease (``holder``, ``held_until`` by the store's clock, ``epoch``), its result or error."""
+
+run_events = Table(
+    "orchestrator_run_events",
+    metadata,
+    Column(
+        "run_id",
+        String(64),
+        ForeignKey("orchestrator_runs.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("seq", Integer, primary_key=True),
+    Column("type", String(16), nullable=False),
+    Column("data", JSON, nullable=False),
+    Column("at", Float, nullable=False),
+)
+"""A run's events, numbered from 1 per run (what ``GET …/runs/{id}/events`` streams)."""

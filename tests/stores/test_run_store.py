@@ -1,0 +1,252 @@
+"""The runs' store contract (:class:`~openclaw_orchestrator.server.stores.runs.RunStore`),
+both engines: ``store.runs`` of a SQLite store on a real file and of a PostgreSQL store in a
+database of its own. Concurrency: two PostgreSQL stores (two replicas' pools) claiming at
+once never take the same run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from openclaw_orchestrator.domain.runs import RunRecord
+from openclaw_orchestrator.errors import ConflictError
+from openclaw_orchestrator.server.stores.postgres import PostgresStore
+from openclaw_orchestrator.server.stores.runs import RunQuery, RunStore
+from openclaw_orchestrator.server.stores.sqlite import SqliteStore, sqlite_url
+
+from ..storage_faults import postgres_database
+
+TTL = 30.0
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def runs(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[RunStore]:
+    """The runs of an empty, opened store of each kind."""
+    async with contextlib.AsyncExitStack() as stack:
+        if request.param == "postgres":
+            s: SqliteStore | PostgresStore = PostgresStore(
+                await stack.enter_async_context(postgres_database())
+            )
+        else:
+            s = SqliteStore(sqlite_url(tmp_path / "data"))
+        await s.open()
+        stack.push_async_callback(s.aclose)
+        assert isinstance(s.runs, RunStore)
+        yield s.runs
+
+
+def run(rid: str = "r1", **kw: Any) -> RunRecord:
+    """A queued run with test defaults."""
+    base: dict[str, Any] = {
+        "kind": "route", "state": "queued", "request": {"payload": {"n": 1}},
+        "created_at": 1000.0, "updated_at": 1000.0, "deadline_at": 10**10,
+    }  # fmt: skip
+    return RunRecord(id=rid, **{**base, **kw})
+
+
+async def test_a_created_run_reads_back_equal(runs: RunStore) -> None:
+    record = run(
+        request={"payload": {"deep": [1, {"x": None}]}, "instances": ["A"]},
+        idempotency_key="k1",
+        callback={"url": "http://127.0.0.1:9/cb", "secret": "s"},
+    )
+    assert await runs.create_run(record) == record
+    assert await runs.get_run("r1") == record
+    assert await runs.get_run("nope") is None
+
+
+async def test_a_taken_id_conflicts_and_a_used_key_returns_the_first_run(runs: RunStore) -> None:
+    first = await runs.create_run(run("r1", idempotency_key="same"))
+    with pytest.raises(ConflictError):
+        await runs.create_run(run("r1"))
+    again = await runs.create_run(run("r2", idempotency_key="same", request={"other": 1}))
+    assert again == first
+    assert await runs.get_run("r2") is None
+
+
+async def test_claims_take_queued_runs_oldest_first_each_once(runs: RunStore) -> None:
+    for n in range(5):
+        await runs.create_run(run(f"r{n}", created_at=1000.0 + n))
+    first = await runs.claim_runs("h1", TTL, 3)
+    assert [r.id for r in first] == ["r0", "r1", "r2"]
+    assert all((r.holder, r.epoch, r.state) == ("h1", 1, "queued") for r in first)
+    assert all(r.held_until is not None for r in first)
+    second = await runs.claim_runs("h2", TTL, 10)
+    assert [r.id for r in second] == ["r3", "r4"]
+    assert await runs.claim_runs("h3", TTL, 10) == []
+
+
+async def test_an_expired_lease_is_claimed_again_at_a_new_epoch(runs: RunStore) -> None:
+    await runs.create_run(run())
+    (held,) = await runs.claim_runs("h1", 0.2, 1)
+    moved = await runs.update_run("r1", "h1", held.epoch, {"state": "running", "attempts": 1})
+    assert moved is not None
+    assert moved.state == "running"
+    assert await runs.claim_runs("h2", TTL, 1) == []  # still held
+    await asyncio.sleep(0.4)
+    (taken,) = await runs.claim_runs("h2", TTL, 1)
+    assert (taken.holder, taken.epoch, taken.state, taken.attempts) == ("h2", 2, "running", 1)
+    # the first holder lost it: its writes change nothing
+    assert await runs.update_run("r1", "h1", held.epoch, {"state": "succeeded"}) is None
+    assert await runs.renew_runs("h1", {"r1": held.epoch}, TTL) == set()
+    assert await runs.release_run("r1", "h1", held.epoch) is False
+    stored = await runs.get_run("r1")
+    assert stored is not None
+    assert (stored.state, stored.holder) == ("running", "h2")
+
+
+async def test_updates_are_fenced_and_finishing_releases_the_lease(runs: RunStore) -> None:
+    await runs.create_run(run())
+    (held,) = await runs.claim_runs("h1", TTL, 1)
+    started = await runs.update_run(
+        "r1",
+        "h1",
+        held.epoch,
+        {"state": "running", "started_at": 1001.0, "delivered": True, "instance": "A"},
+    )
+    assert started is not None
+    assert (started.delivered, started.instance, started.started_at) == (True, "A", 1001.0)
+    done = await runs.update_run(
+        "r1",
+        "h1",
+        held.epoch,
+        {"state": "succeeded", "finished_at": 1002.0, "result": {"ok": [1, 2]}},
+    )
+    assert done is not None
+    assert (done.state, done.result, done.holder, done.finished) == (
+        "succeeded",
+        {"ok": [1, 2]},
+        None,
+        True,
+    )
+    assert await runs.claim_runs("h2", TTL, 1) == []  # finished runs are never claimed
+    with pytest.raises(ValueError, match="holder"):
+        await runs.update_run("r1", "h1", held.epoch, {"holder": "x"})
+
+
+async def test_renew_and_release(runs: RunStore) -> None:
+    await runs.create_run(run("r1"))
+    await runs.create_run(run("r2", created_at=1001.0))
+    held = {r.id: r.epoch for r in await runs.claim_runs("h1", 0.3, 2)}
+    assert await runs.renew_runs("h1", held, TTL) == {"r1", "r2"}
+    await asyncio.sleep(0.5)
+    assert await runs.claim_runs("h2", TTL, 2) == []  # renewed past the first TTL
+    assert await runs.release_run("r1", "h1", held["r1"]) is True
+    (taken,) = await runs.claim_runs("h2", TTL, 2)
+    assert (taken.id, taken.epoch) == ("r1", held["r1"] + 1)
+
+
+async def test_cancel_of_a_queued_unheld_run_is_at_once(runs: RunStore) -> None:
+    await runs.create_run(run("r1"))
+    cancelled = await runs.request_cancel("r1", 1005.0)
+    assert cancelled is not None
+    assert (cancelled.state, cancelled.finished_at, cancelled.cancel_requested) == (
+        "cancelled",
+        1005.0,
+        True,
+    )
+    assert await runs.claim_runs("h1", TTL, 1) == []
+    assert await runs.request_cancel("nope", 1005.0) is None
+
+
+async def test_cancel_of_a_held_run_is_asked_and_a_finished_one_stays(runs: RunStore) -> None:
+    await runs.create_run(run("r1"))
+    (held,) = await runs.claim_runs("h1", TTL, 1)
+    asked = await runs.request_cancel("r1", 1005.0)
+    assert asked is not None
+    assert (asked.state, asked.cancel_requested) == ("queued", True)
+    done = await runs.update_run("r1", "h1", held.epoch, {"state": "cancelled"})
+    assert done is not None
+    assert done.state == "cancelled"
+    again = await runs.request_cancel("r1", 1009.0)
+    assert again == done
+
+
+async def test_events_are_numbered_per_run_and_paged(runs: RunStore) -> None:
+    await runs.create_run(run("r1"))
+    await runs.create_run(run("r2"))
+    numbers = [
+        await runs.add_event("r1", "state", {"state": f"s{n}"}, 1000.0 + n) for n in range(5)
+    ]
+    assert numbers == [1, 2, 3, 4, 5]
+    assert await runs.add_event("r2", "attempt", {"instance": "A"}, 1000.0) == 1
+    page = await runs.events("r1", 2, 2)
+    assert [(e.seq, e.type, e.data) for e in page] == [
+        (3, "state", {"state": "s2"}),
+        (4, "state", {"state": "s3"}),
+    ]
+    assert [e.seq for e in await runs.events("r1", 0, 100)] == [1, 2, 3, 4, 5]
+    assert await runs.events("r1", 5, 10) == []
+
+
+async def test_concurrent_events_of_one_run_get_distinct_numbers(runs: RunStore) -> None:
+    await runs.create_run(run("r1"))
+    numbers = await asyncio.gather(
+        *(runs.add_event("r1", "entry", {"n": n}, 1000.0) for n in range(20))
+    )
+    assert sorted(numbers) == list(range(1, 21))
+
+
+async def test_listing_is_newest_first_filtered_and_paged(runs: RunStore) -> None:
+    for n in range(5):
+        await runs.create_run(
+            run(f"r{n}", created_at=1000.0 + n, kind="route" if n % 2 else "fanout")
+        )
+    page = await runs.list_runs(RunQuery(limit=2))
+    assert ([r.id for r in page.runs], page.more) == (["r4", "r3"], True)
+    last = page.runs[-1]
+    page = await runs.list_runs(RunQuery(limit=2, before=(last.created_at, last.id)))
+    assert ([r.id for r in page.runs], page.more) == (["r2", "r1"], True)
+    page = await runs.list_runs(RunQuery(limit=10, kind="route"))
+    assert ([r.id for r in page.runs], page.more) == (["r3", "r1"], False)
+    await runs.request_cancel("r0", 1010.0)
+    page = await runs.list_runs(RunQuery(state="cancelled"))
+    assert [r.id for r in page.runs] == ["r0"]
+
+
+async def test_purge_deletes_old_finished_runs_and_their_events(runs: RunStore) -> None:
+    await runs.create_run(run("old"))
+    await runs.create_run(run("new"))
+    await runs.create_run(run("open"))
+    await runs.add_event("old", "state", {"state": "queued"}, 1000.0)
+    await runs.request_cancel("old", 1000.0)
+    await runs.request_cancel("new", 5000.0)
+    assert await runs.purge_runs(2000.0, 100) == 1
+    assert await runs.get_run("old") is None
+    assert await runs.events("old", 0, 10) == []
+    assert await runs.get_run("new") is not None
+    assert await runs.get_run("open") is not None
+
+
+async def test_two_replicas_claiming_at_once_never_take_the_same_run() -> None:
+    """Two PostgreSQL stores (two replicas' pools), eight claimers each, 200 runs."""
+    async with postgres_database() as url, contextlib.AsyncExitStack() as stack:
+        stores = [PostgresStore(url) for _ in range(2)]
+        for s in stores:
+            await s.open()
+            stack.push_async_callback(s.aclose)
+        for n in range(200):
+            await stores[0].runs.create_run(run(f"r{n:03d}", created_at=1000.0 + n))
+
+        async def claimer(k: int) -> list[str]:
+            taken: list[str] = []
+            while batch := await stores[k % 2].runs.claim_runs(f"h{k}", TTL, 7):
+                taken += [r.id for r in batch]
+            return taken
+
+        claimed = await asyncio.gather(*(claimer(k) for k in range(16)))
+    every = [rid for ids in claimed for rid in ids]
+    assert len(every) == 200
+    assert len(set(every)) == 200
+
+
+def test_a_record_keeps_its_callback_out_of_repr() -> None:
+    record = replace(run(), callback={"url": "http://127.0.0.1:9/", "secret": "hush"})
+    assert "hush" not in repr(record)
