@@ -44,6 +44,7 @@ __all__ = [
     "HealthSettings",
     "InstancesSettings",
     "RetrySettings",
+    "RunSettings",
     "SessionSettings",
     "Settings",
     "load_client_settings",
@@ -159,6 +160,41 @@ class SessionSettings(_Section):
     @classmethod
     def _known_policy(cls, value: str) -> str:
         return _placement_policy(value)
+
+
+class RunSettings(_Section):
+    """Durable runs: how a replica takes and holds them, how long finished ones are kept."""
+
+    lease_ttl: float = Field(
+        default=10.0,
+        ge=0.5,
+        le=300.0,
+        description="Seconds a replica holds a run without renewing it: how long a run "
+        "waits for a replica that died before another takes it over.",
+    )
+    poll_interval: float = Field(
+        default=0.5,
+        ge=0.01,
+        le=60.0,
+        description="Seconds between a replica's looks for runs to take (a submit on the "
+        "same replica starts at once).",
+    )
+    max_running: int = Field(
+        default=64, ge=1, le=10_000, description="Runs one replica works on at once."
+    )
+    retention: float = Field(
+        default=7 * 24 * 3600.0, description="How long a finished run is kept, seconds."
+    )
+    max_wait: float = Field(
+        default=60.0,
+        ge=1.0,
+        le=3600.0,
+        description="Longest ?wait= a GET of a run may ask (long poll), seconds.",
+    )
+
+    _durations = field_validator(
+        "lease_ttl", "poll_interval", "retention", "max_wait", mode="before"
+    )(_duration_field)
 
 
 def _placement_policy(value: str) -> str:
@@ -317,6 +353,7 @@ class Settings(BaseSettings):
         "sends are refused (507) before delivery; 0 turns the free-space check off.",
     )
     sessions: SessionSettings = Field(default_factory=SessionSettings)
+    runs: RunSettings = Field(default_factory=RunSettings)
     log_level: str = "info"
     log_format: str = Field(default="json", pattern="^(json|console)$")
 

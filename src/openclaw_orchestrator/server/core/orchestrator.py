@@ -28,6 +28,7 @@ from ...settings import Settings
 from ..drivers.base import InstanceDriver
 from ..logs import dropped_log_lines, get_logger
 from ..stores.base import Store
+from ..stores.leases import holder_id
 from .clock import Clock, Sleep
 from .dispatcher import Dispatcher
 from .fanout import Fanout, Reducer
@@ -37,6 +38,8 @@ from .interfaces import InstanceRegistry
 from .registry import Registry
 from .retrier import DEFAULT_RETRY_HOOKS, Retrier, RetryHook
 from .routing import Routing
+from .run_work import OrchestratorWork
+from .runs import RunService
 from .sessions import SessionService
 
 if TYPE_CHECKING:  # the wire models only annotate the calls here; the parts build them
@@ -131,6 +134,18 @@ class Orchestrator:
                 self._dispatcher, self.registry, store, settings, place=self._routing.plan
             )
         )
+        self._runs = (
+            None
+            if store is None
+            else RunService(store.runs, OrchestratorWork(self), settings.runs, holder=holder_id())
+        )
+
+    @property
+    def runs(self) -> RunService:
+        """The durable runs; RuntimeError when the orchestrator was built without a store."""
+        if self._runs is None:
+            raise RuntimeError("this Orchestrator has no store, so no runs")
+        return self._runs
 
     @property
     def sessions(self) -> SessionService:
@@ -164,9 +179,13 @@ class Orchestrator:
         await self._monitor.start()
         if self._sessions is not None:
             await self._sessions.start()
+        if self._runs is not None:
+            await self._runs.start()
 
     async def aclose(self) -> None:
         """Stop background work; drivers and store are closed by whoever opened them."""
+        if self._runs is not None:
+            await self._runs.aclose()
         if self._sessions is not None:
             await self._sessions.aclose()
         await self._monitor.aclose()

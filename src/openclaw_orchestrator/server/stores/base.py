@@ -13,11 +13,14 @@ something that could not be recorded.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ...domain.sessions import MessageRecord, SessionRecord
 from ...errors import ConflictError
 from .health import StoreStatus
+
+if TYPE_CHECKING:
+    from .runs import RunStore
 
 __all__ = [
     "DEFAULT_SESSION_QUERY",
@@ -47,7 +50,12 @@ DEFAULT_SESSION_QUERY = SessionQuery()
 
 
 class Store(Protocol):
-    """Sessions and their histories."""
+    """Sessions and their histories, and (``runs``) durable runs."""
+
+    @property
+    def runs(self) -> RunStore:
+        """The store's durable runs (:mod:`.runs`)."""
+        ...
 
     async def open(self) -> None:
         """Create what is missing (tables, indexes) and get ready."""

@@ -1,0 +1,366 @@
+"""Durable runs: a delegation stored before its submit is answered, worked on by whichever
+replica claims it, and finished once, by its lease holder (issue 12).
+
+:class:`RunService` does three things. ``submit`` stores the run ``queued`` (and an event)
+and wakes this replica's taker. The taker claims runs (:meth:`~..stores.runs.RunStore.claim_runs`:
+queued ones and those whose holder's lease ran out) up to ``runs.max_running`` at a time
+and works on each in a task: a run taken over from a dead holder is first judged by
+:func:`~openclaw_orchestrator.domain.runs.recovery` (dispatched again only when it never
+reached an instance or carries an idempotency key; else ``failed`` with the reason
+``interrupted``). Before dispatching, the run is marked ``running`` and ``delivered``
+(claim, then act); the result or the error is then written under the lease, fenced by its
+epoch. The keeper renews the leases of this replica's runs about once a second, stops the
+work of any it lost, and acts on cancels asked on another replica. A cancel on the holder
+stops its task at once (instance calls in flight are aborted with it).
+
+The work itself (route, fanout, session send) is a :class:`RunWork` given by the caller,
+so that tests drive the service without instances.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ...domain.runs import EventType, RunEvent, RunKind, RunRecord, RunState, recovery
+from ...errors import ConflictError, NotFoundError, OrchestratorError, TimeoutExceededError
+from ...settings import RunSettings
+from ..logs import get_logger
+from ..stores.runs import MAX_EVENTS_PAGE, RunPage, RunQuery, RunStore
+from .clock import Sleep
+
+__all__ = ["Emit", "RunService", "RunWork", "new_run_id"]
+
+log = get_logger("orchestrator")
+
+RUN_ID_PREFIX = "run_"
+PURGE_EVERY = 60.0
+"""Seconds between two purges of finished runs past their retention."""
+PURGE_BATCH = 1000
+WAIT_FIRST_POLL, WAIT_LAST_POLL = 0.02, 0.25
+
+Emit = Callable[[EventType, dict[str, Any]], Awaitable[None]]
+"""Record one event of the run being worked on (type, data)."""
+
+
+class RunWork(Protocol):
+    """Does a run's work: ``request`` as submitted, within ``timeout`` seconds; returns the
+    result as JSON-ready data; emits events as it goes; raises the endpoint's errors."""
+
+    async def __call__(
+        self,
+        kind: RunKind,
+        request: dict[str, Any],
+        *,
+        timeout: float,
+        run_id: str,
+        idempotency_key: str | None,
+        emit: Emit,
+    ) -> Any: ...
+
+
+def new_run_id() -> str:
+    return RUN_ID_PREFIX + secrets.token_urlsafe(18)
+
+
+@dataclass(slots=True)
+class _Working:
+    task: asyncio.Task[None]
+    epoch: int
+    cancel_asked: bool = False
+    dispatched: bool = False
+
+
+class RunService:
+    """Submits, works on and answers for durable runs (module docstring). ``clock`` is
+    wall-clock epoch seconds (runs outlive the process)."""
+
+    def __init__(
+        self,
+        store: RunStore,
+        work: RunWork,
+        settings: RunSettings,
+        *,
+        holder: str,
+        clock: Callable[[], float] = time.time,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self._store, self._work, self._settings = store, work, settings
+        self.holder = holder
+        self._clock, self._sleep = clock, sleep
+        self._working: dict[str, _Working] = {}
+        self._wake = asyncio.Event()
+        self._loops: list[asyncio.Task[None]] = []
+
+    def __repr__(self) -> str:
+        return f"<RunService holder={self.holder} working={len(self._working)}>"
+
+    # -- the API's side --------------------------------------------------------------------
+
+    async def submit(
+        self,
+        kind: RunKind,
+        request: dict[str, Any],
+        *,
+        timeout: float,
+        idempotency_key: str | None = None,
+    ) -> tuple[RunRecord, bool]:
+        """Store the run ``queued``; (the run, whether it is new). A key used before
+        answers with that run if the request is the same, else a ``ConflictError``."""
+        now = self._clock()
+        record = RunRecord(
+            id=new_run_id(),
+            kind=kind,
+            state="queued",
+            request=request,
+            created_at=now,
+            updated_at=now,
+            deadline_at=now + timeout,
+            idempotency_key=idempotency_key,
+        )
+        stored = await self._store.create_run(record)
+        if stored.id != record.id:
+            if (stored.kind, stored.request) != (kind, request):
+                raise ConflictError(
+                    "Idempotency-Key was used for a different run",
+                    field="Idempotency-Key",
+                    details={"run_id": stored.id},
+                )
+            return stored, False
+        await self._store.add_event(stored.id, "state", {"state": "queued"}, now)
+        self._wake.set()
+        return stored, True
+
+    async def get(self, run_id: str) -> RunRecord:
+        found = await self._store.get_run(run_id)
+        if found is None:
+            raise NotFoundError(f"run {run_id!r} not found", field="run_id")
+        return found
+
+    async def wait(self, run_id: str, wait: float) -> RunRecord:
+        """The run once finished, or as it is after ``wait`` seconds."""
+        until = self._clock() + wait
+        delay = WAIT_FIRST_POLL
+        while True:
+            run = await self.get(run_id)
+            left = until - self._clock()
+            if run.finished or left <= 0:
+                return run
+            await self._sleep(min(delay, left))
+            delay = min(delay * 2, WAIT_LAST_POLL)
+
+    async def page(self, query: RunQuery) -> RunPage:
+        return await self._store.list_runs(query)
+
+    async def events(self, run_id: str, after: int, limit: int = MAX_EVENTS_PAGE) -> list[RunEvent]:
+        await self.get(run_id)  # a 404 for an unknown run, not an empty list
+        return await self._store.events(run_id, after, limit)
+
+    async def cancel(self, run_id: str) -> RunRecord:
+        """Ask for the run's cancel: a queued run nobody holds ends at once, one this replica
+        works on is stopped now, another replica's within about a second."""
+        at = self._clock()
+        run = await self._store.request_cancel(run_id, at)
+        if run is None:
+            raise NotFoundError(f"run {run_id!r} not found", field="run_id")
+        if run.state == "cancelled" and run.finished_at == at:  # ended by this very call
+            await self._event(run_id, "state", {"state": "cancelled"})
+        self._stop_if_working(run_id)
+        return run
+
+    # -- background ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if not self._loops:
+            self._loops = [
+                asyncio.create_task(self._take_loop(), name="runs-taker"),
+                asyncio.create_task(self._keep_loop(), name="runs-keeper"),
+            ]
+
+    async def aclose(self) -> None:
+        """Stop taking runs and stop the work in flight: runs not yet dispatched are let go
+        at once; a dispatched one is left to recovery (its lease runs out)."""
+        for loop in self._loops:
+            loop.cancel()
+        for loop in self._loops:
+            with contextlib.suppress(asyncio.CancelledError):
+                await loop
+        self._loops = []
+        working = list(self._working.values())
+        for item in working:
+            item.task.cancel()
+        for item in working:
+            with contextlib.suppress(asyncio.CancelledError):
+                await item.task
+
+    async def _take_loop(self) -> None:
+        last_purge = 0.0
+        while True:
+            try:
+                free = self._settings.max_running - len(self._working)
+                if free > 0:
+                    ttl = self._settings.lease_ttl
+                    for run in await self._store.claim_runs(self.holder, ttl, free):
+                        self._begin(run)
+                if self._clock() - last_purge >= PURGE_EVERY:
+                    last_purge = self._clock()
+                    await self._store.purge_runs(
+                        self._clock() - self._settings.retention, PURGE_BATCH
+                    )
+            except OrchestratorError as exc:  # the store is away: try again later
+                log.warning("runs.take_failed", error=exc.code)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._settings.poll_interval):
+                    await self._wake.wait()
+
+    async def _keep_loop(self) -> None:
+        every = min(1.0, self._settings.lease_ttl / 3)
+        while True:
+            await self._sleep(every)
+            held = {run_id: item.epoch for run_id, item in self._working.items()}
+            if not held:
+                continue
+            try:
+                kept = await self._store.renew_runs(self.holder, held, self._settings.lease_ttl)
+                for run_id in held.keys() - kept:  # lost: whoever has it now decides
+                    log.warning("runs.lease_lost", run_id=run_id)
+                    self._stop_if_working(run_id, asked=False)
+                for run_id in kept:
+                    run = await self._store.get_run(run_id)
+                    if run is not None and run.cancel_requested:
+                        self._stop_if_working(run_id)
+            except OrchestratorError as exc:
+                log.warning("runs.renew_failed", error=exc.code)
+
+    def _begin(self, run: RunRecord) -> None:
+        task = asyncio.create_task(self._run(run), name=f"run-{run.id}")
+        self._working[run.id] = _Working(task, run.epoch)
+        task.add_done_callback(lambda _t: self._done(run.id, task))
+
+    def _done(self, run_id: str, task: asyncio.Task[None]) -> None:
+        item = self._working.get(run_id)
+        if item is not None and item.task is task:
+            del self._working[run_id]
+            self._wake.set()  # room for another run
+
+    def _stop_if_working(self, run_id: str, *, asked: bool = True) -> None:
+        item = self._working.get(run_id)
+        if item is not None and not item.task.done():
+            item.cancel_asked = asked
+            item.task.cancel()
+
+    # -- one run ---------------------------------------------------------------------------
+
+    async def _run(self, run: RunRecord) -> None:
+        try:
+            await self._work_on(run)
+        except asyncio.CancelledError:
+            item = self._working.get(run.id)
+            if item is not None and item.cancel_asked:
+                await asyncio.shield(self._finish(run, "cancelled", None, None))
+            elif item is not None and not item.dispatched:  # shutting down: let it go now
+                with contextlib.suppress(OrchestratorError):
+                    await asyncio.shield(self._store.release_run(run.id, self.holder, run.epoch))
+            raise
+        except OrchestratorError as exc:  # the store failed: the lease runs out, recovery
+            log.warning("runs.write_failed", run_id=run.id, error=exc.code)
+        except Exception:
+            log.exception("runs.work_crashed", run_id=run.id)
+
+    async def _work_on(self, run: RunRecord) -> None:
+        now = self._clock()
+        if run.cancel_requested:
+            await self._finish(run, "cancelled", None, None)
+            return
+        if now >= run.deadline_at:
+            await self._finish(run, "timed_out", None, _timed_out(run))
+            return
+        if run.state == "running":  # taken over from a holder that is gone
+            decided = recovery(run, now)
+            if decided == "interrupt":
+                await self._finish(run, "failed", None, _interrupted(run))
+                return
+        started = await self._store.update_run(
+            run.id,
+            self.holder,
+            run.epoch,
+            {
+                "state": "running",
+                "delivered": True,
+                "attempts": run.attempts + 1,
+                "started_at": run.started_at or now,
+                "updated_at": now,
+            },
+        )
+        if started is None:
+            return  # the lease moved on between the claim and now
+        item = self._working.get(run.id)
+        if item is not None:
+            item.dispatched = True
+        await self._event(run.id, "state", {"state": "running", "attempt": started.attempts})
+
+        async def emit(kind: EventType, data: dict[str, Any]) -> None:
+            await self._event(run.id, kind, data)
+
+        try:
+            result = await self._work(
+                run.kind,
+                run.request,
+                timeout=max(run.deadline_at - self._clock(), 0.001),
+                run_id=run.id,
+                idempotency_key=run.idempotency_key,
+                emit=emit,
+            )
+        except TimeoutExceededError as exc:
+            await self._finish(started, "timed_out", None, exc.to_dict()["error"])
+            return
+        except OrchestratorError as exc:
+            await self._finish(started, "failed", None, exc.to_dict()["error"])
+            return
+        await self._finish(started, "succeeded", result, None)
+
+    async def _finish(
+        self, run: RunRecord, state: RunState, result: Any, error: dict[str, Any] | None
+    ) -> None:
+        now = self._clock()
+        changes: dict[str, Any] = {"state": state, "finished_at": now, "updated_at": now}
+        if result is not None:
+            changes["result"] = result
+        if error is not None:
+            changes["error"] = error
+        done = await self._store.update_run(run.id, self.holder, run.epoch, changes)
+        if done is None:
+            log.warning("runs.finish_refused", run_id=run.id, state=state)
+            return
+        data: dict[str, Any] = {"state": state}
+        if error is not None:
+            data["error"] = error
+        if result is not None:
+            data["result"] = result
+        await self._event(run.id, "result", data)
+        log.info("runs.finished", run_id=run.id, kind=run.kind, state=state)
+
+    async def _event(self, run_id: str, kind: EventType, data: dict[str, Any]) -> None:
+        await self._store.add_event(run_id, kind, data, self._clock())
+
+
+def _timed_out(run: RunRecord) -> dict[str, Any]:
+    error = TimeoutExceededError(f"run {run.id} reached its deadline before it finished")
+    body: dict[str, Any] = error.to_dict()["error"]
+    return body
+
+
+def _interrupted(run: RunRecord) -> dict[str, Any]:
+    return {
+        "code": "interrupted",
+        "message": f"the replica working on run {run.id} stopped after dispatching it; it "
+        "may have run on an instance, so it is not run again (submit with an "
+        "Idempotency-Key to allow that)",
+        "details": {"attempts": run.attempts, "instance": run.instance},
+    }
