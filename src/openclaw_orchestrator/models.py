@@ -43,6 +43,7 @@ __all__ = [
     "FanoutEntry",
     "FanoutRequest",
     "FanoutResult",
+    "FanoutRun",
     "HealthDetail",
     "HistoryEntry",
     "HistoryPage",
@@ -50,11 +51,16 @@ __all__ = [
     "InstanceSpec",
     "RouteRequest",
     "RouteResult",
+    "RouteRun",
+    "RunInfo",
+    "RunList",
+    "RunSubmit",
     "SendRequest",
     "SendResult",
     "SessionInfo",
     "SessionList",
     "SessionSendRequest",
+    "SessionSendRun",
     "Skip",
     "SpawnRequest",
     "SpawnResult",
@@ -510,3 +516,59 @@ class ErrorReply(BaseModel):
     """The one shape of every error reply: ``{"error": {"code", "message", ...}}``."""
 
     error: ErrorBody
+
+
+# -- durable runs --------------------------------------------------------------------------
+
+
+class RouteRun(RouteRequest):
+    """A route to run durably: the route's body and ``"kind": "route"``."""
+
+    kind: Literal["route"]
+
+
+class FanoutRun(FanoutRequest):
+    """A fanout to run durably: the fanout's body and ``"kind": "fanout"``."""
+
+    kind: Literal["fanout"]
+
+
+class SessionSendRun(SessionSendRequest):
+    """A session send to run durably: ``sessionId``, the send's body and
+    ``"kind": "session_send"``."""
+
+    kind: Literal["session_send"]
+
+
+RunSubmit = Annotated[RouteRun | FanoutRun | SessionSendRun, Field(discriminator="kind")]
+"""``POST /api/orchestrator/runs``: the body of the endpoint named by ``kind``."""
+
+
+class RunInfo(_Wire):
+    """A durable run: where it stands and, once finished, its result or error."""
+
+    run_id: str
+    kind: Literal["route", "fanout", "session_send"]
+    state: Literal["queued", "running", "succeeded", "failed", "timed_out", "cancelled"]
+    request: dict[str, Any] = Field(description="The body as submitted (without kind).")
+    created_at: datetime
+    updated_at: datetime
+    deadline_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    attempts: int = Field(description="Times it was dispatched (more than 1 after recovery).")
+    instance: str | None = None
+    cancel_requested: bool = False
+    result: Any = Field(default=None, description="The endpoint's result, once succeeded.")
+    error: ErrorBody | None = Field(
+        default=None, description="Why it failed, timed out or was interrupted."
+    )
+
+
+class RunList(_Wire):
+    """``GET /api/orchestrator/runs``: newest first."""
+
+    runs: list[RunInfo]
+    next: str | None = Field(
+        default=None, description="Pass as ``cursor`` for the next (older) page."
+    )

@@ -22,7 +22,7 @@ from ..core.idempotency import IdempotencyCache
 from ..core.orchestrator import Orchestrator
 from ..gc_tuning import settle_after_startup
 from ..logs import flush_logs, get_logger
-from . import sessions
+from . import runs, sessions
 from .docs import install_docs
 from .errors import install_error_handlers
 from .fastpath import FastPaths
@@ -116,6 +116,7 @@ def create_app(
     app.include_router(cluster)
     app.include_router(sessions.admin)
     app.include_router(sessions.scoped)
+    app.include_router(runs.router)
     install_docs(app)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
     if fast_paths:

@@ -1,0 +1,155 @@
+"""Durable runs over HTTP: submit (202 once stored), look, wait (``?wait=30s``), list, cancel.
+All behind the API key."""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+import orjson
+from fastapi import APIRouter, Body, Path, Query, Request
+from starlette.responses import Response
+
+from ...domain.duration import parse_duration
+from ...domain.runs import MAX_RUN_ID, RunRecord
+from ...errors import InvalidRequestError
+from ...models import RunInfo, RunList, RunSubmit
+from ..core.orchestrator import Orchestrator
+from ..core.runs import RunService
+from ..stores.runs import MAX_RUNS_PAGE, RunQuery
+from .guard import guarded_route
+from .openapi import error_responses
+from .responses import json_response
+from .routes import IdempotencyKey
+from .security import require_api_key
+
+__all__ = ["router", "run_info"]
+
+RunId = Annotated[str, Path(pattern=rf"^[A-Za-z0-9_-]{{1,{MAX_RUN_ID}}}$")]
+
+router = APIRouter(
+    prefix="/api/orchestrator/runs",
+    tags=["runs"],
+    route_class=guarded_route(require_api_key),
+    responses=error_responses(401, 403, 413),
+)
+
+
+def _runs(request: Request) -> RunService:
+    orchestrator: Orchestrator = request.app.state.orchestrator
+    return orchestrator.runs
+
+
+def _time(seconds: float | None) -> datetime | None:
+    return None if seconds is None else datetime.fromtimestamp(seconds, UTC)
+
+
+def run_info(run: RunRecord) -> RunInfo:
+    """What the API shows of a run (never its callback's secret)."""
+    return RunInfo(
+        run_id=run.id,
+        kind=run.kind,
+        state=run.state,
+        request=run.request,
+        created_at=datetime.fromtimestamp(run.created_at, UTC),
+        updated_at=datetime.fromtimestamp(run.updated_at, UTC),
+        deadline_at=datetime.fromtimestamp(run.deadline_at, UTC),
+        started_at=_time(run.started_at),
+        finished_at=_time(run.finished_at),
+        attempts=run.attempts,
+        instance=run.instance,
+        cancel_requested=run.cancel_requested,
+        result=run.result,
+        error=run.error,  # type: ignore[arg-type]  # validated into ErrorBody
+    )
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=RunInfo,
+    responses={
+        200: {"description": "An Idempotency-Key's earlier run."},
+        **error_responses(400, 409),
+    },
+)
+async def submit(
+    request: Request, body: Annotated[RunSubmit, Body()], key: IdempotencyKey = None
+) -> Response:
+    """Store a route, fanout or session send to run in the background; answered once stored."""
+    orchestrator: Orchestrator = request.app.state.orchestrator
+    timeout = body.timeout if body.timeout is not None else orchestrator.settings.timeout
+    orchestrator.deadline(timeout)  # a 400 naming timeout when over max_timeout
+    stored = body.model_dump(mode="json", by_alias=True, exclude={"kind", "timeout"})
+    run, created = await orchestrator.runs.submit(
+        body.kind, stored, timeout=timeout, idempotency_key=key
+    )
+    location = {"Location": f"/api/orchestrator/runs/{run.id}"}
+    if created:
+        return json_response(run_info(run), status=202, headers=location)
+    return json_response(run_info(run), headers={**location, "Idempotent-Replayed": "true"})
+
+
+@router.get("/{run_id}", response_model=RunInfo, responses=error_responses(400, 404))
+async def get_run(
+    request: Request,
+    run_id: RunId,
+    wait: Annotated[
+        str | None,
+        Query(description="Wait until the run ends, at most this long ('30s', '500ms')."),
+    ] = None,
+) -> Response:
+    """The run; with ``wait``, once it has ended or the wait ran out (a long poll)."""
+    service = _runs(request)
+    if wait is None:
+        return json_response(run_info(await service.get(run_id)))
+    orchestrator: Orchestrator = request.app.state.orchestrator
+    longest = orchestrator.settings.runs.max_wait
+    seconds = parse_duration(wait, field="wait", maximum=longest)
+    return json_response(run_info(await service.wait(run_id, seconds)))
+
+
+@router.get("", response_model=RunList, responses=error_responses(400))
+async def list_runs(
+    request: Request,
+    state: Annotated[
+        Literal["queued", "running", "succeeded", "failed", "timed_out", "cancelled"] | None,
+        Query(),
+    ] = None,
+    kind: Annotated[Literal["route", "fanout", "session_send"] | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_RUNS_PAGE)] = 50,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> Response:
+    """Runs, newest first; ``next`` is the ``cursor`` of the next page."""
+    query = RunQuery(state=state, kind=kind, before=_decode(cursor), limit=limit)
+    page = await _runs(request).page(query)
+    last = page.runs[-1] if page.runs and page.more else None
+    following = None if last is None else _encode(last.created_at, last.id)
+    return json_response(RunList(runs=[run_info(r) for r in page.runs], next=following))
+
+
+@router.post("/{run_id}/cancel", response_model=RunInfo, responses=error_responses(400, 404))
+async def cancel(request: Request, run_id: RunId) -> Response:
+    """Stop the run: at once if it is queued or this replica works on it, within about a
+    second on another replica. A finished run is returned as it is."""
+    return json_response(run_info(await _runs(request).cancel(run_id)))
+
+
+def _encode(created_at: float, run_id: str) -> str:
+    raw = orjson.dumps([created_at, run_id])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode(cursor: str | None) -> tuple[float, str] | None:
+    if cursor is None:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        value: Any = orjson.loads(raw)
+        created_at, run_id = value
+        if isinstance(created_at, int | float) and isinstance(run_id, str):
+            return float(created_at), run_id
+    except (ValueError, TypeError, orjson.JSONDecodeError):
+        pass
+    raise InvalidRequestError("cursor: not a cursor this API gave", field="cursor")
