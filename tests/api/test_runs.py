@@ -5,6 +5,7 @@ that survives its orchestrator: stopped before it was dispatched, taken again on
 from __future__ import annotations
 
 import asyncio
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -174,3 +175,48 @@ async def test_a_run_left_queued_by_a_stopped_orchestrator_runs_after_a_restart(
             done = await finished(c, "run_left")
     assert done["state"] == "succeeded", done["error"]
     assert done["result"]["instance"] == "A"
+
+
+async def stream(c: Cluster, run_id: str, **headers: str) -> list[tuple[int, str, Any]]:
+    """A run's event stream read to its end: (id, event, data) of every event."""
+    out: list[tuple[int, str, Any]] = []
+    async with c.http.get(f"{c.url}{R}/{run_id}/events", headers={**c.headers, **headers}) as resp:
+        assert resp.status == 200, await resp.text()
+        assert resp.headers["Content-Type"].startswith("text/event-stream")
+        fields: dict[str, str] = {}
+        async for raw in resp.content:
+            line = raw.decode().rstrip("\r\n")
+            if line:
+                name, _, value = line.partition(":")
+                fields[name] = value.removeprefix(" ")
+            elif "data" in fields:
+                out.append((int(fields["id"]), fields["event"], json.loads(fields["data"])))
+                fields = {}
+    return out
+
+
+async def test_a_runs_events_stream_as_they_come_and_resume(cluster: Cluster) -> None:
+    await cluster.set_faults("H", latency=0.3)
+    reply = await submit(cluster, {"kind": "fanout", "targets": ["A", "H"], "payload": 7})
+    seen = await stream(cluster, reply["run_id"])
+    assert [i for i, _, _ in seen] == list(range(1, len(seen) + 1))
+    kinds = [kind for _, kind, _ in seen]
+    assert kinds[:2] == ["state", "state"]
+    assert sorted(data["instance"] for _, kind, data in seen if kind == "entry") == ["A", "H"]
+    assert kinds[-1] == "result"
+    assert seen[-1][2]["state"] == "succeeded"
+    assert len(seen[-1][2]["result"]["results"]) == 2
+    resumed = await stream(cluster, reply["run_id"], **{"Last-Event-ID": str(seen[1][0])})
+    assert resumed == seen[2:]
+
+
+async def test_the_event_stream_refuses_what_it_cannot_follow(cluster: Cluster) -> None:
+    status, reply = await cluster.get(f"{R}/run_nope/events")
+    assert (status, reply["error"]["code"]) == (404, "not_found")
+    done = await submit(cluster, {"kind": "route", "instances": ["A"]})
+    async with cluster.http.get(
+        f"{cluster.url}{R}/{done['run_id']}/events",
+        headers={**cluster.headers, "Last-Event-ID": "abc"},
+    ) as resp:
+        body = await resp.json()
+    assert (resp.status, body["error"]["field"]) == (400, "Last-Event-ID")

@@ -4,15 +4,17 @@ All behind the API key."""
 from __future__ import annotations
 
 import base64
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import orjson
-from fastapi import APIRouter, Body, Path, Query, Request
+from fastapi import APIRouter, Body, Header, Path, Query, Request
+from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.responses import Response
 
 from ...domain.duration import parse_duration
-from ...domain.runs import MAX_RUN_ID, RunRecord
+from ...domain.runs import MAX_RUN_ID, RunEvent, RunRecord
 from ...errors import InvalidRequestError
 from ...models import RunInfo, RunList, RunSubmit
 from ..core.orchestrator import Orchestrator
@@ -134,6 +136,59 @@ async def cancel(request: Request, run_id: RunId) -> Response:
     """Stop the run: at once if it is queued or this replica works on it, within about a
     second on another replica. A finished run is returned as it is."""
     return json_response(run_info(await _runs(request).cancel(run_id)))
+
+
+MAX_EVENT_ID = 2**31 - 1
+PING_EVERY = 15.0
+"""Seconds between keep-alive comments on a quiet event stream (proxies close idle ones)."""
+
+
+@router.get(
+    "/{run_id}/events",
+    response_class=EventSourceResponse,
+    responses={
+        200: {
+            "description": "Server-sent events: `id` is the event's number, `event` its "
+            "type (state, attempt, entry, delta, result), `data` its JSON; the stream ends "
+            "after the `result` event.",
+            "content": {"text/event-stream": {}},
+        },
+        **error_responses(400, 404),
+    },
+)
+async def events(
+    request: Request,
+    run_id: RunId,
+    last_event_id: Annotated[
+        str | None,
+        Header(alias="Last-Event-ID", max_length=20, description="Resume after this event."),
+    ] = None,
+    after: Annotated[int | None, Query(ge=0, le=MAX_EVENT_ID)] = None,
+) -> EventSourceResponse:
+    """The run's events as they are recorded, resumable with ``Last-Event-ID`` (or
+    ``?after=N``), ending with its final result."""
+    start = after or 0
+    if last_event_id is not None:
+        if not last_event_id.isdigit() or int(last_event_id) > MAX_EVENT_ID:
+            raise InvalidRequestError(
+                "Last-Event-ID: not an event number of this stream", field="Last-Event-ID"
+            )
+        start = max(start, int(last_event_id))
+    stream = _runs(request).follow(run_id, start)
+    first = await anext(stream, None)  # an unknown run is a 404 here, not an empty stream
+
+    async def frames() -> AsyncIterator[ServerSentEvent]:
+        if first is None:
+            return
+        yield _frame(first)
+        async for event in stream:
+            yield _frame(event)
+
+    return EventSourceResponse(frames(), ping=PING_EVERY)
+
+
+def _frame(event: RunEvent) -> ServerSentEvent:
+    return ServerSentEvent(orjson.dumps(event.data).decode(), event=event.type, id=str(event.seq))
 
 
 def _encode(created_at: float, run_id: str) -> str:

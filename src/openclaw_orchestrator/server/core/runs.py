@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -161,6 +161,31 @@ class RunService:
         await self.get(run_id)  # a 404 for an unknown run, not an empty list
         return await self._store.events(run_id, after, limit)
 
+    async def follow(self, run_id: str, after: int = 0) -> AsyncIterator[RunEvent]:
+        """The run's events numbered above ``after``, as they are recorded, until its final
+        ``result`` event (or, should that write have failed, until it has finished and no
+        more come). A 404 for an unknown run comes before the first event."""
+        await self.get(run_id)
+        delay = WAIT_FIRST_POLL
+        ended = False
+        while True:
+            batch = await self._store.events(run_id, after, MAX_EVENTS_PAGE)
+            for event in batch:
+                yield event
+                after = event.seq
+                if event.type == "result":
+                    return
+            if batch:
+                delay = WAIT_FIRST_POLL
+                continue
+            if ended:
+                return
+            run = await self._store.get_run(run_id)
+            ended = run is None or run.finished  # one more look for its last events
+            if not ended:
+                await self._sleep(delay)
+                delay = min(delay * 2, WAIT_LAST_POLL)
+
     async def cancel(self, run_id: str) -> RunRecord:
         """Ask for the run's cancel: a queued run nobody holds ends at once, one this replica
         works on is stopped now, another replica's within about a second."""
@@ -169,7 +194,7 @@ class RunService:
         if run is None:
             raise NotFoundError(f"run {run_id!r} not found", field="run_id")
         if run.state == "cancelled" and run.finished_at == at:  # ended by this very call
-            await self._event(run_id, "state", {"state": "cancelled"})
+            await self._event(run_id, "result", {"state": "cancelled"})
         self._stop_if_working(run_id)
         return run
 
