@@ -215,6 +215,12 @@ class RouteRequest(_Request):
         default=None, description="Candidates; any healthy instance when omitted."
     )
     payload: Any = Field(default_factory=dict)
+    run_async: bool = Field(
+        default=False,
+        alias="async",
+        description="Answer 202 with a durable run at once instead of waiting (the same as "
+        "POST /api/orchestrator/runs with this kind); also Prefer: respond-async.",
+    )
     timeout: Duration = Field(
         default=None, description="Seconds (or '10s', '500ms'), at most max_timeout."
     )
@@ -273,6 +279,12 @@ class FanoutRequest(_Request):
 
     targets: TargetExpr = Field(default="all")
     payload: Any = Field(default_factory=dict)
+    run_async: bool = Field(
+        default=False,
+        alias="async",
+        description="Answer 202 with a durable run at once instead of waiting (the same as "
+        "POST /api/orchestrator/runs with this kind); also Prefer: respond-async.",
+    )
     aggregate: AggregateSpec = True
     timeout: Duration = Field(
         default=None, description="Seconds (or '10s', '500ms'), at most max_timeout."
@@ -434,6 +446,12 @@ class SendRequest(_Request):
     """``POST /api/orchestrator/sessions/{id}/send``."""
 
     data: Any = Field(default_factory=dict)
+    run_async: bool = Field(
+        default=False,
+        alias="async",
+        description="Answer 202 with a durable run at once instead of waiting (the same as "
+        "POST /api/orchestrator/runs with this kind); also Prefer: respond-async.",
+    )
     timeout: Duration = Field(default=None, description="Seconds (or '10s'), at most max_timeout.")
 
     @field_validator("timeout", mode="before")

@@ -40,6 +40,7 @@ async def test_a_route_run_is_stored_queued_then_succeeds(cluster: Cluster) -> N
     assert done["state"] == "succeeded"
     assert done["attempts"] == 1
     assert done["result"]["instance"] == "B"
+    assert done["instance"] == "B"
     assert done["finished_at"] is not None
     events = await cluster.service.runs.events(reply["run_id"], 0)
     assert [e.type for e in events] == ["state", "state", "attempt", "result"]
@@ -87,7 +88,7 @@ async def test_a_run_past_its_deadline_times_out(cluster: Cluster) -> None:
 
 
 async def test_wait_returns_when_the_wait_runs_out(cluster: Cluster) -> None:
-    await cluster.set_faults("F", latency=3.0)
+    await cluster.set_faults("F", latency=1.0)
     reply = await submit(cluster, {"kind": "route", "instances": ["F"], "timeout": "10s"})
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -97,7 +98,7 @@ async def test_wait_returns_when_the_wait_runs_out(cluster: Cluster) -> None:
 
 
 async def test_cancel_stops_a_running_run_and_a_finished_one_stays(cluster: Cluster) -> None:
-    await cluster.set_faults("G", latency=5.0)
+    await cluster.set_faults("G", latency=2.0)
     reply = await submit(cluster, {"kind": "route", "instances": ["G"], "timeout": "30s"})
     while (await finished(cluster, reply["run_id"], wait="50ms"))["state"] != "running":
         pass

@@ -17,6 +17,8 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
+
 from .conftest import start_cluster
 
 CHECKS = (
@@ -36,6 +38,7 @@ PROJECT = Path(__file__).parents[2]
 HOOKS = {"SCHEMATHESIS_HOOKS": "tests.api.schemathesis_checks", "PYTHONPATH": str(PROJECT)}
 
 
+@pytest.mark.timeout(180)  # 18 operations x 100 examples: ~50 s alone, more beside the suite
 async def test_fuzzing_the_live_schema_finds_no_5xx_and_no_schema_violation(
     tmp_path: Path,
 ) -> None:

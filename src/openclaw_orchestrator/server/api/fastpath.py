@@ -7,9 +7,10 @@ and response plumbing together cost more CPU than the orchestrator's own work, s
 :class:`FastPaths` sits in front of the framework's layers (see
 :class:`~..asgi.FastPathApp`: middleware added to the app later wraps it, so it sees these
 requests too) and serves the *ordinary* request of those endpoints itself: JSON body
-within the size limit, the API key, a valid body, no ``Idempotency-Key``. It gives the
-request the same id as the request-context middleware would, makes the very same service
-call, and answers with the very same body, status and headers (the error envelope with
+within the size limit, the API key, a valid body, no ``Idempotency-Key``, no ask for a
+durable run (``"async": true``, ``Prefer: respond-async``). It gives the request the same
+id as the request-context middleware would, makes the very same service call, and answers
+with the very same body, status and headers (the error envelope with
 :func:`~.errors.error_headers`; a generic 500 for a bug, logged like the app's own handler
 does).
 
@@ -61,6 +62,8 @@ _NO_HEADERS: list[tuple[bytes, bytes]] = []
 
 def _route(state: State, raw: Any, _: str, rid: str, headers: dict[bytes, bytes]) -> Call | None:
     body = RouteRequest.model_validate(raw)
+    if body.run_async:
+        return None
     service = state.orchestrator
     return lambda: service.route(body, request_id=rid)
 
@@ -68,7 +71,11 @@ def _route(state: State, raw: Any, _: str, rid: str, headers: dict[bytes, bytes]
 def _fanout(state: State, raw: Any, _: str, rid: str, headers: dict[bytes, bytes]) -> Call | None:
     body = FanoutRequest.model_validate(raw)
     wants_value = body.reply == "value"
-    if body.stream or (not wants_value and _NDJSON in headers.get(b"accept", b"")):
+    if (
+        body.run_async
+        or body.stream
+        or (not wants_value and _NDJSON in headers.get(b"accept", b""))
+    ):
         return None
     service = state.orchestrator
     if wants_value:
@@ -86,6 +93,8 @@ def _send(
     if not _SESSION_ID.fullmatch(session_id):
         return None
     body = SendRequest.model_validate(raw)
+    if body.run_async:
+        return None
     sessions = state.orchestrator.sessions
     return lambda: sessions.send(
         session_id, body.data, timeout=body.timeout, idempotency_key=None, request_id=rid
@@ -122,7 +131,12 @@ class FastPaths:
             return
         prepare, param = _match(scope["path"])
         headers = dict(reversed(scope["headers"])) if prepare else {}  # the first of a name wins
-        if prepare is None or not _is_json(headers) or b"idempotency-key" in headers:
+        if (
+            prepare is None
+            or not _is_json(headers)
+            or b"idempotency-key" in headers
+            or b"respond-async" in headers.get(b"prefer", b"").lower()
+        ):
             await self.app(scope, receive, send)
             return
         declared = declared_length(headers.get(b"content-length"))

@@ -35,6 +35,7 @@ from .guard import guarded_route
 from .middleware import request_id_of
 from .openapi import error_responses
 from .responses import json_response, value_json
+from .run_submit import ASYNC_REPLY, prefers_async, submit_run
 from .security import require_api_key
 
 __all__ = ["IdempotencyKey", "cluster", "orchestrator", "public"]
@@ -109,10 +110,15 @@ async def liveness(request: Request) -> dict[str, Any]:
 
 
 @orchestrator.post(
-    "/route", response_model=RouteResult, responses=error_responses(400, 409, 502, 503, 504)
+    "/route",
+    response_model=RouteResult,
+    responses={**ASYNC_REPLY, **error_responses(400, 409, 502, 503, 504)},
 )
 async def route(request: Request, body: RouteRequest, key: IdempotencyKey = None) -> Response:
-    """Deliver the payload to one instance, failing over to healthy candidates."""
+    """Deliver the payload to one instance, failing over to healthy candidates; with
+    ``"async": true`` (or ``Prefer: respond-async``) answer 202 with a durable run."""
+    if body.run_async or prefers_async(request):
+        return await submit_run(request, "route", body, key)
     service = _service(request)
     rid = request_id_of(request.scope)
     return await _idempotent(
@@ -134,11 +140,15 @@ async def route(request: Request, body: RouteRequest, key: IdempotencyKey = None
             "value; with `stream: true`, NDJSON lines: entries, then the result.",
             "content": {NDJSON: {}},
         },
+        **ASYNC_REPLY,
         **error_responses(400, 409, 502, 503, 504),
     },
 )
 async def fanout(request: Request, body: FanoutRequest, key: IdempotencyKey = None) -> Response:
-    """Send to every target concurrently and aggregate (or stream with ``stream: true``)."""
+    """Send to every target concurrently and aggregate (or stream with ``stream: true``);
+    with ``"async": true`` (or ``Prefer: respond-async``) answer 202 with a durable run."""
+    if body.run_async or prefers_async(request):
+        return await submit_run(request, "fanout", body, key)
     service = _service(request)
     rid = request_id_of(request.scope)
     wants_value = body.reply == "value"

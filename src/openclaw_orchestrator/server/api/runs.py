@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -14,9 +13,9 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.responses import Response
 
 from ...domain.duration import parse_duration
-from ...domain.runs import MAX_RUN_ID, RunEvent, RunRecord
+from ...domain.runs import MAX_RUN_ID, RunEvent
 from ...errors import InvalidRequestError
-from ...models import RunInfo, RunList, RunSubmit
+from ...models import RunInfo, RunList, RunSubmit, SessionSendRun
 from ..core.orchestrator import Orchestrator
 from ..core.runs import RunService
 from ..stores.runs import MAX_RUNS_PAGE, RunQuery
@@ -24,9 +23,10 @@ from .guard import guarded_route
 from .openapi import error_responses
 from .responses import json_response
 from .routes import IdempotencyKey
+from .run_submit import run_info, submit_run
 from .security import require_api_key
 
-__all__ = ["router", "run_info"]
+__all__ = ["router"]
 
 RunId = Annotated[str, Path(pattern=rf"^[A-Za-z0-9_-]{{1,{MAX_RUN_ID}}}$")]
 
@@ -43,30 +43,6 @@ def _runs(request: Request) -> RunService:
     return orchestrator.runs
 
 
-def _time(seconds: float | None) -> datetime | None:
-    return None if seconds is None else datetime.fromtimestamp(seconds, UTC)
-
-
-def run_info(run: RunRecord) -> RunInfo:
-    """What the API shows of a run (never its callback's secret)."""
-    return RunInfo(
-        run_id=run.id,
-        kind=run.kind,
-        state=run.state,
-        request=run.request,
-        created_at=datetime.fromtimestamp(run.created_at, UTC),
-        updated_at=datetime.fromtimestamp(run.updated_at, UTC),
-        deadline_at=datetime.fromtimestamp(run.deadline_at, UTC),
-        started_at=_time(run.started_at),
-        finished_at=_time(run.finished_at),
-        attempts=run.attempts,
-        instance=run.instance,
-        cancel_requested=run.cancel_requested,
-        result=run.result,
-        error=run.error,  # type: ignore[arg-type]  # validated into ErrorBody
-    )
-
-
 @router.post(
     "",
     status_code=202,
@@ -80,17 +56,8 @@ async def submit(
     request: Request, body: Annotated[RunSubmit, Body()], key: IdempotencyKey = None
 ) -> Response:
     """Store a route, fanout or session send to run in the background; answered once stored."""
-    orchestrator: Orchestrator = request.app.state.orchestrator
-    timeout = body.timeout if body.timeout is not None else orchestrator.settings.timeout
-    orchestrator.deadline(timeout)  # a 400 naming timeout when over max_timeout
-    stored = body.model_dump(mode="json", by_alias=True, exclude={"kind", "timeout"})
-    run, created = await orchestrator.runs.submit(
-        body.kind, stored, timeout=timeout, idempotency_key=key
-    )
-    location = {"Location": f"/api/orchestrator/runs/{run.id}"}
-    if created:
-        return json_response(run_info(run), status=202, headers=location)
-    return json_response(run_info(run), headers={**location, "Idempotent-Replayed": "true"})
+    extra = {"sessionId": body.session_id} if isinstance(body, SessionSendRun) else None
+    return await submit_run(request, body.kind, body, key, extra)
 
 
 @router.get("/{run_id}", response_model=RunInfo, responses=error_responses(400, 404))

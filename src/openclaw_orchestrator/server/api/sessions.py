@@ -14,7 +14,7 @@ from fastapi import APIRouter, Path, Query, Request
 from starlette.responses import Response
 
 from ...domain.duration import MAX_DURATION
-from ...errors import UnauthorizedError
+from ...errors import ForbiddenError, UnauthorizedError
 from ...models import (
     MAX_HISTORY_OFFSET,
     NAME_PATTERN,
@@ -34,6 +34,7 @@ from .middleware import request_id_of
 from .openapi import error_responses
 from .responses import json_response
 from .routes import IdempotencyKey
+from .run_submit import ASYNC_REPLY, prefers_async, submit_run
 from .security import Authenticator, bearer_token, is_session_token, require_api_key
 
 __all__ = ["admin", "scoped"]
@@ -95,7 +96,7 @@ scoped = APIRouter(
     route_class=guarded_route(_session_scope),
     responses=_GUARDED,
 )
-_SEND_ERRORS = error_responses(400, 404, 409, 410, 502, 503, 504, 507)
+_SEND_ERRORS = {**ASYNC_REPLY, **error_responses(400, 404, 409, 410, 502, 503, 504, 507)}
 _READ_ERRORS = error_responses(400, 404, 503)
 
 
@@ -144,6 +145,15 @@ async def send(
 
 
 async def _send(request: Request, session_id: str, body: SendRequest, key: str | None) -> Response:
+    if body.run_async or prefers_async(request):
+        auth: Authenticator = request.app.state.authenticator
+        token = bearer_token(request.headers.get("authorization"))
+        if auth.is_enabled and (token is None or not auth.is_api_key(token)):
+            raise ForbiddenError(
+                "an async send is a durable run, read with the API key: a session token "
+                "may only send and wait"
+            )
+        return await submit_run(request, "session_send", body, key, {"sessionId": session_id})
     result = await _sessions(request).send(
         session_id,
         body.data,

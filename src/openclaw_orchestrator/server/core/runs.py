@@ -43,6 +43,8 @@ PURGE_EVERY = 60.0
 """Seconds between two purges of finished runs past their retention."""
 PURGE_BATCH = 1000
 WAIT_FIRST_POLL, WAIT_LAST_POLL = 0.02, 0.25
+RESULT_GRACE = 2.0
+"""Seconds an event stream keeps looking for a finished run's result event."""
 
 Emit = Callable[[EventType, dict[str, Any]], Awaitable[None]]
 """Record one event of the run being worked on (type, data)."""
@@ -163,11 +165,12 @@ class RunService:
 
     async def follow(self, run_id: str, after: int = 0) -> AsyncIterator[RunEvent]:
         """The run's events numbered above ``after``, as they are recorded, until its final
-        ``result`` event (or, should that write have failed, until it has finished and no
-        more come). A 404 for an unknown run comes before the first event."""
+        ``result`` event — written just after the run is finished, so looked for a while
+        longer (:data:`RESULT_GRACE`) once it is, in case that write failed. A 404 for an
+        unknown run comes before the first event."""
         await self.get(run_id)
         delay = WAIT_FIRST_POLL
-        ended = False
+        ended_at: float | None = None
         while True:
             batch = await self._store.events(run_id, after, MAX_EVENTS_PAGE)
             for event in batch:
@@ -178,13 +181,14 @@ class RunService:
             if batch:
                 delay = WAIT_FIRST_POLL
                 continue
-            if ended:
+            if ended_at is None:
+                run = await self._store.get_run(run_id)
+                if run is None or run.finished:
+                    ended_at = self._clock()
+            elif self._clock() - ended_at > RESULT_GRACE:
                 return
-            run = await self._store.get_run(run_id)
-            ended = run is None or run.finished  # one more look for its last events
-            if not ended:
-                await self._sleep(delay)
-                delay = min(delay * 2, WAIT_LAST_POLL)
+            await self._sleep(delay)
+            delay = min(delay * 2, WAIT_LAST_POLL)
 
     async def cancel(self, run_id: str) -> RunRecord:
         """Ask for the run's cancel: a queued run nobody holds ends at once, one this replica
@@ -357,6 +361,9 @@ class RunService:
         changes: dict[str, Any] = {"state": state, "finished_at": now, "updated_at": now}
         if result is not None:
             changes["result"] = result
+            served_by = result.get("instance") if isinstance(result, dict) else None
+            if isinstance(served_by, str):  # a route's or a send's instance
+                changes["instance"] = served_by
         if error is not None:
             changes["error"] = error
         done = await self._store.update_run(run.id, self.holder, run.epoch, changes)

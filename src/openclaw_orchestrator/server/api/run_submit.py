@@ -1,0 +1,91 @@
+"""Answering with a durable run: what the API shows of one, and storing an endpoint's request
+as one (``POST /api/orchestrator/runs``, and ``"async": true`` or ``Prefer:
+respond-async`` on route, fanout and session send)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import Request
+from pydantic import BaseModel
+from starlette.responses import Response
+
+from ...domain.runs import RunKind, RunRecord
+from ...models import RunInfo
+from ..core.orchestrator import Orchestrator
+from .responses import json_response
+
+__all__ = ["ASYNC_REPLY", "NOT_STORED", "prefers_async", "run_info", "submit_run"]
+
+ASYNC_REPLY: dict[int | str, dict[str, Any]] = {
+    202: {
+        "model": RunInfo,
+        "description": 'With `"async": true` or `Prefer: respond-async`: the durable run, '
+        "stored (GET /api/orchestrator/runs/{run_id} for its result).",
+    }
+}
+"""The OpenAPI reply of an endpoint that can answer with a durable run."""
+
+
+def _time(seconds: float | None) -> datetime | None:
+    return None if seconds is None else datetime.fromtimestamp(seconds, UTC)
+
+
+def run_info(run: RunRecord) -> RunInfo:
+    """What the API shows of a run (never its callback's secret)."""
+    return RunInfo(
+        run_id=run.id,
+        kind=run.kind,
+        state=run.state,
+        request=run.request,
+        created_at=datetime.fromtimestamp(run.created_at, UTC),
+        updated_at=datetime.fromtimestamp(run.updated_at, UTC),
+        deadline_at=datetime.fromtimestamp(run.deadline_at, UTC),
+        started_at=_time(run.started_at),
+        finished_at=_time(run.finished_at),
+        attempts=run.attempts,
+        instance=run.instance,
+        cancel_requested=run.cancel_requested,
+        result=run.result,
+        error=run.error,  # type: ignore[arg-type]  # validated into ErrorBody
+    )
+
+
+NOT_STORED = frozenset({"kind", "timeout", "run_async", "session_id"})
+"""Fields of a submitted body that are not its request: the kind is the run's, the timeout
+its deadline, it is a run anyway, and a send's session id is given as ``sessionId``."""
+
+
+def prefers_async(request: Request) -> bool:
+    """Whether the caller sent ``Prefer: respond-async`` (RFC 7240)."""
+    prefer = request.headers.get("prefer", "")
+    return any(p.strip().lower() == "respond-async" for p in prefer.split(","))
+
+
+async def submit_run(
+    request: Request,
+    kind: RunKind,
+    body: BaseModel,
+    key: str | None,
+    extra: dict[str, Any] | None = None,
+) -> Response:
+    """Store ``body`` (an endpoint's request, ``extra`` fields added) as a run of ``kind``:
+    202 with the run, or 200 with the run an Idempotency-Key already named."""
+    orchestrator: Orchestrator = request.app.state.orchestrator
+    asked: float | None = getattr(body, "timeout", None)
+    timeout = asked if asked is not None else orchestrator.settings.timeout
+    orchestrator.deadline(timeout)  # a 400 naming timeout when over max_timeout
+    stored = {
+        **(extra or {}),
+        **body.model_dump(mode="json", by_alias=True, exclude=set(NOT_STORED)),
+    }
+    run, created = await orchestrator.runs.submit(
+        kind, stored, timeout=timeout, idempotency_key=key
+    )
+    headers = {"Location": f"/api/orchestrator/runs/{run.id}"}
+    if prefers_async(request):
+        headers["Preference-Applied"] = "respond-async"
+    if created:
+        return json_response(run_info(run), status=202, headers=headers)
+    return json_response(run_info(run), headers={**headers, "Idempotent-Replayed": "true"})
