@@ -37,7 +37,8 @@ usage: openclaw orchestrator <command> [options]
 
   openclaw orchestrator --help   route, fanout, health, instances, register, unregister,
                                  sessions_spawn, sessions_send, sessions_list,
-                                 sessions_history, sessions_close, serve, up, instance serve
+                                 sessions_history, sessions_close, runs list|get|wait|
+                                 cancel|events, serve, up, instance serve
   openclaw <anything else>       handed over to the OpenClaw CLI: {target}
 """
 

@@ -8,7 +8,7 @@ from enum import IntEnum
 from functools import cache
 from typing import NoReturn
 
-__all__ = ["EXIT_CODES", "ExitCode", "exit_code_for", "interrupted"]
+__all__ = ["EXIT_CODES", "RUN_EXIT_CODES", "ExitCode", "exit_code_for", "interrupted", "run_exit"]
 
 
 class ExitCode(IntEnum):
@@ -38,6 +38,21 @@ EXIT_CODES: dict[str, ExitCode] = {
 }
 """Exception class name -> exit code; the most specific class in the MRO wins. Keyed by name
 so that this table costs no import of the settings machinery on the success path."""
+
+
+RUN_EXIT_CODES: dict[str, ExitCode] = {
+    "succeeded": ExitCode.OK,
+    "failed": ExitCode.TASK_FAILED,
+    "timed_out": ExitCode.TASK_FAILED,
+    "cancelled": ExitCode.TASK_FAILED,
+}
+"""How ``runs wait`` exits for the state it saw; a run still queued or running when
+``--timeout`` ran out is :attr:`ExitCode.UNREACHABLE` (the deadline passed)."""
+
+
+def run_exit(state: str) -> ExitCode:
+    """The exit code of ``runs wait`` for a run in ``state`` (see :data:`RUN_EXIT_CODES`)."""
+    return RUN_EXIT_CODES.get(state, ExitCode.UNREACHABLE)
 
 
 def exit_code_for(exc: BaseException) -> ExitCode | None:

@@ -14,6 +14,9 @@ A client command parses its options, makes one
     3  authentication: unauthorized, forbidden (e.g. a session token used on another session)
     4  the orchestrator is unreachable or the deadline passed: connection_failed, timeout
 
+``runs wait`` exits by the state of the run it waited for: 0 succeeded, 1 failed, timed_out
+or cancelled, 4 still queued or running when ``--timeout`` ran out (see :data:`RUN_EXIT_CODES`).
+
 The SDK, Rich and the server modules are imported inside the commands, so ``--help`` and
 client commands never load what they do not use (serve/up/instance load uvicorn lazily, once
 :func:`.server_extra.require_server` has found the ``server`` extra installed).
@@ -32,14 +35,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from .exits import EXIT_CODES, ExitCode, exit_code_for, interrupted
+from .exits import EXIT_CODES, ExitCode, exit_code_for, interrupted, run_exit
 from .options import aggregate_value, is_blank_targets, targets_value
 from .server_extra import require_server
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
 
-    from ..models import FanoutResult, HistoryPage, SpawnResult
+    from ..models import FanoutResult, HistoryPage, RunInfo, SpawnResult
     from ..sdk.sync_client import Client, Session
 
 __all__ = ["EXIT_CODES", "ExitCode", "Output", "app", "exit_code_for"]
@@ -82,6 +85,14 @@ instance_app = typer.Typer(
     context_settings=_SETTINGS,
 )
 app.add_typer(instance_app, name="instance")
+runs_app = typer.Typer(
+    cls=_Commands,
+    help="Durable runs: routes, fanouts and session sends the orchestrator keeps and works on "
+    "in the background (submit one with --async).",
+    no_args_is_help=True,
+    context_settings=_SETTINGS,
+)
+app.add_typer(runs_app, name="runs")
 
 
 class Output(StrEnum):
@@ -96,6 +107,25 @@ class Failover(StrEnum):
 
     none = "none"
     migrate = "migrate"
+
+
+class RunState(StrEnum):
+    """The states ``runs list --state`` filters on."""
+
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    timed_out = "timed_out"
+    cancelled = "cancelled"
+
+
+class RunKind(StrEnum):
+    """The kinds ``runs list --kind`` filters on."""
+
+    route = "route"
+    fanout = "fanout"
+    session_send = "session_send"
 
 
 class SessionState(StrEnum):
@@ -191,6 +221,14 @@ RetryOption = Annotated[
 IdempotencyOption = Annotated[
     str | None,
     typer.Option("--idempotency-key", help="Replays return the first reply instead of rerunning."),
+]
+AsyncOption = Annotated[
+    bool,
+    typer.Option(
+        "--async",
+        help="Submit it as a durable run and print the run id (JSON: the run); follow it "
+        "with 'runs wait' or 'runs events'. --timeout is then the run's whole deadline.",
+    ),
 ]
 
 
@@ -294,6 +332,7 @@ def route(
         typer.Option(help="round_robin | least_outstanding | weighted_random."),
     ] = None,
     idempotency_key: IdempotencyOption = None,
+    run_async: AsyncOption = False,
     url: UrlOption = None,
     config: ConfigOption = None,
     output: OutputOption = None,
@@ -302,17 +341,19 @@ def route(
     from .render import route_view
 
     body = _payload(payload)
-    candidates = _targets(instances, "--instances")
+    options: dict[str, Any] = {
+        "instances": _targets(instances, "--instances"),
+        "timeout": timeout,
+        "attempt_timeout": attempt_timeout,
+        "retry": retry,
+        "policy": policy,
+        "idempotency_key": idempotency_key,
+    }
     with _client(url, config) as client:
-        result = client.route(
-            body,
-            instances=candidates,
-            timeout=timeout,
-            attempt_timeout=attempt_timeout,
-            retry=retry,
-            policy=policy,
-            idempotency_key=idempotency_key,
-        )
+        if run_async:
+            _emit_submitted(client.runs.submit("route", payload=body, **options), output)
+            return
+        result = client.route(body, **options)
     _emit(result, output, route_view)
 
 
@@ -347,6 +388,7 @@ def fanout(
         typer.Option("--value-only", help="Only the aggregated value, as JSON (e.g. the array)."),
     ] = False,
     idempotency_key: IdempotencyOption = None,
+    run_async: AsyncOption = False,
     url: UrlOption = None,
     config: ConfigOption = None,
     output: OutputOption = None,
@@ -356,7 +398,9 @@ def fanout(
     On a terminal, stderr shows the progress (3/8 done, 1 failed) while it runs."""
     from .render import fanout_summary, fanout_value_json, fanout_view, summary_view
 
-    _exclusive({"--stream": stream, "--summary": summary, "--value-only": value_only})
+    _exclusive(
+        {"--stream": stream, "--summary": summary, "--value-only": value_only, "--async": run_async}
+    )
     body = _payload(payload)
     options: dict[str, Any] = {
         "targets": _targets(targets, "--targets") or "all",
@@ -370,6 +414,9 @@ def fanout(
         "idempotency_key": idempotency_key,
     }
     with _client(url, config) as client:
+        if run_async:
+            _emit_submitted(client.runs.submit("fanout", payload=body, **options), output)
+            return
         if stream:
             _print_stream(client, body, options, json_lines=_is_json(output))
             return
@@ -383,6 +430,17 @@ def fanout(
         _emit(fanout_summary(result), output, lambda _: summary_view(result))
     else:
         _emit(result, output, fanout_view)
+
+
+def _emit_submitted(run: RunInfo, output: OutputOption) -> None:
+    """A submitted run: the whole run as JSON for scripts, its id alone for people (to paste
+    into ``runs wait``)."""
+    if _is_json(output):
+        from .render import to_json
+
+        sys.stdout.write(to_json(run) + "\n")
+    else:
+        sys.stdout.write(run.run_id + "\n")
 
 
 def _exclusive(flags: dict[str, bool]) -> None:
@@ -623,6 +681,7 @@ def sessions_send(
     timeout: TimeoutOption = None,
     idempotency_key: IdempotencyOption = None,
     token_env: TokenEnvOption = None,
+    run_async: AsyncOption = False,
     url: UrlOption = None,
     config: ConfigOption = None,
     output: OutputOption = None,
@@ -631,9 +690,39 @@ def sessions_send(
     from .render import send_view
 
     body = _json_option(data, "--data")
+    if run_async:
+        _submit_send(session_id, body, timeout, idempotency_key, token_env, (url, config), output)
+        return
     with _session(session_id, token_env, url, config) as session:
         result = session.send(body, timeout=timeout, idempotency_key=idempotency_key)
     _emit(result, output, send_view)
+
+
+def _submit_send(
+    session_id: str,
+    data: Any,
+    timeout: float | None,
+    idempotency_key: str | None,
+    token_env: str | None,
+    where: tuple[str | None, Path | None],
+    output: Output | None,
+) -> None:
+    """``sessions_send --async``: the send as a durable run, submitted with the API key (a
+    session token grants no runs)."""
+    if token_env is not None:
+        raise typer.BadParameter(
+            "a run is submitted with the API key, not a session token",
+            param_hint="'--async' and '--token-env'",
+        )
+    with _client(*where) as client:
+        run = client.runs.submit(
+            "session_send",
+            session_id=session_id,
+            data=data,
+            timeout=timeout,
+            idempotency_key=idempotency_key,
+        )
+    _emit_submitted(run, output)
 
 
 @app.command("sessions_list")
@@ -718,6 +807,135 @@ def sessions_close(
     with _session(session_id, token_env, url, config) as session:
         info = session.close()
     _emit(info, output, session_view)
+
+
+# -- run commands ----------------------------------------------------------------------------
+
+RunIdArgument = Annotated[str, typer.Argument(metavar="RUN_ID", help="The run id, e.g. run_3q….")]
+
+
+@runs_app.command("list")
+def runs_list(
+    state: Annotated[
+        RunState | None,
+        typer.Option(case_sensitive=False, help="Only runs in this state.", show_default=False),
+    ] = None,
+    kind: Annotated[
+        RunKind | None,
+        typer.Option(
+            case_sensitive=False, help="route | fanout | session_send.", show_default=False
+        ),
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, max=500, help="Runs per page.")] = 50,
+    cursor: Annotated[
+        str | None, typer.Option(help="The 'next' of the page before.", show_default=False)
+    ] = None,
+    url: UrlOption = None,
+    config: ConfigOption = None,
+    output: OutputOption = None,
+) -> None:
+    """List runs, newest first (JSON carries 'next', the --cursor of the next page)."""
+    from .render import runs_view
+
+    with _client(url, config) as client:
+        page = client.runs.list(
+            state=None if state is None else state.value,
+            kind=None if kind is None else kind.value,
+            limit=limit,
+            cursor=cursor,
+        )
+    _emit(page, output, runs_view)
+
+
+@runs_app.command("get")
+def runs_get(
+    run_id: RunIdArgument,
+    url: UrlOption = None,
+    config: ConfigOption = None,
+    output: OutputOption = None,
+) -> None:
+    """A run as it stands: its state and, once ended, its result or error."""
+    from .render import run_view
+
+    with _client(url, config) as client:
+        info = client.runs.get(run_id)
+    _emit(info, output, run_view)
+
+
+@runs_app.command("wait")
+def runs_wait(
+    run_id: RunIdArgument,
+    timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--timeout",
+            parser=_duration,
+            metavar="DURATION",
+            help="Give up waiting after this long (default: until the run ends).",
+        ),
+    ] = None,
+    url: UrlOption = None,
+    config: ConfigOption = None,
+    output: OutputOption = None,
+) -> None:
+    """Wait for a run to end and print it.
+
+    Exits 0 when it succeeded, 1 when it failed, timed out or was cancelled, 4 when it had
+    not ended when --timeout ran out."""
+    from .render import run_view
+
+    with _client(url, config) as client:
+        info = client.runs.wait(run_id, timeout=timeout)
+    _emit(info, output, run_view)
+    if code := run_exit(info.state):
+        raise typer.Exit(code)
+
+
+@runs_app.command("cancel")
+def runs_cancel(
+    run_id: RunIdArgument,
+    url: UrlOption = None,
+    config: ConfigOption = None,
+    output: OutputOption = None,
+) -> None:
+    """Stop a run and print it (an ended run is printed as it is).
+
+    A queued run ends at once, a running one within about a second."""
+    from .render import run_view
+
+    with _client(url, config) as client:
+        info = client.runs.cancel(run_id)
+    _emit(info, output, run_view)
+
+
+@runs_app.command("events")
+def runs_events(
+    run_id: RunIdArgument,
+    after: Annotated[
+        int | None,
+        typer.Option(min=0, metavar="N", help="Resume after event N.", show_default=False),
+    ] = None,
+    url: UrlOption = None,
+    config: ConfigOption = None,
+    output: OutputOption = None,
+) -> None:
+    """Print a run's events as they happen, ending with its result.
+
+    JSON output is one object per line: {"id", "type", "data"}."""
+    from .render import run_event_json, run_event_line
+
+    console = None
+    if not _is_json(output):
+        from rich.console import Console
+
+        console = Console()
+    with _client(url, config) as client:
+        for event in client.runs.events(run_id, after=after):
+            if console is None:
+                sys.stdout.write(run_event_json(event) + "\n")
+                sys.stdout.flush()
+            else:
+                console.print(run_event_line(event))
 
 
 # -- server commands -------------------------------------------------------------------------

@@ -27,11 +27,15 @@ if TYPE_CHECKING:
         HistoryPage,
         InstanceInfo,
         RouteResult,
+        RunInfo,
+        RunList,
         SendResult,
         SessionInfo,
     )
+    from ..sdk.events import RunEvent
 
 __all__ = [
+    "RUN_STATE_STYLES",
     "SESSION_STATE_STYLES",
     "STATE_STYLES",
     "STATUS_STYLES",
@@ -47,6 +51,10 @@ __all__ = [
     "progress_text",
     "removed_view",
     "route_view",
+    "run_event_json",
+    "run_event_line",
+    "run_view",
+    "runs_view",
     "send_view",
     "session_view",
     "sessions_view",
@@ -61,6 +69,15 @@ STATUS_STYLES = {"ok": "green", "error": "red", "timeout": "yellow", "cancelled"
 """Colors of fanout entry statuses and route attempt outcomes."""
 SESSION_STATE_STYLES = {"open": "green", "closed": "dim", "expired": "yellow"}
 """Colors of session states."""
+RUN_STATE_STYLES = {
+    "queued": "dim",
+    "running": "cyan",
+    "succeeded": "green",
+    "failed": "red",
+    "timed_out": "yellow",
+    "cancelled": "dim",
+}
+"""Colors of durable run states."""
 TOKEN_NOTICE = "(keep it: it is shown once)"  # noqa: S105  # a notice, not a secret
 """Follows the token of a freshly spawned session in table mode."""
 _OUTCOME_STYLES = {**STATUS_STYLES, "down": "bold red"}
@@ -366,6 +383,80 @@ def sessions_view(sessions: Sequence[SessionInfo]) -> Table:
             _when(info.expires_at),
         )
     return table
+
+
+def run_view(info: RunInfo) -> RenderableType:
+    """One run as label/value lines, then its result or error once it has ended."""
+    from rich.console import Group
+    from rich.json import JSON
+    from rich.table import Table
+    from rich.text import Text
+
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    rows: list[tuple[str, str | Text]] = [
+        ("run", Text(info.run_id, style="bold cyan")),
+        ("kind", info.kind),
+        ("state", _styled(info.state, RUN_STATE_STYLES)),
+        ("instance", info.instance or "-"),
+        ("attempts", str(info.attempts)),
+        ("created", _when(info.created_at)),
+        ("started", _when(info.started_at)),
+        ("finished", _when(info.finished_at)),
+        ("deadline", _when(info.deadline_at)),
+    ]
+    if info.cancel_requested:
+        rows.append(("cancel", Text("requested", style="yellow")))
+    for label, value in rows:
+        grid.add_row(label, value)
+    parts: list[RenderableType] = [grid]
+    if info.error is not None:
+        error = info.error
+        where = f" (instance {error.instance})" if error.instance else ""
+        parts.append(Text(f"error: {error.code}: {error.message}{where}", style="red"))
+    elif info.state == "succeeded":
+        parts.append(JSON.from_data(info.result))
+    return Group(*parts)
+
+
+def runs_view(page: RunList) -> RenderableType:
+    """One row per run, newest first, then the cursor of the next page when there is one."""
+    from rich.console import Group
+    from rich.text import Text
+
+    table = _table("run", "kind", "state", "instance", "attempts", "created", "finished")
+    for info in page.runs:
+        table.add_row(
+            info.run_id,
+            info.kind,
+            _styled(info.state, RUN_STATE_STYLES),
+            info.instance or "-",
+            str(info.attempts),
+            _when(info.created_at),
+            _when(info.finished_at),
+        )
+    more = "end" if page.next is None else f"next page: --cursor {page.next}"
+    return Group(table, Text(more, style="dim"))
+
+
+def run_event_json(event: RunEvent) -> str:
+    """One compact JSON line of a run's event: ``{"id", "type", "data"}``."""
+    return orjson.dumps({"id": event.id, "type": event.type, "data": event.data}).decode()
+
+
+def run_event_line(event: RunEvent) -> Text:
+    """One run event for people: its number, its type and a preview of its data."""
+    from rich.text import Text
+
+    state = event.data.get("state") if isinstance(event.data, dict) else None
+    style = RUN_STATE_STYLES.get(state, "") if isinstance(state, str) else ""
+    return Text.assemble(
+        (f"#{event.id} " if event.id is not None else "", "dim"),
+        (event.type, "bold"),
+        " ",
+        (_summary(event.data), style),
+    )
 
 
 def removed_view(name: str) -> Text:

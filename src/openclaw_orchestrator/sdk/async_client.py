@@ -15,6 +15,9 @@ so the server's 504 (with its partial results) arrives before the client gives u
 Sessions live under ``client.sessions`` (:class:`AsyncSessions`): calls made there carry the
 client's API key, while a handle (:class:`AsyncSession`) that holds a session token sends that
 token instead, so a program given only a token needs no key.
+
+Durable runs live under ``client.runs`` (:class:`AsyncRuns`): a run's event stream is read
+by :class:`~.events.SseParser` and bounded per read, not as a whole (its pings keep it alive).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from ..errors import ConnectionFailedError, OrchestratorError, TimeoutExceededEr
 from ..models import (
     FanoutResult,
     HistoryEntry,
+    RunInfo,
     SessionInfo,
     SpawnResult,
 )
@@ -41,6 +45,7 @@ from .calls import (
     DEFAULT_TIMEOUT,
     DEFAULT_TIMEOUT_MARGIN,
     ApiCall,
+    RunsBase,
     SessionHandleBase,
     SessionsBase,
     StreamItem,
@@ -52,16 +57,20 @@ from .calls import (
 )
 from .closing import AsyncClosesOnExit
 from .env import resolve_client
-from .sync_client import Client, Session, Sessions
+from .events import RunEvent, SseParser
+from .sync_client import Client, Runs, Session, Sessions
 
 __all__ = [
     "DEFAULT_HISTORY_PAGE",
     "DEFAULT_TIMEOUT",
     "DEFAULT_TIMEOUT_MARGIN",
     "AsyncClient",
+    "AsyncRuns",
     "AsyncSession",
     "AsyncSessions",
     "Client",
+    "RunEvent",
+    "Runs",
     "Session",
     "Sessions",
 ]
@@ -76,6 +85,10 @@ class AsyncCaller(Protocol):
     """Sends one :class:`~.api_calls.ApiCall` and returns its parsed reply."""
 
     async def __call__(self, call: ApiCall[R], /) -> R: ...
+
+
+EventReader = Callable[[ApiCall[None]], AsyncGenerator[RunEvent, None]]
+"""Opens a run's event stream and yields its events (the client's ``_run_stream``)."""
 
 
 class _Sender(Protocol):
@@ -155,6 +168,7 @@ class AsyncClient(AsyncClosesOnExit):
         self._owns_session = session is None
         self._closed = False
         self._sessions = AsyncSessions(self._call, self.url)
+        self._runs = AsyncRuns(self._call, self._run_stream, self.url)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} url={display_url(self.url)!r}>"
@@ -168,6 +182,12 @@ class AsyncClient(AsyncClosesOnExit):
     def sessions(self) -> AsyncSessions:
         """Stateful conversations pinned to one instance: spawn, send, history, close."""
         return self._sessions
+
+    @property
+    def runs(self) -> AsyncRuns:
+        """Durable runs: submit a route, fanout or session send, then get, wait, cancel or
+        watch it."""
+        return self._runs
 
     async def aclose(self) -> None:
         """Close the pooled session (unless it was passed in). Safe to call twice."""
@@ -209,6 +229,20 @@ class AsyncClient(AsyncClosesOnExit):
         for item in reader.end():
             yield item
 
+    async def _run_stream(self, call: ApiCall[None]) -> AsyncGenerator[RunEvent, None]:
+        """Open a run's event stream and yield its events up to the ``result`` one."""
+        parser = SseParser()
+        with self._mapped_errors(call):
+            async with self._send(call) as response:
+                if response.status >= 400:
+                    raise decode_error(response.status, await response.read())
+                async for chunk in response.content.iter_any():
+                    for event in parser.feed(chunk):
+                        yield event
+                        if event.type == "result":
+                            return
+        raise calls.stream_cut(parser.last_id)
+
     def _send(self, call: ApiCall[Any]) -> AbstractAsyncContextManager[aiohttp.ClientResponse]:
         """Start ``call`` on the pooled session, with the client's headers and the call's own."""
         session = self._ensure_session()
@@ -223,8 +257,16 @@ class AsyncClient(AsyncClosesOnExit):
             data=data,
             params=call.params,
             headers=headers,
-            timeout=aiohttp.ClientTimeout(total=call.wait(self.timeout)),
+            timeout=self._timeout(call),
         )
+
+    def _timeout(self, call: ApiCall[Any]) -> aiohttp.ClientTimeout:
+        """The whole call's limit, or each read's for an open-ended stream (its pings keep
+        a quiet one alive)."""
+        wait = call.wait(self.timeout)
+        if call.open_ended:
+            return aiohttp.ClientTimeout(total=None, sock_connect=wait, sock_read=wait)
+        return aiohttp.ClientTimeout(total=wait)
 
     def _ensure_session(self) -> aiohttp.ClientSession:
         if self._closed:
@@ -282,6 +324,32 @@ class AsyncSessions(SessionsBase[AsyncCaller]):
         that token instead of the client's API key."""
         calls.session_path(session_id)
         return AsyncSession(self._call, session_id, token=calls.check_token(token))
+
+
+class AsyncRuns(RunsBase[AsyncCaller, EventReader]):
+    """``client.runs``: routes, fanouts and session sends stored by the orchestrator and
+    worked on in the background, so they outlive this program's connection."""
+
+    submit = _sends(calls.submit_run)
+    get = _sends(calls.get_run)
+    list = _sends(calls.list_runs)
+    cancel = _sends(calls.cancel_run)
+
+    async def wait(self, run_id: str, *, timeout: float | str | None = None) -> RunInfo:
+        """The run once it has ended, or as it stands when ``timeout`` (seconds or ``"5m"``;
+        None: until it ends, which its own deadline bounds) runs out: check ``state``."""
+        slices = calls.wait_slices(timeout)
+        info = await self._call(calls.look_at_run(run_id, next(slices)))
+        for wait in slices:
+            if info.state in calls.FINISHED_STATES:
+                break
+            info = await self._call(calls.look_at_run(run_id, wait))
+        return info
+
+    def events(self, run_id: str, after: int | None = None) -> AsyncGenerator[RunEvent, None]:
+        """``async for event in client.runs.events(run_id)``: the run's events as they are
+        recorded (after event ``after``, to resume), ending with its ``result`` event."""
+        return self._events(calls.run_events(run_id, after))
 
 
 class AsyncSession(SessionHandleBase[AsyncCaller]):

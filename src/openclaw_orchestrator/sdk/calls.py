@@ -25,9 +25,10 @@ import inspect
 import os
 import re
 import socket
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeAlias, TypeVar
 from urllib.parse import quote
 
 import orjson
@@ -54,6 +55,8 @@ if TYPE_CHECKING:
         HistoryPage,
         InstanceInfo,
         RouteResult,
+        RunInfo,
+        RunList,
         SendResult,
         SessionInfo,
         SessionState,
@@ -63,42 +66,59 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_HISTORY_PAGE",
+    "DEFAULT_RUN_PAGE",
     "DEFAULT_TIMEOUT",
     "DEFAULT_TIMEOUT_MARGIN",
     "FANOUT_STREAM_DOC",
+    "FINISHED_STATES",
+    "RUNS_PATH",
+    "RUN_WAIT_SLICE",
     "SESSIONS_PATH",
     "USER_AGENT",
     "ApiCall",
     "FanoutStreamReader",
+    "RunKind",
+    "RunState",
+    "RunsBase",
     "SessionHandleBase",
     "SessionsBase",
     "StreamItem",
     "base_headers",
+    "cancel_run",
     "check_token",
     "close_session",
     "decode_error",
     "decode_reply",
     "display_url",
     "fanout",
+    "get_run",
     "get_session",
     "health",
     "health_detail",
     "instances",
+    "list_runs",
     "liveness",
+    "look_at_run",
     "method_like",
     "next_history_offset",
     "os_reason",
+    "poll_run",
     "public_info",
     "register",
     "route",
+    "run_events",
+    "run_path",
     "send_to_session",
     "session_gone_errors",
     "session_history",
     "session_list",
     "session_path",
     "spawn_session",
+    "stream_cut",
     "streamed",
+    "submit_run",
     "unregister",
+    "wait_slices",
 ]
 
 DEFAULT_TIMEOUT = 60.0
@@ -108,14 +128,26 @@ DEFAULT_TIMEOUT_MARGIN = 5.0
 DEFAULT_HISTORY_PAGE = 100
 """Entries per page of a session's history (the server takes 1 to 1000)."""
 
+DEFAULT_RUN_PAGE = 50
+"""Runs per page of ``runs.list`` (the server takes 1 to 500)."""
+RUN_WAIT_SLICE = 30.0
+"""Seconds of one long poll of ``runs.wait`` (the server allows up to ``runs.max_wait``, 60 s
+by default); a longer wait is several polls."""
+
 USER_AGENT = f"openclaw-orchestrator-sdk/{__version__}"
 SESSIONS_PATH = "/api/orchestrator/sessions"
+RUNS_PATH = "/api/orchestrator/runs"
+RunKind: TypeAlias = Literal["route", "fanout", "session_send"]
+RunState: TypeAlias = Literal["queued", "running", "succeeded", "failed", "timed_out", "cancelled"]
+FINISHED_STATES = frozenset({"succeeded", "failed", "timed_out", "cancelled"})
+"""The states a run ends in; ``runs.wait`` returns once the run is in one."""
 _USERINFO = re.compile(r"//[^/@]*@")
 
 R = TypeVar("R")
 M = TypeVar("M", bound="BaseModel")
 F = TypeVar("F", bound=Callable[..., Any])
 C = TypeVar("C")
+E = TypeVar("E")
 StreamItem: TypeAlias = "FanoutEntry | FanoutResult"
 
 
@@ -125,7 +157,9 @@ class ApiCall(Generic[R]):
 
     ``deadline`` is the server-side one (the client waits :data:`DEFAULT_TIMEOUT_MARGIN`
     longer, so the server's 504 with its partial results arrives first); ``token`` is a
-    session token sent instead of the client's API key, for this call only.
+    session token sent instead of the client's API key, for this call only. An
+    ``open_ended`` reply (a run's event stream) may last as long as it keeps sending: the
+    client's wait bounds each read, not the whole reply.
     """
 
     method: str
@@ -136,10 +170,14 @@ class ApiCall(Generic[R]):
     deadline: float | None = None
     idempotency_key: str | None = None
     token: str | None = None
+    accept: str | None = None
+    open_ended: bool = False
 
     def headers(self) -> dict[str, str]:
         """The headers of this call on top of the client's own (see :func:`base_headers`)."""
         headers: dict[str, str] = {}
+        if self.accept is not None:
+            headers["Accept"] = self.accept
         if self.token is not None:
             headers["Authorization"] = f"Bearer {self.token}"
         if self.idempotency_key is not None:
@@ -606,6 +644,130 @@ def public_info(info: SessionInfo) -> SessionInfo:
     return info
 
 
+# -- durable runs --------------------------------------------------------------------------
+
+
+def submit_run(
+    kind: RunKind, *, idempotency_key: str | None = None, **fields: Any
+) -> ApiCall[RunInfo]:
+    """Store a ``route``, ``fanout`` or ``session_send`` to run in the background and return
+    it at once (``queued``). ``fields`` are that endpoint's body (``instances=``,
+    ``payload=``, ``timeout="60s"``, ...; ``session_id=`` for ``sessionId``); ``timeout`` is
+    the run's whole deadline. The same ``idempotency_key`` again returns the first run."""
+    from ..models import RunInfo
+
+    if "session_id" in fields:
+        fields["sessionId"] = fields.pop("session_id")
+    for name in ("timeout", "attempt_timeout"):
+        fields[name] = _seconds(fields.get(name), name)
+    body = {"kind": kind, **_body(**fields)}
+    return ApiCall("POST", RUNS_PATH, _reads(RunInfo), body=body, idempotency_key=idempotency_key)
+
+
+def get_run(run_id: str) -> ApiCall[RunInfo]:
+    """The run as it stands; :class:`~.errors.NotFoundError` when it is unknown."""
+    from ..models import RunInfo
+
+    return ApiCall("GET", run_path(run_id), _reads(RunInfo))
+
+
+def poll_run(run_id: str, wait: float) -> ApiCall[RunInfo]:
+    """One long poll: the run once it has ended or after ``wait`` seconds, as it is then."""
+    from ..models import RunInfo
+
+    params = {"wait": f"{wait:.3f}s"}
+    return ApiCall("GET", run_path(run_id), _reads(RunInfo), params=params, deadline=wait)
+
+
+def list_runs(
+    *,
+    state: RunState | None = None,
+    kind: RunKind | None = None,
+    limit: int = DEFAULT_RUN_PAGE,
+    cursor: str | None = None,
+) -> ApiCall[RunList]:
+    """One page of runs, newest first; pass its ``next`` as ``cursor`` for the next page."""
+    from ..models import RunList
+
+    params = _body(state=state, kind=kind, limit=str(limit), cursor=cursor)
+    return ApiCall("GET", RUNS_PATH, _reads(RunList), params=params)
+
+
+def cancel_run(run_id: str) -> ApiCall[RunInfo]:
+    """Stop the run (a queued one at once, a running one within about a second); a
+    finished run is returned as it is."""
+    from ..models import RunInfo
+
+    return ApiCall("POST", run_path(run_id, "cancel"), _reads(RunInfo))
+
+
+def run_events(run_id: str, after: int | None = None) -> ApiCall[None]:
+    """The run's event stream from after event ``after`` (from the first when None); it is
+    read with an :class:`~.events.SseParser`, not ``parse``."""
+    params = None if after is None else {"after": str(after)}
+    path = run_path(run_id, "events")
+    return ApiCall(
+        "GET", path, _nothing, params=params, accept="text/event-stream", open_ended=True
+    )
+
+
+def run_path(run_id: str, *suffix: str) -> str:
+    """``/api/orchestrator/runs/<id>[/suffix]``; an id the server would refuse fails here."""
+    if not isinstance(run_id, str) or not _run_id_pattern().match(run_id):
+        raise InvalidRequestError(
+            f"run_id: {run_id!r} is not a run id (letters, digits, '_' and '-')",
+            field="run_id",
+        )
+    return "/".join((RUNS_PATH, run_id, *suffix))
+
+
+def wait_slices(
+    timeout: float | str | None, clock: Callable[[], float] = time.monotonic
+) -> Iterator[float]:
+    """The ``wait`` of each long poll of ``runs.wait``: :data:`RUN_WAIT_SLICE` at most, the
+    last one cut to what is left of ``timeout`` (None: until the run ends). Always at least
+    one poll; a slice of 0 is a plain look."""
+    if isinstance(timeout, str):
+        timeout = _seconds(timeout, "timeout")
+    end = None if timeout is None else clock() + max(0.0, timeout)
+    while True:
+        left = RUN_WAIT_SLICE if end is None else min(RUN_WAIT_SLICE, max(0.0, end - clock()))
+        yield left
+        if end is not None and clock() >= end:
+            return
+
+
+def look_at_run(run_id: str, wait: float) -> ApiCall[RunInfo]:
+    """A poll of ``wait`` seconds, or a plain look when none is left (the server takes no
+    ``wait`` of 0)."""
+    return poll_run(run_id, wait) if wait >= 0.001 else get_run(run_id)
+
+
+def stream_cut(last_id: int | None) -> OrchestratorError:
+    """The error for a run's event stream that ended before its ``result`` event (a dropped
+    connection): resume with ``after=last_id``."""
+    after = "before any event" if last_id is None else f"after event {last_id}"
+    return OrchestratorError(
+        f"the run's event stream ended {after}, before its result; resume with after="
+        f"{last_id or 0}",
+        details={"last_event_id": last_id},
+    )
+
+
+class RunsBase(Generic[C, E]):
+    """What both clients' ``client.runs`` hold: how to send a call (``C``: the client's
+    caller, sync or async), how to read a run's event stream (``E``), and the URL, for the
+    repr."""
+
+    def __init__(self, call: C, events: E, url: str) -> None:
+        self._call = call
+        self._events = events
+        self._url = url
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} url={display_url(self._url)!r}>"
+
+
 # -- building blocks -----------------------------------------------------------------------
 
 
@@ -636,6 +798,14 @@ def _session_id_pattern() -> re.Pattern[str]:
     from ..models import SESSION_ID_PATTERN
 
     return re.compile(SESSION_ID_PATTERN)
+
+
+@functools.cache
+def _run_id_pattern() -> re.Pattern[str]:
+    """The server's run id rule, compiled on first use (off the fast path's imports)."""
+    from ..domain.runs import MAX_RUN_ID
+
+    return re.compile(rf"^[A-Za-z0-9_-]{{1,{MAX_RUN_ID}}}$")
 
 
 # Reply readers that need no model (``health`` stays free of pydantic).

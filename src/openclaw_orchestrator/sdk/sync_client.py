@@ -21,6 +21,7 @@ from .calls import (
     DEFAULT_HISTORY_PAGE,
     DEFAULT_TIMEOUT,
     ApiCall,
+    RunsBase,
     SessionHandleBase,
     SessionsBase,
     StreamItem,
@@ -28,6 +29,7 @@ from .calls import (
 )
 from .closing import ClosesOnExit
 from .env import resolve_client
+from .events import RunEvent, SseParser
 from .sync_transport import SyncTransport
 
 if TYPE_CHECKING:
@@ -36,11 +38,12 @@ if TYPE_CHECKING:
     from ..models import (
         FanoutResult,
         HistoryEntry,
+        RunInfo,
         SessionInfo,
         SpawnResult,
     )
 
-__all__ = ["Client", "Session", "Sessions"]
+__all__ = ["Client", "Runs", "Session", "Sessions"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -52,6 +55,10 @@ class Caller(Protocol):
     """Sends one :class:`~.api_calls.ApiCall` and returns its parsed reply."""
 
     def __call__(self, call: ApiCall[R], /) -> R: ...
+
+
+EventReader = Callable[["ApiCall[None]"], Iterator[RunEvent]]
+"""Opens a run's event stream and yields its events (the client's ``_run_stream``)."""
 
 
 class _Sender(Protocol):
@@ -123,6 +130,7 @@ class Client(ClosesOnExit):
         self._transport = SyncTransport(resolved, api_key=key, timeout=timeout)
         self._closed = False
         self._sessions = Sessions(self._call, self.url)
+        self._runs = Runs(self._call, self._run_stream, self.url)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} url={display_url(self.url)!r}>"
@@ -141,6 +149,12 @@ class Client(ClosesOnExit):
     def sessions(self) -> Sessions:
         """Stateful conversations pinned to one instance: spawn, send, history, close."""
         return self._sessions
+
+    @property
+    def runs(self) -> Runs:
+        """Durable runs: submit a route, fanout or session send, then get, wait, cancel or
+        watch it."""
+        return self._runs
 
     def close(self) -> None:
         """Close the kept-alive connection. Safe to call twice."""
@@ -172,6 +186,20 @@ class Client(ClosesOnExit):
             for chunk in chunks:
                 yield from reader.feed(chunk)
         yield from reader.end()
+
+    def _run_stream(self, call: ApiCall[None]) -> Iterator[RunEvent]:
+        """Open a run's event stream and yield its events up to the ``result`` one; leaving
+        early drops the stream's connection."""
+        self._check_usable()
+        parser = SseParser()
+        chunks = self._transport.stream(call)
+        with closing(chunks):
+            for chunk in chunks:
+                for event in parser.feed(chunk):
+                    yield event
+                    if event.type == "result":
+                        return
+        raise calls.stream_cut(parser.last_id)
 
     def _check_usable(self) -> None:
         """Refuse a closed client, and a call that would block a running event loop."""
@@ -217,6 +245,32 @@ class Sessions(SessionsBase[Caller]):
         that token instead of the client's API key."""
         calls.session_path(session_id)
         return Session(self._call, session_id, token=calls.check_token(token))
+
+
+class Runs(RunsBase[Caller, EventReader]):
+    """``Client.runs``: see :class:`~.async_client.AsyncRuns`; the same calls, synchronous,
+    and :meth:`events` a plain iterator."""
+
+    submit = _sends(calls.submit_run)
+    get = _sends(calls.get_run)
+    list = _sends(calls.list_runs)
+    cancel = _sends(calls.cancel_run)
+
+    def wait(self, run_id: str, *, timeout: float | str | None = None) -> RunInfo:
+        """The run once it has ended, or as it stands when ``timeout`` (seconds or ``"5m"``;
+        None: until it ends, which its own deadline bounds) runs out: check ``state``."""
+        slices = calls.wait_slices(timeout)
+        info = self._call(calls.look_at_run(run_id, next(slices)))
+        for wait in slices:
+            if info.state in calls.FINISHED_STATES:
+                break
+            info = self._call(calls.look_at_run(run_id, wait))
+        return info
+
+    def events(self, run_id: str, after: int | None = None) -> Iterator[RunEvent]:
+        """``for event in client.runs.events(run_id)``: the run's events as they are
+        recorded (after event ``after``, to resume), ending with its ``result`` event."""
+        return self._events(calls.run_events(run_id, after))
 
 
 class Session(SessionHandleBase[Caller]):
