@@ -221,3 +221,21 @@ async def test_the_event_stream_refuses_what_it_cannot_follow(cluster: Cluster) 
     ) as resp:
         body = await resp.json()
     assert (resp.status, body["error"]["field"]) == (400, "Last-Event-ID")
+
+
+async def test_an_async_route_repeated_with_its_key_answers_202_with_the_same_run(
+    cluster: Cluster,
+) -> None:
+    """The synchronous endpoints' 200 is their own result: a replayed async submit is 202."""
+    body = {"instances": ["A"], "payload": {"again": 1}, "async": True}
+    headers = {"Idempotency-Key": "async-route-1"}
+    status, first = await cluster.post("/api/orchestrator/route", body, **headers)
+    assert status == 202, first
+    async with cluster.http.post(
+        f"{cluster.url}/api/orchestrator/route",
+        json=body,
+        headers={**cluster.headers, **headers},
+    ) as resp:
+        again = await resp.json()
+        assert (resp.status, resp.headers.get("Idempotent-Replayed")) == (202, "true")
+    assert again["run_id"] == first["run_id"]

@@ -118,7 +118,7 @@ async def route(request: Request, body: RouteRequest, key: IdempotencyKey = None
     """Deliver the payload to one instance, failing over to healthy candidates; with
     ``"async": true`` (or ``Prefer: respond-async``) answer 202 with a durable run."""
     if body.run_async or prefers_async(request):
-        return await submit_run(request, "route", body, key)
+        return await submit_run(request, "route", body, key, replayed_status=202)
     service = _service(request)
     rid = request_id_of(request.scope)
     return await _idempotent(
@@ -148,7 +148,7 @@ async def fanout(request: Request, body: FanoutRequest, key: IdempotencyKey = No
     """Send to every target concurrently and aggregate (or stream with ``stream: true``);
     with ``"async": true`` (or ``Prefer: respond-async``) answer 202 with a durable run."""
     if body.run_async or prefers_async(request):
-        return await submit_run(request, "fanout", body, key)
+        return await submit_run(request, "fanout", body, key, replayed_status=202)
     service = _service(request)
     rid = request_id_of(request.scope)
     wants_value = body.reply == "value"

@@ -69,9 +69,12 @@ async def submit_run(
     body: BaseModel,
     key: str | None,
     extra: dict[str, Any] | None = None,
+    *,
+    replayed_status: int = 200,
 ) -> Response:
     """Store ``body`` (an endpoint's request, ``extra`` fields added) as a run of ``kind``:
-    202 with the run, or 200 with the run an Idempotency-Key already named."""
+    202 with the run, or ``replayed_status`` with the run an Idempotency-Key already named
+    (202 from the synchronous endpoints, whose 200 is their own result)."""
     orchestrator: Orchestrator = request.app.state.orchestrator
     asked: float | None = getattr(body, "timeout", None)
     timeout = asked if asked is not None else orchestrator.settings.timeout
@@ -88,4 +91,5 @@ async def submit_run(
         headers["Preference-Applied"] = "respond-async"
     if created:
         return json_response(run_info(run), status=202, headers=headers)
-    return json_response(run_info(run), headers={**headers, "Idempotent-Replayed": "true"})
+    headers["Idempotent-Replayed"] = "true"
+    return json_response(run_info(run), status=replayed_status, headers=headers)

@@ -153,7 +153,9 @@ async def _send(request: Request, session_id: str, body: SendRequest, key: str |
                 "an async send is a durable run, read with the API key: a session token "
                 "may only send and wait"
             )
-        return await submit_run(request, "session_send", body, key, {"sessionId": session_id})
+        return await submit_run(
+            request, "session_send", body, key, {"sessionId": session_id}, replayed_status=202
+        )
     result = await _sessions(request).send(
         session_id,
         body.data,
