@@ -4,7 +4,6 @@ respond-async`` on route, fanout and session send)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import Request
@@ -13,6 +12,7 @@ from starlette.responses import Response
 
 from ...domain.runs import RunKind, RunRecord
 from ...models import RunInfo
+from ..core.clock import moment, moment_or_none
 from ..core.orchestrator import Orchestrator
 from .responses import json_response
 
@@ -28,10 +28,6 @@ ASYNC_REPLY: dict[int | str, dict[str, Any]] = {
 """The OpenAPI reply of an endpoint that can answer with a durable run."""
 
 
-def _time(seconds: float | None) -> datetime | None:
-    return None if seconds is None else datetime.fromtimestamp(seconds, UTC)
-
-
 def run_info(run: RunRecord) -> RunInfo:
     """What the API shows of a run (never its callback's secret)."""
     return RunInfo(
@@ -39,11 +35,11 @@ def run_info(run: RunRecord) -> RunInfo:
         kind=run.kind,
         state=run.state,
         request=run.request,
-        created_at=datetime.fromtimestamp(run.created_at, UTC),
-        updated_at=datetime.fromtimestamp(run.updated_at, UTC),
-        deadline_at=datetime.fromtimestamp(run.deadline_at, UTC),
-        started_at=_time(run.started_at),
-        finished_at=_time(run.finished_at),
+        created_at=moment(run.created_at),
+        updated_at=moment(run.updated_at),
+        deadline_at=moment(run.deadline_at),
+        started_at=moment_or_none(run.started_at),
+        finished_at=moment_or_none(run.finished_at),
         attempts=run.attempts,
         instance=run.instance,
         cancel_requested=run.cancel_requested,

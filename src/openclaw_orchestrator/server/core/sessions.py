@@ -17,7 +17,6 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from ...domain.sessions import (
@@ -53,6 +52,7 @@ from ..logs import get_logger
 from ..stores.base import SessionQuery, Store
 from ..stores.leases import LeaseStore, holder_id
 from ..stores.session_leases import SessionLeaseStore
+from .clock import moment, moment_or_none
 from .dispatcher import Dispatcher
 from .interfaces import InstanceRegistry
 from .leadership import Leadership
@@ -71,23 +71,6 @@ SWEEPER = "session-sweeper"
 _SESSION_ID = re.compile(SESSION_ID_PATTERN)
 
 
-_EARLIEST = datetime(1, 1, 2, tzinfo=UTC).timestamp()
-_LATEST = datetime(9999, 12, 30, tzinfo=UTC).timestamp()
-
-
-def _moment(ts: float) -> datetime:
-    """Epoch seconds as a UTC datetime, total: a stored time past the calendar's ends (a
-    row written before durations were bounded, say) is clamped to them, never an error
-    that would make the session unreadable."""
-    if not ts >= _EARLIEST:  # NaN too
-        ts = _EARLIEST
-    return datetime.fromtimestamp(min(ts, _LATEST), UTC)
-
-
-def _wall(ts: float | None) -> datetime | None:
-    return None if ts is None else _moment(ts)
-
-
 def _info(record: SessionRecord) -> dict[str, Any]:
     return {
         "session_id": record.id,
@@ -96,10 +79,10 @@ def _info(record: SessionRecord) -> dict[str, Any]:
         "metadata": dict(record.metadata),
         "ttl": record.ttl,
         "failover": record.failover,
-        "created_at": _wall(record.created_at),
-        "last_active_at": _wall(record.last_active_at),
-        "expires_at": _wall(record.expires_at),
-        "closed_at": _wall(record.closed_at),
+        "created_at": moment_or_none(record.created_at),
+        "last_active_at": moment_or_none(record.last_active_at),
+        "expires_at": moment_or_none(record.expires_at),
+        "closed_at": moment_or_none(record.closed_at),
         "messages": record.messages,
     }
 
@@ -113,7 +96,7 @@ def _entry(m: MessageRecord) -> HistoryEntry:
         instance=m.instance,
         latency_ms=m.latency_ms,
         request_id=m.request_id,
-        created_at=_moment(m.created_at),
+        created_at=moment(m.created_at),
     )
 
 
