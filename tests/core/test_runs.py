@@ -194,3 +194,60 @@ async def test_a_released_run_is_taken_at_once_by_the_next_replica(store: Sqlite
     finally:
         await later.aclose()
     assert done.state == "succeeded"
+
+
+class FanoutWork:
+    """Records one entry at once, then waits for targets that never answer."""
+
+    def __init__(self) -> None:
+        self.entered = asyncio.Event()
+
+    async def __call__(
+        self,
+        kind: RunKind,
+        request: dict[str, Any],
+        *,
+        timeout: float,
+        run_id: str,
+        idempotency_key: str | None,
+        emit: Emit,
+    ) -> Any:
+        await emit("entry", {"instance": "A", "status": "ok", "result": 1, "latency_ms": 2.0})
+        await emit("entry", {"instance": "B", "status": "error", "latency_ms": 3.0})
+        self.entered.set()
+        await asyncio.sleep(30)
+        raise AssertionError("the cancel should have stopped the fanout")
+
+
+async def test_a_cancelled_fanout_keeps_the_entries_it_had(store: SqliteStore) -> None:
+    work = FanoutWork()
+    service = RunService(store.runs, work, SETTINGS, holder="me")
+    await service.start()
+    try:
+        run, _ = await service.submit("fanout", {"targets": "all"}, timeout=60)
+        await work.entered.wait()
+        await service.cancel(run.id)
+        done = await until_finished(service, run.id)
+    finally:
+        await service.aclose()
+    assert done.state == "cancelled"
+    assert done.result["partial"] is True
+    assert [e["instance"] for e in done.result["results"]] == ["A", "B"]
+    assert (done.result["succeeded"], done.result["failed"]) == (1, 1)
+    assert done.result["error"]["code"] == "cancelled"
+    (last,) = [e for e in await store.runs.events(run.id, 0, 100) if e.type == "result"]
+    assert last.data["result"] == done.result
+
+
+async def test_a_cancelled_route_keeps_no_result(store: SqliteStore) -> None:
+    work = Work(delay=30.0)
+    service = RunService(store.runs, work, SETTINGS, holder="me")
+    await service.start()
+    try:
+        run, _ = await service.submit("route", {}, timeout=60)
+        await work.called.wait()
+        await service.cancel(run.id)
+        done = await until_finished(service, run.id)
+    finally:
+        await service.aclose()
+    assert (done.state, done.result) == ("cancelled", None)

@@ -6,7 +6,14 @@ from dataclasses import replace
 
 import pytest
 
-from openclaw_orchestrator.domain.runs import RUN_STATES, TERMINAL, RunRecord, can_move, recovery
+from openclaw_orchestrator.domain.runs import (
+    RUN_STATES,
+    TERMINAL,
+    RunRecord,
+    can_move,
+    cancelled_fanout,
+    recovery,
+)
 
 
 def run(**kw: object) -> RunRecord:
@@ -52,3 +59,19 @@ def test_recovery_times_out_a_run_past_its_deadline_whatever_else() -> None:
 def test_finished_follows_the_state() -> None:
     assert not run().finished
     assert replace(run(), state="cancelled").finished
+
+
+def test_a_cancelled_fanout_keeps_its_entries_and_counts_them() -> None:
+    entries = [
+        {"instance": "A", "status": "ok", "result": 1},
+        {"instance": "B", "status": "timeout"},
+        {"instance": "C", "status": "ok", "result": 2},
+        {"instance": "D", "status": "error"},
+    ]
+    kept = cancelled_fanout(entries, total_ms=12.3456, run_id="run_x")
+    assert kept["results"] == entries
+    assert (kept["succeeded"], kept["failed"], kept["timed_out"]) == (2, 1, 1)
+    assert (kept["partial"], kept["value"], kept["aggregate"]) == (True, None, None)
+    assert (kept["total_ms"], kept["request_id"]) == (12.346, "run_x")
+    assert kept["error"]["code"] == "cancelled"
+    assert "4 target(s)" in kept["error"]["message"]

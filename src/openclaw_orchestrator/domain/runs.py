@@ -30,6 +30,7 @@ __all__ = [
     "RunRecord",
     "RunState",
     "can_move",
+    "cancelled_fanout",
     "recovery",
 ]
 
@@ -113,3 +114,32 @@ def recovery(run: RunRecord, now: float) -> Recovery:
     if not run.delivered or run.idempotency_key is not None:
         return "redispatch"
     return "interrupt"
+
+
+def cancelled_fanout(
+    entries: list[dict[str, Any]], *, total_ms: float, run_id: str
+) -> dict[str, Any]:
+    """What a fanout run cancelled midway keeps: the entries of the targets that had
+    answered (as the fanout's result, ``partial``), with an ``error`` that says why the
+    aggregate is missing: it is not computed over an arbitrary part of the targets."""
+    counts = {"ok": 0, "error": 0, "timeout": 0}
+    for entry in entries:
+        status = entry.get("status")
+        if status in counts:
+            counts[status] += 1
+    return {
+        "aggregate": None,
+        "value": None,
+        "results": entries,
+        "succeeded": counts["ok"],
+        "failed": counts["error"],
+        "timed_out": counts["timeout"],
+        "total_ms": round(total_ms, 3),
+        "request_id": run_id,
+        "partial": True,
+        "error": {
+            "code": "cancelled",
+            "message": f"run {run_id} was cancelled before its fanout finished; results holds "
+            f"the {len(entries)} target(s) that had answered",
+        },
+    }

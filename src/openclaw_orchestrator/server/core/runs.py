@@ -23,11 +23,19 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ...domain.runs import EventType, RunEvent, RunKind, RunRecord, RunState, recovery
+from ...domain.runs import (
+    EventType,
+    RunEvent,
+    RunKind,
+    RunRecord,
+    RunState,
+    cancelled_fanout,
+    recovery,
+)
 from ...errors import ConflictError, NotFoundError, OrchestratorError, TimeoutExceededError
 from ...settings import RunSettings
 from ..logs import get_logger
@@ -76,6 +84,9 @@ class _Working:
     epoch: int
     cancel_asked: bool = False
     dispatched: bool = False
+    dispatched_at: float = 0.0
+    entries: list[dict[str, Any]] = field(default_factory=list)
+    """A fanout's entries recorded so far: what a cancel keeps."""
 
 
 class RunService:
@@ -97,6 +108,7 @@ class RunService:
         self._clock, self._sleep = clock, sleep
         self._working: dict[str, _Working] = {}
         self._wake = asyncio.Event()
+        self._watchers: dict[str, set[asyncio.Event]] = {}
         self._loops: list[asyncio.Task[None]] = []
 
     def __repr__(self) -> str:
@@ -148,13 +160,15 @@ class RunService:
         """The run once finished, or as it is after ``wait`` seconds."""
         until = self._clock() + wait
         delay = WAIT_FIRST_POLL
-        while True:
-            run = await self.get(run_id)
-            left = until - self._clock()
-            if run.finished or left <= 0:
-                return run
-            await self._sleep(min(delay, left))
-            delay = min(delay * 2, WAIT_LAST_POLL)
+        with self._watching(run_id) as changed:
+            while True:
+                changed.clear()
+                run = await self.get(run_id)
+                left = until - self._clock()
+                if run.finished or left <= 0:
+                    return run
+                await self._pause(changed, min(delay, left))
+                delay = min(delay * 2, WAIT_LAST_POLL)
 
     async def page(self, query: RunQuery) -> RunPage:
         return await self._store.list_runs(query)
@@ -171,24 +185,48 @@ class RunService:
         await self.get(run_id)
         delay = WAIT_FIRST_POLL
         ended_at: float | None = None
-        while True:
-            batch = await self._store.events(run_id, after, MAX_EVENTS_PAGE)
-            for event in batch:
-                yield event
-                after = event.seq
-                if event.type == "result":
+        with self._watching(run_id) as changed:
+            while True:
+                changed.clear()
+                batch = await self._store.events(run_id, after, MAX_EVENTS_PAGE)
+                for event in batch:
+                    yield event
+                    after = event.seq
+                    if event.type == "result":
+                        return
+                if batch:
+                    delay = WAIT_FIRST_POLL
+                    continue
+                if ended_at is None:
+                    run = await self._store.get_run(run_id)
+                    if run is None or run.finished:
+                        ended_at = self._clock()
+                elif self._clock() - ended_at > RESULT_GRACE:
                     return
-            if batch:
-                delay = WAIT_FIRST_POLL
-                continue
-            if ended_at is None:
-                run = await self._store.get_run(run_id)
-                if run is None or run.finished:
-                    ended_at = self._clock()
-            elif self._clock() - ended_at > RESULT_GRACE:
-                return
-            await self._sleep(delay)
-            delay = min(delay * 2, WAIT_LAST_POLL)
+                await self._pause(changed, delay)
+                delay = min(delay * 2, WAIT_LAST_POLL)
+
+    @contextlib.contextmanager
+    def _watching(self, run_id: str) -> Iterator[asyncio.Event]:
+        """An event set whenever this replica records an event of ``run_id``: a waiter on
+        the replica working on the run hears of it at once; others poll the store (another
+        replica's runs), at most every :data:`WAIT_LAST_POLL` seconds."""
+        changed = asyncio.Event()
+        watchers = self._watchers.setdefault(run_id, set())
+        watchers.add(changed)
+        try:
+            yield changed
+        finally:
+            watchers.discard(changed)
+            if not watchers:
+                self._watchers.pop(run_id, None)
+
+    @staticmethod
+    async def _pause(changed: asyncio.Event, most: float) -> None:
+        """Until ``changed`` is set, or ``most`` seconds (the poll for other replicas)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(most):
+                await changed.wait()
 
     async def cancel(self, run_id: str) -> RunRecord:
         """Ask for the run's cancel: a queued run nobody holds ends at once, one this replica
@@ -292,7 +330,8 @@ class RunService:
         except asyncio.CancelledError:
             item = self._working.get(run.id)
             if item is not None and item.cancel_asked:
-                await asyncio.shield(self._finish(run, "cancelled", None, None))
+                kept = self._kept(run, item)
+                await asyncio.shield(self._finish(run, "cancelled", kept, None))
             elif item is not None and not item.dispatched:  # shutting down: let it go now
                 with contextlib.suppress(OrchestratorError):
                     await asyncio.shield(self._store.release_run(run.id, self.holder, run.epoch))
@@ -331,10 +370,12 @@ class RunService:
             return  # the lease moved on between the claim and now
         item = self._working.get(run.id)
         if item is not None:
-            item.dispatched = True
+            item.dispatched, item.dispatched_at = True, now
         await self._event(run.id, "state", {"state": "running", "attempt": started.attempts})
 
         async def emit(kind: EventType, data: dict[str, Any]) -> None:
+            if kind == "entry" and item is not None:
+                item.entries.append(data)
             await self._event(run.id, kind, data)
 
         try:
@@ -353,6 +394,13 @@ class RunService:
             await self._finish(started, "failed", None, exc.to_dict()["error"])
             return
         await self._finish(started, "succeeded", result, None)
+
+    def _kept(self, run: RunRecord, item: _Working) -> dict[str, Any] | None:
+        """The result a cancelled run keeps: a fanout's entries so far, nothing else."""
+        if run.kind != "fanout" or not item.dispatched:
+            return None
+        took = (self._clock() - item.dispatched_at) * 1000
+        return cancelled_fanout(list(item.entries), total_ms=took, run_id=run.id)
 
     async def _finish(
         self, run: RunRecord, state: RunState, result: Any, error: dict[str, Any] | None
@@ -380,6 +428,8 @@ class RunService:
 
     async def _event(self, run_id: str, kind: EventType, data: dict[str, Any]) -> None:
         await self._store.add_event(run_id, kind, data, self._clock())
+        for changed in self._watchers.get(run_id, ()):
+            changed.set()
 
 
 def _timed_out(run: RunRecord) -> dict[str, Any]:
