@@ -7,6 +7,7 @@ the instance and is never run twice)."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -124,3 +125,49 @@ async def test_kill_9_of_the_replica_working_on_a_run_hands_it_on(
     else:
         assert (done["state"], done["attempts"]) == ("succeeded", 2)
         assert tasks_run(cluster, n) == 2  # the key said repeating it is safe
+
+
+async def events_through(
+    cluster: ReplicaCluster, base: str, run_id: str, seen: list[tuple[str, Any]]
+) -> None:
+    """Read a run's event stream through ``base`` to its end, into ``seen``."""
+    url = f"{base}{R}/{run_id}/events"
+    async with cluster.http.get(url, headers=cluster.headers) as resp:
+        assert resp.status == 200, await resp.text()
+        fields: dict[str, str] = {}
+        async for raw in resp.content:
+            line = raw.decode().rstrip("\r\n")
+            if line:
+                name, _, value = line.partition(":")
+                fields[name] = value.removeprefix(" ")
+            elif "data" in fields:
+                seen.append((fields["event"], json.loads(fields["data"])))
+                fields = {}
+
+
+async def test_a_run_submitted_on_one_replica_is_watched_and_cancelled_through_others(
+    cluster: ReplicaCluster,
+) -> None:
+    n = cluster.next_n()
+    body = {"kind": "route", "instances": ["A"], "payload": {"n": n, "sleep": 30.0}}
+    handler = cluster.instance("A").handler
+    handler.started.clear()
+    one, two, three = (replica.url for replica in cluster.replicas)
+    reply = await submit(cluster, body, base=one)
+    seen: list[tuple[str, Any]] = []
+    watching = asyncio.create_task(events_through(cluster, two, reply["run_id"], seen))
+    await asyncio.wait_for(handler.started.wait(), 10)
+    async with cluster.http.post(
+        f"{three}{R}/{reply['run_id']}/cancel", headers=cluster.headers
+    ) as resp:
+        asked = await resp.json()
+    assert (resp.status, asked["cancel_requested"]) == (200, True)
+    await asyncio.wait_for(watching, 15)  # the holder stops it within about a second
+    assert [data.get("state") for kind, data in seen if kind in ("state", "result")] == [
+        "queued",
+        "running",
+        "cancelled",
+    ]
+    assert seen[-1][0] == "result"
+    done = await finished(cluster, reply["run_id"])
+    assert (done["state"], done["result"]) == ("cancelled", None)
