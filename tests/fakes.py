@@ -2,27 +2,29 @@
 
 Like httpx's ``MockTransport``, :class:`FakeDriver` hands every call to one function,
 ``handler(call) -> result`` (or raise an ``OrchestratorError``: refused, timed out, a 503),
-and records the calls. :class:`FakeClock` is the monotonic clock and a zero-wait sleep in
+and records the calls. Given ``deltas(call) -> [value, ...]`` it also streams: a call with
+``on_delta`` awaits it with each value, in order, before the handler gives the result (or
+fails). :class:`FakeClock` is the monotonic clock and a zero-wait sleep in
 one: sleeping records the delay and moves the clock on, so retries and deadlines play out
 in microseconds and tests can assert on the exact schedule.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, Callable
+from collections.abc import AsyncIterable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from openclaw_orchestrator.models import InstanceSpec
-from openclaw_orchestrator.server.drivers.base import Fence, History, ProbeResult
+from openclaw_orchestrator.server.drivers.base import Delta, Fence, History, ProbeResult
 
-__all__ = ["FakeCall", "FakeClock", "FakeDriver", "Handler"]
+__all__ = ["Deltas", "FakeCall", "FakeClock", "FakeDriver", "Handler"]
 
 
 @dataclass(frozen=True, slots=True)
 class FakeCall:
     """One call the core made: which operation, on which instance, with what (a session
-    call's ``fence`` too)."""
+    call's ``fence`` too, and whether it asked for a stream)."""
 
     op: str
     instance: str
@@ -30,10 +32,13 @@ class FakeCall:
     timeout: float = 0.0
     session_id: str | None = None
     fence: Fence | None = None
+    streamed: bool = False
 
 
 Handler = Callable[[FakeCall], Any]
 """Returns the instance's result, or raises the error the call should end with."""
+Deltas = Callable[[FakeCall], Iterable[Any]]
+"""The deltas a streamed call hands its ``on_delta`` before the result."""
 
 
 def answer_ok(call: FakeCall) -> Any:
@@ -63,8 +68,9 @@ class FakeDriver:
     kind = "worker"
     fences_sessions = False  # its handler runs every delivery
 
-    def __init__(self, handler: Handler = answer_ok) -> None:
+    def __init__(self, handler: Handler = answer_ok, *, deltas: Deltas | None = None) -> None:
         self.handler = handler
+        self.deltas = deltas
         self.calls: list[FakeCall] = []
 
     def __repr__(self) -> str:
@@ -74,14 +80,30 @@ class FakeDriver:
         self.calls.append(call)
         return self.handler(call)
 
+    async def _stream(self, call: FakeCall, on_delta: Delta | None) -> Any:
+        """:meth:`_run`, first handing ``on_delta`` the call's deltas when both are given."""
+        self.calls.append(call)
+        if on_delta is not None and self.deltas is not None:
+            for delta in self.deltas(call):
+                await on_delta(delta)
+        return self.handler(call)
+
     def tried(self, op: str = "invoke") -> list[str]:
         """The instances called with ``op``, in order."""
         return [c.instance for c in self.calls if c.op == op]
 
     async def invoke(
-        self, instance: InstanceSpec, payload: Any, *, timeout: float, request_id: str
+        self,
+        instance: InstanceSpec,
+        payload: Any,
+        *,
+        timeout: float,
+        request_id: str,
+        on_delta: Delta | None = None,
     ) -> Any:
-        return self._run(FakeCall("invoke", instance.name, payload, timeout))
+        streamed = on_delta is not None
+        call = FakeCall("invoke", instance.name, payload, timeout, streamed=streamed)
+        return await self._stream(call, on_delta)
 
     async def session_send(
         self,
@@ -92,9 +114,12 @@ class FakeDriver:
         timeout: float,
         request_id: str,
         fence: Fence | None = None,
+        on_delta: Delta | None = None,
     ) -> Any:
-        call = FakeCall("session_send", instance.name, payload, timeout, session_id, fence)
-        return self._run(call)
+        call = FakeCall(
+            "session_send", instance.name, payload, timeout, session_id, fence, on_delta is not None
+        )
+        return await self._stream(call, on_delta)
 
     async def session_restore(
         self,

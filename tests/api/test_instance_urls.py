@@ -22,7 +22,7 @@ from openclaw_orchestrator.errors import InstanceError
 from openclaw_orchestrator.models import InstanceSpec, RouteRequest
 from openclaw_orchestrator.server.api.app import create_app
 from openclaw_orchestrator.server.core.orchestrator import Orchestrator
-from openclaw_orchestrator.server.drivers.base import InstanceDriver, ProbeResult
+from openclaw_orchestrator.server.drivers.base import Delta, InstanceDriver, ProbeResult
 from openclaw_orchestrator.server.hosting import BackgroundServer, running
 from openclaw_orchestrator.settings import ConfigError, Settings, load_settings
 
@@ -161,7 +161,13 @@ class _DefectiveDriver:
         raise RuntimeError("a defect in the driver")
 
     async def invoke(
-        self, instance: InstanceSpec, payload: Any, *, timeout: float, request_id: str
+        self,
+        instance: InstanceSpec,
+        payload: Any,
+        *,
+        timeout: float,
+        request_id: str,
+        on_delta: Delta | None = None,
     ) -> Any:
         raise TypeError("another defect")
 

@@ -2,7 +2,8 @@
 
 ``create_instance_app`` builds the ASGI app (tests serve it with ``server.running``);
 ``run_instance`` serves it in the foreground and can self-register with an orchestrator.
-Handlers are ``echo``, ``search`` or any ``module:function``; faults are test-only knobs.
+Handlers are ``echo``, ``search``, ``demo``, ``stream`` (streams its text, protocol v1.3) or
+any ``module:function``; faults are test-only knobs.
 Sessions keep each conversation in memory (:mod:`.sessions`); handlers see it as
 ``HandlerContext.session``.
 """

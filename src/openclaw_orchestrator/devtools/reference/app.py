@@ -1,4 +1,4 @@
-"""The reference instance: a lean Starlette app speaking instance protocol v1 (v1.2).
+"""The reference instance: a lean Starlette app speaking instance protocol v1 (v1.3).
 
 See ``docs/instance-protocol.md`` for the contract. It sits on the benchmark's direct path,
 so the request path is plain Starlette with orjson, a pure-ASGI middleware for the request
@@ -7,8 +7,10 @@ id and one exception lookup mapping :class:`HandlerError` (and routing errors) t
 
 Routes::
 
-    GET    /api/health/check        {"status", "instance", "uptime_s", "inflight"}; 503 unhealthy
+    GET    /api/health/check        {"status", "instance", "uptime_s", "inflight",
+                                     "cancelled"}; 503 unhealthy
     POST   /api/instance/task       {"payload": ...} -> {"result": ..., "instance": name}
+    POST   /api/instance/tasks/{request_id}/cancel   -> {"cancelled": true|false}
     POST   /api/instance/sessions/{id}/messages
                                     {"payload": ...} -> {"result", "instance", "seen"}
     PUT    /api/instance/sessions/{id}   {"history": [...]} -> {"session_id", "seen"}
@@ -27,6 +29,11 @@ message or restore are checked by the session (:class:`.sessions.StaleError`, an
 ``409 stale_epoch``/``stale_seq``) on arrival and again when the request's turn comes, so a
 request that was queued when a newer epoch arrived does not run either. A message whose seq
 is the last one run is answered from the remembered reply, with ``X-Session-Replayed: true``.
+
+Streaming and cancel (v1.3): a task or message with ``Accept: text/event-stream`` is
+answered by a :class:`.streaming.StreamedReply` (an event stream once the handler emits a
+delta, plain JSON otherwise), and every task and message is kept in :class:`.running.RunningTasks`
+by its ``X-Request-ID`` while it runs, so the cancel route can stop it (``409 cancelled``).
 
 The ``reply_bytes``/``health_reply_bytes`` faults pad replies as they are sent
 (:class:`_PaddedSend`), so an instance can answer gigabytes without holding them.
@@ -56,7 +63,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ...server.asgi import FastPathApp, read_body, replay
 from ...server.logs import get_logger
 from .faults import FaultConfig, Faults
-from .handlers import Handler, HandlerContext, HandlerError, Invoker
+from .handlers import Emit, Handler, HandlerContext, HandlerError, Invoker
+from .running import RunningTasks
 from .sessions import (
     DEFAULT_MAX_HISTORY,
     DEFAULT_MAX_SESSIONS,
@@ -67,6 +75,7 @@ from .sessions import (
     is_valid_session_id,
     parse_restore,
 )
+from .streaming import StreamedReply, wants_stream
 
 __all__ = [
     "DEADLINE_GRACE",
@@ -77,6 +86,7 @@ __all__ = [
     "REPLAYED_HEADER",
     "SEQ_HEADER",
     "SESSION_PATH",
+    "TASK_CANCEL_PATH",
     "TASK_PATH",
     "InstanceOptions",
     "ReferenceInstance",
@@ -90,6 +100,7 @@ so it always sees its own timeout rather than racing our 504."""
 
 HEALTH_PATH = "/api/health/check"
 TASK_PATH = "/api/instance/task"
+TASK_CANCEL_PATH = "/api/instance/tasks/{request_id}/cancel"
 FAULTS_PATH = "/api/instance/faults"
 SESSION_PATH = "/api/instance/sessions/{session_id:path}"
 """``:path`` so that even an id holding an encoded ``/`` gets the 400 naming ``session_id``."""
@@ -102,6 +113,7 @@ _MAX_FENCE = 2**63 - 1
 """The largest epoch or seq: what a signed 64-bit database column holds."""
 
 _REQUEST_ID = b"x-request-id"
+_EVENT_STREAM = b"text/event-stream"
 _log = get_logger("reference.app")
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
 
@@ -263,6 +275,7 @@ class ReferenceInstance:
         self.sessions = sessions
         self.max_body_bytes = max_body
         self.inflight = 0
+        self.running = RunningTasks()
         self.started = time.monotonic()
         self.expected_auth = f"Bearer {token}".encode() if token else None
         """The whole ``Authorization`` header a request must carry; None: no token."""
@@ -288,6 +301,7 @@ class ReferenceInstance:
             "instance": self.name,
             "uptime_s": round(time.monotonic() - self.started, 3),
             "inflight": self.inflight,
+            "cancelled": self.running.cancelled,
         }
         return _json(503 if config.health_fail else 200, body)
 
@@ -305,22 +319,52 @@ class ReferenceInstance:
         """``POST /api/instance/task``: auth, body, faults, then the handler."""
         payload, deadline = await self._read_task(request)
         request_id = request.scope[REQUEST_ID_SCOPE_KEY]
-        body = await self.run_task(payload, deadline, request_id, request.receive)
+        receive = request.receive
+        if wants_stream(request.headers.get("accept")):
+
+            async def run(emit: Emit) -> Response:
+                body = await self.run_task(payload, deadline, request_id, receive, emit)
+                return Response(body, 200, media_type="application/json")
+
+            return StreamedReply(run)
+        body = await self.run_task(payload, deadline, request_id, receive)
         return Response(body, 200, media_type="application/json")
 
     async def run_task(
-        self, payload: Any, deadline: float | None, request_id: str, receive: Receive
+        self,
+        payload: Any,
+        deadline: float | None,
+        request_id: str,
+        receive: Receive,
+        emit: Emit | None = None,
     ) -> bytes:
-        """A task past auth and parsing: faults, the handler, the encoded 200 body.
-        Raises :class:`HandlerError` for every protocol error."""
-        context = HandlerContext(self.name, request_id, deadline)
+        """A task past auth and parsing: faults, the handler, the encoded 200 body; the
+        handler streams through ``emit`` when given. Raises :class:`HandlerError` for every
+        protocol error, ``409 cancelled`` when the cancel route stopped it."""
+        context = HandlerContext(self.name, request_id, deadline, None, emit)
+        task = self.running.enter(request_id)
         self.inflight += 1
         try:
             await self._inject_faults(receive)
             result = await self._run(payload, context)
             return _encode_result({"result": result, "instance": self.name})
+        except asyncio.CancelledError:
+            if self.running.is_cancelled(task):
+                raise _cancelled(request_id) from None
+            raise
         finally:
             self.inflight -= 1
+            self.running.leave(request_id, task)
+
+    async def cancel(self, request: Request) -> Response:
+        """``POST /api/instance/tasks/{request_id}/cancel``: stop the task or session message
+        in flight with that ``X-Request-ID``; ``{"cancelled": false}`` when there is none."""
+        self.authorize(request)
+        request_id: str = request.path_params["request_id"]
+        cancelled = self.running.cancel(request_id)
+        if cancelled:
+            _log.info("instance.task_cancelled", instance=self.name, request_id=request_id)
+        return _json(200, {"cancelled": cancelled})
 
     async def message(self, request: Request) -> Response:
         """``POST .../sessions/{id}/messages``: a task run in its session's turn, then kept.
@@ -332,23 +376,45 @@ class ReferenceInstance:
         payload, deadline = await self._read_task(request)
         session_id, epoch, seq = _session_id(request), _epoch(request), _seq(request)
         session = self.sessions.admit(session_id, epoch)
+        message = _Message(session, payload, deadline, epoch, seq)
         request_id = request.scope[REQUEST_ID_SCOPE_KEY]
+        receive = request.receive
+        if wants_stream(request.headers.get("accept")):
+
+            async def run(emit: Emit) -> Response:
+                return await self.run_message(message, request_id, receive, emit)
+
+            return StreamedReply(run)
+        return await self.run_message(message, request_id, receive)
+
+    async def run_message(
+        self, message: _Message, request_id: str, receive: Receive, emit: Emit | None = None
+    ) -> Response:
+        """A session message past parsing, in its session's turn: the reply (see
+        :meth:`message`), the handler streaming through ``emit`` when given."""
+        session, payload, deadline = message.session, message.payload, message.deadline
+        task = self.running.enter(request_id)
         self.inflight += 1
         try:
             async with _turn(session, deadline):
-                session.admit(epoch)
-                if (replayed := session.replayed(seq)) is not None:
+                session.admit(message.epoch)
+                if (replayed := session.replayed(message.seq)) is not None:
                     return _replayed_response(replayed)
-                await self._inject_faults(request.receive)
-                context = HandlerContext(self.name, request_id, deadline, session.context())
+                await self._inject_faults(receive)
+                context = HandlerContext(self.name, request_id, deadline, session.context(), emit)
                 result = await self._run(payload, context)
                 seen = session.seen + 1
                 body = _encode_result({"result": result, "instance": self.name, "seen": seen})
                 session.record(payload, result)
-                session.remember(seq, body)
+                session.remember(message.seq, body)
             return Response(body, 200, media_type="application/json")
+        except asyncio.CancelledError:
+            if self.running.is_cancelled(task):
+                raise _cancelled(request_id) from None
+            raise
         finally:
             self.inflight -= 1
+            self.running.leave(request_id, task)
 
     async def restore(self, request: Request) -> Response:
         """``PUT .../sessions/{id}``: become the replayed history, whole or a page at a time
@@ -450,6 +516,7 @@ class ReferenceInstance:
         routes = [
             Route(HEALTH_PATH, self.health, methods=["GET"]),
             Route(TASK_PATH, self.task, methods=["POST"]),
+            Route(TASK_CANCEL_PATH, self.cancel, methods=["POST"]),
             Route(MESSAGES_PATH, self.message, methods=["POST"]),
             Route(SESSION_PATH, self.get_session, methods=["GET"]),
             Route(SESSION_PATH, self.restore, methods=["PUT"]),
@@ -463,8 +530,25 @@ class ReferenceInstance:
     def __repr__(self) -> str:
         return (
             f"<ReferenceInstance {self.name} inflight={self.inflight}"
+            f" cancelled={self.running.cancelled}"
             f" sessions={len(self.sessions)} {self.faults!r}>"
         )
+
+
+class _Message(NamedTuple):
+    """A session message, parsed and admitted, waiting for its turn."""
+
+    session: Session
+    payload: Any
+    deadline: float | None
+    epoch: int | None
+    seq: int | None
+
+
+def _cancelled(request_id: str) -> HandlerError:
+    """What a task stopped by the cancel route answers (its caller has usually left)."""
+    message = f"task {request_id} was cancelled (POST /api/instance/tasks/.../cancel)"
+    return HandlerError(409, "cancelled", message)
 
 
 def _error_headers(exc: HandlerError) -> dict[str, str]:
@@ -666,6 +750,9 @@ async def _ordinary_task(
     ):
         return _PassOn()
     if instance.faults.config.hang:
+        return _PassOn()
+    accept = headers.get(b"accept")
+    if accept is not None and _EVENT_STREAM in accept:  # a stream: the full app's (v1.3)
         return _PassOn()
     declared = headers.get(b"content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > instance.max_body_bytes):

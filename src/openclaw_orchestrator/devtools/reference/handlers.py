@@ -1,8 +1,12 @@
-"""What the reference instance runs: user handlers, how they are called, and the built-in echo.
+"""What the reference instance runs: user handlers, how they are called, and the built-ins.
 
 A handler is any callable, sync or async, taking ``payload`` or ``(payload, context)``.
 :class:`Invoker` inspects it once, at startup, so the request path only branches on two
 booleans. Sync handlers run in a worker thread so a slow one never blocks the event loop.
+
+An async handler may stream its output (protocol v1.3): when the caller asked for a stream,
+``context.emit`` is set and each ``await context.emit(value)`` sends one delta before the
+result (the built-in :func:`stream` does). A handler that never emits answers plain JSON.
 """
 
 from __future__ import annotations
@@ -10,11 +14,14 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import math
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import anyio.to_thread
 
 from ...server.logs import get_logger
@@ -23,18 +30,25 @@ from .sessions import SessionContext
 __all__ = [
     "BUILTIN_HANDLERS",
     "DemoHandler",
+    "Emit",
     "Handler",
     "HandlerContext",
     "HandlerError",
     "Invoker",
     "echo",
     "resolve_handler",
+    "stream",
 ]
 
 _log = get_logger("reference.handler")
 
 Handler = Callable[..., Any]
 """``f(payload)`` or ``f(payload, context)``; plain or ``async``; returns any JSON value."""
+Emit = Callable[[Any], Awaitable[None]]
+"""Sends one delta (any JSON value) of a streamed reply, in order."""
+MAX_STREAM_CHUNKS = 10_000
+MAX_STREAM_DELAY_MS = 60_000
+_WORD_START = re.compile(r"(?<=\s)(?=\S)")
 
 
 class HandlerError(Exception):
@@ -63,13 +77,16 @@ class HandlerContext:
     """Facts about the request a two-parameter handler receives.
 
     ``deadline`` is a ``time.monotonic()`` instant (``None`` when the caller sent no budget);
-    ``session`` is the conversation so far for a session message, ``None`` for a plain task.
+    ``session`` is the conversation so far for a session message, ``None`` for a plain task;
+    ``emit`` is set when the caller asked for a streamed reply (``Accept:
+    text/event-stream``): ``await context.emit(value)`` sends one delta before the result.
     """
 
     instance: str
     request_id: str
     deadline: float | None = None
     session: SessionContext | None = None
+    emit: Emit | None = None
 
     def time_left(self) -> float | None:
         """Seconds until the caller gives up, never negative; ``None`` without a deadline."""
@@ -87,6 +104,53 @@ async def echo(payload: Any, context: HandlerContext) -> Any:
     if context.session is not None:
         reply["session"] = {"id": context.session.id, "seen": context.session.seen + 1}
     return reply
+
+
+async def stream(payload: Any, context: HandlerContext) -> Any:
+    """Built-in ``stream``: ``{"text": str, "chunks": n, "delay_ms": d}`` (the last two
+    optional) returns ``{"text": text}``; asked for a stream, it first emits the text's
+    pieces as ``{"text": piece}`` deltas, word by word (a word keeps the blanks after it) or
+    in ``chunks`` nearly equal pieces. ``delay_ms`` passes between pieces, streamed or not,
+    so it is also a slow handler to cancel."""
+    text, chunks, delay = _stream_request(payload)
+    for index, piece in enumerate(_pieces(text, chunks)):
+        if index and delay:
+            await anyio.sleep(delay)
+        if context.emit is not None:
+            await context.emit({"text": piece})
+    return {"text": text}
+
+
+def _stream_request(payload: Any) -> tuple[str, int | None, float]:
+    """``(text, chunks, delay in seconds)`` of a ``stream`` payload; a 400 naming the field."""
+    if not isinstance(payload, dict) or not isinstance(payload.get("text"), str):
+        raise HandlerError(400, "invalid_request", "text: expected a string")
+    chunks, delay_ms = payload.get("chunks"), payload.get("delay_ms", 0)
+    if chunks is not None and (type(chunks) is not int or not 1 <= chunks <= MAX_STREAM_CHUNKS):
+        message = f"chunks: expected an integer from 1 to {MAX_STREAM_CHUNKS}"
+        raise HandlerError(400, "invalid_request", message)
+    if (
+        type(delay_ms) not in (int, float)
+        or not math.isfinite(delay_ms)
+        or not 0 <= delay_ms <= MAX_STREAM_DELAY_MS
+    ):
+        message = f"delay_ms: expected a number from 0 to {MAX_STREAM_DELAY_MS}"
+        raise HandlerError(400, "invalid_request", message)
+    return payload["text"], chunks, delay_ms / 1000
+
+
+def _pieces(text: str, chunks: int | None) -> list[str]:
+    """``text`` cut word by word, or into ``chunks`` nearly equal pieces; they join to it."""
+    if chunks is None:
+        return [piece for piece in _WORD_START.split(text) if piece]
+    size, extra = divmod(len(text), min(chunks, len(text)) or 1)
+    pieces: list[str] = []
+    start = 0
+    while start < len(text):
+        end = start + size + (1 if len(pieces) < extra else 0)
+        pieces.append(text[start:end])
+        start = end
+    return pieces
 
 
 def _builtin_search(shard: str | None) -> Handler:
@@ -112,11 +176,12 @@ class DemoHandler:
         return await echo(payload, context)
 
 
-BUILTIN_HANDLERS = ("demo", "echo", "search")
+BUILTIN_HANDLERS = ("demo", "echo", "search", "stream")
 
 
 def resolve_handler(spec: str, *, shard: str | None = None) -> Handler:
-    """``echo``, ``search``, ``demo`` or ``module:function`` (or ``module:Class.attr``).
+    """``echo``, ``search``, ``demo``, ``stream`` or ``module:function`` (or
+    ``module:Class.attr``).
 
     ``shard`` (``"i/n"``) applies to ``search`` only; without it the shard comes from the
     instance name. Raises ValueError with a message fit for a command line.
@@ -125,6 +190,8 @@ def resolve_handler(spec: str, *, shard: str | None = None) -> Handler:
         raise ValueError(f"--shard applies to the 'search' and 'demo' handlers, not {spec!r}")
     if spec == "echo":
         return echo
+    if spec == "stream":
+        return stream
     if spec == "demo":
         return DemoHandler(shard)
     if spec == "search":
@@ -133,6 +200,7 @@ def resolve_handler(spec: str, *, shard: str | None = None) -> Handler:
     if not sep or not module_name or not attr_path:
         raise ValueError(
             f"handler {spec!r}: expected 'echo', 'search', 'demo' or 'module:function'"
+            " (or 'stream')"
         )
     try:
         target: Any = importlib.import_module(module_name)

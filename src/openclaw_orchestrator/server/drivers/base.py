@@ -11,14 +11,23 @@ Two failures are never the instance's: running out of a local resource while con
 (file descriptors, socket buffers, memory: :data:`LOCAL_RESOURCE_ERRNOS`) is the
 orchestrator's :class:`~openclaw_orchestrator.errors.OverloadedError`, so the instance keeps
 its health state. And every reply is read through :func:`read_reply`, which stops at the
-instance's byte limit (:class:`~openclaw_orchestrator.errors.ReplyTooLargeError`).
+instance's byte limit (:class:`~openclaw_orchestrator.errors.ReplyTooLargeError`), a
+streamed one (protocol v1.3, ``text/event-stream``) through :func:`read_stream`, which
+decodes it with :class:`SseDecoder` and hands each delta to the caller's :data:`Delta`.
 """
 
 from __future__ import annotations
 
 import errno
 import json
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+)
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
@@ -45,6 +54,8 @@ from ..logs import get_logger
 __all__ = [
     "LOCAL_RESOURCE_ERRNOS",
     "OVERLOADED_RETRY_AFTER",
+    "Delta",
+    "DeltaError",
     "Fence",
     "History",
     "InstanceDriver",
@@ -52,6 +63,8 @@ __all__ = [
     "InstanceTransport",
     "ProbeResult",
     "Reply",
+    "SseDecoder",
+    "SseEvent",
     "address_not_allowed",
     "client_error",
     "error_fields",
@@ -60,9 +73,11 @@ __all__ = [
     "map_client_errors",
     "overloaded_error",
     "read_reply",
+    "read_stream",
     "reply_too_large",
     "request_failed",
     "request_url",
+    "stream_error",
     "translating_errors",
 ]
 
@@ -74,6 +89,8 @@ LOCAL_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, er
 """Errors of this process or machine, not of the instance being connected to."""
 OVERLOADED_RETRY_AFTER = 1.0
 """Seconds an ``overloaded`` answer tells the caller to wait (``Retry-After``)."""
+Delta = Callable[[Any], Awaitable[None]]
+"""Receives one piece of an instance's streamed output (a JSON value), in order."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +127,15 @@ class InstanceDriver(Protocol):
     they raise what :meth:`invoke` raises, for the same reasons. Their ``fence`` (None: the
     call is not fenced, as before v1.2) is the session's :class:`Fence`; a driver whose
     instances cannot enforce it accepts it and says so.
+
+    ``on_delta`` (:meth:`invoke`, :meth:`session_send`; None: exactly the plain call) asks
+    the instance to stream its output: each piece is awaited in order (backpressure) before
+    the call returns the same final result it would have returned without streaming. An
+    instance that does not stream gives no delta, just the result.
+
+    A call whose awaiting task is cancelled aborts its exchange (the connection is closed,
+    never pooled) and tells the instance to stop where its kind allows, without delaying
+    the cancellation.
     """
 
     kind: str
@@ -120,9 +146,16 @@ class InstanceDriver(Protocol):
     interrupted instead."""
 
     async def invoke(
-        self, instance: InstanceSpec, payload: Any, *, timeout: float, request_id: str
+        self,
+        instance: InstanceSpec,
+        payload: Any,
+        *,
+        timeout: float,
+        request_id: str,
+        on_delta: Delta | None = None,
     ) -> Any:
-        """Run ``payload`` on ``instance`` and return its result (any JSON value)."""
+        """Run ``payload`` on ``instance`` and return its result (any JSON value), handing
+        each streamed piece of it to ``on_delta`` first when given."""
         ...
 
     async def session_send(
@@ -134,9 +167,10 @@ class InstanceDriver(Protocol):
         timeout: float,
         request_id: str,
         fence: Fence | None = None,
+        on_delta: Delta | None = None,
     ) -> Any:
         """Send one message of session ``session_id`` (the instance creates the session on its
-        first message) and return the result, like :meth:`invoke`."""
+        first message) and return the result, streamed to ``on_delta`` like :meth:`invoke`."""
         ...
 
     async def session_restore(
@@ -297,6 +331,135 @@ async def read_reply(resp: aiohttp.ClientResponse, instance: str, limit: int) ->
     return bytes(body)
 
 
+class SseEvent(NamedTuple):
+    """One server-sent event: its type (``message`` when unnamed) and its data lines joined
+    by ``\\n``."""
+
+    event: str
+    data: bytes
+
+
+class SseDecoder:
+    """Incremental ``text/event-stream`` decoding (the WHATWG rules we need): bytes in, whole
+    events out. Lines end in CRLF, LF or CR (also split across chunks); ``:`` starts a
+    comment; one space after a field's colon is dropped; ``data`` lines of one event are
+    joined by ``\\n``; an event without data is not dispatched; ``id``, ``retry`` and
+    unknown fields are ignored, and so is an event the stream ends inside."""
+
+    __slots__ = ("_buffer", "_data", "_event", "_started")
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._event = ""
+        self._data: list[bytes] = []
+        self._started = False
+
+    def feed(self, chunk: bytes) -> list[SseEvent]:
+        """The events that ``chunk`` completes, in order."""
+        if self._started and b"\n" not in chunk and b"\r" not in chunk:
+            self._buffer += chunk  # the middle of a long line
+            return []
+        buffer = self._buffer + chunk
+        if not self._started and len(buffer) >= 3:
+            self._started = True
+            buffer = buffer.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte order mark
+        hold = b""
+        if buffer.endswith(b"\r"):  # maybe the first half of a CRLF
+            buffer, hold = buffer[:-1], b"\r"
+        lines = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+        self._buffer = lines.pop() + hold
+        events = []
+        for line in lines:
+            event = self._line(line)
+            if event is not None:
+                events.append(event)
+        return events
+
+    def _line(self, line: bytes) -> SseEvent | None:
+        """Take one line; the event it ends, if it is the blank line ending one."""
+        if not line:
+            event, data = self._event or "message", self._data
+            self._event, self._data = "", []
+            return SseEvent(event, b"\n".join(data)) if data else None
+        field, _, value = line.partition(b":")
+        value = value.removeprefix(b" ")
+        if field == b"data":
+            self._data.append(value)
+        elif field == b"event":
+            self._event = value.decode("utf-8", "replace")
+        return None  # a comment (empty field), id, retry or an unknown field
+
+
+class DeltaError(Exception):
+    """``on_delta`` raised ``error``: carried through a transport's error translation
+    untouched (it is the caller's failure, not the instance's), and raised as it is."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(f"on_delta failed: {error!r}")
+        self.error = error
+
+
+async def read_stream(
+    resp: aiohttp.ClientResponse, instance: str, limit: int, on_delta: Delta
+) -> Reply:
+    """A streamed reply (instance protocol v1.3): each ``delta`` event's value awaited by
+    ``on_delta`` in order, then the final ``result`` event as a 200 :class:`Reply` holding
+    its data (the JSON reply's body), or an ``error`` event as a reply of its ``status``.
+    Over ``limit`` bytes all told is ``reply_too_large``; a stream that ends without either
+    is ``instance_protocol``. The connection is closed unless the stream ended cleanly."""
+    decoder, total = SseDecoder(), 0
+    async for chunk in resp.content.iter_any():
+        total += len(chunk)
+        if total > limit:
+            resp.close()
+            raise reply_too_large(instance, limit)
+        for event in decoder.feed(chunk):
+            final = await _stream_event(event, instance, on_delta)
+            if final is not None:
+                return final
+    raise stream_error(instance, "the stream ended without a result or error event")
+
+
+async def _stream_event(event: SseEvent, instance: str, on_delta: Delta) -> Reply | None:
+    """Hand a ``delta`` to ``on_delta``; the final reply a ``result`` or ``error`` makes;
+    None for a delta or an event of a kind we do not know (later versions may add some)."""
+    if event.event == "delta":
+        body = _event_object(event, instance)
+        if "delta" not in body:
+            raise stream_error(instance, "a delta event has no 'delta' field")
+        try:
+            await on_delta(body["delta"])
+        except Exception as exc:
+            raise DeltaError(exc) from exc
+        return None
+    if event.event == "result":
+        return Reply(200, None, event.data)
+    if event.event == "error":
+        status = _event_object(event, instance).get("status")
+        if type(status) is not int or not 400 <= status <= 599:
+            raise stream_error(instance, "an error event has no 'status' from 400 to 599")
+        return Reply(status, None, event.data)
+    return None
+
+
+def _event_object(event: SseEvent, instance: str) -> dict[str, Any]:
+    """The JSON object an event's data must be."""
+    try:
+        body = orjson.loads(event.data)
+    except orjson.JSONDecodeError:
+        body = None
+    if not isinstance(body, dict):
+        raise stream_error(instance, f"a {event.event} event's data is not a JSON object")
+    return body
+
+
+def stream_error(instance: str, problem: str) -> InstanceProtocolError:
+    """The error for a streamed reply that breaks the protocol."""
+    return InstanceProtocolError(
+        f"instance {instance} sent a broken stream: {problem}", instance=instance
+    )
+
+
 @contextmanager
 def translating_errors(
     translate: Callable[[Exception, str], Exception], instance: str
@@ -319,8 +482,9 @@ def map_client_errors(instance: str) -> AbstractContextManager[None]:
 
 def client_error(exc: Exception, instance: str) -> Exception:
     """What :func:`map_client_errors` raises for ``exc``, most specific first; ``exc`` itself
-    when it is already ours, and :func:`request_failed` for what no rule names."""
-    if isinstance(exc, OrchestratorError):
+    when it is already ours (or the caller's: :class:`DeltaError`), and
+    :func:`request_failed` for what no rule names."""
+    if isinstance(exc, OrchestratorError | DeltaError):
         return exc
     if isinstance(exc, OSError | MemoryError) and is_local_exhaustion(exc):
         return overloaded_error(exc, instance)  # ClientOSError and its kin are OSErrors

@@ -22,10 +22,15 @@ only up to ``max_reply`` bytes (``reply_too_large`` past it) and translate trans
 failures into the same errors (:func:`~.base.client_error`, :func:`~.lean.lean_error`).
 Every URL is the instance's URL plus a path, built by
 :func:`~.base.request_url`, which cannot leave the instance's host and port.
+
+A streamed exchange (protocol v1.3, :meth:`AiohttpTransport.stream`) always goes through
+aiohttp, whichever transport plain calls take: it is not the hot path. Any exchange whose
+awaiting task is cancelled closes its connection (the lean client's too), never pooling it.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Literal
 
 import aiohttp
@@ -37,12 +42,14 @@ from ...sdk.bodies import STREAM_FROM_BYTES, outgoing_body
 from ...settings import DEFAULT_MAX_CONNECTIONS
 from .base import (
     REQUEST_ID_HEADER,
+    Delta,
     Fence,
     InstanceRequest,
     InstanceTransport,
     Reply,
     map_client_errors,
     read_reply,
+    read_stream,
     request_url,
 )
 from .lean import LeanHttp, Target, lean_error
@@ -50,6 +57,7 @@ from .lean import LeanHttp, Target, lean_error
 __all__ = [
     "DEADLINE_HEADER",
     "EPOCH_HEADER",
+    "EVENT_STREAM",
     "REPLAYED_HEADER",
     "SEQ_HEADER",
     "SESSIONS_PATH",
@@ -62,6 +70,7 @@ __all__ = [
 ]
 
 DEADLINE_HEADER = "X-Deadline-Ms"
+EVENT_STREAM = "text/event-stream"
 EPOCH_HEADER = "X-Session-Epoch"
 SEQ_HEADER = "X-Session-Seq"
 REPLAYED_HEADER = "X-Session-Replayed"
@@ -113,9 +122,36 @@ class AiohttpTransport:
                 timeout=aiohttp.ClientTimeout(total=request.timeout),
                 allow_redirects=False,
             ) as resp:
-                raw = await read_reply(resp, instance.name, request.max_reply)
+                try:
+                    raw = await read_reply(resp, instance.name, request.max_reply)
+                except asyncio.CancelledError:
+                    resp.close()  # abandoned: never pooled with a reply still coming
+                    raise
                 replayed = request.fence is not None and _is_replayed(resp)
                 return Reply(resp.status, resp.headers.get("Retry-After"), raw, replayed)
+
+    async def stream(self, request: InstanceRequest, on_delta: Delta) -> Reply:
+        """:meth:`exchange`, asking for a streamed reply (protocol v1.3): a 2xx
+        ``text/event-stream`` is read by :func:`~.base.read_stream` (each delta awaited by
+        ``on_delta``, the final event as the reply); any other reply as :meth:`exchange`
+        reads it. Abandoned (cancelled), the connection is closed."""
+        instance, body = request.instance, request.body
+        headers = _headers(request)
+        headers["Accept"] = EVENT_STREAM
+        with map_client_errors(instance.name):
+            async with self._session.request(
+                request.method,
+                self._url(instance, request.path),
+                data=None if body is None else outgoing_body(body),
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=request.timeout),
+                allow_redirects=False,
+            ) as resp:
+                try:
+                    return await _read_any(resp, request, on_delta)
+                except BaseException:
+                    resp.close()  # a broken, abandoned or unread stream is never pooled
+                    raise
 
     def _url(self, instance: InstanceSpec, path: str) -> URL:
         """``path`` (percent-encoded) on ``instance``; a session path reuses the cached URL
@@ -225,6 +261,19 @@ def lean_base(base: str) -> tuple[str, int, bytes, bytes] | None:
     if url.explicit_port is not None:
         authority += f":{port}"
     return host, port, authority.encode(), url.raw_path.rstrip("/").encode()
+
+
+async def _read_any(
+    resp: aiohttp.ClientResponse, request: InstanceRequest, on_delta: Delta
+) -> Reply:
+    """A reply to a request that asked for a stream: streamed when it is a 2xx event
+    stream, else whole, as :meth:`AiohttpTransport.exchange` reads it."""
+    name, limit = request.instance.name, request.max_reply
+    if 200 <= resp.status < 300 and resp.content_type == EVENT_STREAM:
+        return await read_stream(resp, name, limit, on_delta)
+    raw = await read_reply(resp, name, limit)
+    replayed = request.fence is not None and _is_replayed(resp)
+    return Reply(resp.status, resp.headers.get("Retry-After"), raw, replayed)
 
 
 def _verbatim(value: str) -> bool:

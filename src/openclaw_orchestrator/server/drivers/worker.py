@@ -37,6 +37,14 @@ earlier delivery of the same seq (``X-Session-Replayed: true``: the orchestrator
 between delivering and recording it) returns that result like any other, and is logged as
 ``drivers.session_replayed``.
 
+A task or session message given ``on_delta`` asks for a streamed reply (protocol v1.3,
+``Accept: text/event-stream``, always through aiohttp): each ``delta`` event is awaited by
+``on_delta``, and the final ``result`` or ``error`` event maps exactly as the JSON reply
+would; an instance that answers JSON simply gives no delta. A task or message whose
+awaiting task is cancelled closes its connection and fires
+``POST /api/instance/tasks/{request_id}/cancel`` (bounded by :data:`CANCEL_TIMEOUT`, never
+awaited by the cancelled call, logged at debug when it fails).
+
 The bearer credential goes into a header and nowhere else: no message, log or repr.
 """
 
@@ -68,6 +76,8 @@ from ...sdk.replies import decode_json
 from ...settings import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_REPLY_BYTES
 from ..logs import get_logger
 from .base import (
+    Delta,
+    DeltaError,
     Fence,
     History,
     InstanceRequest,
@@ -77,13 +87,21 @@ from .base import (
     error_fields,
     exchanges,
 )
-from .instance_transport import DEADLINE_HEADER, SESSIONS_PATH, TransportKind, open_transport
+from .instance_transport import (
+    DEADLINE_HEADER,
+    SESSIONS_PATH,
+    AiohttpTransport,
+    TransportKind,
+    open_transport,
+)
 
 __all__ = [
+    "CANCEL_TIMEOUT",
     "DEADLINE_HEADER",
     "DEFAULT_HEALTH_PATH",
     "DEFAULT_RESTORE_PAGE_BYTES",
     "SESSIONS_PATH",
+    "TASKS_PATH",
     "TASK_PATH",
     "WorkerDriver",
     "encode_history",
@@ -92,6 +110,11 @@ __all__ = [
 ]
 
 TASK_PATH = "/api/instance/task"
+TASKS_PATH = "/api/instance/tasks"
+"""Where a task in flight is cancelled: ``{TASKS_PATH}/{request_id}/cancel`` (v1.3)."""
+CANCEL_TIMEOUT = 2.0
+"""Seconds a cancel call (v1.3) may take; it is fire-and-forget, so nobody waits on it."""
+_CANCEL_REPLY_BYTES = 64 * 1024
 DEFAULT_HEALTH_PATH = "/api/health/check"
 DEFAULT_RESTORE_PAGE_BYTES = 512 * 1024
 """JSON bytes of history per restore page: half the reference instance's 1 MiB body limit,
@@ -174,12 +197,17 @@ def _reply_error(name: str, status: int, raw: bytes, retry_after: str | None) ->
     )
 
 
-def _session_path(session_id: str) -> str:
-    """``/api/instance/sessions/{id}`` with the id percent-encoded as one path segment."""
-    segment = quote(session_id, safe=":")
+def _segment(value: str) -> str:
+    """``value`` percent-encoded as one path segment."""
+    segment = quote(value, safe=":")
     if segment in (".", ".."):  # a dot segment would be resolved away, not sent
         segment = segment.replace(".", "%2E")
-    return f"{SESSIONS_PATH}/{segment}"
+    return segment
+
+
+def _session_path(session_id: str) -> str:
+    """``/api/instance/sessions/{id}`` with the id percent-encoded as one path segment."""
+    return f"{SESSIONS_PATH}/{_segment(session_id)}"
 
 
 def _result(name: str, reply: Any) -> Any:
@@ -246,8 +274,11 @@ class WorkerDriver(AsyncClosesOnExit):
                 address_policy=address_policy,
             )
         self._transport = transport
+        self._streams = AiohttpTransport(session)
         self._max_reply_bytes = max_reply_bytes
         self._restore_page_bytes = restore_page_bytes
+        self._cancels: set[asyncio.Task[None]] = set()
+        """Cancel calls in flight, held so they are not garbage-collected mid-call."""
 
     def _reply_limit(self, instance: InstanceSpec) -> int:
         """The most bytes of a reply read from ``instance``: its own limit, else ours."""
@@ -269,16 +300,29 @@ class WorkerDriver(AsyncClosesOnExit):
         timeout: float,
         request_id: str,
         fence: Fence | None = None,
+        on_delta: Delta | None = None,
     ) -> Any:
         """``POST`` ``{"payload": ...}`` to ``path``; the instance's ``result`` (a task or a
         session message: the protocol's hot request, so the transport is awaited here, not
-        through :meth:`_exchange`, one coroutine fewer)."""
+        through :meth:`_exchange`, one coroutine fewer), streamed to ``on_delta`` when
+        given. Abandoned (cancelled, or ``on_delta`` failed), the instance is told to stop
+        (:meth:`_tell_cancelled`) and the cancellation goes on at once."""
         body = encode_task(payload)
         limit = self._reply_limit(instance)
         request = InstanceRequest(
             "POST", instance, path, body, timeout, request_id, limit, True, fence
         )
-        reply = await self._transport.exchange(request)
+        try:
+            if on_delta is None:
+                reply = await self._transport.exchange(request)
+            else:
+                reply = await self._streams.stream(request, on_delta)
+        except asyncio.CancelledError:
+            self._tell_cancelled(instance, request_id)
+            raise
+        except DeltaError as exc:
+            self._tell_cancelled(instance, request_id)
+            raise exc.error from None
         if reply.replayed:
             _log_replayed(instance.name, path, request_id, fence)
         return _result(instance.name, _reply_body(instance.name, reply))
@@ -290,9 +334,13 @@ class WorkerDriver(AsyncClosesOnExit):
         *,
         timeout: float,  # InstanceDriver's signature; sets ClientTimeout
         request_id: str,
+        on_delta: Delta | None = None,
     ) -> Any:
-        """``POST /api/instance/task`` with ``{"payload": ...}``; the instance's ``result``."""
-        return await self._run_task(instance, TASK_PATH, payload, timeout, request_id)
+        """``POST /api/instance/task`` with ``{"payload": ...}``; the instance's ``result``
+        (streamed, ``Accept: text/event-stream``, when ``on_delta`` is given)."""
+        return await self._run_task(
+            instance, TASK_PATH, payload, timeout, request_id, None, on_delta
+        )
 
     async def session_send(
         self,
@@ -303,11 +351,45 @@ class WorkerDriver(AsyncClosesOnExit):
         timeout: float,  # InstanceDriver's signature; sets ClientTimeout
         request_id: str,
         fence: Fence | None = None,
+        on_delta: Delta | None = None,
     ) -> Any:
         """``POST /api/instance/sessions/{id}/messages``; the instance's ``result`` (also
-        when it answered from its memory of the same ``fence.seq``: module docstring)."""
+        when it answered from its memory of the same ``fence.seq``: module docstring),
+        streamed to ``on_delta`` like :meth:`invoke`."""
         path = f"{_session_path(session_id)}/messages"
-        return await self._run_task(instance, path, payload, timeout, request_id, fence)
+        return await self._run_task(instance, path, payload, timeout, request_id, fence, on_delta)
+
+    def _tell_cancelled(self, instance: InstanceSpec, request_id: str) -> None:
+        """Start the protocol's cancel call (v1.3) for the abandoned exchange ``request_id``;
+        never awaited here, so the cancellation that caused it is not delayed."""
+        task = asyncio.get_running_loop().create_task(self._cancel(instance, request_id))
+        self._cancels.add(task)
+        task.add_done_callback(self._cancels.discard)
+
+    async def _cancel(self, instance: InstanceSpec, request_id: str) -> None:
+        """``POST /api/instance/tasks/{request_id}/cancel`` within :data:`CANCEL_TIMEOUT`;
+        a failure (an instance without the call answers 404) is only logged: the
+        instance's own deadline ends the task anyway."""
+        path = f"{TASKS_PATH}/{_segment(request_id)}/cancel"
+        request = InstanceRequest(
+            "POST", instance, path, None, CANCEL_TIMEOUT, request_id, _CANCEL_REPLY_BYTES, False
+        )
+        try:
+            reply = await self._transport.exchange(request)
+        except Exception as exc:
+            _log.debug(
+                "drivers.cancel_failed",
+                instance=instance.name,
+                request_id=request_id,
+                error=type(exc).__name__,
+            )
+            return
+        _log.debug(
+            "drivers.cancel_sent",
+            instance=instance.name,
+            request_id=request_id,
+            status=reply.status,
+        )
 
     async def session_restore(
         self,
@@ -407,7 +489,14 @@ class WorkerDriver(AsyncClosesOnExit):
         )
 
     async def aclose(self) -> None:
-        """Close the transport if this driver opened it; the session belongs to the caller."""
+        """Let cancel calls in flight finish (within their bound; the rest are cancelled),
+        then close the transport if this driver opened it; the session is the caller's."""
+        if self._cancels:
+            pending = set(self._cancels)
+            _, late = await asyncio.wait(pending, timeout=CANCEL_TIMEOUT)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
         if self._owns_transport:
             await self._transport.aclose()
 
