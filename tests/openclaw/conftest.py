@@ -3,10 +3,10 @@
 ``fleet`` installs Node and ``openclaw@2026.9.6`` into the cache on first use, then starts
 the stub model and gateways O1–O3 as subprocesses (each with its own state folder, config
 and token), waits until ``/readyz`` says ready and warms each one up with one agent turn
-(a fresh gateway's first turn takes seconds). Every real-gateway test lives in
-``test_gateways.py``, so the module scope starts them once per test session and stops
-them (process groups and all) as soon as that module is done, instead of keeping three
-Node processes idle through the rest of the suite.
+(a fresh gateway's first turn takes seconds). The real-gateway tests live in
+``test_gateways.py`` (and ``test_streaming.py``, with one gateway), so the module scope
+starts them once per module and stops them (process groups and all) as soon as that
+module is done, instead of keeping Node processes idle through the rest of the suite.
 
 Where the npm registry cannot be reached the install fails: the tests skip with the
 reason outside CI and fail in CI (``CI=true``).
@@ -63,9 +63,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="module")
-def fleet() -> Iterator[OpenClawFleet]:
-    """The stub model and three warmed-up real gateways O1–O3 on loopback; their state
-    (about 60 MB a gateway) is removed afterwards."""
+def fleet(request: pytest.FixtureRequest) -> Iterator[OpenClawFleet]:
+    """The stub model and three warmed-up real gateways O1–O3 on loopback (a module's
+    ``FLEET_GATEWAYS``, when it sets one, names fewer: each gateway costs start-up time);
+    their state (about 60 MB a gateway) is removed afterwards."""
+    names: Sequence[str] = getattr(request.module, "FLEET_GATEWAYS", GATEWAYS)
     try:
         install = ensure_openclaw()
     except InstallError as exc:
@@ -75,7 +77,7 @@ def fleet() -> Iterator[OpenClawFleet]:
         pytest.skip(f"cannot install OpenClaw (npm registry unreachable?): {reason[-1]}")
     with (
         tempfile.TemporaryDirectory(prefix="openclaw-test-", ignore_cleanup_errors=True) as root,
-        start_fleet(GATEWAYS, root=Path(root), install=install) as started,
+        start_fleet(names, root=Path(root), install=install) as started,
     ):
         yield started
 

@@ -8,14 +8,17 @@ The last test kills O3 (``kill -9`` of its process group), so it must stay last.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
 import orjson
+import pytest
 from pydantic import SecretStr
 
 from openclaw_orchestrator.devtools.openclaw.fleet import OpenClawFleet, fleet_banner
 from openclaw_orchestrator.models import InstanceSpec
+from openclaw_orchestrator.sdk.events import SseParser
 from openclaw_orchestrator.server.drivers.openclaw import (
     MISCONFIGURED,
     RESTORE_NOTE,
@@ -247,6 +250,229 @@ async def test_health_detail_says_misconfigured(fleet: OpenClawFleet) -> None:
     assert status == 200
     assert detail["BAD"]["state"] == "degraded"
     assert detail["BAD"]["last_error"] == MISCONFIGURED
+
+
+class Deltas(list[Any]):
+    """An ``on_delta`` that keeps what it is given."""
+
+    async def __call__(self, delta: Any) -> None:
+        self.append(delta)
+
+
+# -- streaming and cancel on a real gateway ---------------------------------------------
+
+
+async def stub_streams(fleet: OpenClawFleet, http: aiohttp.ClientSession) -> list[Any]:
+    """The stub model's streamed answers and how each ended."""
+    async with http.get(fleet.stub.url + "/stub/streams") as resp:
+        streams: list[Any] = await resp.json()
+        return streams
+
+
+async def until(check: Callable[[], Awaitable[Any]], what: str, timeout: float = 20.0) -> Any:
+    """Poll ``check`` until it returns something truthy (that value)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        value = await check()
+        if value:
+            return value
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"never: {what}")
+
+
+async def stream_of(fleet: OpenClawFleet, http: aiohttp.ClientSession, marker: str) -> Any:
+    """The stub's stream whose text holds ``marker``, once it exists."""
+
+    async def find() -> Any:
+        found = [s for s in await stub_streams(fleet, http) if marker in s["text"]]
+        return found[-1] if found else None
+
+    return await until(find, f"the model streams {marker!r}")
+
+
+async def session_row(
+    driver: OpenClawDriver, spec: InstanceSpec, session_id: str
+) -> dict[str, Any]:
+    """The gateway's ``sessions_list`` row of orchestrator session ``session_id``."""
+    listed = await driver.invoke(
+        spec,
+        {"tool": "sessions_list", "args": {"search": f"orch-{session_id}"}},
+        timeout=10,
+        request_id="list",
+    )
+    rows = [r for r in listed["result"]["sessions"] if r["key"].endswith(f":orch-{session_id}")]
+    assert len(rows) == 1, rows
+    row: dict[str, Any] = rows[0]
+    return row
+
+
+async def test_a_real_gateway_streams_a_turn_word_by_word(fleet: OpenClawFleet) -> None:
+    """The stub model streams a word at a time; the gateway relays them; the driver hands
+    each on as ``{"text"}`` and returns the JSON call's result shape and text."""
+    spec = fleet["O1"].spec()
+    message = "[stub:stream=0.02] one two three four five"
+    async with aiohttp.ClientSession() as http:
+        driver = OpenClawDriver(http)
+        deltas = Deltas()
+        result = await driver.invoke(
+            spec, {"message": message}, timeout=30, request_id="s1", on_delta=deltas
+        )
+        plain = await driver.invoke(spec, {"message": message}, timeout=30, request_id="s2")
+        streamed = await stream_of(fleet, http, "one two three four five")
+    assert len(deltas) >= 5
+    assert all(list(d) == ["text"] and d["text"] for d in deltas)
+    assert "".join(d["text"] for d in deltas) == result["text"] == f"echo: {message}"
+    assert result.keys() == plain.keys()
+    assert result["raw"].keys() == plain["raw"].keys()
+    assert (result["text"], result["model"], result["session_key"]) == (
+        plain["text"],
+        plain["model"],
+        None,
+    )
+    assert result["usage"]["completion_tokens"] == plain["usage"]["completion_tokens"] > 0
+    assert result["raw"]["choices"][0]["message"] == {
+        "role": "assistant",
+        "content": result["text"],
+    }
+    assert result["raw"]["choices"][0]["finish_reason"] == "stop"
+    assert (streamed["state"], streamed["chunks"]) == ("done", 7)
+
+
+async def test_a_real_gateway_streams_session_messages(fleet: OpenClawFleet) -> None:
+    """Session messages stream too, inside the gateway session, which keeps both turns."""
+    spec = fleet["O1"].spec()
+    async with aiohttp.ClientSession() as http:
+        driver = OpenClawDriver(http)
+        replies, relayed = [], []
+        for text in ("[stub:stream=0.01] first words here", "[stub:stream=0.01] more words"):
+            deltas = Deltas()
+            replies.append(
+                await driver.session_send(
+                    spec,
+                    "streamed-1",
+                    {"message": text},
+                    timeout=30,
+                    request_id="m",
+                    on_delta=deltas,
+                )
+            )
+            relayed.append(deltas)
+        theirs = await driver.gateway_history(spec, "streamed-1")
+    assert [r["session_key"] for r in replies] == ["orch-streamed-1"] * 2
+    assert all(len(d) > 1 for d in relayed)
+    assert ["".join(d["text"] for d in ds) for ds in relayed] == [r["text"] for r in replies]
+    assistant = [message_text(m["content"]) for m in theirs if m["role"] == "assistant"]
+    assert assistant == [r["text"] for r in replies]
+
+
+@pytest.mark.parametrize("streamed", [True, False], ids=["streamed", "json"])
+async def test_cancelling_a_turn_aborts_the_gateway_run(
+    fleet: OpenClawFleet, streamed: bool
+) -> None:
+    """Cancel mid-turn: the connection closes, the gateway aborts the agent run (its model
+    call hangs up: the stub saw a disconnect; the session says ``killed`` and
+    ``abortedLastRun``; no reply in its transcript). The session goes on: the next turn
+    gets the cancelled message as context ("Queued user message ...")."""
+    spec = fleet["O1"].spec()
+    session = f"cancel-{'streamed' if streamed else 'json'}"
+    marker = f"{session} a b c d e f g h i j k l"
+    async with aiohttp.ClientSession() as http:
+        driver = OpenClawDriver(http)
+        deltas = Deltas()
+        call = asyncio.create_task(
+            driver.session_send(
+                spec,
+                session,
+                {"message": f"[stub:stream=0.5] {marker}"},
+                timeout=60,
+                request_id="c",
+                on_delta=deltas if streamed else None,
+            )
+        )
+        await stream_of(fleet, http, marker)
+        running_row = await session_row(driver, spec, session)
+        if streamed:
+
+            async def relayed() -> int:
+                return len(deltas)
+
+            await until(relayed, "a first delta")
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+
+        async def ended() -> Any:
+            found = await stream_of(fleet, http, marker)
+            return found if found["state"] != "streaming" else None
+
+        model_stream = await until(ended, "the model's stream ends")
+        aborted_row = await until(
+            lambda: _if_aborted(session_row(driver, spec, session)), "the run is aborted"
+        )
+        transcript = await driver.gateway_history(spec, session)
+        after = await driver.session_send(
+            spec, session, {"message": "[stub:stream=0] still here"}, timeout=30, request_id="d"
+        )
+    assert running_row["status"] == "running"
+    assert model_stream["state"] == "disconnected"
+    assert model_stream["chunks"] < len(marker.split()) + 2
+    assert (aborted_row["status"], aborted_row["abortedLastRun"]) == ("killed", True)
+    assert [m["role"] for m in transcript] == ["user"]
+    assert after["text"].endswith("[stub:stream=0] still here")
+    assert "Queued user message from a previous active turn" in after["text"]
+    assert marker in after["text"]  # the gateway keeps the cancelled message as context
+
+
+async def _if_aborted(row: Awaitable[dict[str, Any]]) -> dict[str, Any] | None:
+    """The row once the gateway marked its last run aborted."""
+    value = await row
+    return value if value.get("abortedLastRun") else None
+
+
+async def sse_events(c: Cluster, path: str, body: Any) -> list[Any]:
+    """POST ``body`` asking for a stream: its events, once the stream has ended."""
+    async with c.http.post(
+        c.url + path,
+        data=orjson.dumps(body),
+        headers={**c.headers, "Accept": "text/event-stream", "Content-Type": "application/json"},
+    ) as resp:
+        assert resp.status == 200, await resp.text()
+        assert resp.headers["Content-Type"].startswith("text/event-stream")
+        raw = await resp.read()
+    return list(SseParser().feed(raw))
+
+
+async def test_a_gateways_output_streams_token_by_token_through_route_and_send(
+    fleet: OpenClawFleet,
+) -> None:
+    """Through the orchestrator: a route's and a session send's ``delta`` events are the
+    gateway's words as the stub model streamed them, then the usual result."""
+    words = "alpha beta gamma delta epsilon"
+    async with mixed_cluster(fleet) as c:
+        routed = await sse_events(
+            c,
+            "/api/orchestrator/route",
+            {"instances": "O2", "payload": {"message": f"[stub:stream=0.02] {words}"}},
+        )
+        session = await spawn(c, instance="O2", sessionId="streamed-through")
+        sent = await sse_events(
+            c,
+            f"{S}/{session['session_id']}/send",
+            {"data": {"message": f"[stub:stream=0.02] {words} again"}, "stream": True},
+        )
+        status, history = await c.get(f"{S}/{session['session_id']}/history")
+    for got, text in ((routed, f"echo: [stub:stream=0.02] {words}"), (sent, None)):
+        deltas = [e.data["delta"]["text"] for e in got if e.type == "delta"]
+        assert len(deltas) >= 6  # "echo:" and the words, one chunk each
+        assert got[-1].type == "result"
+        final = got[-1].data["result"] if "result" in got[-1].data else got[-1].data["reply"]
+        assert "".join(deltas) == final["text"]
+        if text is not None:
+            assert final["text"] == text
+        assert all(e.data["instance"] == "O2" for e in got if e.type == "delta")
+    assert status == 200
+    assert history["messages"][-1]["reply"]["text"] == sent[-1].data["reply"]["text"]
 
 
 async def _wait_until_the_model_sees(fleet: OpenClawFleet, marker: str, timeout: float) -> None:

@@ -7,6 +7,7 @@ model. The gateway talks to it as a ``vllm``-style provider (``api: "openai-comp
     GET  /v1/models              {"object": "list", "data": [{"id": "stub-1", ...}]}
     POST /v1/chat/completions    JSON, or server-sent events when ``"stream": true``
     GET  /stub/requests          the last bodies it received (newest last), for tests
+    GET  /stub/streams           the last streamed answers and how each ended, for tests
 
 Finding the caller's text: the gateway does not forward the caller's message as-is. It wraps
 it with a timestamp prefix (``[Tue 2026-11-24 05:01 UTC] ``), may follow it with a
@@ -15,8 +16,18 @@ it with a timestamp prefix (``[Tue 2026-11-24 05:01 UTC] ``), may follow it with
 carries a timestamp prefix, strips the prefix and any trailing runtime lines, and falls
 back to the newest user message when none does.
 
-A caller's text containing ``[stub:sleep=S]`` makes the answer wait ``S`` seconds (at most
-:data:`MAX_SLEEP`), so tests can catch a turn in flight.
+Directives in the caller's text, for tests (the last of a kind counts):
+
+    [stub:sleep=S]    the answer waits S seconds (at most MAX_SLEEP), so a test can catch a
+                      turn in flight; a streamed answer sends its role chunk first and waits
+                      after it, so a client that goes away meanwhile is seen at once
+    [stub:stream=S]   a streamed answer comes word by word (each word with the whitespace
+                      after it), S seconds apart (at most MAX_STREAM_GAP; 0: back to back),
+                      instead of as one content chunk
+
+``GET /stub/streams`` lists the streamed answers (newest last) with how each ended:
+``"done"``, or ``"disconnected"`` when the client (a gateway aborting its run) closed the
+connection first; ``"streaming"`` while one is under way.
 
 Run it as ``python -m openclaw_orchestrator.devtools.openclaw.stub_model --port P``.
 """
@@ -31,6 +42,7 @@ import re
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -42,17 +54,23 @@ from starlette.routing import Route
 __all__ = [
     "DEFAULT_MODEL_ID",
     "MAX_SLEEP",
+    "MAX_STREAM_GAP",
     "caller_text",
     "create_stub_app",
     "main",
     "reply_text",
     "requested_sleep",
+    "requested_stream",
+    "word_chunks",
 ]
 
 DEFAULT_MODEL_ID = "stub-1"
 MAX_RECORDED = 200
 MAX_SLEEP = 30.0
+MAX_STREAM_GAP = 5.0
 _SLEEP = re.compile(r"\[stub:sleep=(\d+(?:\.\d+)?)\]")
+_STREAM = re.compile(r"\[stub:stream=(\d+(?:\.\d+)?)\]")
+_WORD = re.compile(r"\s*\S+\s*|\s+")
 _STAMP = re.compile(r"^\[[A-Z][a-z]{2} \d{4}-\d{2}-\d{2} \d{2}:\d{2}(?::\d{2})?[^\]]*\]\s*")
 _RUNTIME_LINE = re.compile(r"^\s*Runtime:\s", re.MULTILINE)
 
@@ -92,10 +110,29 @@ def reply_text(messages: Sequence[Any]) -> str:
     return f"echo: {caller_text(messages)}"
 
 
+def _last(directive: re.Pattern[str], text: str) -> float | None:
+    """The value of ``directive``'s last occurrence in ``text`` (None without one): the
+    caller's newest say, when the gateway folds an earlier message in before it."""
+    found = directive.findall(text)
+    return float(found[-1]) if found else None
+
+
 def requested_sleep(text: str) -> float:
     """Seconds asked for by a ``[stub:sleep=S]`` directive in ``text`` (0 without one)."""
-    match = _SLEEP.search(text)
-    return min(float(match.group(1)), MAX_SLEEP) if match else 0.0
+    seconds = _last(_SLEEP, text)
+    return 0.0 if seconds is None else min(seconds, MAX_SLEEP)
+
+
+def requested_stream(text: str) -> float | None:
+    """Seconds between words asked for by a ``[stub:stream=S]`` directive in ``text``; None
+    without one (a streamed answer is then one content chunk)."""
+    gap = _last(_STREAM, text)
+    return None if gap is None else min(gap, MAX_STREAM_GAP)
+
+
+def word_chunks(text: str) -> list[str]:
+    """``text`` cut after each word's trailing whitespace; joined, they are ``text`` again."""
+    return _WORD.findall(text)
 
 
 def _usage(messages: Sequence[Any], answer: str) -> dict[str, int]:
@@ -127,22 +164,56 @@ def _chunk(cid: str, model: str, delta: dict[str, Any], finish: str | None) -> b
     return b"data: " + orjson.dumps(body) + b"\n\n"
 
 
-async def _events(
-    cid: str, model: str, answer: str, usage: dict[str, int] | None
-) -> AsyncIterator[bytes]:
-    """The SSE stream of one answer: role, content, finish, optional usage, ``[DONE]``."""
-    yield _chunk(cid, model, {"role": "assistant", "content": ""}, None)
-    yield _chunk(cid, model, {"content": answer}, None)
-    yield _chunk(cid, model, {}, "stop")
-    if usage is not None:
-        tail = {"id": cid, "object": "chat.completion.chunk", "model": model, "choices": []}
-        yield b"data: " + orjson.dumps({**tail, "usage": usage}) + b"\n\n"
-    yield b"data: [DONE]\n\n"
+@dataclass(slots=True)
+class _Answer:
+    """One streamed answer: what to send and how its sending went (``/stub/streams``)."""
+
+    cid: str
+    model: str
+    text: str
+    usage: dict[str, int] | None
+    delay: float
+    gap: float | None
+    sent: int = 0
+    state: str = "streaming"
+
+    def pieces(self) -> list[str]:
+        """The content chunks: the whole answer, or its words with ``[stub:stream=S]``."""
+        return [self.text] if self.gap is None else word_chunks(self.text)
+
+    def record(self) -> dict[str, Any]:
+        return {"text": self.text, "state": self.state, "chunks": self.sent}
+
+
+async def _events(answer: _Answer) -> AsyncIterator[bytes]:
+    """The SSE stream of one answer: role, content (after any delay; one chunk, or word by
+    word), finish, optional usage, ``[DONE]``. Its state ends ``"disconnected"`` when the
+    client leaves first (the server cancels the stream, or stops pulling it)."""
+    cid, model = answer.cid, answer.model
+    try:
+        yield _chunk(cid, model, {"role": "assistant", "content": ""}, None)
+        if answer.delay:
+            await asyncio.sleep(answer.delay)
+        for i, piece in enumerate(answer.pieces()):
+            if i and answer.gap:
+                await asyncio.sleep(answer.gap)
+            yield _chunk(cid, model, {"content": piece}, None)
+            answer.sent += 1
+        yield _chunk(cid, model, {}, "stop")
+        if answer.usage is not None:
+            tail = {"id": cid, "object": "chat.completion.chunk", "model": model, "choices": []}
+            yield b"data: " + orjson.dumps({**tail, "usage": answer.usage}) + b"\n\n"
+        yield b"data: [DONE]\n\n"
+        answer.state = "done"
+    finally:
+        if answer.state != "done":
+            answer.state = "disconnected"
 
 
 def create_stub_app(model_id: str = DEFAULT_MODEL_ID) -> Starlette:
     """The stub model as an ASGI app serving ``model_id``."""
     recorded: deque[Any] = deque(maxlen=MAX_RECORDED)
+    streams: deque[_Answer] = deque(maxlen=MAX_RECORDED)
 
     async def models(request: Request) -> Response:
         data = [{"id": model_id, "object": "model", "created": 0, "owned_by": "stub"}]
@@ -159,17 +230,17 @@ def create_stub_app(model_id: str = DEFAULT_MODEL_ID) -> Starlette:
             return _json({"error": {"message": "messages: required", "type": "invalid"}}, 400)
         answer = reply_text(messages)
         delay = requested_sleep(answer)
-        if delay:
-            await asyncio.sleep(delay)
         model = str(body.get("model") or model_id)
         usage = _usage(messages, answer)
         cid = _completion_id(answer)
         if body.get("stream"):
             options = body.get("stream_options") or {}
             tail = usage if isinstance(options, dict) and options.get("include_usage") else None
-            return StreamingResponse(
-                _events(cid, model, answer, tail), media_type="text/event-stream"
-            )
+            streamed = _Answer(cid, model, answer, tail, delay, requested_stream(answer))
+            streams.append(streamed)
+            return StreamingResponse(_events(streamed), media_type="text/event-stream")
+        if delay:
+            await asyncio.sleep(delay)
         message = {"role": "assistant", "content": answer}
         choice = {"index": 0, "message": message, "finish_reason": "stop"}
         return _json(
@@ -186,11 +257,15 @@ def create_stub_app(model_id: str = DEFAULT_MODEL_ID) -> Starlette:
     async def requests(request: Request) -> Response:
         return JSONResponse(list(recorded))
 
+    async def streamed(request: Request) -> Response:
+        return JSONResponse([answer.record() for answer in streams])
+
     return Starlette(
         routes=[
             Route("/v1/models", models, methods=["GET"]),
             Route("/v1/chat/completions", completions, methods=["POST"]),
             Route("/stub/requests", requests, methods=["GET"]),
+            Route("/stub/streams", streamed, methods=["GET"]),
         ]
     )
 

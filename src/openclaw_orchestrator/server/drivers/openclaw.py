@@ -45,7 +45,18 @@ nothing of it. A gateway has no epoch or message position to check, so it cannot
 stale sender or recognise a redelivered message; what protects a gateway session is the
 orchestrator's own side, its session lease and conditional writes of the history.
 
-Every reply is read up to the instance's ``max_reply_bytes`` (else
+Streaming: given ``on_delta``, an agent turn asks for ``"stream": true`` (with
+``stream_options.include_usage``) and relays each content delta as ``{"text": "..."}``, awaited
+in order, then returns the very result the JSON call returns: :class:`ChatStream` folds the
+chunks back into a ``chat.completion``. A ``data: {"error": ...}`` event mid-stream maps like
+a JSON error reply of the status :data:`STREAM_ERROR_STATUS` gives its type; a stream that
+ends without ``data: [DONE]`` is ``InstanceProtocolError``. Tool calls do not stream.
+
+Cancel: a call whose task is cancelled closes its connection (never pooled). The gateway
+cancels an agent run whose HTTP client disconnects, streamed or not; it offers no other
+cancel over HTTP (``docs/openclaw.md``, "Streaming and cancel").
+
+Every reply, streamed or not, is read up to the instance's ``max_reply_bytes`` (else
 ``instances.max_reply_bytes``); past it the connection is dropped: ``reply_too_large``.
 
 The token goes into the ``Authorization`` header and nowhere else: no message, log or repr.
@@ -74,13 +85,17 @@ from ...sdk.closing import AsyncClosesOnExit
 from ...settings import DEFAULT_MAX_REPLY_BYTES
 from .base import (
     REQUEST_ID_HEADER,
+    Delta,
+    DeltaError,
     Fence,
     History,
     ProbeResult,
+    SseDecoder,
     error_fields,
     exchanges,
     map_client_errors,
     read_reply,
+    reply_too_large,
     request_url,
 )
 from .rejected_tokens import DEFAULT_REJECTION_BACKOFF, MISCONFIGURED, RejectedTokens
@@ -99,10 +114,13 @@ __all__ = [
     "RESTORE_NOTE_TRIMMED",
     "SESSION_KEY_HEADER",
     "SESSION_KEY_PREFIX",
+    "STREAM_ERROR_STATUS",
     "TOOLS_PATH",
+    "ChatStream",
     "OpenClawDriver",
     "ToolCall",
     "Turn",
+    "chunk_text",
     "history_messages",
     "latest_messages",
     "message_text",
@@ -131,7 +149,20 @@ RESTORE_NOTE_TRIMMED = (
 DEFAULT_RESTORE_BYTES = 256 * 1024
 """Text of the history a restore replays, newest first; the rest is left out."""
 
+STREAM_ERROR_STATUS = {
+    "invalid_request_error": 400,
+    "insufficient_quota": 402,
+    "permission_error": 403,
+    "rate_limit_error": 429,
+    "authentication_error": 502,  # the gateway's model provider refused it, not our token
+}
+"""The HTTP status a mid-stream ``{"error": {"type"}}`` stands for (the gateway's
+``resolveOpenAiCompatError`` types); any other type (``api_error``) is 500."""
+_EVENT_STREAM = "text/event-stream"
+_DONE = b"[DONE]"
+
 _BASE_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
+_STREAM_HEADERS = {"Accept": _EVENT_STREAM}
 _TURN_OPTIONS = (
     "temperature",
     "top_p",
@@ -162,9 +193,13 @@ class Turn:
     session_key: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
 
-    def body(self) -> dict[str, Any]:
-        """The chat completion request (never streamed: one JSON reply)."""
-        return {**self.options, "model": self.model, "messages": self.messages, "stream": False}
+    def body(self, *, stream: bool = False) -> dict[str, Any]:
+        """The chat completion request: one JSON reply, or server-sent chunks ending in a
+        usage chunk (so a streamed turn's result has the usage a JSON one has)."""
+        body = {**self.options, "model": self.model, "messages": self.messages, "stream": stream}
+        if stream:
+            body["stream_options"] = {"include_usage": True}
+        return body
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,6 +348,89 @@ def _tool_result(name: str, tool: str, reply: Any) -> dict[str, Any]:
     return {"tool": tool, "result": result, "raw": reply}
 
 
+def chunk_text(chunk: Mapping[str, Any]) -> str:
+    """The text a ``chat.completion.chunk`` adds: its first choice's ``delta.content``."""
+    choices = chunk.get("choices")
+    first = choices[0] if isinstance(choices, list) and choices else None
+    delta = first.get("delta") if isinstance(first, dict) else None
+    content = delta.get("content") if isinstance(delta, dict) else None
+    return content if isinstance(content, str) else ""
+
+
+class ChatStream:
+    """A streamed chat completion folded back into the ``chat.completion`` the JSON call
+    returns: each ``data:`` event in (:meth:`take`, which gives the text it adds), the
+    whole reply out (:meth:`reply`) once ``[DONE]`` came."""
+
+    __slots__ = ("_finish", "_head", "_instance", "_parts", "_usage", "done")
+
+    def __init__(self, instance: str) -> None:
+        self._instance = instance
+        self._head: dict[str, Any] = {}
+        self._parts: list[str] = []
+        self._finish: Any = None
+        self._usage: Any = None
+        self.done = False
+
+    def take(self, data: bytes) -> str:
+        """One event's data: the text it adds (``""`` for none). An ``{"error": ...}`` event
+        raises the error its type maps to; anything but a JSON object or ``[DONE]`` is an
+        InstanceProtocolError."""
+        if data == _DONE:
+            self.done = True
+            return ""
+        try:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            chunk = None
+        if not isinstance(chunk, dict):
+            raise self._broken("an event that is not a JSON object")
+        if "error" in chunk:
+            raise _stream_error(self._instance, chunk["error"], data)
+        for key in ("id", "created", "model"):
+            self._head.setdefault(key, chunk.get(key))
+        if isinstance(chunk.get("usage"), dict):
+            self._usage = chunk["usage"]
+        choices = chunk.get("choices")
+        if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+            self._finish = choices[0].get("finish_reason") or self._finish
+        text = chunk_text(chunk)
+        if text:
+            self._parts.append(text)
+        return text
+
+    def reply(self) -> dict[str, Any]:
+        """The ``chat.completion`` the chunks make; InstanceProtocolError before ``[DONE]``."""
+        if not self.done:
+            raise self._broken("the stream ended without data: [DONE]")
+        if not self._head:
+            raise self._broken("no chat completion chunk came before [DONE]")
+        message = {"role": "assistant", "content": "".join(self._parts)}
+        choice = {"index": 0, "message": message, "finish_reason": self._finish}
+        head = self._head
+        return {
+            "id": head["id"],
+            "object": "chat.completion",
+            "created": head["created"],
+            "model": head["model"],
+            "choices": [choice],
+            "usage": self._usage,
+        }
+
+    def _broken(self, problem: str) -> InstanceProtocolError:
+        return InstanceProtocolError(
+            f"{self._instance}: broken chat completion stream: {problem}", instance=self._instance
+        )
+
+
+def _stream_error(name: str, error: Any, raw: bytes) -> InstanceError:
+    """The error a mid-stream ``{"error": {...}}`` event stands for, mapped as a JSON error
+    reply of its type's status would be (:data:`STREAM_ERROR_STATUS`)."""
+    kind = error.get("type") if isinstance(error, dict) else None
+    status = STREAM_ERROR_STATUS.get(kind, 500) if isinstance(kind, str) else 500
+    return _reply_error(name, status, raw, None, path=CHAT_PATH)
+
+
 def _reply_error(
     name: str, status: int, raw: bytes, retry_after: str | None, *, path: str
 ) -> InstanceError:
@@ -346,6 +464,15 @@ def _reply_error(
     return InstanceProtocolError(
         f"{name}: unexpected HTTP {status}", instance=name, upstream_status=status
     )
+
+
+async def _relay(on_delta: Delta, delta: Any) -> None:
+    """Await ``on_delta(delta)``; its failure is the caller's, carried as a DeltaError
+    through the transport's error translation."""
+    try:
+        await on_delta(delta)
+    except Exception as exc:
+        raise DeltaError(exc) from exc
 
 
 # -- health --------------------------------------------------------------------------------
@@ -513,14 +640,77 @@ class OpenClawDriver(AsyncClosesOnExit):
                 timeout=aiohttp.ClientTimeout(total=timeout),
                 allow_redirects=False,
             ) as resp:
-                raw = await read_reply(resp, instance.name, self._reply_limit(instance))
-                if not 200 <= resp.status < 300:
-                    retry_after = resp.headers.get("Retry-After")
-                    error = _reply_error(instance.name, resp.status, raw, retry_after, path=path)
-                    if resp.status == 401:
-                        self._rejected.remember(instance, error)
-                    raise error
+                try:
+                    raw = await read_reply(resp, instance.name, self._reply_limit(instance))
+                except asyncio.CancelledError:
+                    resp.close()  # abandoned: the gateway cancels the run when we hang up
+                    raise
+                self._check_status(instance, resp, raw, path)
             return orjson.loads(raw)
+
+    def _check_status(
+        self, instance: InstanceSpec, resp: aiohttp.ClientResponse, raw: bytes, path: str
+    ) -> None:
+        """Raise the mapped error for a non-2xx reply (remembering a refused token)."""
+        if not 200 <= resp.status < 300:
+            retry_after = resp.headers.get("Retry-After")
+            error = _reply_error(instance.name, resp.status, raw, retry_after, path=path)
+            if resp.status == 401:
+                self._rejected.remember(instance, error)
+            raise error
+
+    async def _post_streamed(
+        self,
+        instance: InstanceSpec,
+        turn: Turn,
+        *,
+        timeout: float,
+        extra: Mapping[str, str],
+        on_delta: Delta,
+    ) -> Any:
+        """:meth:`_post` of a streamed turn: the ``chat.completion`` its chunks make, each
+        text delta handed to ``on_delta`` first. A reply that is not an event stream is
+        read as :meth:`_post` reads it (no deltas). A stream that did not end cleanly
+        (cancelled, broken, too long, ``on_delta`` failed) closes the connection, which
+        cancels the gateway's run."""
+        if self.is_rejected(instance):
+            raise RejectedTokens.refusal(instance)
+        with map_client_errors(instance.name):
+            async with self._session.post(
+                request_url(instance, CHAT_PATH),
+                data=orjson.dumps(turn.body(stream=True)),
+                headers=self._headers(instance, {**extra, **_STREAM_HEADERS}),
+                timeout=aiohttp.ClientTimeout(total=timeout),
+                allow_redirects=False,
+            ) as resp:
+                try:
+                    if 200 <= resp.status < 300 and resp.content_type == _EVENT_STREAM:
+                        return await self._read_chat_stream(instance, resp, on_delta)
+                    raw = await read_reply(resp, instance.name, self._reply_limit(instance))
+                except BaseException:
+                    resp.close()
+                    raise
+                self._check_status(instance, resp, raw, CHAT_PATH)
+            return orjson.loads(raw)
+
+    async def _read_chat_stream(
+        self, instance: InstanceSpec, resp: aiohttp.ClientResponse, on_delta: Delta
+    ) -> dict[str, Any]:
+        """Read a chat completion's events (at most the reply limit in bytes), relaying
+        each text delta as ``{"text": ...}``; the reply once ``[DONE]`` came."""
+        limit, total = self._reply_limit(instance), 0
+        decoder, stream = SseDecoder(), ChatStream(instance.name)
+        async for data in resp.content.iter_any():
+            total += len(data)
+            if total > limit:
+                raise reply_too_large(instance.name, limit)
+            for event in decoder.feed(data):
+                text = stream.take(event.data)
+                if text:
+                    await _relay(on_delta, {"text": text})
+                if stream.done:
+                    return stream.reply()
+        return stream.reply()
 
     async def _call(
         self,
@@ -529,8 +719,9 @@ class OpenClawDriver(AsyncClosesOnExit):
         *,
         timeout: float,
         request_id: str | None,
+        on_delta: Delta | None = None,
     ) -> dict[str, Any]:
-        """Run one parsed call and shape its result."""
+        """Run one parsed call and shape its result (a turn streamed to ``on_delta``)."""
         extra = {} if request_id is None else {REQUEST_ID_HEADER: request_id}
         if isinstance(call, ToolCall):
             reply = await self._post(
@@ -539,7 +730,15 @@ class OpenClawDriver(AsyncClosesOnExit):
             return _tool_result(instance.name, call.tool, reply)
         if call.session_key is not None:
             extra[SESSION_KEY_HEADER] = call.session_key
-        reply = await self._post(instance, CHAT_PATH, call.body(), timeout=timeout, extra=extra)
+        if on_delta is None:
+            reply = await self._post(instance, CHAT_PATH, call.body(), timeout=timeout, extra=extra)
+        else:
+            try:
+                reply = await self._post_streamed(
+                    instance, call, timeout=timeout, extra=extra, on_delta=on_delta
+                )
+            except DeltaError as exc:
+                raise exc.error from None
         return _turn_result(instance.name, reply, call.session_key)
 
     async def _tool(
@@ -558,10 +757,14 @@ class OpenClawDriver(AsyncClosesOnExit):
         *,
         timeout: float,  # InstanceDriver's signature; sets ClientTimeout
         request_id: str,
+        on_delta: Delta | None = None,
     ) -> Any:
-        """An agent turn or a tool call, by the payload's shape (module docstring)."""
+        """An agent turn or a tool call, by the payload's shape (module docstring); a turn's
+        text streamed to ``on_delta`` as ``{"text": ...}`` deltas when given."""
         call = parse_payload(payload, instance=instance.name)
-        return await self._call(instance, call, timeout=timeout, request_id=request_id)
+        return await self._call(
+            instance, call, timeout=timeout, request_id=request_id, on_delta=on_delta
+        )
 
     async def session_send(
         self,
@@ -572,11 +775,14 @@ class OpenClawDriver(AsyncClosesOnExit):
         timeout: float,  # InstanceDriver's signature; sets ClientTimeout
         request_id: str,
         fence: Fence | None = None,  # accepted, not enforceable (class docstring)
+        on_delta: Delta | None = None,
     ) -> Any:
         """Like :meth:`invoke`, inside the gateway session ``orch-<session_id>``."""
         key = session_key(session_id)
         call = parse_payload(payload, instance=instance.name, session=key)
-        return await self._call(instance, call, timeout=timeout, request_id=request_id)
+        return await self._call(
+            instance, call, timeout=timeout, request_id=request_id, on_delta=on_delta
+        )
 
     async def session_restore(
         self,
