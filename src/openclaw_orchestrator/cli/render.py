@@ -48,6 +48,8 @@ __all__ = [
     "health_view",
     "history_view",
     "instances_view",
+    "output_line",
+    "output_summary",
     "progress_text",
     "removed_view",
     "route_view",
@@ -105,6 +107,31 @@ def stream_line(item: FanoutEntry | FanoutResult) -> str:
     if isinstance(item, FanoutEntry):
         return orjson.dumps({"type": "entry", "entry": _plain(item)}).decode()
     return orjson.dumps({"type": "result", "result": _plain(item)}).decode()
+
+
+def output_line(item: Any) -> str:
+    """One compact JSON line of a streamed route or send: ``{"type": "delta", "instance",
+    "delta"}`` per piece, then ``{"type": "result", "result": ...}``."""
+    from ..sdk.events import Delta
+
+    if isinstance(item, Delta):
+        return orjson.dumps(
+            {"type": "delta", "instance": item.instance, "delta": item.delta}
+        ).decode()
+    return orjson.dumps({"type": "result", "result": _plain(item)}).decode()
+
+
+def output_summary(result: RouteResult | SendResult) -> str:
+    """The line after a streamed reply's text: who answered, and how long it took."""
+    from ..models import RouteResult
+
+    if isinstance(result, RouteResult):
+        tries = len(result.attempts)
+        return (
+            f"[{result.instance} · {tries} attempt{'s' if tries != 1 else ''} · "
+            f"{_ms(result.total_ms)}]"
+        )
+    return f"[{result.instance} · message {result.seq} · {_ms(result.latency_ms)}]"
 
 
 def _summary(value: Any) -> str:

@@ -34,7 +34,9 @@ from ..errors import ConnectionFailedError, OrchestratorError, TimeoutExceededEr
 from ..models import (
     FanoutResult,
     HistoryEntry,
+    RouteResult,
     RunInfo,
+    SendResult,
     SessionInfo,
     SpawnResult,
 )
@@ -57,7 +59,7 @@ from .calls import (
 )
 from .closing import AsyncClosesOnExit
 from .env import resolve_client
-from .events import RunEvent, SseParser
+from .events import Delta, OutputStreamReader, RunEvent, SseParser
 from .sync_client import Client, Runs, Session, Sessions
 
 __all__ = [
@@ -69,6 +71,7 @@ __all__ = [
     "AsyncSession",
     "AsyncSessions",
     "Client",
+    "Delta",
     "RunEvent",
     "Runs",
     "Session",
@@ -89,6 +92,13 @@ class AsyncCaller(Protocol):
 
 EventReader = Callable[[ApiCall[None]], AsyncGenerator[RunEvent, None]]
 """Opens a run's event stream and yields its events (the client's ``_run_stream``)."""
+
+
+class OutputReader(Protocol):
+    """Opens a streamed route or send and yields its deltas, then its result (the client's
+    ``_output_stream``)."""
+
+    def __call__(self, call: ApiCall[R], /) -> AsyncGenerator[Delta | R, None]: ...
 
 
 class _Sender(Protocol):
@@ -125,7 +135,13 @@ def _spawns(
 
     async def method(self: AsyncSessions, /, *args: P.args, **kwargs: P.kwargs) -> AsyncSession:
         spawned = await self._call(build(*args, **kwargs))
-        return AsyncSession(self._call, spawned.session_id, token=spawned.token, info=spawned)
+        return AsyncSession(
+            self._call,
+            spawned.session_id,
+            token=spawned.token,
+            info=spawned,
+            output=self._output,
+        )
 
     return calls.method_like(method, build)
 
@@ -141,6 +157,20 @@ def _streams(
         return self._stream(build(*args, **kwargs))
 
     return calls.method_like(method, build, calls.FANOUT_STREAM_DOC)
+
+
+def _output_streams(
+    build: Callable[P, ApiCall[RouteResult]],
+) -> Callable[Concatenate[AsyncClient, P], AsyncGenerator[Delta | RouteResult, None]]:
+    """``route_stream``: the route ``build`` makes, its output read as it is produced."""
+
+    def method(
+        self: AsyncClient, /, *args: P.args, **kwargs: P.kwargs
+    ) -> AsyncGenerator[Delta | RouteResult, None]:
+        return self._output_stream(build(*args, **kwargs))
+
+    doc = calls.OUTPUT_STREAM_DOC.format(name="route", result="RouteResult")
+    return calls.method_like(method, build, doc)
 
 
 class AsyncClient(AsyncClosesOnExit):
@@ -167,7 +197,7 @@ class AsyncClient(AsyncClosesOnExit):
         self._session = session
         self._owns_session = session is None
         self._closed = False
-        self._sessions = AsyncSessions(self._call, self.url)
+        self._sessions = AsyncSessions(self._call, self.url, self._output_stream)
         self._runs = AsyncRuns(self._call, self._run_stream, self.url)
 
     def __repr__(self) -> str:
@@ -197,6 +227,7 @@ class AsyncClient(AsyncClosesOnExit):
             await session.close()
 
     route = _sends(calls.route)
+    route_stream = _output_streams(calls.route)
     fanout = _sends(calls.fanout)
     fanout_stream = _streams(calls.fanout)
     health = _sends(calls.health)
@@ -228,6 +259,22 @@ class AsyncClient(AsyncClosesOnExit):
                         yield item
         for item in reader.end():
             yield item
+
+    async def _output_stream(self, call: ApiCall[R]) -> AsyncGenerator[Delta | R, None]:
+        """Send a streamed route or send and yield its deltas, then its result; leaving
+        early drops the connection, which stops the work on the orchestrator."""
+        call = calls.output_streamed(call)
+        reader = OutputStreamReader(call.parse)
+        with self._mapped_errors(call):
+            async with self._send(call) as response:
+                if response.status >= 400:
+                    raise decode_error(response.status, await response.read())
+                async for chunk in response.content.iter_any():
+                    for item in reader.feed(chunk):
+                        yield item
+                    if reader.finished:
+                        return
+        reader.end()
 
     async def _run_stream(self, call: ApiCall[None]) -> AsyncGenerator[RunEvent, None]:
         """Open a run's event stream and yield its events up to the ``result`` one."""
@@ -306,12 +353,33 @@ class AsyncSessions(SessionsBase[AsyncCaller]):
     orchestrator. Calls here use the client's API key; the :class:`AsyncSession` handles that
     :meth:`spawn` and :meth:`session` return use their session token when they hold one."""
 
+    def __init__(self, call: AsyncCaller, url: str, output: OutputReader) -> None:
+        super().__init__(call, url)
+        self._output = output
+
     spawn = _spawns(calls.spawn_session)
     send = _sends(calls.send_to_session)
     history = _sends(calls.session_history)
     list = _sends(calls.session_list)
     get = _sends(calls.get_session)
     close = _sends(calls.close_session)
+
+    def send_stream(
+        self,
+        session_id: str,
+        data: Any = None,
+        *,
+        timeout: float | str | None = None,
+        idempotency_key: str | None = None,
+    ) -> AsyncGenerator[Delta | SendResult, None]:
+        """Like ``send``, but yield the instance's output as it is produced: a
+        :class:`~.events.Delta` per piece (``.text`` for text), then the
+        :class:`SendResult` (the history records the whole reply, as always). A failure
+        raises its typed error; once output has streamed the message is not migrated."""
+        call = calls.send_to_session(
+            session_id, data, timeout=timeout, idempotency_key=idempotency_key
+        )
+        return self._output(call)
 
     def iter_history(
         self, session_id: str, *, offset: int = 0, page_size: int = DEFAULT_HISTORY_PAGE
@@ -323,7 +391,9 @@ class AsyncSessions(SessionsBase[AsyncCaller]):
         """A handle to an existing session, without a request; with ``token`` its calls send
         that token instead of the client's API key."""
         calls.session_path(session_id)
-        return AsyncSession(self._call, session_id, token=calls.check_token(token))
+        return AsyncSession(
+            self._call, session_id, token=calls.check_token(token), output=self._output
+        )
 
 
 class AsyncRuns(RunsBase[AsyncCaller, EventReader]):
@@ -361,6 +431,18 @@ class AsyncSession(SessionHandleBase[AsyncCaller]):
     without the token.
     """
 
+    def __init__(
+        self,
+        call: AsyncCaller,
+        session_id: str,
+        *,
+        token: str | None = None,
+        info: SessionInfo | None = None,
+        output: OutputReader,
+    ) -> None:
+        super().__init__(call, session_id, token=token, info=info)
+        self._output = output
+
     async def __aenter__(self) -> Self:
         return self
 
@@ -372,6 +454,19 @@ class AsyncSession(SessionHandleBase[AsyncCaller]):
 
     send = _sends_for_session(calls.send_to_session)
     history = _sends_for_session(calls.session_history)
+
+    def send_stream(
+        self,
+        data: Any = None,
+        *,
+        timeout: float | str | None = None,
+        idempotency_key: str | None = None,
+    ) -> AsyncGenerator[Delta | SendResult, None]:
+        """See :meth:`AsyncSessions.send_stream`."""
+        call = calls.send_to_session(
+            self._id, data, timeout=timeout, idempotency_key=idempotency_key
+        )
+        return self._output(call.with_token(self._token))
 
     def iter_history(
         self, *, offset: int = 0, page_size: int = DEFAULT_HISTORY_PAGE

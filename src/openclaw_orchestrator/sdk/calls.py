@@ -71,6 +71,7 @@ __all__ = [
     "DEFAULT_TIMEOUT_MARGIN",
     "FANOUT_STREAM_DOC",
     "FINISHED_STATES",
+    "OUTPUT_STREAM_DOC",
     "RUNS_PATH",
     "RUN_WAIT_SLICE",
     "SESSIONS_PATH",
@@ -102,6 +103,7 @@ __all__ = [
     "method_like",
     "next_history_offset",
     "os_reason",
+    "output_streamed",
     "poll_run",
     "public_info",
     "register",
@@ -399,6 +401,21 @@ def fanout(
 
 FANOUT_STREAM_DOC = """Like ``fanout``, but yield each :class:`FanoutEntry` as it arrives, then the
 final :class:`FanoutResult`; an unmet ``min_success`` raises after the entries."""
+
+
+OUTPUT_STREAM_DOC = """Like ``{name}``, but yield the instance's output as it is produced: a
+:class:`~openclaw_orchestrator.sdk.events.Delta` per piece (``.text`` for text output), then
+the final :class:`{result}`. A failure raises its typed error, as ``{name}`` does: before
+anything streamed with failover as usual; once output has streamed, without a retry."""
+
+
+def output_streamed(call: ApiCall[R]) -> ApiCall[R]:
+    """``call`` (a :func:`route` or :func:`send_to_session`) asking for server-sent events:
+    its reply is read with an :class:`~.events.OutputStreamReader` around ``parse``. Each
+    read is bounded by the call's wait (the server's pings keep a quiet stream alive)."""
+    return replace(
+        call, body={**call.body, "stream": True}, accept="text/event-stream", open_ended=True
+    )
 
 
 def streamed(call: ApiCall[FanoutResult]) -> ApiCall[FanoutResult]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import closing, suppress
-from typing import TYPE_CHECKING, Concatenate, ParamSpec, Protocol, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Protocol, Self, TypeVar
 
 from . import calls
 from .calls import (
@@ -29,7 +29,7 @@ from .calls import (
 )
 from .closing import ClosesOnExit
 from .env import resolve_client
-from .events import RunEvent, SseParser
+from .events import Delta, OutputStreamReader, RunEvent, SseParser
 from .sync_transport import SyncTransport
 
 if TYPE_CHECKING:
@@ -38,7 +38,9 @@ if TYPE_CHECKING:
     from ..models import (
         FanoutResult,
         HistoryEntry,
+        RouteResult,
         RunInfo,
+        SendResult,
         SessionInfo,
         SpawnResult,
     )
@@ -58,6 +60,15 @@ class Caller(Protocol):
 
 
 EventReader = Callable[["ApiCall[None]"], Iterator[RunEvent]]
+
+
+class OutputReader(Protocol):
+    """Opens a streamed route or send and yields its deltas, then its result (the client's
+    ``_output_stream``)."""
+
+    def __call__(self, call: ApiCall[R], /) -> Iterator[Delta | R]: ...
+
+
 """Opens a run's event stream and yields its events (the client's ``_run_stream``)."""
 
 
@@ -95,7 +106,13 @@ def _spawns(
 
     def method(self: Sessions, /, *args: P.args, **kwargs: P.kwargs) -> Session:
         spawned = self._call(build(*args, **kwargs))
-        return Session(self._call, spawned.session_id, token=spawned.token, info=spawned)
+        return Session(
+            self._call,
+            spawned.session_id,
+            token=spawned.token,
+            info=spawned,
+            output=self._output,
+        )
 
     return calls.method_like(method, build)
 
@@ -109,6 +126,18 @@ def _streams(
         return self._stream(build(*args, **kwargs))
 
     return calls.method_like(method, build, calls.FANOUT_STREAM_DOC)
+
+
+def _output_streams(
+    build: Callable[P, ApiCall[RouteResult]],
+) -> Callable[Concatenate[Client, P], Iterator[Delta | RouteResult]]:
+    """``route_stream``: the route ``build`` makes, its output read as it is produced."""
+
+    def method(self: Client, /, *args: P.args, **kwargs: P.kwargs) -> Iterator[Delta | RouteResult]:
+        return self._output_stream(build(*args, **kwargs))
+
+    doc = calls.OUTPUT_STREAM_DOC.format(name="route", result="RouteResult")
+    return calls.method_like(method, build, doc)
 
 
 class Client(ClosesOnExit):
@@ -129,7 +158,7 @@ class Client(ClosesOnExit):
         resolved, key = resolve_client(config, url, api_key)
         self._transport = SyncTransport(resolved, api_key=key, timeout=timeout)
         self._closed = False
-        self._sessions = Sessions(self._call, self.url)
+        self._sessions = Sessions(self._call, self.url, self._output_stream)
         self._runs = Runs(self._call, self._run_stream, self.url)
 
     def __repr__(self) -> str:
@@ -162,6 +191,7 @@ class Client(ClosesOnExit):
         self._transport.close()
 
     route = _sends(calls.route)
+    route_stream = _output_streams(calls.route)
     fanout = _sends(calls.fanout)
     health = _sends(calls.health)
     health_detail = _sends(calls.health_detail)
@@ -186,6 +216,20 @@ class Client(ClosesOnExit):
             for chunk in chunks:
                 yield from reader.feed(chunk)
         yield from reader.end()
+
+    def _output_stream(self, call: ApiCall[R]) -> Iterator[Delta | R]:
+        """Send a streamed route or send and yield its deltas, then its result; leaving
+        early drops the connection, which stops the work on the orchestrator."""
+        self._check_usable()
+        call = calls.output_streamed(call)
+        reader = OutputStreamReader(call.parse)
+        chunks = self._transport.stream(call)
+        with closing(chunks):
+            for chunk in chunks:
+                yield from reader.feed(chunk)
+                if reader.finished:
+                    return
+        reader.end()
 
     def _run_stream(self, call: ApiCall[None]) -> Iterator[RunEvent]:
         """Open a run's event stream and yield its events up to the ``result`` one; leaving
@@ -226,12 +270,30 @@ def _in_running_loop() -> bool:
 class Sessions(SessionsBase[Caller]):
     """``Client.sessions``: see :class:`~.client.AsyncSessions`; the same calls, synchronous."""
 
+    def __init__(self, call: Caller, url: str, output: OutputReader) -> None:
+        super().__init__(call, url)
+        self._output = output
+
     spawn = _spawns(calls.spawn_session)
     send = _sends(calls.send_to_session)
     history = _sends(calls.session_history)
     list = _sends(calls.session_list)
     get = _sends(calls.get_session)
     close = _sends(calls.close_session)
+
+    def send_stream(
+        self,
+        session_id: str,
+        data: Any = None,
+        *,
+        timeout: float | str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Iterator[Delta | SendResult]:
+        """See :meth:`~.async_client.AsyncSessions.send_stream`: the same, an iterator."""
+        call = calls.send_to_session(
+            session_id, data, timeout=timeout, idempotency_key=idempotency_key
+        )
+        return self._output(call)
 
     def iter_history(
         self, session_id: str, *, offset: int = 0, page_size: int = DEFAULT_HISTORY_PAGE
@@ -244,7 +306,7 @@ class Sessions(SessionsBase[Caller]):
         """A handle to an existing session, without a request; with ``token`` its calls send
         that token instead of the client's API key."""
         calls.session_path(session_id)
-        return Session(self._call, session_id, token=calls.check_token(token))
+        return Session(self._call, session_id, token=calls.check_token(token), output=self._output)
 
 
 class Runs(RunsBase[Caller, EventReader]):
@@ -276,6 +338,18 @@ class Runs(RunsBase[Caller, EventReader]):
 class Session(SessionHandleBase[Caller]):
     """A handle to one session (see :class:`~.client.AsyncSession`); ``with`` closes it."""
 
+    def __init__(
+        self,
+        call: Caller,
+        session_id: str,
+        *,
+        token: str | None = None,
+        info: SessionInfo | None = None,
+        output: OutputReader,
+    ) -> None:
+        super().__init__(call, session_id, token=token, info=info)
+        self._output = output
+
     def __enter__(self) -> Self:
         return self
 
@@ -287,6 +361,19 @@ class Session(SessionHandleBase[Caller]):
 
     send = _sends_for_session(calls.send_to_session)
     history = _sends_for_session(calls.session_history)
+
+    def send_stream(
+        self,
+        data: Any = None,
+        *,
+        timeout: float | str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Iterator[Delta | SendResult]:
+        """See :meth:`Sessions.send_stream`."""
+        call = calls.send_to_session(
+            self._id, data, timeout=timeout, idempotency_key=idempotency_key
+        )
+        return self._output(call.with_token(self._token))
 
     def iter_history(
         self, *, offset: int = 0, page_size: int = DEFAULT_HISTORY_PAGE

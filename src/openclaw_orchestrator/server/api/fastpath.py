@@ -8,7 +8,8 @@ and response plumbing together cost more CPU than the orchestrator's own work, s
 :class:`~..asgi.FastPathApp`: middleware added to the app later wraps it, so it sees these
 requests too) and serves the *ordinary* request of those endpoints itself: JSON body
 within the size limit, the API key, a valid body, no ``Idempotency-Key``, no ask for a
-durable run (``"async": true``, ``Prefer: respond-async``). It gives the request the same
+durable run (``"async": true``, ``Prefer: respond-async``) nor a stream (``"stream": true``,
+``Accept: text/event-stream``). It gives the request the same
 id as the request-context middleware would, makes the very same service call, and answers
 with the very same body, status and headers (the error envelope with
 :func:`~.errors.error_headers`; a generic 500 for a bug, logged like the app's own handler
@@ -56,13 +57,14 @@ FANOUT_PATH = "/api/orchestrator/fanout"
 _SEND_PATH = re.compile(r"/api/orchestrator/sessions/([^/]+)/send")
 _SESSION_ID = re.compile(SESSION_ID_PATTERN)
 _NDJSON = b"application/x-ndjson"
+_EVENT_STREAM = b"text/event-stream"
 _JSON_HEADER = (b"content-type", b"application/json")
 _NO_HEADERS: list[tuple[bytes, bytes]] = []
 
 
 def _route(state: State, raw: Any, _: str, rid: str, headers: dict[bytes, bytes]) -> Call | None:
     body = RouteRequest.model_validate(raw)
-    if body.run_async:
+    if body.run_async or body.stream or _EVENT_STREAM in headers.get(b"accept", b""):
         return None
     service = state.orchestrator
     return lambda: service.route(body, request_id=rid)
@@ -93,7 +95,7 @@ def _send(
     if not _SESSION_ID.fullmatch(session_id):
         return None
     body = SendRequest.model_validate(raw)
-    if body.run_async:
+    if body.run_async or body.stream or _EVENT_STREAM in headers.get(b"accept", b""):
         return None
     sessions = state.orchestrator.sessions
     return lambda: sessions.send(

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from starlette.responses import Response, StreamingResponse
 
 from ... import __about__
-from ...errors import OrchestratorError
+from ...errors import InvalidRequestError, OrchestratorError
 from ...models import (
     IDEMPOTENCY_KEY_PATTERN,
     MAX_IDEMPOTENCY_KEY,
@@ -31,6 +31,7 @@ from ...models import (
 )
 from ..core.idempotency import IdempotencyKeys, fingerprint
 from ..core.orchestrator import Orchestrator
+from .event_stream import STREAM_REPLY, event_stream, wants_stream
 from .guard import guarded_route
 from .middleware import request_id_of
 from .openapi import error_responses
@@ -112,15 +113,25 @@ async def liveness(request: Request) -> dict[str, Any]:
 @orchestrator.post(
     "/route",
     response_model=RouteResult,
-    responses={**ASYNC_REPLY, **error_responses(400, 409, 502, 503, 504)},
+    responses={**STREAM_REPLY, **ASYNC_REPLY, **error_responses(400, 409, 502, 503, 504)},
 )
 async def route(request: Request, body: RouteRequest, key: IdempotencyKey = None) -> Response:
     """Deliver the payload to one instance, failing over to healthy candidates; with
-    ``"async": true`` (or ``Prefer: respond-async``) answer 202 with a durable run."""
+    ``"stream": true`` (or ``Accept: text/event-stream``) relay its output as server-sent
+    events; with ``"async": true`` (or ``Prefer: respond-async``) answer 202 with a durable
+    run."""
     if body.run_async or prefers_async(request):
         return await submit_run(request, "route", body, key, replayed_status=202)
     service = _service(request)
     rid = request_id_of(request.scope)
+    if wants_stream(request, body.stream):
+        if key is not None:  # nothing to replay a stream from: refused, not ignored
+            raise InvalidRequestError(
+                "Idempotency-Key: a streamed route is not replayed; send it without "
+                "stream (or submit it as a run) to make it idempotent",
+                field="Idempotency-Key",
+            )
+        return await event_stream(lambda stream: service.route(body, request_id=rid, stream=stream))
     return await _idempotent(
         request,
         key,

@@ -29,6 +29,7 @@ from ...models import (
     SpawnResult,
 )
 from ..core.sessions import MAX_HISTORY_PAGE, SessionService
+from .event_stream import STREAM_REPLY, event_stream, wants_stream
 from .guard import guarded_route
 from .middleware import request_id_of
 from .openapi import error_responses
@@ -96,7 +97,11 @@ scoped = APIRouter(
     route_class=guarded_route(_session_scope),
     responses=_GUARDED,
 )
-_SEND_ERRORS = {**ASYNC_REPLY, **error_responses(400, 404, 409, 410, 502, 503, 504, 507)}
+_SEND_ERRORS = {
+    **STREAM_REPLY,
+    **ASYNC_REPLY,
+    **error_responses(400, 404, 409, 410, 502, 503, 504, 507),
+}
 _READ_ERRORS = error_responses(400, 404, 503)
 
 
@@ -140,7 +145,9 @@ async def send_seed_form(
 async def send(
     request: Request, session_id: SessionId, body: SendRequest, key: IdempotencyKey = None
 ) -> Response:
-    """Deliver a message to the session's instance, in order, and return its reply."""
+    """Deliver a message to the session's instance, in order, and return its reply; with
+    ``"stream": true`` (or ``Accept: text/event-stream``) relay its output as server-sent
+    events."""
     return await _send(request, session_id, body, key)
 
 
@@ -156,12 +163,20 @@ async def _send(request: Request, session_id: str, body: SendRequest, key: str |
         return await submit_run(
             request, "session_send", body, key, {"sessionId": session_id}, replayed_status=202
         )
-    result = await _sessions(request).send(
-        session_id,
-        body.data,
-        timeout=body.timeout,
-        idempotency_key=key,
-        request_id=request_id_of(request.scope),
+    sessions, rid = _sessions(request), request_id_of(request.scope)
+    if wants_stream(request, body.stream):
+        return await event_stream(
+            lambda stream: sessions.send(
+                session_id,
+                body.data,
+                timeout=body.timeout,
+                idempotency_key=key,
+                request_id=rid,
+                stream=stream,
+            )
+        )
+    result = await sessions.send(
+        session_id, body.data, timeout=body.timeout, idempotency_key=key, request_id=rid
     )
     return json_response(result)
 

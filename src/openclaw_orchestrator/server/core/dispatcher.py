@@ -16,19 +16,56 @@ from ...errors import (
 )
 from ...models import InstanceSpec
 from ...settings import Settings
-from ..drivers.base import InstanceDriver
+from ..drivers.base import Delta, InstanceDriver
 from ..logs import get_logger
 from .clock import Clock
 from .health_monitor import failure_kind, report_health_change
 from .registry import InstanceRecord
 
-__all__ = ["Dispatcher", "DriverCall"]
+__all__ = ["Dispatcher", "DriverCall", "Relay", "Streaming"]
 
 T = TypeVar("T")
 DriverCall = Callable[[InstanceDriver, InstanceSpec, float], Awaitable[T]]
 """``op(driver, spec, seconds_left)``: one call to one instance."""
 
+Relay = Callable[[str, Any], Awaitable[None]]
+"""Receives ``(instance, delta)``: one piece of an instance's streamed output, in order."""
+
 log = get_logger("orchestrator")
+
+
+class Streaming:
+    """One streaming request's deltas on their way to the caller's ``sink``, each tagged with
+    the instance it came from.
+
+    :meth:`to` gives the driver's :data:`~..drivers.base.Delta` for an attempt at an
+    instance (called just before the attempt starts: ``on_begin`` runs then, once);
+    :attr:`started` turns true as the first delta is handed on. From then on the caller has
+    part of an attempt's output, so the request's failure is final: no retry, no failover,
+    no migration (it would run the work a second time behind output already shown)."""
+
+    __slots__ = ("_on_begin", "_sink", "started")
+
+    def __init__(self, sink: Relay, on_begin: Callable[[], None] | None = None) -> None:
+        self._sink = sink
+        self._on_begin = on_begin
+        self.started = False
+
+    def __repr__(self) -> str:
+        return f"<Streaming started={self.started}>"
+
+    def to(self, instance: str) -> Delta:
+        """The delta callback of one attempt at ``instance``."""
+        begin, self._on_begin = self._on_begin, None
+        if begin is not None:
+            begin()
+        sink = self._sink
+
+        async def relay(delta: Any) -> None:
+            self.started = True
+            await sink(instance, delta)
+
+        return relay
 
 
 class Dispatcher:
@@ -87,9 +124,24 @@ class Dispatcher:
         return min(deadline, self.clock() + attempt_timeout)
 
     async def invoke(
-        self, rec: InstanceRecord, payload: Any, deadline: float, request_id: str
+        self,
+        rec: InstanceRecord,
+        payload: Any,
+        deadline: float,
+        request_id: str,
+        on_delta: Delta | None = None,
     ) -> Any:
-        """Run a task on ``rec`` (see :meth:`call`)."""
+        """Run a task on ``rec`` (see :meth:`call`), streamed to ``on_delta`` when given."""
+        if on_delta is not None:
+
+            def streamed(
+                driver: InstanceDriver, spec: InstanceSpec, timeout: float
+            ) -> Awaitable[Any]:
+                return driver.invoke(
+                    spec, payload, timeout=timeout, request_id=request_id, on_delta=on_delta
+                )
+
+            return await self.call(rec, deadline, streamed)
 
         def invoke(driver: InstanceDriver, spec: InstanceSpec, timeout: float) -> Awaitable[Any]:
             return driver.invoke(spec, payload, timeout=timeout, request_id=request_id)

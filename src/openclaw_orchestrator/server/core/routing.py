@@ -11,13 +11,17 @@ from ...domain.balancing import Balancer, Policy, Skip, select_next
 from ...errors import InstanceDownError, NoHealthyInstanceError, OrchestratorError
 from ...models import Attempt, RouteRequest, RouteResult
 from ...models import Skip as SkipModel
+from ..drivers.base import Delta
 from ..logs import FrequentEvent, after_this_step
 from .clock import ms
-from .dispatcher import Dispatcher
+from .dispatcher import Dispatcher, Streaming
 from .interfaces import InstanceRegistry
 from .retrier import Retrier
 
-__all__ = ["Routing"]
+__all__ = ["STREAMED", "Routing"]
+
+STREAMED = "not retried: part of the instance's output had already been streamed"
+"""An error's ``details.reason`` when a streaming route failed after its first delta."""
 
 _log_attempt = FrequentEvent("orchestrator", "orchestrator.attempt")
 
@@ -46,8 +50,12 @@ class Routing:
         candidates = [self.registry.get(n).candidate() for n in names]
         return self.balancer.plan(candidates, policy=policy).order
 
-    async def route(self, request: RouteRequest, *, request_id: str) -> RouteResult:
-        """Deliver the payload to one candidate, failing over within the deadline."""
+    async def route(
+        self, request: RouteRequest, *, request_id: str, stream: Streaming | None = None
+    ) -> RouteResult:
+        """Deliver the payload to one candidate, failing over within the deadline; with
+        ``stream``, the instance streams its output there as it goes, and once part of it
+        has reached the caller a failure is final (see :class:`~.dispatcher.Streaming`)."""
         dispatcher, registry = self.dispatcher, self.registry
         started = dispatcher.clock()
         deadline = dispatcher.deadline(request.timeout)
@@ -72,8 +80,12 @@ class Routing:
                     dispatcher.attempt_deadline(deadline, attempt_timeout),
                     request_id,
                     attempts,
+                    None if stream is None else stream.to(name),
                 )
             except OrchestratorError as exc:
+                if stream is not None and stream.started:
+                    exc.details["reason"] = STREAMED
+                    raise self._route_failed(exc, attempts, skipped, started) from None
                 decision, skips = await self._next_step(
                     exc, plan.order, tried, len(attempts), retries, deadline
                 )
@@ -157,13 +169,14 @@ class Routing:
         deadline: float,
         request_id: str,
         attempts: list[Attempt],
+        on_delta: Delta | None,
     ) -> Any:
         """One try of one instance, recorded in ``attempts`` and fed to passive health."""
         clock = self.dispatcher.clock
         started = clock()
         try:
             result = await self.dispatcher.invoke(
-                self.registry.get(name), payload, deadline, request_id
+                self.registry.get(name), payload, deadline, request_id, on_delta
             )
         except OrchestratorError as exc:
             latency = clock() - started

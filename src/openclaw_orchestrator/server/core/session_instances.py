@@ -20,7 +20,7 @@ from ...models import InstanceSpec, SpawnRequest
 from ..drivers.base import Fence, InstanceDriver
 from ..logs import get_logger
 from ..stores.base import Store
-from .dispatcher import Dispatcher
+from .dispatcher import Dispatcher, Streaming
 from .interfaces import InstanceRegistry
 from .registry import InstanceRecord
 
@@ -123,18 +123,30 @@ class SessionInstances:
         request_id: str,
         *,
         fence: Fence | None = None,
+        stream: Streaming | None = None,
     ) -> Any:
-        """Send one message to the session's instance, fenced when ``fence`` is given;
-        its reply."""
+        """Send one message to the session's instance, fenced when ``fence`` is given and
+        streamed to ``stream`` when given; its reply."""
         rec = self._record_of(record.instance)
         if rec is None:
             raise InstanceDownError(
                 f"instance {record.instance} is no longer registered", instance=record.instance
             )
+        on_delta = None if stream is None else stream.to(record.instance)
 
         def send(driver: InstanceDriver, spec: InstanceSpec, timeout: float) -> Awaitable[Any]:
+            if on_delta is None:
+                return driver.session_send(
+                    spec, record.id, data, timeout=timeout, request_id=request_id, fence=fence
+                )
             return driver.session_send(
-                spec, record.id, data, timeout=timeout, request_id=request_id, fence=fence
+                spec,
+                record.id,
+                data,
+                timeout=timeout,
+                request_id=request_id,
+                fence=fence,
+                on_delta=on_delta,
             )
 
         return await self.dispatcher.call(rec, deadline, send)

@@ -53,7 +53,7 @@ from ..stores.base import SessionQuery, Store
 from ..stores.leases import LeaseStore, holder_id
 from ..stores.session_leases import SessionLeaseStore
 from .clock import moment, moment_or_none
-from .dispatcher import Dispatcher
+from .dispatcher import Dispatcher, Streaming
 from .interfaces import InstanceRegistry
 from .leadership import Leadership
 from .session_instances import Placement, SessionInstances
@@ -98,6 +98,11 @@ def _entry(m: MessageRecord) -> HistoryEntry:
         request_id=m.request_id,
         created_at=moment(m.created_at),
     )
+
+
+def _streamed(stream: Streaming | None) -> bool:
+    """Whether part of a streaming send's output reached the caller already."""
+    return stream is not None and stream.started
 
 
 @dataclass(slots=True)
@@ -264,8 +269,12 @@ class SessionService:
         timeout: float | None,
         idempotency_key: str | None,
         request_id: str,
+        stream: Streaming | None = None,
     ) -> SendResult:
-        """Deliver ``data`` to the session's instance, in order; acknowledge once durable."""
+        """Deliver ``data`` to the session's instance, in order; acknowledge once durable.
+        With ``stream`` the instance streams its output there as it goes; the history
+        records the final reply as always, and once part of the output has reached the
+        caller the session is not migrated to send it again."""
         deadline = self._dispatcher.deadline(timeout)
         if self._leased is not None:
             self._store.check_writable()
@@ -276,6 +285,7 @@ class SessionService:
                     deadline=deadline,
                     idempotency_key=idempotency_key,
                     request_id=request_id,
+                    stream=stream,
                 )
             return self._result(
                 sent.message,
@@ -299,16 +309,21 @@ class SessionService:
             )
             started = self._dispatcher.clock()
             try:
-                reply = await self._instances.deliver(record, data, deadline, request_id)
+                reply = await self._instances.deliver(
+                    record, data, deadline, request_id, stream=stream
+                )
             except InstanceDownError:
                 # Refused: the message never arrived, so moving and resending cannot
-                # duplicate it (a timeout could have, so it is never migrated on).
-                if record.failover != "migrate" or moved_from is not None:
+                # duplicate it (a timeout could have, so it is never migrated on; nor can
+                # a message whose output had begun to stream).
+                if record.failover != "migrate" or moved_from is not None or _streamed(stream):
                     raise
                 moved_from = record.instance
                 record = await self._instances.migrate(record, deadline, request_id)
                 started = self._dispatcher.clock()
-                reply = await self._instances.deliver(record, data, deadline, request_id)
+                reply = await self._instances.deliver(
+                    record, data, deadline, request_id, stream=stream
+                )
             message = MessageRecord(
                 session_id=session_id,
                 seq=record.messages + 1,

@@ -44,6 +44,7 @@ from ...errors import (
 from ..drivers.base import Fence
 from ..logs import get_logger
 from ..stores.session_leases import Claim, SessionLeaseStore
+from .dispatcher import Streaming
 from .session_instances import SessionInstances
 
 __all__ = ["FIRST_POLL", "LAST_POLL", "LeasedSessions", "Sent"]
@@ -183,8 +184,10 @@ class LeasedSessions:
         deadline: float,
         idempotency_key: str | None,
         request_id: str,
+        stream: Streaming | None = None,
     ) -> Sent:
-        """Deliver ``data`` in order under the lease; acknowledged once recorded."""
+        """Deliver ``data`` in order under the lease (streamed to ``stream`` when given);
+        acknowledged once recorded."""
         ask = MessageRecord(
             session_id=session_id,
             seq=0,  # the claim fills in the position
@@ -212,10 +215,15 @@ class LeasedSessions:
                 await self._release(session_id, claim.epoch)
                 return Sent(claim.earlier, replayed=True)
             assert claim.pending is not None  # the claim asked for a position
-            return await self._deliver(claim, claim.pending, deadline, request_id)
+            return await self._deliver(claim, claim.pending, deadline, request_id, stream)
 
     async def _deliver(
-        self, claim: Claim, pending: MessageRecord, deadline: float, request_id: str
+        self,
+        claim: Claim,
+        pending: MessageRecord,
+        deadline: float,
+        request_id: str,
+        stream: Streaming | None,
     ) -> Sent:
         held = _Held(claim.record, claim.epoch, pending)
         moved_from: str | None = None
@@ -234,18 +242,33 @@ class LeasedSessions:
                 started = self.clock()
                 try:
                     reply = await self.instances.deliver(
-                        held.record, pending.data, deadline, request_id, fence=held.fence()
+                        held.record,
+                        pending.data,
+                        deadline,
+                        request_id,
+                        fence=held.fence(),
+                        stream=stream,
                     )
                 except InstanceDownError:
                     # Refused by a dead instance: move and resend, as one process does (a
-                    # timeout could have run it, so it is never migrated on).
-                    if held.record.failover != "migrate" or moved_from is not None:
+                    # timeout could have run it, so it is never migrated on; nor a message
+                    # whose output had begun to stream).
+                    if (
+                        held.record.failover != "migrate"
+                        or moved_from is not None
+                        or (stream is not None and stream.started)
+                    ):
                         raise
                     moved_from = held.record.instance
                     await self._migrate(held, deadline, request_id)
                     started = self.clock()
                     reply = await self.instances.deliver(
-                        held.record, pending.data, deadline, request_id, fence=held.fence()
+                        held.record,
+                        pending.data,
+                        deadline,
+                        request_id,
+                        fence=held.fence(),
+                        stream=stream,
                     )
             except BaseException as exc:
                 await self._failed(held, exc)

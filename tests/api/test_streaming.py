@@ -1,0 +1,236 @@
+"""Streamed routes and session sends over HTTP, against a live orchestrator and real reference
+instances running the built-in ``stream`` handler (one cluster for the whole module).
+
+The instance's text comes back as ``delta`` events in order, then one ``result`` event with
+the usual body; failures before the stream begins stay JSON errors, after it an ``error``
+event; a client that goes away stops the work on the instance; a durable run records the
+deltas as its own events."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+import pytest_asyncio
+
+from openclaw_orchestrator.sdk.events import RunEvent, SseParser
+from tests.api.conftest import Cluster, start_cluster
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+TEXT = "the quick brown fox jumps over the lazy dog"
+WORDS = ["the ", "quick ", "brown ", "fox ", "jumps ", "over ", "the ", "lazy ", "dog"]
+SSE = "text/event-stream"
+
+
+@pytest.fixture(scope="module")
+def fast_paths(request: pytest.FixtureRequest) -> bool:
+    """The side of the fast paths this module's cluster is on (overrides the conftest's
+    per-test fixture, so each side starts one cluster for the whole module)."""
+    return bool(getattr(request, "param", True))
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def live(fast_paths: bool) -> AsyncIterator[Cluster]:
+    """Two reference instances A and B (``stream`` handler) behind an orchestrator."""
+    async with start_cluster("AB", handler="stream", fast_paths=fast_paths) as c:
+        yield c
+
+
+async def events(
+    live: Cluster, path: str, body: Any, *, token: str | None = None, **headers: str
+) -> tuple[int, str, Any]:
+    """POST ``body``: (status, content type, the events of a stream or the JSON body)."""
+    auth = {"Authorization": f"Bearer {token}"} if token else live.headers
+    async with live.http.post(
+        live.url + path,
+        data=orjson.dumps(body),
+        headers={**auth, "Content-Type": "application/json", **headers},
+    ) as resp:
+        kind = resp.headers.get("Content-Type", "").split(";")[0]
+        raw = await resp.read()
+    if kind != SSE:
+        return resp.status, kind, orjson.loads(raw)
+    return resp.status, kind, list(SseParser().feed(raw))
+
+
+def texts(got: list[RunEvent], instance: str) -> list[str]:
+    """The text of every delta event, each checked to come from ``instance``."""
+    assert all(e.data["instance"] == instance for e in got if e.type == "delta")
+    return [e.data["delta"]["text"] for e in got if e.type == "delta"]
+
+
+async def test_route_relays_the_instance_output_then_the_result(live: Cluster) -> None:
+    status, kind, got = await events(
+        live,
+        "/api/orchestrator/route",
+        {"payload": {"text": TEXT}, "instances": "A", "stream": True},
+    )
+    assert (status, kind) == (200, SSE)
+    assert texts(got, "A") == WORDS
+    last = got[-1]
+    assert [e.type for e in got].count("result") == 1
+    assert last.type == "result"
+    assert (last.data["instance"], last.data["result"]) == ("A", {"text": TEXT})
+    assert [a["outcome"] for a in last.data["attempts"]] == ["ok"]
+
+
+async def test_the_accept_header_asks_for_the_stream_too(live: Cluster) -> None:
+    body = {"payload": {"text": TEXT, "chunks": 3}, "instances": "B"}
+    status, kind, got = await events(live, "/api/orchestrator/route", body, Accept=SSE)
+    assert (status, kind) == (200, SSE)
+    assert "".join(texts(got, "B")) == TEXT
+    assert len(texts(got, "B")) == 3
+    status, kind, plain = await events(live, "/api/orchestrator/route", body)
+    assert (status, kind, plain["result"]) == (200, "application/json", {"text": TEXT})
+
+
+async def test_an_instance_that_does_not_stream_gives_one_result_event(live: Cluster) -> None:
+    """The ``stream`` handler emits nothing for an empty text: the instance answers plain
+    JSON, and the caller gets the result as the only event."""
+    status, _, got = await events(
+        live, "/api/orchestrator/route", {"payload": {"text": ""}, "stream": True}
+    )
+    assert status == 200
+    assert [e.type for e in got] == ["result"]
+    assert got[0].data["result"] == {"text": ""}
+
+
+async def test_failures_before_the_stream_are_json(live: Cluster) -> None:
+    status, kind, body = await events(
+        live, "/api/orchestrator/route", {"payload": {}, "instances": "Z", "stream": True}
+    )
+    assert (status, kind, body["error"]["field"]) == (400, "application/json", "instances")
+    status, kind, body = await events(
+        live, "/api/orchestrator/sessions/nope/send", {"data": {}, "stream": True}
+    )
+    assert (status, kind, body["error"]["code"]) == (404, "application/json", "not_found")
+
+
+async def test_a_failure_once_streaming_is_the_last_event(live: Cluster) -> None:
+    """The instance refuses the payload after the attempt began: an ``error`` event with
+    the error's JSON shape and status ends the stream."""
+    status, _, got = await events(
+        live, "/api/orchestrator/route", {"payload": {"text": 7}, "instances": "A", "stream": True}
+    )
+    assert status == 200
+    assert [e.type for e in got] == ["error"]
+    error = got[0].data
+    assert (error["status"], error["error"]["code"], error["error"]["upstream_status"]) == (
+        400,
+        "invalid_request",
+        400,
+    )
+    assert [a["instance"] for a in error["error"]["details"]["attempts"]] == ["A"]
+
+
+async def test_session_send_streams_and_records_the_reply(live: Cluster) -> None:
+    status, spawned = await live.post("/api/orchestrator/sessions/spawn", {"instance": "A"})
+    assert status == 201
+    sid, token = spawned["session_id"], spawned["token"]
+    path = f"/api/orchestrator/sessions/{sid}/send"
+    status, kind, got = await events(
+        live, path, {"data": {"text": TEXT}, "stream": True}, token=token
+    )
+    assert (status, kind) == (200, SSE)
+    assert texts(got, "A") == WORDS
+    assert (got[-1].type, got[-1].data["seq"], got[-1].data["reply"]) == (
+        "result",
+        1,
+        {"text": TEXT},
+    )
+    seed = {"sessionId": sid, "data": {"text": "two words"}}
+    status, kind, got = await events(
+        live, "/api/orchestrator/sessions/send", seed, token=token, Accept=SSE
+    )
+    assert (status, kind, texts(got, "A")) == (200, SSE, ["two ", "words"])
+    assert got[-1].data["seq"] == 2
+    status, page = await live.get(f"/api/orchestrator/sessions/{sid}/history")
+    assert [(m["data"]["text"], m["reply"]["text"]) for m in page["messages"]] == [
+        (TEXT, TEXT),
+        ("two words", "two words"),
+    ]
+
+
+async def test_a_client_that_goes_away_stops_the_work(live: Cluster) -> None:
+    """The caller drops the connection after the first delta of a slow stream (ten pieces,
+    five seconds apart): the orchestrator's attempt and the instance's task end long before
+    the stream would have."""
+    instance = live.servers["A"].url
+    body = {"payload": {"text": "x" * 10, "chunks": 10, "delay_ms": 5000}, "instances": "A"}
+    async with aiohttp.ClientSession() as http:
+        resp = await http.post(
+            live.url + "/api/orchestrator/route",
+            data=orjson.dumps({**body, "stream": True}),
+            headers={**live.headers, "Content-Type": "application/json"},
+        )
+        parser, first = SseParser(), None
+        async for chunk in resp.content.iter_any():
+            if got := list(parser.feed(chunk)):
+                first = got[0]
+                break
+        resp.close()
+    assert first is not None
+    assert first.type == "delta"
+    record = live.service.registry.get("A")
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + 20  # well before the 45 s the stream would take
+    while True:
+        async with live.http.get(instance + "/api/health/check") as r:
+            health = await r.json()
+        if (record.outstanding, health["inflight"]) == (0, 0) or loop.time() > give_up:
+            break
+        await asyncio.sleep(0.02)
+    assert (record.outstanding, health["inflight"]) == (0, 0)
+
+
+async def test_a_streamed_run_records_delta_events(live: Cluster) -> None:
+    status, run = await live.post(
+        "/api/orchestrator/route",
+        {"payload": {"text": TEXT}, "instances": "B", "async": True, "stream": True},
+    )
+    assert status == 202
+    async with live.http.get(
+        live.url + f"/api/orchestrator/runs/{run['run_id']}/events", headers=live.headers
+    ) as resp:
+        raw = await resp.read()
+    got = list(SseParser().feed(raw))
+    deltas = [e.data for e in got if e.type == "delta"]
+    assert deltas
+    assert all(d["instance"] == "B" for d in deltas)
+    pieces = [piece for d in deltas for piece in d["deltas"]]
+    assert "".join(p["text"] for p in pieces) == TEXT
+    types = [e.type for e in got]
+    assert types.index("result") > max(i for i, t in enumerate(types) if t == "delta")
+    assert got[-1].data["result"]["result"] == {"text": TEXT}
+
+
+async def test_a_streamed_send_run_records_delta_events(live: Cluster) -> None:
+    status, spawned = await live.post("/api/orchestrator/sessions/spawn", {"instance": "B"})
+    assert status == 201
+    status, run = await live.post(
+        f"/api/orchestrator/sessions/{spawned['session_id']}/send",
+        {"data": {"text": "two words"}, "async": True, "stream": True},
+    )
+    assert status == 202
+    async with live.http.get(
+        live.url + f"/api/orchestrator/runs/{run['run_id']}/events", headers=live.headers
+    ) as resp:
+        got = list(SseParser().feed(await resp.read()))
+    pieces = [p for e in got if e.type == "delta" for p in e.data["deltas"]]
+    assert "".join(p["text"] for p in pieces) == "two words"
+    assert got[-1].data["result"]["reply"] == {"text": "two words"}
+
+
+async def test_a_streamed_route_takes_no_idempotency_key(live: Cluster) -> None:
+    status, _, body = await events(
+        live,
+        "/api/orchestrator/route",
+        {"payload": {"text": "a"}, "stream": True},
+        **{"Idempotency-Key": "k1"},
+    )
+    assert (status, body["error"]["field"]) == (400, "Idempotency-Key")
