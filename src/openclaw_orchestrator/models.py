@@ -38,6 +38,9 @@ __all__ = [
     "SESSION_ID_PATTERN",
     "AggregateSpec",
     "Attempt",
+    "CallbackAttemptInfo",
+    "CallbackInfo",
+    "CallbackSpec",
     "ErrorBody",
     "ErrorReply",
     "FanoutEntry",
@@ -208,6 +211,80 @@ class InstanceInfo(_Wire):
     outstanding: int = 0
 
 
+MAX_CALLBACK_URL = 2048
+MIN_CALLBACK_SECRET, MAX_CALLBACK_SECRET = 16, 256
+
+
+class CallbackSpec(_Wire):
+    """Where to POST the finished run, and the secret that signs it (docs/api.md#callbacks).
+    The secret is kept to sign and never shown again."""
+
+    url: str = Field(
+        max_length=MAX_CALLBACK_URL,
+        description="http:// or https:// URL the finished run is POSTed to; its host obeys "
+        "instances.allow/deny.",
+    )
+    secret: SecretStr = Field(
+        min_length=MIN_CALLBACK_SECRET,
+        max_length=MAX_CALLBACK_SECRET,
+        description="Key of the HMAC-SHA256 signature (16-256 characters); never shown.",
+    )
+
+    # Raised as InvalidRequestError (which pydantic does not wrap): the field is named
+    # ``callback.*`` whichever endpoint or run kind the callback came with.
+    @field_validator("url", mode="before")
+    @classmethod
+    def _url(cls, value: Any) -> str:
+        if not isinstance(value, str) or len(value) > MAX_CALLBACK_URL:
+            raise _bad("url", f"must be a URL of at most {MAX_CALLBACK_URL} characters")
+        if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
+            raise _bad("url", "must not hold spaces or control characters")
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise _bad("url", "must be an http:// or https:// URL with a host")
+        if "@" in parts.netloc:
+            raise _bad("url", "must not hold a user or password (sign with the secret)")
+        try:
+            parts.port  # noqa: B018  # raises for a port outside 0-65535
+        except ValueError:
+            raise _bad("url", "the port must be 1-65535") from None
+        return value
+
+    @field_validator("secret", mode="before")
+    @classmethod
+    def _secret(cls, value: Any) -> Any:
+        if not isinstance(value, str) or not (
+            MIN_CALLBACK_SECRET <= len(value) <= MAX_CALLBACK_SECRET
+        ):
+            bounds = f"{MIN_CALLBACK_SECRET}-{MAX_CALLBACK_SECRET}"
+            raise _bad("secret", f"must be a string of {bounds} characters")
+        return value
+
+
+def _bad(name: str, problem: str) -> InvalidRequestError:
+    """A refused callback field, named ``callback.<name>`` (never echoing its value)."""
+    return InvalidRequestError(f"callback.{name}: {problem}", field=f"callback.{name}")
+
+
+_CALLBACK_FIELD = Field(
+    default=None,
+    description="POST the finished run to this URL, signed (docs/api.md#callbacks); with "
+    '"async": true, or on POST /api/orchestrator/runs.',
+)
+
+
+def _callback_needs_async(body: Any) -> Any:
+    """A request model's check: a callback is for a durable run, so a synchronous request
+    (one without ``"async": true``) cannot carry one. A run's body (``kind``) always can."""
+    if body.callback is not None and not body.run_async and not hasattr(body, "kind"):
+        raise InvalidRequestError(
+            'callback: only a durable run has one; add "async": true (or submit it to '
+            "POST /api/orchestrator/runs)",
+            field="callback",
+        )
+    return body
+
+
 class RouteRequest(_Request):
     """``POST /api/orchestrator/route``."""
 
@@ -221,6 +298,8 @@ class RouteRequest(_Request):
         description="Answer 202 with a durable run at once instead of waiting (the same as "
         "POST /api/orchestrator/runs with this kind); also Prefer: respond-async.",
     )
+    callback: CallbackSpec | None = _CALLBACK_FIELD
+    _async_callback = model_validator(mode="after")(_callback_needs_async)
     timeout: Duration = Field(
         default=None, description="Seconds (or '10s', '500ms'), at most max_timeout."
     )
@@ -230,6 +309,13 @@ class RouteRequest(_Request):
         "or '500ms'); default: the configured retry.attempt_timeout, else the whole deadline.",
     )
     retry: Count = Field(default=None, ge=0, le=10, description="Max retries.")
+    stream: bool = Field(
+        default=False,
+        description="Answer 200 text/event-stream: the instance's output as `delta` events "
+        "as it is produced, then a `result` (or `error`) event; also Accept: "
+        "text/event-stream. Once a delta has been sent the route is not retried. With "
+        '"async": the durable run records the deltas as its `delta` events instead.',
+    )
     policy: str | None = Field(
         default=None, description="round_robin | least_outstanding | weighted_random"
     )
@@ -285,6 +371,8 @@ class FanoutRequest(_Request):
         description="Answer 202 with a durable run at once instead of waiting (the same as "
         "POST /api/orchestrator/runs with this kind); also Prefer: respond-async.",
     )
+    callback: CallbackSpec | None = _CALLBACK_FIELD
+    _async_callback = model_validator(mode="after")(_callback_needs_async)
     aggregate: AggregateSpec = True
     timeout: Duration = Field(
         default=None, description="Seconds (or '10s', '500ms'), at most max_timeout."
@@ -452,7 +540,16 @@ class SendRequest(_Request):
         description="Answer 202 with a durable run at once instead of waiting (the same as "
         "POST /api/orchestrator/runs with this kind); also Prefer: respond-async.",
     )
+    callback: CallbackSpec | None = _CALLBACK_FIELD
+    _async_callback = model_validator(mode="after")(_callback_needs_async)
     timeout: Duration = Field(default=None, description="Seconds (or '10s'), at most max_timeout.")
+    stream: bool = Field(
+        default=False,
+        description="Answer 200 text/event-stream: the instance's output as `delta` events "
+        "as it is produced, then a `result` (or `error`) event; also Accept: "
+        "text/event-stream. The history records the final reply, as always. With "
+        '"async": the durable run records the deltas as its `delta` events instead.',
+    )
 
     @field_validator("timeout", mode="before")
     @classmethod
@@ -562,6 +659,30 @@ RunSubmit = Annotated[RouteRun | FanoutRun | SessionSendRun, Field(discriminator
 """``POST /api/orchestrator/runs``: the body of the endpoint named by ``kind``."""
 
 
+class CallbackAttemptInfo(_Wire):
+    """One delivery attempt of a callback; ``status`` and ``error`` both None: its replica
+    stopped before the answer was recorded (it may have reached the receiver)."""
+
+    n: int
+    at: datetime
+    status: int | None = Field(default=None, description="The receiver's HTTP status.")
+    error: str | None = Field(default=None, description="Why no status came.")
+    latency_ms: float | None = None
+
+
+class CallbackInfo(_Wire):
+    """Where a run's callback stands (its secret is never shown)."""
+
+    url: str
+    state: Literal["pending", "delivered", "failed", "expired"]
+    delivery_id: str = Field(description="X-Orchestrator-Delivery: the same on every attempt.")
+    next_attempt_at: datetime | None = Field(
+        default=None, description="When the next attempt is due, once one failed."
+    )
+    ended_at: datetime | None = None
+    attempts: list[CallbackAttemptInfo] = Field(default_factory=list)
+
+
 class RunInfo(_Wire):
     """A durable run: where it stands and, once finished, its result or error."""
 
@@ -577,9 +698,18 @@ class RunInfo(_Wire):
     attempts: int = Field(description="Times it was dispatched (more than 1 after recovery).")
     instance: str | None = None
     cancel_requested: bool = False
-    result: Any = Field(default=None, description="The endpoint's result, once succeeded.")
+    result: Any = Field(
+        default=None,
+        description="The endpoint's result, once succeeded; for a fanout cancelled midway, "
+        "the entries it had (partial: true, no aggregate).",
+    )
     error: ErrorBody | None = Field(
         default=None, description="Why it failed, timed out or was interrupted."
+    )
+    callback: CallbackInfo | None = Field(
+        default=None,
+        description="The callback's delivery (in a GET of one run and the submit's reply; "
+        "never in the callback's own body).",
     )
 
 

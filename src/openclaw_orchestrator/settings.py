@@ -180,7 +180,7 @@ class RunSettings(_Section):
         "same replica starts at once).",
     )
     max_running: int = Field(
-        default=64, ge=1, le=10_000, description="Runs one replica works on at once."
+        default=1000, ge=1, le=10_000, description="Runs one replica works on at once."
     )
     retention: float = Field(
         default=7 * 24 * 3600.0, description="How long a finished run is kept, seconds."
@@ -192,8 +192,51 @@ class RunSettings(_Section):
         description="Longest ?wait= a GET of a run may ask (long poll), seconds.",
     )
 
+    callback_timeout: float = Field(
+        default=10.0,
+        ge=0.1,
+        le=300.0,
+        description="Seconds one callback delivery attempt may take (connect to answer).",
+    )
+    callback_expiry: float = Field(
+        default=24 * 3600.0,
+        ge=1.0,
+        le=30 * 24 * 3600.0,
+        description="How long after its run finished a callback is retried, seconds.",
+    )
+    callback_max_attempts: int = Field(
+        default=20, ge=1, le=100, description="Most delivery attempts of one callback."
+    )
+    callback_backoff_base: float = Field(
+        default=5.0,
+        ge=0.0,
+        le=3600.0,
+        description="Seconds the first retry's backoff ceiling; it doubles each retry.",
+    )
+    callback_backoff_max: float = Field(
+        default=3600.0, ge=0.0, le=24 * 3600.0, description="Longest backoff ceiling, seconds."
+    )
+    callback_poll_interval: float = Field(
+        default=1.0,
+        ge=0.01,
+        le=60.0,
+        description="Seconds between a replica's looks for callbacks due.",
+    )
+    callback_max_sending: int = Field(
+        default=32, ge=1, le=1000, description="Callbacks one replica delivers at once."
+    )
+
     _durations = field_validator(
-        "lease_ttl", "poll_interval", "retention", "max_wait", mode="before"
+        "lease_ttl",
+        "poll_interval",
+        "retention",
+        "max_wait",
+        "callback_timeout",
+        "callback_expiry",
+        "callback_backoff_base",
+        "callback_backoff_max",
+        "callback_poll_interval",
+        mode="before",
     )(_duration_field)
 
 

@@ -33,6 +33,7 @@ RUN_KEYS = {
     "cancel_requested",
     "result",
     "error",
+    "callback",
 }
 
 

@@ -10,9 +10,9 @@ from fastapi import Request
 from pydantic import BaseModel
 from starlette.responses import Response
 
-from ...domain.runs import RunKind, RunRecord
-from ...models import RunInfo
-from ..core.clock import moment, moment_or_none
+from ...domain.runs import RunKind
+from ...models import CallbackSpec, RunInfo
+from ..core.callbacks import run_info
 from ..core.orchestrator import Orchestrator
 from .responses import json_response
 
@@ -28,29 +28,10 @@ ASYNC_REPLY: dict[int | str, dict[str, Any]] = {
 """The OpenAPI reply of an endpoint that can answer with a durable run."""
 
 
-def run_info(run: RunRecord) -> RunInfo:
-    """What the API shows of a run (never its callback's secret)."""
-    return RunInfo(
-        run_id=run.id,
-        kind=run.kind,
-        state=run.state,
-        request=run.request,
-        created_at=moment(run.created_at),
-        updated_at=moment(run.updated_at),
-        deadline_at=moment(run.deadline_at),
-        started_at=moment_or_none(run.started_at),
-        finished_at=moment_or_none(run.finished_at),
-        attempts=run.attempts,
-        instance=run.instance,
-        cancel_requested=run.cancel_requested,
-        result=run.result,
-        error=run.error,  # type: ignore[arg-type]  # validated into ErrorBody
-    )
-
-
-NOT_STORED = frozenset({"kind", "timeout", "run_async", "session_id"})
+NOT_STORED = frozenset({"kind", "timeout", "run_async", "session_id", "callback"})
 """Fields of a submitted body that are not its request: the kind is the run's, the timeout
-its deadline, it is a run anyway, and a send's session id is given as ``sessionId``."""
+its deadline, it is a run anyway, a send's session id is given as ``sessionId``, and
+the callback (with its secret) is stored apart (:mod:`..core.callbacks`)."""
 
 
 def prefers_async(request: Request) -> bool:
@@ -79,13 +60,17 @@ async def submit_run(
         **(extra or {}),
         **body.model_dump(mode="json", by_alias=True, exclude=set(NOT_STORED)),
     }
+    callback: CallbackSpec | None = getattr(body, "callback", None)
+    if callback is not None:
+        orchestrator.callbacks.check_url(callback.url)  # a 400 naming callback.url
     run, created = await orchestrator.runs.submit(
         kind, stored, timeout=timeout, idempotency_key=key
     )
+    shown = None if callback is None else await orchestrator.callbacks.register(run, callback)
     headers = {"Location": f"/api/orchestrator/runs/{run.id}"}
     if prefers_async(request):
         headers["Preference-Applied"] = "respond-async"
     if created:
-        return json_response(run_info(run), status=202, headers=headers)
+        return json_response(run_info(run, shown), status=202, headers=headers)
     headers["Idempotent-Replayed"] = "true"
-    return json_response(run_info(run), status=replayed_status, headers=headers)
+    return json_response(run_info(run, shown), status=replayed_status, headers=headers)

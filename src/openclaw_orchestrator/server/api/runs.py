@@ -69,14 +69,16 @@ async def get_run(
         Query(description="Wait until the run ends, at most this long ('30s', '500ms')."),
     ] = None,
 ) -> Response:
-    """The run; with ``wait``, once it has ended or the wait ran out (a long poll)."""
-    service = _runs(request)
-    if wait is None:
-        return json_response(run_info(await service.get(run_id)))
+    """The run, with its callback's delivery; with ``wait``, once it has ended or the wait
+    ran out (a long poll)."""
     orchestrator: Orchestrator = request.app.state.orchestrator
-    longest = orchestrator.settings.runs.max_wait
-    seconds = parse_duration(wait, field="wait", maximum=longest)
-    return json_response(run_info(await service.wait(run_id, seconds)))
+    if wait is None:
+        run = await orchestrator.runs.get(run_id)
+    else:
+        longest = orchestrator.settings.runs.max_wait
+        seconds = parse_duration(wait, field="wait", maximum=longest)
+        run = await orchestrator.runs.wait(run_id, seconds)
+    return json_response(run_info(run, await orchestrator.callbacks.view(run_id)))
 
 
 @router.get("", response_model=RunList, responses=error_responses(400))

@@ -26,11 +26,13 @@ from ...instance_url import url_host
 from ...models import redact_url
 from ...settings import Settings
 from ..drivers.base import InstanceDriver
+from ..drivers.callback_sender import CallbackSender
 from ..logs import dropped_log_lines, get_logger
 from ..stores.base import Store
 from ..stores.leases import holder_id
+from .callbacks import CallbackDeliverer
 from .clock import Clock, Sleep
-from .dispatcher import Dispatcher
+from .dispatcher import Dispatcher, Streaming
 from .fanout import Fanout, Reducer
 from .fleet import Fleet, LocalFleet
 from .health_monitor import HealthMonitor
@@ -134,10 +136,28 @@ class Orchestrator:
                 self._dispatcher, self.registry, store, settings, place=self._routing.plan
             )
         )
-        self._runs = (
+        self._callbacks = (
             None
             if store is None
-            else RunService(store.runs, OrchestratorWork(self), settings.runs, holder=holder_id())
+            else CallbackDeliverer(
+                store.callbacks,
+                store.runs,
+                CallbackSender(self._address_policy),
+                settings.runs,
+                self._address_policy,
+                holder=holder_id(),
+            )
+        )
+        self._runs = (
+            None
+            if store is None or self._callbacks is None
+            else RunService(
+                store.runs,
+                OrchestratorWork(self),
+                settings.runs,
+                holder=holder_id(),
+                on_finish=self._callbacks.on_finish,
+            )
         )
 
     @property
@@ -146,6 +166,13 @@ class Orchestrator:
         if self._runs is None:
             raise RuntimeError("this Orchestrator has no store, so no runs")
         return self._runs
+
+    @property
+    def callbacks(self) -> CallbackDeliverer:
+        """The runs' callbacks; RuntimeError when the orchestrator was built without a store."""
+        if self._callbacks is None:
+            raise RuntimeError("this Orchestrator has no store, so no callbacks")
+        return self._callbacks
 
     @property
     def sessions(self) -> SessionService:
@@ -181,9 +208,13 @@ class Orchestrator:
             await self._sessions.start()
         if self._runs is not None:
             await self._runs.start()
+        if self._callbacks is not None:
+            await self._callbacks.start()
 
     async def aclose(self) -> None:
         """Stop background work; drivers and store are closed by whoever opened them."""
+        if self._callbacks is not None:
+            await self._callbacks.aclose()
         if self._runs is not None:
             await self._runs.aclose()
         if self._sessions is not None:
@@ -263,10 +294,11 @@ class Orchestrator:
     # -- requests (the parts' coroutines, returned as they are: no extra frame per request) --
 
     def route(
-        self, request: models.RouteRequest, *, request_id: str
+        self, request: models.RouteRequest, *, request_id: str, stream: Streaming | None = None
     ) -> Coroutine[Any, Any, models.RouteResult]:
-        """Deliver the payload to one candidate, failing over within the deadline."""
-        return self._routing.route(request, request_id=request_id)
+        """Deliver the payload to one candidate, failing over within the deadline (its
+        output streamed to ``stream`` as it is produced, when given)."""
+        return self._routing.route(request, request_id=request_id, stream=stream)
 
     def fanout(
         self, request: models.FanoutRequest, *, request_id: str

@@ -20,6 +20,7 @@ from ...errors import ConflictError
 from .health import StoreStatus
 
 if TYPE_CHECKING:
+    from .callbacks import CallbackStore
     from .runs import RunStore
 
 __all__ = [
@@ -55,6 +56,11 @@ class Store(Protocol):
     @property
     def runs(self) -> RunStore:
         """The store's durable runs (:mod:`.runs`)."""
+        ...
+
+    @property
+    def callbacks(self) -> CallbackStore:
+        """The durable runs' callbacks (:mod:`.callbacks`)."""
         ...
 
     async def open(self) -> None:

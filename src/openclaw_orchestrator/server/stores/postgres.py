@@ -57,6 +57,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from ...domain.sessions import MessageRecord, SessionRecord
 from ...errors import SessionExistsError, StorageFullError, StorageUnavailableError
 from .base import DEFAULT_SESSION_QUERY, SessionQuery, append_conflict, appended
+from .callbacks_postgres import PostgresCallbacks
 from .group_commit import Batches
 from .health import FULL_ERRNOS, StoreHealth, StoreState, StoreStatus
 from .leases import Lease, LeaseSql, check_lease, lease_of
@@ -298,6 +299,7 @@ class PostgresStore:
         self._background: set[asyncio.Task[None]] = set()
         self._health = StoreHealth(self._probe, storage_error)
         self.runs = PostgresRuns(self._engine, self._health.watching)
+        self.callbacks = PostgresCallbacks(self._engine, self._health.watching)
 
     def __repr__(self) -> str:
         url = self._engine.url.render_as_string(hide_password=True)

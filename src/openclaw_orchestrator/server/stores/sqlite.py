@@ -66,6 +66,7 @@ from ...domain.sessions import MessageRecord, SessionRecord
 from ...errors import SessionExistsError, StorageFullError, StorageUnavailableError
 from ...settings import ConfigError
 from .base import DEFAULT_SESSION_QUERY, SessionQuery, append_conflict, appended
+from .callbacks_sqlite import SqliteCallbacks
 from .health import DEFAULT_MIN_FREE_BYTES, FULL_ERRNOS, DiskSpace, StoreHealth, StoreStatus
 from .leases import Lease, LeaseSql, check_lease, lease_of
 from .migrations import migrate
@@ -453,6 +454,7 @@ class SqliteStore:
         self._pool_conns: list[sqlite3.Connection] = []
         self._local = threading.local()
         self.runs = SqliteRuns(self)  # the durable runs, on the same file and writer
+        self.callbacks = SqliteCallbacks(self)  # the runs' callbacks, likewise
 
     def __repr__(self) -> str:
         queued = 0 if self._writer is None else self._writer.queued

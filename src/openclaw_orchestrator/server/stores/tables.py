@@ -265,3 +265,59 @@ run_events = Table(
     Column("at", Float, nullable=False),
 )
 """A run's events, numbered from 1 per run (what ``GET …/runs/{id}/events`` streams)."""
+
+# -- run callbacks (migration 0008) -------------------------------------------------------
+
+CALLBACK_URL_MAX = 2048
+CALLBACK_SECRET_MAX = 256
+CALLBACK_ERROR_MAX = 500
+
+run_callbacks = Table(
+    "orchestrator_run_callbacks",
+    metadata,
+    Column(
+        "run_id",
+        String(64),
+        ForeignKey("orchestrator_runs.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("url", String(CALLBACK_URL_MAX), nullable=False),
+    Column("secret", String(CALLBACK_SECRET_MAX), nullable=False),
+    Column("delivery_id", String(64), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_at", Float, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("ended_at", Float, nullable=True),
+    Column("holder", String(LEASE_NAME_MAX), nullable=True),
+    Column("held_until", Float, nullable=True),
+    Column("epoch", BigInteger, nullable=False, server_default="0"),
+    # The deliverer's one question, "which pending callbacks are due?", reads only these.
+    Index(
+        "ix_run_callbacks_due",
+        "next_at",
+        postgresql_where=text("state = 'pending'"),
+        sqlite_where=text("state = 'pending'"),
+    ),
+)
+"""A run's callback (:mod:`.callbacks`): where to POST the finished run, the secret that
+signs it (needed to sign, so kept; never shown), where its delivery stands and the lease of
+the replica delivering it (``held_until`` by the store's clock). Goes with its run."""
+
+callback_attempts = Table(
+    "orchestrator_callback_attempts",
+    metadata,
+    Column(
+        "run_id",
+        String(64),
+        ForeignKey("orchestrator_run_callbacks.run_id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("n", Integer, primary_key=True),
+    Column("at", Float, nullable=False),
+    Column("status", Integer, nullable=True),
+    Column("error", String(CALLBACK_ERROR_MAX), nullable=True),
+    Column("latency_ms", Float, nullable=True),
+)
+"""Every delivery attempt of a callback, numbered from 1, written before the request is
+sent and completed with its answer."""
