@@ -127,6 +127,16 @@ def check_targets(rows: list[Row]) -> list[dict[str, Any]]:
                 1.0,
                 at_most=False,
             )
+    for store in ("sqlite", "postgres"):
+        submit = _find(rows, "runs", f"{store}:submit")
+        if submit:
+            add(f"runs: {store} submissions/s >= 1000", submit.req_s, 1000, at_most=False)
+    for r in rows:
+        if r.scenario == "runs" and r.variant.endswith("_in_flight"):
+            n = r.concurrency
+            add(f"runs: share of {n} runs running at once >= 1", r.extra["running_at_once"] / n, 1)
+            add(f"runs: {n} in flight, runs that did not succeed <= 0", r.errors, 0)
+            add(f"runs: RSS per run in flight at {n} (KiB) <= 64", r.extra["kb_per_run"], 64)
     cli = _find(rows, "startup", "cli_health")
     if cli:
         add("cli: health end to end (ms) <= 300", cli.p50_ms, 300)

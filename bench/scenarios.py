@@ -1,4 +1,5 @@
-"""The five scenarios of issue 5; each returns result rows (see ``docs/performance.md``)."""
+"""The five scenarios of issue 5 and durable runs (issue 12); each returns result rows (see
+``docs/performance.md``)."""
 
 from __future__ import annotations
 
@@ -99,6 +100,27 @@ class Sizes:
     @property
     def startup_reps(self) -> int:
         return 1 if self.quick else 5
+
+    @property
+    def run_requests(self) -> int:
+        """Durable-run submissions measured (and the synchronous routes beside them)."""
+        return 500 if self.quick else 5000
+
+    @property
+    def in_flight(self) -> int:
+        """Durable runs in flight at once in one orchestrator (issue 12: 10,000)."""
+        return 1000 if self.quick else 10_000
+
+    @property
+    def in_flight_latency(self) -> float:
+        """Seconds the slow instances take per task, at least: longer than submitting them
+        all (raised to twice the time the warm-up's rate says that takes)."""
+        return 4.0 if self.quick else 30.0
+
+    @property
+    def in_flight_latency_max(self) -> float:
+        """The most that raise may make it (a quick run stays short)."""
+        return 10.0 if self.quick else 150.0
 
 
 def _row_from_load(
@@ -697,10 +719,18 @@ def _import_profile(argv: list[str], env: dict[str, str]) -> dict[str, float]:
     return {name: round(ms, 1) for name, ms in top}
 
 
+async def durable_runs(workdir: Path, sizes: Sizes) -> list[Row]:
+    """Durable runs (issue 12), in :mod:`bench.runs` (which imports this module)."""
+    from .runs import durable_runs as run
+
+    return await run(workdir, sizes)
+
+
 SCENARIOS: dict[str, Callable[[Path, Sizes], Awaitable[list[Row]]]] = {
     "route": route_overhead,
     "fanout": fanout_scaling,
     "failover": failover_cost,
     "sessions": sessions_sends,
     "startup": startup_cli,
+    "runs": durable_runs,
 }

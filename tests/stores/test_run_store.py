@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 
 from openclaw_orchestrator.domain.runs import RunRecord
-from openclaw_orchestrator.errors import ConflictError
+from openclaw_orchestrator.errors import ConflictError, NotFoundError
 from openclaw_orchestrator.server.stores.postgres import PostgresStore
-from openclaw_orchestrator.server.stores.runs import RunQuery, RunStore
+from openclaw_orchestrator.server.stores.runs import NewEvent, RunQuery, RunStore
 from openclaw_orchestrator.server.stores.sqlite import SqliteStore, sqlite_url
 
 from ..storage_faults import postgres_database
@@ -95,7 +95,7 @@ async def test_an_expired_lease_is_claimed_again_at_a_new_epoch(runs: RunStore) 
     assert (taken.holder, taken.epoch, taken.state, taken.attempts) == ("h2", 2, "running", 1)
     # the first holder lost it: its writes change nothing
     assert await runs.update_run("r1", "h1", held.epoch, {"state": "succeeded"}) is None
-    assert await runs.renew_runs("h1", {"r1": held.epoch}, TTL) == set()
+    assert await runs.keep_runs("h1", {"r1": held.epoch}, TTL) == {}
     assert await runs.release_run("r1", "h1", held.epoch) is False
     stored = await runs.get_run("r1")
     assert stored is not None
@@ -135,7 +135,7 @@ async def test_renew_and_release(runs: RunStore) -> None:
     await runs.create_run(run("r1"))
     await runs.create_run(run("r2", created_at=1001.0))
     held = {r.id: r.epoch for r in await runs.claim_runs("h1", 0.3, 2)}
-    assert await runs.renew_runs("h1", held, TTL) == {"r1", "r2"}
+    assert set(await runs.keep_runs("h1", held, TTL)) == {"r1", "r2"}
     await asyncio.sleep(0.5)
     assert await runs.claim_runs("h2", TTL, 2) == []  # renewed past the first TTL
     assert await runs.release_run("r1", "h1", held["r1"]) is True
@@ -250,3 +250,90 @@ async def test_two_replicas_claiming_at_once_never_take_the_same_run() -> None:
 def test_a_record_keeps_its_callback_out_of_repr() -> None:
     record = replace(run(), callback={"url": "http://127.0.0.1:9/", "secret": "hush"})
     assert "hush" not in repr(record)
+
+
+async def test_keep_renews_and_tells_which_held_runs_were_asked_to_cancel(runs: RunStore) -> None:
+    for rid in ("r1", "r2", "r3"):
+        await runs.create_run(run(rid))
+    held = {r.id: r.epoch for r in await runs.claim_runs("h1", TTL, 3)}
+    asked = await runs.request_cancel("r2", 1001.0)
+    assert asked is not None
+    assert (asked.state, asked.cancel_requested) == ("queued", True)  # held: only asked
+    stale = {**held, "r3": held["r3"] - 1}  # an epoch the holder no longer has
+    assert await runs.keep_runs("h1", stale, TTL) == {"r1": False, "r2": True}
+    assert await runs.keep_runs("h2", held, TTL) == {}
+    assert await runs.keep_runs("h1", {}, TTL) == {}
+
+
+async def test_concurrent_writes_are_batched_and_fail_alone(runs: RunStore) -> None:
+    """Writes arriving together share a transaction; the one that fails fails alone."""
+    await runs.create_run(run("taken"))
+    created = await asyncio.gather(
+        *(runs.create_run(run(f"c{i}", created_at=1000.0 + i)) for i in range(20)),
+        runs.create_run(run("taken")),
+        return_exceptions=True,
+    )
+    assert [r.id for r in created[:20] if isinstance(r, RunRecord)] == [f"c{i}" for i in range(20)]
+    assert isinstance(created[20], ConflictError)
+    numbers = await asyncio.gather(
+        *(runs.add_event(f"c{i % 4}", "state", {"i": i}, 1000.0) for i in range(12)),
+        runs.add_event("nobody", "state", {}, 1000.0),
+        return_exceptions=True,
+    )
+    assert numbers[:12] == [1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3]
+    assert isinstance(numbers[12], NotFoundError)
+    assert [e.data["i"] for e in await runs.events("c1", 0, 10)] == [1, 5, 9]
+    held = {r.id: r.epoch for r in await runs.claim_runs("h1", TTL, 21)}
+    changes = {"state": "running", "attempts": 1, "updated_at": 1002.0}
+    updated = await asyncio.gather(
+        *(runs.update_run(f"c{i}", "h1", held[f"c{i}"], changes) for i in range(10)),
+        runs.update_run("c10", "h1", held["c10"] + 1, changes),  # not its epoch
+        runs.update_run("c11", "h1", held["c11"], {**changes, "delivered": True}),
+    )
+    assert [u.state if u else None for u in updated] == ["running"] * 10 + [None, "running"]
+    stored = await runs.get_run("c10")
+    assert stored is not None
+    assert stored.state == "queued"
+
+
+async def test_a_claim_still_finds_a_lost_lease_among_many_running_runs(runs: RunStore) -> None:
+    for i in range(30):
+        await runs.create_run(run(f"r{i}", created_at=1000.0 + i))
+    claimed = await runs.claim_runs("h1", TTL, 29)  # r29 is left queued
+    for r in claimed:
+        await runs.update_run(r.id, "h1", r.epoch, {"state": "running"})
+    short = await runs.claim_runs("h2", 0.2, 1)
+    assert [r.id for r in short] == ["r29"]
+    await runs.update_run("r29", "h2", short[0].epoch, {"state": "running"})
+    assert await runs.claim_runs("h3", TTL, 5) == []  # every lease is live
+    await asyncio.sleep(0.4)
+    (taken,) = await runs.claim_runs("h3", TTL, 5)  # h2's lease ran out
+    assert (taken.id, taken.holder, taken.state) == ("r29", "h3", "running")
+
+
+async def test_a_run_and_its_event_are_written_together(runs: RunStore) -> None:
+    """``create_run``/``update_run`` with an event: both in one transaction, the event only
+    when the run was created / the update applied."""
+    queued: NewEvent = ("state", {"state": "queued"}, 1000.0)
+    created = await asyncio.gather(
+        *(runs.create_run(run(f"r{i}", idempotency_key=f"k{i}"), event=queued) for i in range(5)),
+        runs.create_run(run("again", idempotency_key="k1"), event=queued),
+    )
+    assert [c.id for c in created] == ["r0", "r1", "r2", "r3", "r4", "r1"]
+    assert [(e.seq, e.data) for e in await runs.events("r1", 0, 10)] == [(1, {"state": "queued"})]
+    held = {r.id: r.epoch for r in await runs.claim_runs("h1", TTL, 5)}
+    running: NewEvent = ("state", {"state": "running"}, 1001.0)
+    changes = {"state": "running", "updated_at": 1001.0}
+    updated = await asyncio.gather(
+        *(runs.update_run(f"r{i}", "h1", held[f"r{i}"], changes, event=running) for i in range(4)),
+        runs.update_run("r4", "h1", held["r4"] + 1, changes, event=running),  # refused
+    )
+    assert [u is not None for u in updated] == [True, True, True, True, False]
+    assert [e.seq for e in await runs.events("r0", 0, 10)] == [1, 2]
+    assert [e.seq for e in await runs.events("r4", 0, 10)] == [1]
+    done: NewEvent = ("result", {"state": "succeeded"}, 1002.0)
+    final = {"state": "succeeded", "finished_at": 1002.0, "result": {"ok": True}}
+    finished = await runs.update_run("r0", "h1", held["r0"], final, event=done)
+    assert finished is not None
+    assert (finished.state, finished.holder, finished.result) == ("succeeded", None, {"ok": True})
+    assert [e.type for e in await runs.events("r0", 0, 10)] == ["state", "state", "result"]

@@ -39,7 +39,7 @@ from ...domain.runs import (
 from ...errors import ConflictError, NotFoundError, OrchestratorError, TimeoutExceededError
 from ...settings import RunSettings
 from ..logs import get_logger
-from ..stores.runs import MAX_EVENTS_PAGE, RunPage, RunQuery, RunStore
+from ..stores.runs import MAX_EVENTS_PAGE, NewEvent, RunPage, RunQuery, RunStore
 from .clock import Sleep
 
 __all__ = ["Emit", "RunService", "RunWork", "new_run_id"]
@@ -102,8 +102,10 @@ class RunService:
         holder: str,
         clock: Callable[[], float] = time.time,
         sleep: Sleep = asyncio.sleep,
+        on_finish: Callable[[RunRecord], None] | None = None,
     ) -> None:
         self._store, self._work, self._settings = store, work, settings
+        self._on_finish = on_finish
         self.holder = holder
         self._clock, self._sleep = clock, sleep
         self._working: dict[str, _Working] = {}
@@ -137,7 +139,8 @@ class RunService:
             deadline_at=now + timeout,
             idempotency_key=idempotency_key,
         )
-        stored = await self._store.create_run(record)
+        queued: NewEvent = ("state", {"state": "queued"}, now)
+        stored = await self._store.create_run(record, event=queued)
         if stored.id != record.id:
             if (stored.kind, stored.request) != (kind, request):
                 raise ConflictError(
@@ -146,7 +149,6 @@ class RunService:
                     details={"run_id": stored.id},
                 )
             return stored, False
-        await self._store.add_event(stored.id, "state", {"state": "queued"}, now)
         self._wake.set()
         return stored, True
 
@@ -179,9 +181,9 @@ class RunService:
 
     async def follow(self, run_id: str, after: int = 0) -> AsyncIterator[RunEvent]:
         """The run's events numbered above ``after``, as they are recorded, until its final
-        ``result`` event — written just after the run is finished, so looked for a while
-        longer (:data:`RESULT_GRACE`) once it is, in case that write failed. A 404 for an
-        unknown run comes before the first event."""
+        ``result`` event — written with the run's end, except for a queued run cancelled
+        (just after), so looked for a while longer (:data:`RESULT_GRACE`) once it ended. A
+        404 for an unknown run comes before the first event."""
         await self.get(run_id)
         delay = WAIT_FIRST_POLL
         ended_at: float | None = None
@@ -237,6 +239,7 @@ class RunService:
             raise NotFoundError(f"run {run_id!r} not found", field="run_id")
         if run.state == "cancelled" and run.finished_at == at:  # ended by this very call
             await self._event(run_id, "result", {"state": "cancelled"})
+            self._finished(run)
         self._stop_if_working(run_id)
         return run
 
@@ -294,13 +297,12 @@ class RunService:
             if not held:
                 continue
             try:
-                kept = await self._store.renew_runs(self.holder, held, self._settings.lease_ttl)
-                for run_id in held.keys() - kept:  # lost: whoever has it now decides
+                kept = await self._store.keep_runs(self.holder, held, self._settings.lease_ttl)
+                for run_id in held.keys() - kept.keys():  # lost: whoever has it now decides
                     log.warning("runs.lease_lost", run_id=run_id)
                     self._stop_if_working(run_id, asked=False)
-                for run_id in kept:
-                    run = await self._store.get_run(run_id)
-                    if run is not None and run.cancel_requested:
+                for run_id, cancel_asked in kept.items():
+                    if cancel_asked:
                         self._stop_if_working(run_id)
             except OrchestratorError as exc:
                 log.warning("runs.renew_failed", error=exc.code)
@@ -354,6 +356,7 @@ class RunService:
             if decided == "interrupt":
                 await self._finish(run, "failed", None, _interrupted(run))
                 return
+        running: NewEvent = ("state", {"state": "running", "attempt": run.attempts + 1}, now)
         started = await self._store.update_run(
             run.id,
             self.holder,
@@ -365,13 +368,14 @@ class RunService:
                 "started_at": run.started_at or now,
                 "updated_at": now,
             },
+            event=running,
         )
         if started is None:
             return  # the lease moved on between the claim and now
+        self._changed(run.id)
         item = self._working.get(run.id)
         if item is not None:
             item.dispatched, item.dispatched_at = True, now
-        await self._event(run.id, "state", {"state": "running", "attempt": started.attempts})
 
         async def emit(kind: EventType, data: dict[str, Any]) -> None:
             if kind == "entry" and item is not None:
@@ -414,20 +418,32 @@ class RunService:
                 changes["instance"] = served_by
         if error is not None:
             changes["error"] = error
-        done = await self._store.update_run(run.id, self.holder, run.epoch, changes)
-        if done is None:
-            log.warning("runs.finish_refused", run_id=run.id, state=state)
-            return
         data: dict[str, Any] = {"state": state}
         if error is not None:
             data["error"] = error
         if result is not None:
             data["result"] = result
-        await self._event(run.id, "result", data)
+        done = await self._store.update_run(
+            run.id, self.holder, run.epoch, changes, event=("result", data, now)
+        )
+        if done is None:
+            log.warning("runs.finish_refused", run_id=run.id, state=state)
+            return
+        self._changed(run.id)
         log.info("runs.finished", run_id=run.id, kind=run.kind, state=state)
+        self._finished(done)
+
+    def _finished(self, run: RunRecord) -> None:
+        """Tell ``on_finish`` (the callbacks' deliverer: deliver now, not at its next poll)."""
+        if self._on_finish is not None:
+            self._on_finish(run)
 
     async def _event(self, run_id: str, kind: EventType, data: dict[str, Any]) -> None:
         await self._store.add_event(run_id, kind, data, self._clock())
+        self._changed(run_id)
+
+    def _changed(self, run_id: str) -> None:
+        """Wake this replica's waiters on ``run_id`` (:meth:`_watching`)."""
         for changed in self._watchers.get(run_id, ()):
             changed.set()
 

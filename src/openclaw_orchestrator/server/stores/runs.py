@@ -6,7 +6,7 @@ their events, shared by every replica on PostgreSQL, on one process's file on SQ
 :meth:`RunStore.claim_runs`: queued ones, and running ones whose holder's lease ran out,
 each taken with a lease whose ``epoch`` is bumped, in one transaction per call (``FOR UPDATE
 SKIP LOCKED`` on PostgreSQL, so replicas never take the same run). Every later write of the
-holder (:meth:`RunStore.update_run`, :meth:`RunStore.renew_runs`) is conditional on
+holder (:meth:`RunStore.update_run`, :meth:`RunStore.keep_runs`) is conditional on
 ``holder`` and ``epoch`` and returns None / drops the run when they moved on: a holder that
 lost its lease can change nothing. Whoever takes over a run decides with
 :func:`~openclaw_orchestrator.domain.runs.recovery` what becomes of it.
@@ -24,7 +24,15 @@ from typing import Any, Protocol, runtime_checkable
 
 from ...domain.runs import EventType, RunEvent, RunKind, RunRecord, RunState
 
-__all__ = ["MAX_EVENTS_PAGE", "MAX_RUNS_PAGE", "UPDATABLE", "RunPage", "RunQuery", "RunStore"]
+__all__ = [
+    "MAX_EVENTS_PAGE",
+    "MAX_RUNS_PAGE",
+    "UPDATABLE",
+    "NewEvent",
+    "RunPage",
+    "RunQuery",
+    "RunStore",
+]
 
 MAX_RUNS_PAGE = 500
 MAX_EVENTS_PAGE = 1000
@@ -44,6 +52,10 @@ UPDATABLE = frozenset(
     }
 )
 """The fields a holder may change with :meth:`RunStore.update_run`."""
+
+
+NewEvent = tuple[EventType, dict[str, Any], float]
+"""An event to append with a write of its run: type, data, time."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -68,10 +80,11 @@ class RunPage:
 class RunStore(Protocol):
     """The runs' operations (module docstring). Every method is one transaction."""
 
-    async def create_run(self, run: RunRecord) -> RunRecord:
+    async def create_run(self, run: RunRecord, *, event: NewEvent | None = None) -> RunRecord:
         """Store a new run (its state ``queued``). With an ``idempotency_key`` already used
         by a run: that run, unchanged (the caller compares the request). A taken ``id``:
-        :class:`~openclaw_orchestrator.errors.ConflictError`."""
+        :class:`~openclaw_orchestrator.errors.ConflictError`. With ``event``: the new run's
+        first event too (number 1), in the same transaction: one write per submit."""
         ...
 
     async def get_run(self, run_id: str) -> RunRecord | None: ...
@@ -84,17 +97,26 @@ class RunStore(Protocol):
         (returned as stored after the claim, state unchanged)."""
         ...
 
-    async def renew_runs(self, holder: str, held: Mapping[str, int], ttl: float) -> set[str]:
+    async def keep_runs(self, holder: str, held: Mapping[str, int], ttl: float) -> dict[str, bool]:
         """Extend the leases of ``held`` (run id -> epoch) still ``holder``'s at that epoch
-        and unfinished; the ids renewed."""
+        and unfinished; for each run renewed, whether its cancel was asked (a keeper of
+        thousands of runs learns of cancels asked on other replicas from the renewal
+        itself, instead of reading every run again each time)."""
         ...
 
     async def update_run(
-        self, run_id: str, holder: str, epoch: int, changes: Mapping[str, Any]
+        self,
+        run_id: str,
+        holder: str,
+        epoch: int,
+        changes: Mapping[str, Any],
+        *,
+        event: NewEvent | None = None,
     ) -> RunRecord | None:
         """Apply ``changes`` (fields of :data:`UPDATABLE`) if ``holder`` still holds the run
         at ``epoch``; a change of ``state`` to a finished one also releases the lease. The
-        run as stored after, or None when the lease moved on (nothing changed)."""
+        run as stored after, or None when the lease moved on (nothing changed). With
+        ``event``: appended in the same transaction, if the update was."""
         ...
 
     async def release_run(self, run_id: str, holder: str, epoch: int) -> bool:

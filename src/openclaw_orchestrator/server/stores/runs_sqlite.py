@@ -1,10 +1,15 @@
 """``SqliteRuns``: the runs' store (:class:`~.runs.RunStore`) in a :class:`~.sqlite.SqliteStore`.
 
-Every write is one job on the store's writer thread, so each method's statements are one
-transaction and no two writes interleave: a claim's select-and-update, or an event's
-``max(seq) + 1``, needs no further locking. ``get_run`` is a primary-key lookup, inline on
-the store's reader; listings go to its reader threads. All three translate storage failures
-into the store's own errors (:func:`~.sqlite.storage_error`).
+Every write runs on the store's writer thread, so no two writes interleave: a claim's
+select-and-update, or an event's ``max(seq) + 1``, needs no further locking. Concurrent writes
+are committed together (group commit, :class:`~.group_commit.Batches`): a run is six or seven
+writes (submit, first event, claim, start, its event, finish, the result event), and a
+transaction of its own each made the writer's ``fsync`` the limit of the submit rate. A write
+fails alone: each one's changes are its last statement (SQLite undoes a failed statement
+only, the transaction goes on), and if a whole batch fails its writes are retried one
+transaction each, so only the offender gets the error. ``get_run`` is a primary-key lookup,
+inline on the store's reader; listings go to its reader threads. All three translate storage
+failures into the store's own errors (:func:`~.sqlite.storage_error`).
 
 Leases are judged by this process's clock (``time.time()``), as the store's own leases are:
 one process serves the file. JSON columns are text, written by orjson.
@@ -12,16 +17,18 @@ one process serves the file. JSON columns are text, written by orjson.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from ...domain.runs import TERMINAL, EventType, RunEvent, RunRecord
-from ...errors import ConflictError, NotFoundError
-from .runs import MAX_EVENTS_PAGE, MAX_RUNS_PAGE, UPDATABLE, RunPage, RunQuery
+from ...errors import ConflictError, NotFoundError, OrchestratorError
+from .group_commit import Batches
+from .runs import MAX_EVENTS_PAGE, MAX_RUNS_PAGE, UPDATABLE, NewEvent, RunPage, RunQuery
 from .tables import run_events, runs
 
 if TYPE_CHECKING:
@@ -46,7 +53,6 @@ _LIVE = f"state NOT IN ({_FINISHED})"
 RENEW_CHUNK = 400  # 2 parameters a run: well under SQLite's 32,766 per statement
 
 _GET = f"SELECT {_COLS} FROM {_R} WHERE id = ?"  # noqa: S608  # constants
-_EXISTS = f"SELECT 1 FROM {_R} WHERE id = ?"  # noqa: S608
 _BY_KEY = f"SELECT {_COLS} FROM {_R} WHERE idempotency_key = ?"  # noqa: S608
 _INSERT = (
     f"INSERT INTO {_R} ({_COLS}) VALUES ({', '.join('?' * len(RUN_COLUMNS))}) "  # noqa: S608
@@ -58,6 +64,10 @@ _CLAIM = (
     "AND (holder IS NULL OR held_until <= :now) ORDER BY created_at, id LIMIT :limit) "
     f"RETURNING {_COLS}"
 )
+_CLAIM_QUEUED = _CLAIM.replace("state IN ('queued', 'running')", "state = 'queued'")
+"""The claim when no running run's lease can have run out: only the queued runs are
+looked at (the index on state and creation time), not every running one."""
+_NEXT_EXPIRY = f"SELECT min(held_until) FROM {_R} WHERE state = 'running'"  # noqa: S608
 _RELEASE = (
     f"UPDATE {_R} SET holder = NULL, held_until = :now "  # noqa: S608
     f"WHERE id = :id AND holder = :holder AND epoch = :epoch AND {_LIVE}"
@@ -71,8 +81,12 @@ _CANCEL_ASKED = (
     f"UPDATE {_R} SET cancel_requested = 1, updated_at = :at "  # noqa: S608
     f"WHERE id = :id AND {_LIVE}"
 )
-_NEXT_SEQ = f"SELECT coalesce(max(seq), 0) + 1 FROM {_E} WHERE run_id = ?"  # noqa: S608
-_INSERT_EVENT = f"INSERT INTO {_E} (run_id, seq, type, data, at) VALUES (?, ?, ?, ?, ?)"  # noqa: S608
+# One statement: numbered one past the run's last; an unknown run fails its foreign key.
+_ADD_EVENT = (
+    f"INSERT INTO {_E} (run_id, seq, type, data, at) "  # noqa: S608
+    f"SELECT :id, coalesce(max(seq), 0) + 1, :type, :data, :at FROM {_E} WHERE run_id = :id "
+    "RETURNING seq"
+)
 _EVENTS = (
     f"SELECT run_id, seq, type, data, at FROM {_E} "  # noqa: S608
     "WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?"
@@ -134,14 +148,42 @@ def _update(changes: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     return sql, {f"set_{name}": _column(name, value) for name, value in changes.items()}
 
 
+def _append(conn: sqlite3.Connection, run_id: str, event: NewEvent) -> int:
+    """Add ``event`` to the run; its number (NotFoundError for an unknown run)."""
+    type_, data, at = event
+    params = {"id": run_id, "type": type_, "data": _dumps(data), "at": at}
+    try:
+        seq: int = conn.execute(_ADD_EVENT, params).fetchone()[0]
+    except sqlite3.IntegrityError as exc:  # the foreign key: no such run
+        raise NotFoundError(f"run {run_id!r} not found") from exc
+    return seq
+
+
 def _renew(n: int) -> str:
-    """One fenced UPDATE of ``n`` (id, epoch) pairs, returning the ids renewed."""
+    """One fenced UPDATE of ``n`` (id, epoch) pairs, returning the ids renewed and whether
+    their cancel was asked."""
     values = ", ".join(["(?, ?)"] * n)
     return (
         f"UPDATE {_R} SET held_until = ? FROM (VALUES {values}) AS v "  # noqa: S608
         f"WHERE {_R}.id = v.column1 AND {_R}.epoch = v.column2 AND holder = ? "
-        f"AND {_LIVE} RETURNING {_R}.id"
+        f"AND {_LIVE} RETURNING {_R}.id, {_R}.cancel_requested"
     )
+
+
+Write = Callable[[sqlite3.Connection], Any]
+"""One write's statements on the writer's connection; its result, or it raises."""
+_Outcome = tuple[Any, BaseException | None]
+
+WRITE_LANES = 2
+"""Batches handed to the writer thread at once: one commits while the next waits its turn."""
+
+
+def _attempt(conn: sqlite3.Connection, write: Write) -> _Outcome:
+    """Run one write of a batch; its own error is its outcome, the batch goes on."""
+    try:
+        return write(conn), None
+    except (OrchestratorError, sqlite3.IntegrityError) as exc:
+        return None, exc
 
 
 class SqliteRuns:
@@ -149,11 +191,37 @@ class SqliteRuns:
 
     def __init__(self, store: SqliteStore) -> None:
         self._store = store
+        self._batches: Batches[Write, _Outcome] = Batches(self._commit, lanes=WRITE_LANES)
+        self._expiry = 0.0
+        """No running run's lease ends before this (store clock): till then a claim need not
+        look at the running runs. Kept by this process's writes, the file's only writer."""
+
+    async def _commit(self, writes: Sequence[Write]) -> list[_Outcome]:
+        """The writes in one transaction; if it fails as a whole, each in its own."""
+        try:
+            outcomes: list[_Outcome] = await self._store._write(
+                lambda conn: [_attempt(conn, write) for write in writes]
+            )
+            return outcomes
+        except Exception:
+            if len(writes) == 1:
+                raise
+        alone = await asyncio.gather(
+            *(self._store._write(w) for w in writes), return_exceptions=True
+        )
+        return [(None, r) if isinstance(r, BaseException) else (r, None) for r in alone]
+
+    async def _write(self, write: Write) -> Any:
+        """``write`` committed with the other writes of its batch; its result."""
+        result, error = await asyncio.shield(self._batches.submit(write))
+        if error is not None:
+            raise error
+        return result
 
     def __repr__(self) -> str:
         return f"<SqliteRuns {self._store.path}>"
 
-    async def create_run(self, run: RunRecord) -> RunRecord:
+    async def create_run(self, run: RunRecord, *, event: NewEvent | None = None) -> RunRecord:
         """Insert; the earlier run with the same idempotency key instead, or ConflictError
         for a taken id (the key's lookup and the insert are one transaction)."""
         values = _row(run)
@@ -164,11 +232,14 @@ class SqliteRuns:
                 if earlier is not None:
                     return tuple(earlier)
             try:
-                return tuple(conn.execute(_INSERT, values).fetchone())
+                row = tuple(conn.execute(_INSERT, values).fetchone())
             except sqlite3.IntegrityError as exc:
                 raise ConflictError(f"run {run.id!r} already exists", field="id") from exc
+            if event is not None:
+                _append(conn, run.id, event)
+            return row
 
-        return _record(await self._store._write(write))
+        return _record(await self._write(write))
 
     async def get_run(self, run_id: str) -> RunRecord | None:
         """The run, or None (inline: one primary-key lookup)."""
@@ -203,43 +274,73 @@ class SqliteRuns:
             return []
         now = time.time()
         params = {"holder": holder, "until": now + ttl, "now": now, "limit": limit}
-        rows = await self._store._write(lambda conn: conn.execute(_CLAIM, params).fetchall())
+
+        def write(conn: sqlite3.Connection) -> list[Any]:
+            if now < self._expiry:  # with 10,000 runs running, the full claim read them all
+                rows = conn.execute(_CLAIM_QUEUED, params).fetchall()
+            else:
+                rows = conn.execute(_CLAIM, params).fetchall()
+                self._expiry = conn.execute(_NEXT_EXPIRY).fetchone()[0] or float("inf")
+            self._expiry = min(self._expiry, now + ttl)
+            return rows
+
+        rows = await self._write(write)
         return sorted((_record(r) for r in rows), key=lambda r: (r.created_at, r.id))
 
-    async def renew_runs(self, holder: str, held: Mapping[str, int], ttl: float) -> set[str]:
-        """Extend the leases still ``holder``'s at the given epochs; the ids renewed."""
+    async def keep_runs(self, holder: str, held: Mapping[str, int], ttl: float) -> dict[str, bool]:
+        """Extend the leases still ``holder``'s at the given epochs; for each run renewed,
+        whether its cancel was asked."""
         pairs = list(held.items())
         if not pairs:
-            return set()
+            return {}
         until = time.time() + ttl
 
-        def write(conn: sqlite3.Connection) -> set[str]:
-            renewed: set[str] = set()
+        def write(conn: sqlite3.Connection) -> dict[str, bool]:
+            renewed: dict[str, bool] = {}
             for i in range(0, len(pairs), RENEW_CHUNK):
                 chunk = pairs[i : i + RENEW_CHUNK]
                 params = [until, *(v for pair in chunk for v in pair), holder]
-                renewed.update(r[0] for r in conn.execute(_renew(len(chunk)), params))
+                renewed.update((r[0], bool(r[1])) for r in conn.execute(_renew(len(chunk)), params))
             return renewed
 
-        result: set[str] = await self._store._write(write)
+        result: dict[str, bool] = await self._write(write)
         return result
 
     async def update_run(
-        self, run_id: str, holder: str, epoch: int, changes: Mapping[str, Any]
+        self,
+        run_id: str,
+        holder: str,
+        epoch: int,
+        changes: Mapping[str, Any],
+        *,
+        event: NewEvent | None = None,
     ) -> RunRecord | None:
-        """Apply ``changes`` if ``holder`` holds the unfinished run at ``epoch``; the run
-        after, or None (ValueError, naming it, for a field outside UPDATABLE)."""
+        """Apply ``changes`` if ``holder`` holds the unfinished run at ``epoch`` (and append
+        ``event`` if so); the run after, or None (ValueError, naming it, for a field outside
+        UPDATABLE)."""
         sql, params = _update(changes)
         params |= {"id": run_id, "holder": holder, "epoch": epoch}
-        row = await self._store._write(lambda conn: conn.execute(sql, params).fetchone())
+
+        def write(conn: sqlite3.Connection) -> tuple[Any, ...] | None:
+            row: tuple[Any, ...] | None = conn.execute(sql, params).fetchone()
+            if row is not None and event is not None:
+                _append(conn, run_id, event)
+            return row
+
+        row = await self._write(write)
         return None if row is None else _record(row)
 
     async def release_run(self, run_id: str, holder: str, epoch: int) -> bool:
         """Drop the lease now, if still ``holder``'s at ``epoch``; whether it was."""
         params = {"id": run_id, "holder": holder, "epoch": epoch, "now": time.time()}
-        released: int = await self._store._write(
-            lambda conn: conn.execute(_RELEASE, params).rowcount
-        )
+
+        def write(conn: sqlite3.Connection) -> int:
+            released: int = conn.execute(_RELEASE, params).rowcount
+            if released:
+                self._expiry = 0.0  # claimable at once, even if running
+            return released
+
+        released: int = await self._write(write)
         return released > 0
 
     async def request_cancel(self, run_id: str, at: float) -> RunRecord | None:
@@ -253,22 +354,13 @@ class SqliteRuns:
             row: tuple[Any, ...] | None = conn.execute(_GET, (run_id,)).fetchone()
             return row
 
-        row = await self._store._write(write)
+        row = await self._write(write)
         return None if row is None else _record(row)
 
     async def add_event(self, run_id: str, type: EventType, data: dict[str, Any], at: float) -> int:
         """Append an event numbered one past the run's last (the writer thread serializes
         the read and the insert); NotFoundError for an unknown run."""
-        encoded = _dumps(data)
-
-        def write(conn: sqlite3.Connection) -> int:
-            if conn.execute(_EXISTS, (run_id,)).fetchone() is None:
-                raise NotFoundError(f"run {run_id!r} not found")
-            seq: int = conn.execute(_NEXT_SEQ, (run_id,)).fetchone()[0]
-            conn.execute(_INSERT_EVENT, (run_id, seq, type, encoded, at))
-            return seq
-
-        result: int = await self._store._write(write)
+        result: int = await self._write(lambda conn: _append(conn, run_id, (type, data, at)))
         return result
 
     async def events(self, run_id: str, after: int, limit: int) -> list[RunEvent]:
@@ -280,7 +372,7 @@ class SqliteRuns:
     async def purge_runs(self, finished_before: float, limit: int) -> int:
         """Delete up to ``limit`` runs finished before ``finished_before``, oldest first,
         with their events; how many went."""
-        deleted: int = await self._store._write(
+        deleted: int = await self._write(
             lambda conn: conn.execute(_PURGE, (finished_before, max(0, limit))).rowcount
         )
         return deleted
