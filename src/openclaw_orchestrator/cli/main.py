@@ -36,6 +36,7 @@ import typer
 from typer.core import TyperGroup
 
 from .exits import EXIT_CODES, ExitCode, exit_code_for, interrupted, run_exit
+from .mcp_command import mcp as mcp_command
 from .options import aggregate_value, is_blank_targets, targets_value
 from .server_extra import require_server
 
@@ -222,6 +223,14 @@ IdempotencyOption = Annotated[
     str | None,
     typer.Option("--idempotency-key", help="Replays return the first reply instead of rerunning."),
 ]
+StreamOption = Annotated[
+    bool,
+    typer.Option(
+        "--stream",
+        help="Print the instance's text as it is produced, then a summary line on stderr "
+        "(JSON: one line per delta, then the result). With --async the run records it.",
+    ),
+]
 AsyncOption = Annotated[
     bool,
     typer.Option(
@@ -332,6 +341,7 @@ def route(
         typer.Option(help="round_robin | least_outstanding | weighted_random."),
     ] = None,
     idempotency_key: IdempotencyOption = None,
+    stream: StreamOption = False,
     run_async: AsyncOption = False,
     url: UrlOption = None,
     config: ConfigOption = None,
@@ -349,9 +359,18 @@ def route(
         "policy": policy,
         "idempotency_key": idempotency_key,
     }
+    if stream and idempotency_key is not None and not run_async:
+        raise typer.BadParameter(
+            "a streamed route is not replayed", param_hint="'--stream' and '--idempotency-key'"
+        )
     with _client(url, config) as client:
         if run_async:
-            _emit_submitted(client.runs.submit("route", payload=body, **options), output)
+            run = client.runs.submit("route", payload=body, stream=stream or None, **options)
+            _emit_submitted(run, output)
+            return
+        if stream:
+            del options["idempotency_key"]
+            _print_output(client.route_stream(body, **options), json_lines=_is_json(output))
             return
         result = client.route(body, **options)
     _emit(result, output, route_view)
@@ -486,6 +505,50 @@ def _status(text: str) -> None:
     """Rewrite the status line on stderr (a terminal): carriage return, erase, ``text``."""
     sys.stderr.write(f"\r\x1b[K{text}")
     sys.stderr.flush()
+
+
+def _print_output(items: Iterator[Any], *, json_lines: bool) -> None:
+    """A streamed route's or send's output as it comes: its text (other deltas as JSON
+    lines) on stdout, then the summary line on stderr; or one JSON line per delta and one
+    for the result. When nothing streamed, the result's reply is printed instead."""
+    from ..sdk.events import Delta
+    from .render import output_line, output_summary
+
+    out, streamed, last = sys.stdout, False, ""
+    try:
+        for item in items:
+            if json_lines:
+                out.write(output_line(item) + "\n")
+            elif isinstance(item, Delta):
+                streamed = True
+                piece = item.text if item.text is not None else output_line(item) + "\n"
+                last = piece or last
+                out.write(piece)
+            else:
+                if not streamed:
+                    last = _reply_text(item)
+                    out.write(last)
+                if last and not last.endswith("\n"):
+                    out.write("\n")
+                    last = "\n"
+                out.flush()
+                sys.stderr.write(output_summary(item) + "\n")
+            out.flush()
+    finally:
+        if last and not last.endswith("\n"):  # a failure mid-text: the error on its own line
+            out.write("\n")
+            out.flush()
+
+
+def _reply_text(result: Any) -> str:
+    """The reply of a result nothing was streamed for: its text, else its JSON."""
+    from .render import to_json
+
+    reply = result.result if hasattr(result, "result") else result.reply
+    if isinstance(reply, dict) and isinstance(reply.get("text"), str) and len(reply) == 1:
+        text: str = reply["text"]
+        return text
+    return to_json(reply) + "\n"
 
 
 def _print_stream(client: Client, body: Any, options: dict[str, Any], *, json_lines: bool) -> None:
@@ -681,6 +744,7 @@ def sessions_send(
     timeout: TimeoutOption = None,
     idempotency_key: IdempotencyOption = None,
     token_env: TokenEnvOption = None,
+    stream: StreamOption = False,
     run_async: AsyncOption = False,
     url: UrlOption = None,
     config: ConfigOption = None,
@@ -691,9 +755,14 @@ def sessions_send(
 
     body = _json_option(data, "--data")
     if run_async:
-        _submit_send(session_id, body, timeout, idempotency_key, token_env, (url, config), output)
+        where = (url, config)
+        _submit_send(session_id, body, timeout, idempotency_key, token_env, where, output, stream)
         return
     with _session(session_id, token_env, url, config) as session:
+        if stream:
+            sent = session.send_stream(body, timeout=timeout, idempotency_key=idempotency_key)
+            _print_output(sent, json_lines=_is_json(output))
+            return
         result = session.send(body, timeout=timeout, idempotency_key=idempotency_key)
     _emit(result, output, send_view)
 
@@ -706,6 +775,7 @@ def _submit_send(
     token_env: str | None,
     where: tuple[str | None, Path | None],
     output: Output | None,
+    stream: bool,
 ) -> None:
     """``sessions_send --async``: the send as a durable run, submitted with the API key (a
     session token grants no runs)."""
@@ -721,6 +791,7 @@ def _submit_send(
             data=data,
             timeout=timeout,
             idempotency_key=idempotency_key,
+            stream=stream or None,
         )
     _emit_submitted(run, output)
 
@@ -957,6 +1028,9 @@ DataDirOption = Annotated[
 ]
 
 
+app.command("mcp")(mcp_command)
+
+
 @app.command()
 def serve(
     config: ServerConfigOption = None,
@@ -986,7 +1060,8 @@ def up(
     handler: Annotated[
         str | None,
         typer.Option(
-            help="Instance handler: echo, search or module:function (default: the demo's).",
+            help="Instance handler: echo, search, stream (streams its text) or module:function "
+            "(default: the demo's).",
             show_default=False,
         ),
     ] = None,
@@ -1052,7 +1127,7 @@ def instance_serve(
     name: Annotated[str, typer.Option("--name", help="Instance name, e.g. A.")],
     port: Annotated[int, typer.Option("--port", help="Port (0: a free one).")],
     host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
-    handler: Annotated[str, typer.Option(help="echo, search or module:function.")] = "echo",
+    handler: Annotated[str, typer.Option(help="echo, search, stream or module:function.")] = "echo",
     shard: Annotated[
         str | None, typer.Option(help="i/n: this instance's shard (search handler).")
     ] = None,

@@ -25,6 +25,7 @@ SERVER_MODULES: tuple[str, ...] = (
     "sqlalchemy",
     "asyncpg",
     "alembic",
+    "mcp",
     "sse_starlette",
 )
 """The top-level modules of the ``server`` extra's distributions (pyproject.toml), in order."""

@@ -15,6 +15,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from ... import __about__
+from ...mcp_server.http import install_mcp
 from ...settings import Settings
 from ..asgi import FastPathApp
 from ..composition import open_orchestrator
@@ -118,6 +119,7 @@ def create_app(
     app.include_router(sessions.scoped)
     app.include_router(runs.router)
     install_docs(app)
+    install_mcp(app, settings)  # /mcp: the same endpoints as MCP tools (docs/mcp.md)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
     if fast_paths:
         app.use_fast_paths(max_body_bytes=settings.max_body_bytes)
