@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
+from ...domain.runs import RUN_KINDS
 from ...errors import InvalidRequestError, OrchestratorError
 from ..logs import get_logger
 from .middleware import request_id_of
@@ -49,6 +50,11 @@ def error_response(exc: OrchestratorError) -> Response:
 
 
 def _field_of(loc: tuple[Any, ...]) -> str:
+    """The field a validation error is about, as the caller wrote it: without pydantic's
+    location words, and without the tag a run's body is told apart by (``("body",
+    "route", "timeout")`` is the submitted run's ``timeout``, not ``route.timeout``)."""
+    if len(loc) > 2 and loc[0] == "body" and loc[1] in RUN_KINDS:
+        loc = (loc[0], *loc[2:])
     parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
     return ".".join(parts) or "body"
 
