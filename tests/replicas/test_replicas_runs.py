@@ -7,13 +7,14 @@ the instance and is never run twice)."""
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
 import pytest
 import pytest_asyncio
+
+from openclaw_orchestrator.sdk.events import SseParser
 
 from .harness import CLUSTER_TEST_TIMEOUT, Replica, ReplicaCluster, replica_cluster
 
@@ -132,17 +133,11 @@ async def events_through(
 ) -> None:
     """Read a run's event stream through ``base`` to its end, into ``seen``."""
     url = f"{base}{R}/{run_id}/events"
+    parser = SseParser()
     async with cluster.http.get(url, headers=cluster.headers) as resp:
         assert resp.status == 200, await resp.text()
-        fields: dict[str, str] = {}
-        async for raw in resp.content:
-            line = raw.decode().rstrip("\r\n")
-            if line:
-                name, _, value = line.partition(":")
-                fields[name] = value.removeprefix(" ")
-            elif "data" in fields:
-                seen.append((fields["event"], json.loads(fields["data"])))
-                fields = {}
+        async for chunk in resp.content.iter_any():
+            seen.extend((event.type, event.data) for event in parser.feed(chunk))
 
 
 async def test_a_run_submitted_on_one_replica_is_watched_and_cancelled_through_others(

@@ -2,12 +2,8 @@
 and a streamed route or session send (:class:`OutputStreamReader`) as :class:`Delta` values
 then its result.
 
-The SDK reads ``text/event-stream`` itself rather than take a dependency for it (the SDK
-installs with aiohttp, pydantic and orjson only). :class:`SseParser` follows the WHATWG
-rules the server's stream needs: lines end with LF, CRLF or CR (even split across chunks);
-``id``, ``event`` and ``data`` fields (``data`` lines joined with ``"\\n"``); a line
-starting with ``:`` is a comment (the server's keep-alive ping); a blank line dispatches the
-event, one without data being dropped; a last event not ended by a blank line is dropped.
+The framing is :mod:`openclaw_orchestrator.sse`'s (the drivers read instances' streams
+with the same decoder); this module gives the events their meaning.
 """
 
 from __future__ import annotations
@@ -19,6 +15,7 @@ from typing import Any, Generic, TypeVar
 import orjson
 
 from ..errors import OrchestratorError, error_from_body
+from ..sse import SseDecoder
 from .replies import decode_json
 
 __all__ = ["Delta", "OutputStreamReader", "RunEvent", "SseParser"]
@@ -84,67 +81,24 @@ class OutputStreamReader(Generic[R]):
 
 
 class SseParser:
-    """Feed it the body's chunks as they arrive; it yields each complete event."""
+    """A run's event stream: feed it the body's chunks as they arrive; it yields each
+    complete event as a :class:`RunEvent`, its data parsed as JSON
+    (:class:`~openclaw_orchestrator.sse.SseDecoder` does the framing)."""
 
     def __init__(self) -> None:
-        self._buffer = bytearray()
-        self._data: list[str] = []
-        self._type = ""
-        self._last_id = ""
-        self._after_cr = False
+        self._decoder = SseDecoder()
 
     @property
     def last_id(self) -> int | None:
         """The last event id seen, as a number (None before any, or when not a number)."""
-        return int(self._last_id) if self._last_id.isdigit() else None
+        last = self._decoder.last_id
+        return int(last) if last.isdigit() else None
 
     def feed(self, chunk: bytes) -> Iterator[RunEvent]:
-        """The events the lines completed by ``chunk`` dispatch, parsed as you iterate."""
-        self._buffer.extend(chunk)
-        while (line := self._next_line()) is not None:
-            if (event := self._line(line)) is not None:
-                yield event
-
-    def _next_line(self) -> str | None:
-        """The next whole line, without its ending; None until one is complete. A CR ends
-        its line at once; an LF right after it, even in the next chunk, is that same end."""
-        if self._after_cr and self._buffer:
-            if self._buffer[0] == ord("\n"):
-                del self._buffer[:1]
-            self._after_cr = False
-        ends = [i for i in (self._buffer.find(b"\n"), self._buffer.find(b"\r")) if i >= 0]
-        if not ends:
-            return None
-        end = min(ends)
-        self._after_cr = self._buffer[end] == ord("\r")
-        line = bytes(self._buffer[:end]).decode("utf-8", "replace")
-        del self._buffer[: end + 1]
-        return line
-
-    def _line(self, line: str) -> RunEvent | None:
-        """Apply one line; a blank one dispatches the event gathered so far."""
-        if not line:
-            return self._dispatch()
-        if line.startswith(":"):
-            return None  # a comment: the server's keep-alive
-        name, colon, value = line.partition(":")
-        if colon and value.startswith(" "):
-            value = value[1:]
-        if name == "data":
-            self._data.append(value)
-        elif name == "event":
-            self._type = value
-        elif name == "id" and "\0" not in value:
-            self._last_id = value
-        return None  # "retry" and unknown fields are ignored, as the standard says
-
-    def _dispatch(self) -> RunEvent | None:
-        data, kind = self._data, self._type or "message"
-        self._data, self._type = [], ""
-        if not data:
-            return None
-        parsed = decode_json("\n".join(data).encode(), _not_json, kind)
-        return RunEvent(self.last_id, kind, parsed)
+        """The events ``chunk`` completes, parsed as you iterate."""
+        for event in self._decoder.feed(chunk):
+            parsed = decode_json(event.data, _not_json, event.event)
+            yield RunEvent(int(event.id) if event.id.isdigit() else None, event.event, parsed)
 
 
 def _not_json(exc: orjson.JSONDecodeError, kind: str) -> OrchestratorError:

@@ -49,6 +49,7 @@ from ...errors import (
 )
 from ...instance_url import join_path
 from ...models import InstanceSpec
+from ...sse import SseDecoder, SseEvent
 from ..logs import get_logger
 
 __all__ = [
@@ -329,65 +330,6 @@ async def read_reply(resp: aiohttp.ClientResponse, instance: str, limit: int) ->
             resp.close()
             raise reply_too_large(instance, limit)
     return bytes(body)
-
-
-class SseEvent(NamedTuple):
-    """One server-sent event: its type (``message`` when unnamed) and its data lines joined
-    by ``\\n``."""
-
-    event: str
-    data: bytes
-
-
-class SseDecoder:
-    """Incremental ``text/event-stream`` decoding (the WHATWG rules we need): bytes in, whole
-    events out. Lines end in CRLF, LF or CR (also split across chunks); ``:`` starts a
-    comment; one space after a field's colon is dropped; ``data`` lines of one event are
-    joined by ``\\n``; an event without data is not dispatched; ``id``, ``retry`` and
-    unknown fields are ignored, and so is an event the stream ends inside."""
-
-    __slots__ = ("_buffer", "_data", "_event", "_started")
-
-    def __init__(self) -> None:
-        self._buffer = b""
-        self._event = ""
-        self._data: list[bytes] = []
-        self._started = False
-
-    def feed(self, chunk: bytes) -> list[SseEvent]:
-        """The events that ``chunk`` completes, in order."""
-        if self._started and b"\n" not in chunk and b"\r" not in chunk:
-            self._buffer += chunk  # the middle of a long line
-            return []
-        buffer = self._buffer + chunk
-        if not self._started and len(buffer) >= 3:
-            self._started = True
-            buffer = buffer.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte order mark
-        hold = b""
-        if buffer.endswith(b"\r"):  # maybe the first half of a CRLF
-            buffer, hold = buffer[:-1], b"\r"
-        lines = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
-        self._buffer = lines.pop() + hold
-        events = []
-        for line in lines:
-            event = self._line(line)
-            if event is not None:
-                events.append(event)
-        return events
-
-    def _line(self, line: bytes) -> SseEvent | None:
-        """Take one line; the event it ends, if it is the blank line ending one."""
-        if not line:
-            event, data = self._event or "message", self._data
-            self._event, self._data = "", []
-            return SseEvent(event, b"\n".join(data)) if data else None
-        field, _, value = line.partition(b":")
-        value = value.removeprefix(b" ")
-        if field == b"data":
-            self._data.append(value)
-        elif field == b"event":
-            self._event = value.decode("utf-8", "replace")
-        return None  # a comment (empty field), id, retry or an unknown field
 
 
 class DeltaError(Exception):

@@ -1,10 +1,10 @@
-"""SseDecoder: the text/event-stream framing of instance protocol v1.3 (pure, no sockets)."""
+"""SseDecoder: the text/event-stream framing of every stream we read (pure, no sockets)."""
 
 from __future__ import annotations
 
 import pytest
 
-from openclaw_orchestrator.server.drivers.base import SseDecoder, SseEvent
+from openclaw_orchestrator.sse import SseDecoder, SseEvent
 
 STREAM = (
     b"\xef\xbb\xbf: a comment, then an unnamed event\r\n"
@@ -19,12 +19,12 @@ STREAM = (
 EVENTS = [
     SseEvent("message", b"one"),
     SseEvent("delta", b"no space\n two spaces"),
-    SseEvent("result", b'\n{"result": 1}'),
+    SseEvent("result", b'\n{"result": 1}', "7"),
 ]
 
 
 def test_events_of_a_whole_stream() -> None:
-    """CRLF, CR and LF line ends; comments, BOM, id/retry/unknown fields ignored; one space
+    """CRLF, CR and LF line ends; comments, BOM, retry/unknown fields ignored; the id kept; one space
     after the colon dropped; data lines joined by LF (a bare ``data`` is an empty line);
     an event without data, or the stream ends inside, is not dispatched."""
     assert SseDecoder().feed(STREAM) == EVENTS
@@ -52,10 +52,11 @@ def test_a_long_line_across_many_chunks() -> None:
 
 
 def test_a_crlf_split_across_chunks_is_one_line_end() -> None:
-    """``\\r`` at the end of a chunk and ``\\n`` at the start of the next end one line, so
-    the blank line that follows still dispatches exactly one event."""
+    """``\\r`` at the end of a chunk ends its line at once (no wait for the next byte) and a
+    ``\\n`` starting the next chunk is its other half, so the blank line that follows
+    dispatches exactly one event, as soon as its CR arrives."""
     decoder = SseDecoder()
     assert decoder.feed(b"data: a\r") == []
     assert decoder.feed(b"\ndata: b\r") == []
-    assert decoder.feed(b"\n\r") == []
-    assert decoder.feed(b"\n") == [SseEvent("message", b"a\nb")]
+    assert decoder.feed(b"\n\r") == [SseEvent("message", b"a\nb")]
+    assert decoder.feed(b"\n") == []
