@@ -44,6 +44,8 @@ if TYPE_CHECKING:
     )
     from .models import (
         Attempt,
+        CallbackInfo,
+        CallbackSpec,
         FanoutEntry,
         FanoutResult,
         HealthDetail,
@@ -52,27 +54,34 @@ if TYPE_CHECKING:
         InstanceInfo,
         InstanceSpec,
         RouteResult,
+        RunInfo,
+        RunList,
         SendResult,
         SessionInfo,
         Skip,
         SpawnResult,
         TargetExpr,
     )
-    from .sdk.async_client import AsyncClient, AsyncSession, AsyncSessions
-    from .sdk.sync_client import Client, Session, Sessions
+    from .sdk.async_client import AsyncClient, AsyncRuns, AsyncSession, AsyncSessions
+    from .sdk.events import Delta, RunEvent
+    from .sdk.sync_client import Client, Runs, Session, Sessions
     from .settings import ConfigError
 
 __all__ = [
     "AddressNotAllowedError",
     "AggregationError",
     "AsyncClient",
+    "AsyncRuns",
     "AsyncSession",
     "AsyncSessions",
     "Attempt",
+    "CallbackInfo",
+    "CallbackSpec",
     "Client",
     "ConfigError",
     "ConflictError",
     "ConnectionFailedError",
+    "Delta",
     "FanoutEntry",
     "FanoutResult",
     "ForbiddenError",
@@ -93,6 +102,10 @@ __all__ = [
     "PayloadTooLargeError",
     "ReplyTooLargeError",
     "RouteResult",
+    "RunEvent",
+    "RunInfo",
+    "RunList",
+    "Runs",
     "SendResult",
     "Session",
     "SessionClosedError",
@@ -111,7 +124,14 @@ __all__ = [
     "__version__",
 ]
 
-_SOURCES = (".errors", ".models", ".settings", ".sdk.sync_client", ".sdk.async_client")
+_SOURCES = (
+    ".errors",
+    ".models",
+    ".settings",
+    ".sdk.events",
+    ".sdk.sync_client",
+    ".sdk.async_client",
+)
 """Where the lazy names live, cheapest module first (each imports the ones before it)."""
 
 
