@@ -306,3 +306,21 @@ def test_both_clients_take_the_builders_parameters(method: str, build: Any) -> N
     for cls in (AsyncClient, Client):
         assert list(inspect.signature(getattr(cls, method)).parameters) == expected
         assert getattr(cls, method).__doc__
+
+
+def test_a_run_submit_carries_its_callback_and_key() -> None:
+    hook = {"url": "https://hooks.example/run-done", "secret": "s" * 32}
+    call = calls.submit_run(
+        "session_send", session_id="s1", data={"k": 1}, callback=hook, idempotency_key="k-1"
+    )
+    assert (call.method, call.path, call.idempotency_key) == (
+        "POST",
+        "/api/orchestrator/runs",
+        "k-1",
+    )
+    assert call.body == {
+        "kind": "session_send",
+        "sessionId": "s1",
+        "data": {"k": 1},
+        "callback": hook,
+    }
