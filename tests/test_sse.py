@@ -24,9 +24,9 @@ EVENTS = [
 
 
 def test_events_of_a_whole_stream() -> None:
-    """CRLF, CR and LF line ends; comments, BOM, retry/unknown fields ignored; the id kept; one space
-    after the colon dropped; data lines joined by LF (a bare ``data`` is an empty line);
-    an event without data, or the stream ends inside, is not dispatched."""
+    """CRLF, CR and LF line ends; comments, BOM, retry/unknown fields ignored; the id kept;
+    one space after the colon dropped; data lines joined by LF (a bare ``data`` is an empty
+    line); an event without data, or the stream ends inside, is not dispatched."""
     assert SseDecoder().feed(STREAM) == EVENTS
 
 
