@@ -163,12 +163,19 @@ async def wait_http(proc: Proc, path: str, timeout: float = START_TIMEOUT) -> fl
 
 
 async def start_instance(
-    name: str, workdir: Path, *, latency_ms: int = 0, fault_api: bool = False
+    name: str,
+    workdir: Path,
+    *,
+    latency_ms: int = 0,
+    fault_api: bool = False,
+    handler: str = "echo",
 ) -> Proc:
-    """``openclaw orchestrator instance serve`` on a free port, echo handler."""
+    """``openclaw orchestrator instance serve`` on a free port (the echo handler unless
+    told)."""
     port = free_port()
     argv = [PYTHON, "-m", "openclaw_orchestrator", "instance", "serve"]
     argv += ["--name", name, "--port", str(port), "--log-level", "warning"]
+    argv += ["--handler", handler]
     if latency_ms:
         argv += ["--latency", f"{latency_ms}ms"]
     if fault_api:

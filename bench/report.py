@@ -137,6 +137,14 @@ def check_targets(rows: list[Row]) -> list[dict[str, Any]]:
             add(f"runs: share of {n} runs running at once >= 1", r.extra["running_at_once"] / n, 1)
             add(f"runs: {n} in flight, runs that did not succeed <= 0", r.errors, 0)
             add(f"runs: RSS per run in flight at {n} (KiB) <= 64", r.extra["kb_per_run"], 64)
+    relayed = _find(rows, "stream", "orchestrator")
+    if relayed and "added_p99_ms" in relayed.extra:
+        streams = relayed.concurrency
+        add(
+            f"stream: added p99 per chunk at {streams} streams (ms) <= 1",
+            relayed.extra["added_p99_ms"],
+            1.0,
+        )
     cli = _find(rows, "startup", "cli_health")
     if cli:
         add("cli: health end to end (ms) <= 300", cli.p50_ms, 300)
@@ -189,7 +197,7 @@ def plot(folder: Path, rows: list[Row]) -> list[Path]:
             axes[1].legend()
         else:
             labels = [f"{r.variant}\nc{r.concurrency}" for r in mine]
-            xs = range(len(mine))
+            xs = list(range(len(mine)))
             axes[0].bar([x - 0.2 for x in xs], [r.p50_ms for r in mine], 0.4, label="p50")
             axes[0].bar([x + 0.2 for x in xs], [r.p99_ms for r in mine], 0.4, label="p99")
             axes[0].set(ylabel="ms", title=f"{scenario}: latency")

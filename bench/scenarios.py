@@ -1,5 +1,5 @@
-"""The five scenarios of issue 5 and durable runs (issue 12); each returns result rows (see
-``docs/performance.md``)."""
+"""The five scenarios of issue 5, durable runs and the streaming relay (issue 12); each
+returns result rows (see ``docs/performance.md``)."""
 
 from __future__ import annotations
 
@@ -726,6 +726,13 @@ async def durable_runs(workdir: Path, sizes: Sizes) -> list[Row]:
     return await run(workdir, sizes)
 
 
+async def streaming_relay(workdir: Path, sizes: Sizes) -> list[Row]:
+    """The streaming relay (issue 12), in :mod:`bench.stream` (which imports this module)."""
+    from .stream import streaming_relay as run
+
+    return await run(workdir, sizes)
+
+
 SCENARIOS: dict[str, Callable[[Path, Sizes], Awaitable[list[Row]]]] = {
     "route": route_overhead,
     "fanout": fanout_scaling,
@@ -733,4 +740,5 @@ SCENARIOS: dict[str, Callable[[Path, Sizes], Awaitable[list[Row]]]] = {
     "sessions": sessions_sends,
     "startup": startup_cli,
     "runs": durable_runs,
+    "stream": streaming_relay,
 }

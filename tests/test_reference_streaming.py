@@ -7,6 +7,7 @@ import asyncio
 import re
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,27 @@ async def test_chunks_cut_the_text_evenly(serve: Serve, session: aiohttp.ClientS
     ]
 
 
+async def test_stamp_adds_each_deltas_emit_time(
+    serve: Serve, session: aiohttp.ClientSession
+) -> None:
+    """``"stamp": true``: every delta carries ``t``, the ``time.time()`` it was emitted
+    at (in order, within the request's span), so a reader can time each piece; the
+    result is unchanged, and without ``stamp`` nothing is added (above)."""
+    url = await serve(create_instance_app("A", resolve_handler("stream")))
+    before = time.time()
+    payload = {"text": "abcdef", "chunks": 3, "delay_ms": 5, "stamp": True}
+    status, _, body = await _post(session, url + TASK, payload)
+    after = time.time()
+    events = [orjson.loads(line[6:]) for line in body.split(b"\n") if line.startswith(b"data: ")]
+    deltas = [event["delta"] for event in events[:-1]]
+    assert status == 200
+    assert [d["text"] for d in deltas] == ["ab", "cd", "ef"]
+    stamps = [d["t"] for d in deltas]
+    assert before <= stamps[0] <= stamps[1] <= stamps[2] <= after
+    assert stamps[2] - stamps[0] >= 0.005  # two 5 ms delays passed (timers may fire early)
+    assert events[-1] == {"result": {"text": "abcdef"}, "instance": "A"}
+
+
 @pytest.mark.parametrize("fast_path", [True, False])
 async def test_a_handler_that_does_not_stream_answers_json(
     serve: Serve, session: aiohttp.ClientSession, fast_path: bool
@@ -102,6 +124,8 @@ async def test_a_handler_that_does_not_stream_answers_json(
         ({"text": "a", "chunks": True}, "chunks"),
         ({"text": "a", "delay_ms": -1}, "delay_ms"),
         ({"text": "a", "delay_ms": 60_001}, "delay_ms"),
+        ({"text": "a", "stamp": 1}, "stamp"),
+        ({"text": "a", "stamp": "yes"}, "stamp"),
     ],
 )
 async def test_a_bad_stream_payload_is_a_400_naming_the_field(

@@ -107,18 +107,29 @@ async def echo(payload: Any, context: HandlerContext) -> Any:
 
 
 async def stream(payload: Any, context: HandlerContext) -> Any:
-    """Built-in ``stream``: ``{"text": str, "chunks": n, "delay_ms": d}`` (the last two
-    optional) returns ``{"text": text}``; asked for a stream, it first emits the text's
-    pieces as ``{"text": piece}`` deltas, word by word (a word keeps the blanks after it) or
-    in ``chunks`` nearly equal pieces. ``delay_ms`` passes between pieces, streamed or not,
-    so it is also a slow handler to cancel."""
+    """Built-in ``stream``: ``{"text": str, "chunks": n, "delay_ms": d, "stamp": b}`` (all
+    but ``text`` optional) returns ``{"text": text}``; asked for a stream, it first emits
+    the text's pieces as ``{"text": piece}`` deltas, word by word (a word keeps the blanks
+    after it) or in ``chunks`` nearly equal pieces. ``delay_ms`` passes between pieces,
+    streamed or not, so it is also a slow handler to cancel. With ``"stamp": true`` each
+    delta also has ``"t"``, the ``time.time()`` it was emitted at: a reader on the same
+    machine gets each piece's latency from it (``make bench``'s streaming relay)."""
     text, chunks, delay = _stream_request(payload)
+    stamp = _stamp_request(payload)
     for index, piece in enumerate(_pieces(text, chunks)):
         if index and delay:
             await anyio.sleep(delay)
         if context.emit is not None:
-            await context.emit({"text": piece})
+            await context.emit({"text": piece, "t": time.time()} if stamp else {"text": piece})
     return {"text": text}
+
+
+def _stamp_request(payload: dict[str, Any]) -> bool:
+    """The optional ``stamp`` of a ``stream`` payload; a 400 naming it unless a boolean."""
+    stamp = payload.get("stamp", False)
+    if type(stamp) is not bool:
+        raise HandlerError(400, "invalid_request", "stamp: expected true or false")
+    return stamp
 
 
 def _stream_request(payload: Any) -> tuple[str, int | None, float]:

@@ -1,0 +1,372 @@
+"""Scenario 7, the streaming relay (issue 12): per-chunk latency of 100 concurrent streams
+read from the reference instances directly and through the orchestrator's route.
+
+Each stream is the reference ``stream`` handler with ``"stamp": true``: every delta carries
+``t``, the ``time.time()`` the instance emitted it at. A chunk's latency is its arrival
+time at the reader minus ``t`` (one machine, one clock), so it is exactly what the relay
+adds on its way, plus the instance's own send and the reader's receive, which both sides
+pay alike.
+
+The reader is not aiohttp: each of the 100 streams is a bare :class:`asyncio.Protocol` on
+one keep-alive connection that only stamps each read with ``time.time()`` and keeps its
+bytes; the events are parsed once the stream has ended. So the reader's own work per chunk
+is a few microseconds (the rest of its cost is the kernel's read) and it adds no queue of
+its own to the tail.
+
+Streams start staggered over one stream's length and run back to back (closed loop), so
+stream starts and ends are spread evenly in time, as independent users' would be; started
+together, all 100 would start, emit and end in the same milliseconds every time, a burst
+no real load makes. Only chunks emitted while all 100 run are counted. Direct and
+orchestrator phases alternate, so a busy minute on the shared machine falls on both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import cast
+from urllib.parse import urlsplit
+
+import orjson
+
+from .load import percentile
+from .procs import API_KEY, Proc, start_instance, start_orchestrator, stopping
+from .scenarios import QUIET_HEALTH, Row, Sizes
+
+__all__ = ["streaming_relay"]
+
+STREAMS = 100
+CHUNKS = 50
+DELAY_MS = 20
+"""Between two chunks of one stream: 50 chunks/s, a fast language model's tokens; the
+target's pace (5,000 chunks/s in all)."""
+SLOW_DELAY_MS = 100
+"""A full run's second pace: 10 chunks/s a stream, 1,000 in all."""
+PIECE = "token "
+_STAMP = re.compile(rb'"t":([0-9.eE+-]+)\}')
+_CHUNKED_END = b"\r\n0\r\n\r\n"
+
+
+@dataclass(frozen=True, slots=True)
+class Read:
+    """One stream as it arrived: every read's bytes and ``time.time()``, and its status."""
+
+    status: int
+    blocks: list[bytes]
+    times: list[float]
+
+    def chunks(self) -> list[tuple[float, float]]:
+        """Per stamped chunk: its emit time and its latency, the arrival of the read that
+        holds the end of its stamp minus the emit time."""
+        ends, total = [], 0
+        for block in self.blocks:
+            total += len(block)
+            ends.append(total)
+        body = b"".join(self.blocks)
+        out = []
+        for match in _STAMP.finditer(body):
+            emitted = float(match[1])
+            out.append((emitted, self.times[bisect.bisect_left(ends, match.end())] - emitted))
+        return out
+
+
+class _Reader(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection; :meth:`fetch` sends a request and gathers its
+    reply's reads until the reply ends (chunked end, or its Content-Length)."""
+
+    def __init__(self) -> None:
+        self._transport: asyncio.Transport | None = None
+        self._done: asyncio.Future[Read] | None = None
+        self._blocks: list[bytes] = []
+        self._times: list[float] = []
+        self._head: bytes | None = None
+        self._size = 0
+        self._length: int | None = None
+        self.is_closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.is_closed = True
+        if self._done is not None and not self._done.done():
+            self._done.set_exception(_Lost(not self._blocks))
+
+    async def fetch(self, request: bytes) -> Read:
+        assert self._transport is not None
+        self._done = asyncio.get_running_loop().create_future()
+        self._blocks, self._times, self._head, self._size = [], [], None, 0
+        self._transport.write(request)
+        return await self._done
+
+    def data_received(self, data: bytes) -> None:
+        self._times.append(time.time())
+        self._blocks.append(data)
+        self._size += len(data)
+        if self._head is None:
+            self._parse_head()
+        if self._head is not None and self._is_complete(data):
+            assert self._done is not None
+            status = int(self._head.split(b" ", 2)[1])
+            self._done.set_result(Read(status, self._blocks, self._times))
+
+    def _parse_head(self) -> None:
+        joined = b"".join(self._blocks)
+        end = joined.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        self._head = joined[:end].lower()
+        found = re.search(rb"\r\ncontent-length: *(\d+)", self._head)
+        self._length = None if found is None else end + 4 + int(found[1])
+
+    def _is_complete(self, data: bytes) -> bool:
+        if self._length is not None:
+            return self._size >= self._length
+        tail = data if len(data) >= len(_CHUNKED_END) else b"".join(self._blocks)[-16:]
+        return tail.endswith(_CHUNKED_END)
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+
+class _Lost(ConnectionError):
+    """The connection closed before the reply ended (``unanswered``: before any byte)."""
+
+    def __init__(self, unanswered: bool) -> None:
+        super().__init__("connection lost")
+        self.unanswered = unanswered
+
+
+class Connection:
+    """A :class:`_Reader` to ``url``, opened again when the server closed it while idle
+    (uvicorn closes keep-alive connections after 5 s, as between two phases)."""
+
+    def __init__(self, url: str) -> None:
+        self._host, _, port = urlsplit(url).netloc.partition(":")
+        self._port = int(port)
+        self._reader: _Reader | None = None
+
+    async def fetch(self, request: bytes) -> Read:
+        """The reply to ``request``; sent once more on a new connection when the old one
+        turns out closed before any reply came (the server's idle close raced it)."""
+        try:
+            return await (await self._open()).fetch(request)
+        except _Lost as exc:
+            if not exc.unanswered:
+                raise
+        return await (await self._open()).fetch(request)
+
+    async def _open(self) -> _Reader:
+        """The open connection, or a new one."""
+        if self._reader is None or self._reader.is_closed:
+            loop = asyncio.get_running_loop()
+            _, self._reader = await loop.create_connection(_Reader, self._host, self._port)
+        return self._reader
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+
+
+@dataclass(frozen=True, slots=True)
+class Pace:
+    """How fast every stream's chunks come, and how long each side is measured at it."""
+
+    delay_ms: int
+    rounds: int
+    per_reader: int
+
+    @property
+    def stream_s(self) -> float:
+        """How long one stream takes at the instance."""
+        return (CHUNKS - 1) * self.delay_ms / 1000
+
+    @property
+    def chunks_per_s(self) -> int:
+        """All the streams together."""
+        return STREAMS * 1000 // self.delay_ms
+
+
+def _paces(sizes: Sizes) -> list[Pace]:
+    """The target's pace (first), and in a full run a slower one beside it."""
+    if sizes.quick:
+        return [Pace(DELAY_MS, rounds=1, per_reader=1)]
+    return [Pace(DELAY_MS, rounds=3, per_reader=3), Pace(SLOW_DELAY_MS, rounds=1, per_reader=1)]
+
+
+@dataclass(frozen=True, slots=True)
+class Side:
+    """One way to read the streams: stream ``i``'s connection URL and request bytes, and
+    the processes whose CPU it costs."""
+
+    name: str
+    urls: list[str]
+    requests: list[bytes]
+    procs: list[Proc]
+
+
+def _request(url: str, path: str, body: bytes, headers: dict[str, str]) -> bytes:
+    host = urlsplit(url).netloc
+    lines = [f"POST {path} HTTP/1.1", f"Host: {host}", f"Content-Length: {len(body)}"]
+    lines += [f"{k}: {v}" for k, v in headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def _sides(instances: list[Proc], orch: Proc, pace: Pace) -> tuple[Side, Side]:
+    """Stream ``i`` goes to instance ``i % n``, directly or routed there by name."""
+    accept = {"Accept": "text/event-stream", "Content-Type": "application/json"}
+    auth = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
+    payload = {"text": PIECE * CHUNKS, "chunks": CHUNKS, "delay_ms": pace.delay_ms, "stamp": True}
+    targets = [instances[i % len(instances)] for i in range(STREAMS)]
+    task = orjson.dumps({"payload": payload})
+    direct = [_request(t.url, "/api/instance/task", task, accept) for t in targets]
+    routed = [
+        _request(
+            orch.url,
+            "/api/orchestrator/route",
+            orjson.dumps({"instances": [t.name], "payload": payload, "stream": True}),
+            auth,
+        )
+        for t in targets
+    ]
+    return (
+        Side("direct", [t.url for t in targets], direct, instances),
+        Side("orchestrator", [orch.url] * STREAMS, routed, [orch]),
+    )
+
+
+@dataclass
+class Tally:
+    """What one side saw at one pace: the latencies of the chunks emitted while all the
+    streams ran (not in a phase's ramp up or down), and the CPU all its chunks cost."""
+
+    latencies: list[float] = field(default_factory=list)
+    chunks: int = 0
+    steady_s: float = 0.0
+    streams: int = 0
+    errors: int = 0
+    cpu_s: float = 0.0
+    reader_cpu_s: float = 0.0
+
+
+async def _phase(
+    readers: list[Connection], side: Side, pace: Pace, per_reader: int, tally: Tally
+) -> None:
+    """Every reader streams ``per_reader + 1`` times back to back, reader ``i`` starting
+    ``i / n`` of a stream's length after the first (so stream starts and ends are spread
+    evenly in time); only the chunks emitted once every reader is going and before the
+    first one is done are kept, when all ``n`` streams are under way."""
+    spread = pace.stream_s / len(readers)
+    read: list[tuple[float, float]] = []
+    first_done: list[float] = []
+
+    async def one(i: int) -> None:
+        await asyncio.sleep(i * spread)
+        for _ in range(per_reader + 1):
+            reply = await readers[i].fetch(side.requests[i])
+            chunks = reply.chunks()
+            tally.streams += 1
+            tally.errors += reply.status != 200 or len(chunks) != CHUNKS
+            read.extend(chunks)
+        first_done.append(time.time())
+
+    started, cpu, reader_cpu = time.time(), _cpu(side), time.process_time()
+    await asyncio.gather(*(one(i) for i in range(len(readers))))
+    tally.cpu_s += _cpu(side) - cpu
+    tally.reader_cpu_s += time.process_time() - reader_cpu
+    steady = (started + pace.stream_s, min(first_done))
+    tally.latencies.extend(lat for emitted, lat in read if steady[0] <= emitted <= steady[1])
+    tally.chunks += len(read)
+    tally.steady_s += max(0.0, steady[1] - steady[0])
+
+
+def _cpu(side: Side) -> float:
+    return sum(p.cpu() for p in side.procs)
+
+
+async def _measure(
+    instances: list[Proc], orch: Proc, paces: list[Pace]
+) -> list[tuple[Pace, dict[str, Tally]]]:
+    """Per pace, alternating phases of the two sides (after one warm-up stream each)."""
+    first = _sides(instances, orch, paces[0])
+    readers = {side.name: [Connection(u) for u in side.urls] for side in first}
+    out = []
+    try:
+        for side in first:
+            await _phase(readers[side.name], side, paces[0], 0, Tally())  # pools, caches
+        for pace in paces:
+            sides = _sides(instances, orch, pace)
+            tallies = {side.name: Tally() for side in sides}
+            for _ in range(pace.rounds):
+                for side in sides:
+                    await _phase(
+                        readers[side.name], side, pace, pace.per_reader, tallies[side.name]
+                    )
+            out.append((pace, tallies))
+    finally:
+        for reader in (r for rs in readers.values() for r in rs):
+            reader.close()
+    return out
+
+
+def _row(variant: str, pace: Pace, tally: Tally, cpu_of: str, rss: float | None) -> Row:
+    n = len(tally.latencies)
+    return Row(
+        scenario="stream",
+        variant=variant,
+        concurrency=STREAMS,
+        requests=n,
+        p50_ms=percentile(tally.latencies, 0.5) * 1000,
+        p99_ms=percentile(tally.latencies, 0.99) * 1000,
+        req_s=n / tally.steady_s if tally.steady_s else 0.0,
+        cpu_us_per_req=tally.cpu_s / tally.chunks * 1e6 if tally.chunks else None,
+        cpu_of=cpu_of,
+        peak_rss_mb=rss,
+        errors=tally.errors,
+        extra={
+            "per": "chunk",
+            "streams": tally.streams,
+            "chunks_per_stream": CHUNKS,
+            "delay_ms": pace.delay_ms,
+            "p999_ms": round(percentile(tally.latencies, 0.999) * 1000, 3),
+            "max_ms": round(max(tally.latencies, default=0.0) * 1000, 3),
+            "reader_cpu_us_per_chunk": (
+                round(tally.reader_cpu_s / tally.chunks * 1e6, 1) if tally.chunks else None
+            ),
+        },
+    )
+
+
+def _rows(pace: Pace, tallies: dict[str, Tally], orch: Proc, rss: float) -> list[Row]:
+    """The target's pace is plain ``direct`` and ``orchestrator``; another is suffixed."""
+    suffix = "" if pace.delay_ms == DELAY_MS else f":{pace.chunks_per_s}_chunks_per_s"
+    direct = _row("direct" + suffix, pace, tallies["direct"], "instances", None)
+    routed = _row("orchestrator" + suffix, pace, tallies["orchestrator"], orch.name, rss)
+    routed.extra["added_p50_ms"] = round(routed.p50_ms - direct.p50_ms, 3)
+    routed.extra["added_p99_ms"] = round(routed.p99_ms - direct.p99_ms, 3)
+    return [direct, routed]
+
+
+async def streaming_relay(workdir: Path, sizes: Sizes) -> list[Row]:
+    """100 streams of 50 stamped chunks, 20 ms apart (and 100 ms in a full run): read
+    directly vs through the orchestrator's route."""
+    procs: list[Proc] = []
+    with stopping(procs):
+        instances = [
+            await start_instance(f"S{k}", workdir, handler="stream")
+            for k in range(sizes.fanout_processes)
+        ]
+        procs.extend(instances)
+        urls = {p.name: p.url for p in instances}
+        orch = await start_orchestrator(
+            workdir, urls, label="orchestrator-stream", settings={"health": QUIET_HEALTH}
+        )
+        procs.append(orch)
+        measured = await _measure(instances, orch, _paces(sizes))
+        rss = orch.peak_rss_mb()
+    return [row for pace, tallies in measured for row in _rows(pace, tallies, orch, rss)]
