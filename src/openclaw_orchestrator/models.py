@@ -16,6 +16,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    RootModel,
     SecretStr,
     ValidationInfo,
     WithJsonSchema,
@@ -52,6 +53,7 @@ __all__ = [
     "HistoryPage",
     "InstanceInfo",
     "InstanceSpec",
+    "RegisterBody",
     "RouteRequest",
     "RouteResult",
     "RouteRun",
@@ -64,6 +66,9 @@ __all__ = [
     "SessionList",
     "SessionSendRequest",
     "SessionSendRun",
+    "SkillList",
+    "SkillManifest",
+    "SkillRegistration",
     "Skip",
     "SpawnRequest",
     "SpawnResult",
@@ -209,6 +214,55 @@ class InstanceInfo(_Wire):
     heartbeat_ttl: float | None = None
     last_heartbeat: datetime | None = None
     outstanding: int = 0
+
+
+SKILL_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,63}$"
+
+
+class SkillRegistration(_Wire):
+    """``POST /api/cluster/register`` with ``{"skillId": ...}``: register a skill."""
+
+    skill_id: str = Field(
+        alias="skillId",
+        pattern=SKILL_ID_PATTERN,
+        description="A skill the orchestrator ships, e.g. 'orchestrator'.",
+    )
+
+
+class RegisterBody(RootModel[InstanceSpec | SkillRegistration]):
+    """``POST /api/cluster/register``: a body with ``skillId`` registers a skill, any other
+    object an instance. The form is chosen by that key, not by trying both, so a bad
+    instance registration still names its own field (``url``, not ``InstanceSpec.url``)."""
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _by_form(cls, value: Any, handler: Any) -> Any:
+        if isinstance(value, RegisterBody):
+            return value
+        if not isinstance(value, dict):
+            raise ValueError('must be a JSON object: an instance, or {"skillId": ...}')
+        form = SkillRegistration if "skillId" in value else InstanceSpec
+        return handler(form.model_validate(value))
+
+
+class SkillManifest(_Wire):
+    """A skill as registration answers it: what an agent's gateway needs to use it."""
+
+    name: str = Field(description="The skill's name, as in its SKILL.md frontmatter.")
+    description: str
+    mcp_url: str = Field(description="This orchestrator's MCP endpoint (streamable HTTP).")
+    mcp_transport: Literal["streamable-http"] = "streamable-http"
+    cluster: str | None = None
+    tags: list[str]
+    embedding_hint: str | None = None
+    metadata: dict[str, Any] = Field(description="The SKILL.md frontmatter's metadata.")
+    skill_md: str = Field(description="The whole SKILL.md, frontmatter included.")
+
+
+class SkillList(_Wire):
+    """``GET /api/cluster/skills``."""
+
+    skills: list[SkillManifest]
 
 
 MAX_CALLBACK_URL = 2048

@@ -10,6 +10,7 @@ EXPECTED = {
     ("get", "/api/orchestrator/health"),
     ("get", "/api/health/check"),
     ("post", "/api/cluster/register"),
+    ("get", "/api/cluster/skills"),
     ("get", "/api/cluster/instances"),
     ("delete", "/api/cluster/instances/{name}"),
     ("post", "/api/orchestrator/sessions/spawn"),

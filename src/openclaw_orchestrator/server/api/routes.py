@@ -25,9 +25,12 @@ from ...models import (
     FanoutResult,
     HealthDetail,
     InstanceInfo,
-    InstanceSpec,
+    RegisterBody,
     RouteRequest,
     RouteResult,
+    SkillList,
+    SkillManifest,
+    SkillRegistration,
 )
 from ..core.idempotency import IdempotencyKeys, fingerprint
 from ..core.orchestrator import Orchestrator
@@ -38,6 +41,7 @@ from .openapi import error_responses
 from .responses import json_response, value_json
 from .run_submit import ASYNC_REPLY, prefers_async, submit_run
 from .security import require_api_key
+from .skills import mcp_url, skill_list, skill_manifest
 
 __all__ = ["IdempotencyKey", "cluster", "orchestrator", "public"]
 
@@ -113,7 +117,11 @@ async def liveness(request: Request) -> dict[str, Any]:
 @orchestrator.post(
     "/route",
     response_model=RouteResult,
-    responses={**STREAM_REPLY, **ASYNC_REPLY, **error_responses(400, 409, 502, 503, 504)},
+    responses={
+        **STREAM_REPLY,
+        **ASYNC_REPLY,
+        **error_responses(400, 409, 502, 503, 504, 508),
+    },
 )
 async def route(request: Request, body: RouteRequest, key: IdempotencyKey = None) -> Response:
     """Deliver the payload to one instance, failing over to healthy candidates; with
@@ -152,7 +160,7 @@ async def route(request: Request, body: RouteRequest, key: IdempotencyKey = None
             "content": {NDJSON: {}},
         },
         **ASYNC_REPLY,
-        **error_responses(400, 409, 502, 503, 504),
+        **error_responses(400, 409, 502, 503, 504, 508),
     },
 )
 async def fanout(request: Request, body: FanoutRequest, key: IdempotencyKey = None) -> Response:
@@ -221,14 +229,29 @@ class InstanceList(BaseModel):
 
 @cluster.post(
     "/register",
-    response_model=InstanceInfo,
+    response_model=InstanceInfo | SkillManifest,
     status_code=201,
-    responses={200: {"model": InstanceInfo, "description": "A heartbeat"}, **error_responses(400)},
+    responses={
+        201: {"description": "The instance added, or the skill's manifest"},
+        200: {"model": InstanceInfo, "description": "A heartbeat"},
+        **error_responses(400),
+        404: {**error_responses(404)[404], "description": "not_found: no skill with that skillId"},
+    },
 )
-async def register(request: Request, body: InstanceSpec) -> Response:
-    """Add an instance at run time; re-posting the same registration is its heartbeat."""
-    info, created = await _service(request).register(body)
+async def register(request: Request, body: RegisterBody) -> Response:
+    """Add an instance at run time (re-posting the same registration is its heartbeat);
+    ``{"skillId": "orchestrator"}`` registers a skill instead and answers its manifest
+    (idempotent; an unknown id is 404 ``not_found``, field ``skillId``)."""
+    if isinstance(body.root, SkillRegistration):
+        return json_response(skill_manifest(body.root.skill_id, mcp_url(request)), 201)
+    info, created = await _service(request).register(body.root)
     return json_response(info, 201 if created else 200)
+
+
+@cluster.get("/skills", response_model=SkillList)
+async def list_skills(request: Request) -> Response:
+    """Every skill this orchestrator serves, each with its manifest."""
+    return json_response(skill_list(mcp_url(request)))
 
 
 @cluster.get("/instances", response_model=InstanceList)
