@@ -21,6 +21,7 @@ which tells an instance's refusal (``InstanceRejectedError``) apart from a malfo
     ├── StorageUnavailableError        503 storage_unavailable  the store cannot be reached
     │   └── StorageFullError           507 storage_full         the store's disk is full
     ├── AggregationError               502 aggregation_failed   results could not be combined
+    ├── DelegationLoopError            508 delegation_loop      X-Orchestrator-Hops at the limit
     └── InstanceError                  502 instance_error       carries .instance
         ├── InstanceRejectedError      400 invalid_request      instance refused the payload (4xx)
         ├── InstanceProtocolError      502 instance_error       unparseable reply
@@ -46,6 +47,7 @@ __all__ = [
     "AggregationError",
     "ConflictError",
     "ConnectionFailedError",
+    "DelegationLoopError",
     "ForbiddenError",
     "InstanceDownError",
     "InstanceError",
@@ -206,6 +208,15 @@ class AggregationError(OrchestratorError):
     status = 502
 
 
+class DelegationLoopError(OrchestratorError):
+    """The call came through ``delegation.max_hops`` deliveries already
+    (``X-Orchestrator-Hops``): agents are delegating in a loop, or too deep. ``details``
+    holds ``hops`` and ``max_hops``; nothing was delivered."""
+
+    code = "delegation_loop"
+    status = 508
+
+
 class ConnectionFailedError(OrchestratorError):
     """The SDK could not reach the orchestrator itself (never sent by the server)."""
 
@@ -298,6 +309,7 @@ ERRORS_BY_CODE: dict[str, type[OrchestratorError]] = {
         StorageUnavailableError,
         StorageFullError,
         AggregationError,
+        DelegationLoopError,
         ConnectionFailedError,
         InstanceError,
         ReplyTooLargeError,

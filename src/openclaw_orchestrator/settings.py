@@ -41,6 +41,7 @@ __all__ = [
     "ClientConfig",
     "ClientSettings",
     "ConfigError",
+    "DelegationSettings",
     "HealthSettings",
     "InstancesSettings",
     "RetrySettings",
@@ -240,6 +241,24 @@ class RunSettings(_Section):
     )(_duration_field)
 
 
+DEFAULT_MAX_HOPS = 3
+"""Deliveries one delegation chain may make (``delegation.max_hops``)."""
+
+
+class DelegationSettings(_Section):
+    """The loop guard: how deep agents may delegate through the orchestrator. Every call
+    carries ``X-Orchestrator-Hops`` (deliveries so far), every delivery sends one more, and a
+    call arriving with ``max_hops`` or more is refused with ``delegation_loop``."""
+
+    max_hops: int = Field(
+        default=DEFAULT_MAX_HOPS,
+        ge=1,
+        le=32,
+        description="Deliveries one delegation chain may make: a route, fanout, session "
+        "send or run arriving with X-Orchestrator-Hops at or above this is refused (508).",
+    )
+
+
 def _placement_policy(value: str) -> str:
     from .domain.balancing import Policy
 
@@ -397,6 +416,7 @@ class Settings(BaseSettings):
     )
     sessions: SessionSettings = Field(default_factory=SessionSettings)
     runs: RunSettings = Field(default_factory=RunSettings)
+    delegation: DelegationSettings = Field(default_factory=DelegationSettings)
     log_level: str = "info"
     log_format: str = Field(default="json", pattern="^(json|console)$")
 

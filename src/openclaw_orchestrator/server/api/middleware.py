@@ -3,7 +3,9 @@
 ``RequestContextMiddleware`` gives every request an id (the caller's ``X-Request-ID`` when
 it is sane, else a fresh one), binds it to the log context, returns it as a header, and
 enforces the body size limit while the body streams in, so an oversized body is refused
-without ever being held in memory.
+without ever being held in memory. It also binds the call's ``X-Orchestrator-Hops`` (the
+loop guard, :mod:`..delegation`) for the request; a value that is not a count is a 400
+naming the header.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from typing import Any
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ...errors import PayloadTooLargeError
+from ...errors import OrchestratorError, PayloadTooLargeError
+from ..delegation import bind_hops, parse_hops, reset_hops
 from ..logs import bind_request_id, reset_request_id
 
 __all__ = [
@@ -46,7 +49,8 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = incoming_request_id(_first_header(scope, b"x-request-id")) or new_request_id()
+        given_id, length, hops = _read_headers(scope)
+        request_id = incoming_request_id(given_id) or new_request_id()
         scope.setdefault("state", {})["request_id"] = request_id
         header = (b"x-request-id", request_id.encode())
 
@@ -55,16 +59,25 @@ class RequestContextMiddleware:
                 message["headers"] = [*message.get("headers", []), header]
             await send(message)
 
-        declared = declared_length(_first_header(scope, b"content-length"))
+        declared = declared_length(length)
         if declared is not None and declared > self.max_body_bytes:
             await _reject_too_large(send_with_id, self.max_body_bytes)
             return
+        hops_bound = None
+        if hops is not None:
+            try:
+                hops_bound = bind_hops(parse_hops(hops))
+            except OrchestratorError as exc:
+                await _reject(send_with_id, exc)
+                return
         bound = bind_request_id(request_id)
         guard = _BodyGuard(receive, send_with_id, self.max_body_bytes)
         try:
             await self.app(scope, guard.receive, guard.send)
         finally:
             reset_request_id(bound)
+            if hops_bound is not None:
+                reset_hops(hops_bound)
 
 
 class _BodyGuard:
@@ -99,12 +112,20 @@ class _BodyGuard:
         await self._send(message)
 
 
-def _first_header(scope: Scope, wanted: bytes) -> bytes | None:
-    """The first value of header ``wanted`` (lower case), or None."""
+def _read_headers(scope: Scope) -> tuple[bytes | None, bytes | None, bytes | None]:
+    """The first ``X-Request-ID``, ``Content-Length`` and ``X-Orchestrator-Hops`` (None when
+    absent), in one pass over the headers."""
+    given_id = length = hops = None
     for name, value in scope["headers"]:
-        if name == wanted:
-            return bytes(value)
-    return None
+        if name == b"x-request-id":
+            if given_id is None:
+                given_id = bytes(value)
+        elif name == b"content-length":
+            if length is None:
+                length = bytes(value)
+        elif name == b"x-orchestrator-hops" and hops is None:
+            hops = bytes(value)
+    return given_id, length, hops
 
 
 _ids = random.Random(os.urandom(32))  # noqa: S311  # correlation ids, not secrets
@@ -133,14 +154,18 @@ def declared_length(value: bytes | None) -> int | None:
 
 
 async def _reject_too_large(send: Send, limit: int) -> None:
-    body: dict[str, Any] = PayloadTooLargeError(
-        f"request body is over the {limit}-byte limit"
-    ).to_dict()
+    await _reject(send, PayloadTooLargeError(f"request body is over the {limit}-byte limit"))
+
+
+async def _reject(send: Send, exc: OrchestratorError) -> None:
+    """Answer ``exc``'s error envelope before the app saw the request (the body unread, so
+    the connection is closed)."""
+    body: dict[str, Any] = exc.to_dict()
     raw = orjson.dumps(body)
     await send(
         {
             "type": "http.response.start",
-            "status": 413,
+            "status": exc.status,
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(raw)).encode()),

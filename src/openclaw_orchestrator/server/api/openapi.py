@@ -30,6 +30,7 @@ _MEANINGS = {
     503: "instance_down, no_healthy_instance, overloaded, storage_unavailable",
     504: "timeout: the deadline passed",
     507: "storage_full: the store's disk is full; nothing was delivered",
+    508: "delegation_loop: X-Orchestrator-Hops reached delegation.max_hops; nothing was delivered",
 }
 
 

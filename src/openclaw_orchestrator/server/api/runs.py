@@ -49,7 +49,7 @@ def _runs(request: Request) -> RunService:
     response_model=RunInfo,
     responses={
         200: {"description": "An Idempotency-Key's earlier run."},
-        **error_responses(400, 409),
+        **error_responses(400, 409, 508),
     },
 )
 async def submit(

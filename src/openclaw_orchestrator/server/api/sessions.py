@@ -100,7 +100,7 @@ scoped = APIRouter(
 _SEND_ERRORS = {
     **STREAM_REPLY,
     **ASYNC_REPLY,
-    **error_responses(400, 404, 409, 410, 502, 503, 504, 507),
+    **error_responses(400, 404, 409, 410, 502, 503, 504, 507, 508),
 }
 _READ_ERRORS = error_responses(400, 404, 503)
 

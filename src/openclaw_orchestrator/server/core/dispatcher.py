@@ -16,6 +16,7 @@ from ...errors import (
 )
 from ...models import InstanceSpec
 from ...settings import Settings
+from ..delegation import check_hops
 from ..drivers.base import Delta, InstanceDriver
 from ..logs import get_logger
 from .clock import Clock
@@ -77,6 +78,7 @@ class Dispatcher:
         self._settings = settings
         self._drivers = drivers
         self.clock = clock
+        self._max_hops = settings.delegation.max_hops
 
     def __repr__(self) -> str:
         return f"<Dispatcher [drivers: {', '.join(sorted(self._drivers)) or 'none'}]>"
@@ -89,6 +91,11 @@ class Dispatcher:
                 f"instance {spec.name}: unknown driver {spec.driver!r}; one of {known}",
                 field="driver",
             )
+
+    def check_hops(self) -> None:
+        """Refuse the call being served (``delegation_loop``) when it came through
+        ``delegation.max_hops`` deliveries already: before anything is delivered."""
+        check_hops(self._max_hops)
 
     def fences(self, spec: InstanceSpec) -> bool:
         """Whether ``spec``'s driver enforces session fencing (``fences_sessions``)."""

@@ -86,6 +86,7 @@ class Fanout:
         arrived by one wake-up): the non-streamed fanout never puts them on the wire one by
         one, so it builds no wire model and takes no generator step per entry."""
         dispatcher = self.dispatcher
+        dispatcher.check_hops()
         started = dispatcher.clock()
         deadline = dispatcher.deadline(request.timeout)
         attempt_timeout = dispatcher.attempt_timeout(request.attempt_timeout)

@@ -157,6 +157,7 @@ class Orchestrator:
                 settings.runs,
                 holder=holder_id(),
                 on_finish=self._callbacks.on_finish,
+                max_hops=settings.delegation.max_hops,
             )
         )
 

@@ -57,6 +57,7 @@ class Routing:
         ``stream``, the instance streams its output there as it goes, and once part of it
         has reached the caller a failure is final (see :class:`~.dispatcher.Streaming`)."""
         dispatcher, registry = self.dispatcher, self.registry
+        dispatcher.check_hops()
         started = dispatcher.clock()
         deadline = dispatcher.deadline(request.timeout)
         attempt_timeout = dispatcher.attempt_timeout(request.attempt_timeout)

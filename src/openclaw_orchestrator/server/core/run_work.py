@@ -1,9 +1,10 @@
 """The work of a durable run, done by the orchestrator's own route, fanout and session send:
 the request as submitted is validated again by the endpoint's model, with what is left of
-the run's deadline as its timeout. A fanout records each target's entry as an event as it
-arrives; a route records its attempts once it ends. A route or send submitted with
-``"stream": true`` records the instance's output as ``delta`` events as it is produced,
-coalesced by :class:`DeltaLog`."""
+the run's deadline as its timeout, and the hop count it was submitted with bound as the
+call's (:mod:`..delegation`: its deliveries send what the submit's would have). A fanout
+records each target's entry as an event as it arrives; a route records its attempts once
+it ends. A route or send submitted with ``"stream": true`` records the instance's output
+as ``delta`` events as it is produced, coalesced by :class:`DeltaLog`."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from ...models import (
     SessionSendRequest,
 )
 from ...settings import Settings
+from ..delegation import RUN_HOPS_KEY, bind_hops, reset_hops
 from ..logs import get_logger
 from .dispatcher import Streaming
 from .runs import Emit
@@ -73,6 +75,20 @@ class OrchestratorWork:
     ) -> Any:
         # a run stored under a larger max_timeout (since lowered) gets the current one
         body = {**request, "timeout": min(timeout, self.orchestrator.settings.max_timeout)}
+        bound = bind_hops(body.pop(RUN_HOPS_KEY, 0))
+        try:
+            return await self._work(kind, body, run_id, idempotency_key, emit)
+        finally:
+            reset_hops(bound)
+
+    async def _work(
+        self,
+        kind: RunKind,
+        body: dict[str, Any],
+        run_id: str,
+        idempotency_key: str | None,
+        emit: Emit,
+    ) -> Any:
         if kind == "route":
             route = RouteRequest.model_validate(body)
             async with _delta_log(emit, route.stream) as stream:

@@ -37,7 +37,8 @@ from ...domain.runs import (
     recovery,
 )
 from ...errors import ConflictError, NotFoundError, OrchestratorError, TimeoutExceededError
-from ...settings import RunSettings
+from ...settings import DEFAULT_MAX_HOPS, RunSettings
+from ..delegation import RUN_HOPS_KEY, check_hops, current_hops
 from ..logs import get_logger
 from ..stores.runs import MAX_EVENTS_PAGE, NewEvent, RunPage, RunQuery, RunStore
 from .clock import Sleep
@@ -103,8 +104,10 @@ class RunService:
         clock: Callable[[], float] = time.time,
         sleep: Sleep = asyncio.sleep,
         on_finish: Callable[[RunRecord], None] | None = None,
+        max_hops: int = DEFAULT_MAX_HOPS,
     ) -> None:
         self._store, self._work, self._settings = store, work, settings
+        self._max_hops = max_hops
         self._on_finish = on_finish
         self.holder = holder
         self._clock, self._sleep = clock, sleep
@@ -127,7 +130,12 @@ class RunService:
         idempotency_key: str | None = None,
     ) -> tuple[RunRecord, bool]:
         """Store the run ``queued``; (the run, whether it is new). A key used before
-        answers with that run if the request is the same, else a ``ConflictError``."""
+        answers with that run if the request is the same, else a ``ConflictError``. A call
+        at ``delegation.max_hops`` is refused (``delegation_loop``); a delegated one keeps
+        its hop count in the request (:data:`~..delegation.RUN_HOPS_KEY`) for its work."""
+        check_hops(self._max_hops)
+        if hops := current_hops():
+            request = {**request, RUN_HOPS_KEY: hops}
         now = self._clock()
         record = RunRecord(
             id=new_run_id(),
@@ -142,7 +150,7 @@ class RunService:
         queued: NewEvent = ("state", {"state": "queued"}, now)
         stored = await self._store.create_run(record, event=queued)
         if stored.id != record.id:
-            if (stored.kind, stored.request) != (kind, request):
+            if (stored.kind, _asked(stored.request)) != (kind, _asked(request)):
                 raise ConflictError(
                     "Idempotency-Key was used for a different run",
                     field="Idempotency-Key",
@@ -446,6 +454,14 @@ class RunService:
         """Wake this replica's waiters on ``run_id`` (:meth:`_watching`)."""
         for changed in self._watchers.get(run_id, ()):
             changed.set()
+
+
+def _asked(request: dict[str, Any]) -> dict[str, Any]:
+    """A stored request without its hop count: the same key and body from another depth of
+    a delegation chain is the same run."""
+    if RUN_HOPS_KEY not in request:
+        return request
+    return {k: v for k, v in request.items() if k != RUN_HOPS_KEY}
 
 
 def _timed_out(run: RunRecord) -> dict[str, Any]:

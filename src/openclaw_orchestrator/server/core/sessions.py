@@ -275,6 +275,7 @@ class SessionService:
         With ``stream`` the instance streams its output there as it goes; the history
         records the final reply as always, and once part of the output has reached the
         caller the session is not migrated to send it again."""
+        self._dispatcher.check_hops()
         deadline = self._dispatcher.deadline(timeout)
         if self._leased is not None:
             self._store.check_writable()

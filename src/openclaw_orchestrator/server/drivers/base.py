@@ -228,8 +228,10 @@ class InstanceRequest:
     """One exchange with an instance, built once per call and handed whole to the
     :class:`InstanceTransport` (as httpx hands its transports a ``Request``): ``body`` to
     ``instance``'s URL plus ``path``, within ``timeout`` seconds (sent as ``X-Deadline-Ms``
-    when ``deadline``), tagged ``request_id``, its reply read up to ``max_reply`` bytes, and
-    fenced by ``fence`` (a session call's ``X-Session-Epoch``/``X-Session-Seq``) when given.
+    when ``deadline``), tagged ``request_id``, its reply read up to ``max_reply`` bytes,
+    fenced by ``fence`` (a session call's ``X-Session-Epoch``/``X-Session-Seq``) when given,
+    and sent with ``X-Orchestrator-Hops: hops`` when given (a delivery: the loop guard of
+    :mod:`..delegation`; probes and closes carry none).
 
     Anything more that should travel to the instance with every request is a field here,
     sent by each transport's header builder. Treat it as immutable; it is not frozen
@@ -245,6 +247,7 @@ class InstanceRequest:
     max_reply: int
     deadline: bool = True
     fence: Fence | None = None
+    hops: int | None = None
 
 
 class InstanceTransport(Protocol):
@@ -253,7 +256,8 @@ class InstanceTransport(Protocol):
 
     An exchange sends an :class:`InstanceRequest`'s ``body`` to ``instance.url`` plus
     ``path`` (percent-encoded) with the instance protocol's headers (``X-Deadline-Ms`` when
-    ``deadline``, ``X-Request-ID`` when given, the instance's bearer credential), and returns
+    ``deadline``, ``X-Request-ID`` and ``X-Orchestrator-Hops`` when given, the instance's
+    bearer credential), and returns
     the reply whatever its status, its body read up to ``max_reply`` bytes. Failures are
     the error tree's already: a refused connect is ``InstanceDownError``, the deadline
     ``TimeoutExceededError``, a refused address ``AddressNotAllowedError``, a long reply

@@ -15,13 +15,14 @@ and hands everything else to the ``AiohttpTransport`` it is built with, as
     anything else (GET, PUT, DELETE, https://, big body) -> aiohttp
 
 Both send the protocol's headers (JSON content type, ``X-Deadline-Ms``, ``X-Request-ID``,
-the instance's bearer credential, and a fenced session call's ``X-Session-Epoch`` and
-``X-Session-Seq``), report a fenced reply's ``X-Session-Replayed: true``
-(``Reply.replayed``), check every connect against ``instances.allow``/``deny``, read a reply
-only up to ``max_reply`` bytes (``reply_too_large`` past it) and translate transport
-failures into the same errors (:func:`~.base.client_error`, :func:`~.lean.lean_error`).
-Every URL is the instance's URL plus a path, built by
-:func:`~.base.request_url`, which cannot leave the instance's host and port.
+the instance's bearer credential, a delivery's ``X-Orchestrator-Hops``, and a fenced session
+call's ``X-Session-Epoch`` and ``X-Session-Seq``), report a fenced reply's
+``X-Session-Replayed: true`` (``Reply.replayed``), check every connect against
+``instances.allow``/``deny``, read a reply only up to ``max_reply`` bytes
+(``reply_too_large`` past it) and translate transport failures into the same errors
+(:func:`~.base.client_error`, :func:`~.lean.lean_error`). Every URL is the instance's URL
+plus a path, built by :func:`~.base.request_url`, which cannot leave the instance's host
+and port.
 
 A streamed exchange (protocol v1.3, :meth:`AiohttpTransport.stream`) always goes through
 aiohttp, whichever transport plain calls take: it is not the hot path. Any exchange whose
@@ -40,6 +41,7 @@ from ...domain.addresses import AddressPolicy
 from ...models import InstanceSpec
 from ...sdk.bodies import STREAM_FROM_BYTES, outgoing_body
 from ...settings import DEFAULT_MAX_CONNECTIONS
+from ..delegation import HOPS_HEADER, MAX_HOPS_VALUE
 from .base import (
     REQUEST_ID_HEADER,
     Delta,
@@ -79,6 +81,10 @@ TransportKind = Literal["lean", "aiohttp"]
 TRANSPORTS: tuple[TransportKind, ...] = ("lean", "aiohttp")
 
 _BASE_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
+_HOPS_TEXT = tuple(str(n) for n in range(MAX_HOPS_VALUE + 2))
+"""Every count a delivery may send (one more than the largest accepted), as text: the
+lookup costs a third of formatting it on every task."""
+_HOPS_LINES = tuple(f"{HOPS_HEADER}: {n}\r\n" for n in _HOPS_TEXT)
 _MAX_CACHED_URLS = 4096
 
 
@@ -301,6 +307,8 @@ def _headers(request: InstanceRequest) -> dict[str, str]:
         headers[DEADLINE_HEADER] = str(int(request.timeout * 1000))
     if request.request_id is not None:
         headers[REQUEST_ID_HEADER] = request.request_id
+    if request.hops is not None:
+        headers[HOPS_HEADER] = _HOPS_TEXT[request.hops]
     fence = request.fence
     if fence is not None:
         headers[EPOCH_HEADER] = str(fence.epoch)
@@ -322,6 +330,9 @@ def _header_lines(request: InstanceRequest) -> bytes | None:
         if not _verbatim(request_id):
             return None
         lines += f"{REQUEST_ID_HEADER}: {request_id}\r\n"
+    hops = request.hops
+    if hops is not None:
+        lines += _HOPS_LINES[hops]
     credentials = request.instance.credentials
     if credentials is not None:
         value = f"Bearer {credentials.get_secret_value()}"

@@ -52,6 +52,10 @@ chunks back into a ``chat.completion``. A ``data: {"error": ...}`` event mid-str
 a JSON error reply of the status :data:`STREAM_ERROR_STATUS` gives its type; a stream that
 ends without ``data: [DONE]`` is ``InstanceProtocolError``. Tool calls do not stream.
 
+Loop guard: every agent turn and tool call (a restore's turn too) carries
+``X-Orchestrator-Hops``, one more than the call being served came with; the gateway does not
+pass it on by itself (``docs/openclaw.md``, "Delegation loops").
+
 Cancel: a call whose task is cancelled closes its connection (never pooled). The gateway
 cancels an agent run whose HTTP client disconnects, streamed or not; it offers no other
 cancel over HTTP (``docs/openclaw.md``, "Streaming and cancel").
@@ -83,6 +87,7 @@ from ...errors import (
 from ...models import InstanceSpec
 from ...sdk.closing import AsyncClosesOnExit
 from ...settings import DEFAULT_MAX_REPLY_BYTES
+from ..delegation import HOPS_HEADER, outgoing_hops
 from .base import (
     REQUEST_ID_HEADER,
     Delta,
@@ -225,6 +230,12 @@ def _as_text(value: Any) -> str:
     if isinstance(value, str):
         return value
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def _delivery_headers(request_id: str) -> dict[str, str]:
+    """A delivery's headers: its request id and ``X-Orchestrator-Hops``, one more than the
+    call being served came with (the loop guard, :mod:`..delegation`)."""
+    return {REQUEST_ID_HEADER: request_id, HOPS_HEADER: str(outgoing_hops())}
 
 
 def _reject(instance: str, field_name: str, problem: str) -> InstanceRejectedError:
@@ -722,7 +733,7 @@ class OpenClawDriver(AsyncClosesOnExit):
         on_delta: Delta | None = None,
     ) -> dict[str, Any]:
         """Run one parsed call and shape its result (a turn streamed to ``on_delta``)."""
-        extra = {} if request_id is None else {REQUEST_ID_HEADER: request_id}
+        extra = {} if request_id is None else _delivery_headers(request_id)
         if isinstance(call, ToolCall):
             reply = await self._post(
                 instance, TOOLS_PATH, call.body(), timeout=timeout, extra=extra

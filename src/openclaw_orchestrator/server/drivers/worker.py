@@ -31,6 +31,10 @@ exchange larger than that goes alone): ``PUT`` with ``offset`` and ``final`` (pr
 v1.1, ``docs/instance-protocol.md``). A history that fits one page goes as one v1 ``PUT``,
 so instances without paged restore still take it.
 
+Tasks, session messages, restores and cancels carry ``X-Orchestrator-Hops``: one more than
+the call being served came with (the loop guard, :mod:`..delegation`); probes and closes,
+which run no agent, carry none.
+
 A session call given a :class:`~.base.Fence` carries it as ``X-Session-Epoch`` and
 ``X-Session-Seq`` (protocol v1.2). A message the instance answers from its memory of an
 earlier delivery of the same seq (``X-Session-Replayed: true``: the orchestrator died
@@ -74,6 +78,7 @@ from ...models import InstanceSpec
 from ...sdk.closing import AsyncClosesOnExit
 from ...sdk.replies import decode_json
 from ...settings import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_REPLY_BYTES
+from ..delegation import outgoing_hops
 from ..logs import get_logger
 from .base import (
     Delta,
@@ -310,7 +315,7 @@ class WorkerDriver(AsyncClosesOnExit):
         body = encode_task(payload)
         limit = self._reply_limit(instance)
         request = InstanceRequest(
-            "POST", instance, path, body, timeout, request_id, limit, True, fence
+            "POST", instance, path, body, timeout, request_id, limit, True, fence, outgoing_hops()
         )
         try:
             if on_delta is None:
@@ -372,7 +377,15 @@ class WorkerDriver(AsyncClosesOnExit):
         instance's own deadline ends the task anyway."""
         path = f"{TASKS_PATH}/{_segment(request_id)}/cancel"
         request = InstanceRequest(
-            "POST", instance, path, None, CANCEL_TIMEOUT, request_id, _CANCEL_REPLY_BYTES, False
+            "POST",
+            instance,
+            path,
+            None,
+            CANCEL_TIMEOUT,
+            request_id,
+            _CANCEL_REPLY_BYTES,
+            False,
+            hops=outgoing_hops(),  # started from the abandoned call: its count
         )
         try:
             reply = await self._transport.exchange(request)
@@ -435,7 +448,15 @@ class WorkerDriver(AsyncClosesOnExit):
         limit = self._reply_limit(instance)
         reply = await self._exchange(
             InstanceRequest(
-                "PUT", instance, path, body, left, target.request_id, limit, fence=target.fence
+                "PUT",
+                instance,
+                path,
+                body,
+                left,
+                target.request_id,
+                limit,
+                fence=target.fence,
+                hops=outgoing_hops(),
             )
         )
         staged = reply.get("staged") if isinstance(reply, dict) else None
