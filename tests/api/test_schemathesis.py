@@ -32,13 +32,13 @@ CHECKS = (
     "missing_required_header",
 )
 EXCLUDED = ("/api/cluster/register", "/api/cluster/instances/{name}")
-EXAMPLES_PER_OPERATION = 100
+EXAMPLES_PER_OPERATION = 60
 SEED = 20261124
 PROJECT = Path(__file__).parents[2]
 HOOKS = {"SCHEMATHESIS_HOOKS": "tests.api.schemathesis_checks", "PYTHONPATH": str(PROJECT)}
 
 
-@pytest.mark.timeout(180)  # 19 operations x 100 examples: ~50 s alone, more beside the suite
+@pytest.mark.timeout(180)  # 19 operations x 60 examples: ~35 s alone, more beside the suite
 async def test_fuzzing_the_live_schema_finds_no_5xx_and_no_schema_violation(
     tmp_path: Path,
 ) -> None:
@@ -71,4 +71,4 @@ async def test_fuzzing_the_live_schema_finds_no_5xx_and_no_schema_violation(
     assert report["failures"] == [], summary
     assert report["errors"] == [], summary
     assert report["operations"]["tested"] == report["operations"]["selected"] == 19
-    assert 1000 <= report["test_cases"]["generated"] <= 5000
+    assert 600 <= report["test_cases"]["generated"] <= 3000
