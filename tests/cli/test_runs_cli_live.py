@@ -121,7 +121,7 @@ async def test_sessions_send_async_list_and_cancel(live: Cluster) -> None:
     send_run = sent.json()
     assert (send_run["kind"], send_run["request"]["data"]) == ("session_send", {"n": 1})
     assert (await cli("runs", "wait", send_run["run_id"], env=env)).code == 0
-    await live.set_faults("D", latency=2.0)
+    await live.set_faults("D", latency=30.0)  # still running when cancelled, however slow the CLI
     slow = await cli("route", "--instances", "D", "--async", env=env)
     assert slow.code == 0, slow
     slow_id = slow.json()["run_id"]
@@ -145,12 +145,14 @@ async def test_sessions_send_async_list_and_cancel(live: Cluster) -> None:
 
 
 async def test_runs_wait_timeout_exits_4_with_the_run(live: Cluster) -> None:
-    await live.set_faults("B", latency=1.0)
+    await live.set_faults("B", latency=30.0)  # outlasts the wait, however slow the CLI starts
     env = cluster_env(live)
     slow = await cli("route", "--instances", "B", "--async", env=env)
     waited = await cli("runs", "wait", slow.json()["run_id"], "--timeout", "300ms", env=env)
     assert waited.code == ExitCode.UNREACHABLE, waited
     assert waited.json()["state"] in ("queued", "running")
+    status, _ = await live.post(f"/api/orchestrator/runs/{slow.json()['run_id']}/cancel", {})
+    assert status == 200  # (and B's call is aborted: the cluster stops at once)
 
 
 async def test_unknown_run_is_not_found_exit_1(live: Cluster) -> None:
