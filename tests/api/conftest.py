@@ -24,6 +24,7 @@ import aiohttp
 import orjson
 import pytest
 from starlette.middleware import Middleware
+from starlette.types import ASGIApp, Message, Scope
 
 from openclaw_orchestrator.devtools.reference.app import create_instance_app
 from openclaw_orchestrator.devtools.reference.handlers import resolve_handler
@@ -176,3 +177,26 @@ async def cluster() -> AsyncIterator[Cluster]:
     """Eight echo instances A–H behind an orchestrator, all healthy."""
     async with start_cluster() as c:
         yield c
+
+
+async def asgi_post(app: ASGIApp, path: str, body: bytes, **headers: str) -> list[Message]:
+    """One POST of ``path`` through ``app`` (a fast path, say) as uvicorn would call it, the
+    whole body in one message; the messages it sent."""
+    scope: Scope = {
+        "type": "http",
+        "method": "POST",
+        "path": path,
+        "root_path": "",
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+    }
+    sent: list[Message] = []
+    chunks = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive() -> Message:
+        return chunks.pop(0) if chunks else {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    return sent

@@ -17,13 +17,13 @@ import pytest
 from pydantic import SecretStr
 from starlette.datastructures import State
 from starlette.middleware import Middleware
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from openclaw_orchestrator.server.api.fastpath import FastPaths
 from openclaw_orchestrator.server.api.security import Authenticator
 from openclaw_orchestrator.server.core.orchestrator import Orchestrator
 
-from .conftest import Cluster, start_cluster
+from .conftest import Cluster, asgi_post, start_cluster
 
 ROUTE = "/api/orchestrator/route"
 FANOUT = "/api/orchestrator/fanout"
@@ -115,28 +115,6 @@ async def test_declared_length_over_the_limit_is_413(cluster: Cluster) -> None:
     assert reply["error"]["code"] == "payload_too_large"
 
 
-async def _call(paths: FastPaths, body: bytes, **headers: str) -> list[Message]:
-    """One POST /route through ``paths`` as uvicorn would call it; the messages sent."""
-    scope: Scope = {
-        "type": "http",
-        "method": "POST",
-        "path": ROUTE,
-        "root_path": "",
-        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
-    }
-    sent: list[Message] = []
-    chunks = [{"type": "http.request", "body": body, "more_body": False}]
-
-    async def receive() -> Message:
-        return chunks.pop(0) if chunks else {"type": "http.disconnect"}
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
-    await paths(scope, receive, send)
-    return sent
-
-
 async def test_the_ordinary_request_never_reaches_the_framework(cluster: Cluster) -> None:
     """The plain route is served by the fast path; what it cannot vouch for goes on."""
     passed_on: list[Scope] = []
@@ -153,7 +131,7 @@ async def test_the_ordinary_request_never_reaches_the_framework(cluster: Cluster
     auth = {"Authorization": f"Bearer {cluster.api_key}", "Content-Type": "application/json"}
     good = orjson.dumps({"instances": ["A"], "payload": {}})
 
-    sent = await _call(paths, good, **auth)
+    sent = await asgi_post(paths, ROUTE, good, **auth)
     assert sent[0]["status"] == 200
     assert not passed_on
     assert orjson.loads(sent[1]["body"])["instance"] == "A"
@@ -168,7 +146,7 @@ async def test_the_ordinary_request_never_reaches_the_framework(cluster: Cluster
         (b"x" * 2048, auth),
         (orjson.dumps({"instances": ["A"], "payload": "x" * 2048}), auth),  # valid, too long
     ]:
-        sent = await _call(paths, body, **headers)
+        sent = await asgi_post(paths, ROUTE, body, **headers)
         assert sent[0]["status"] == 299
     assert len(passed_on) == 8
 

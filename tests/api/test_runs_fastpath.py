@@ -23,12 +23,12 @@ import pytest
 import pytest_asyncio
 from pydantic import SecretStr
 from starlette.datastructures import State
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from openclaw_orchestrator.server.api.fastpath import RUNS_PATH, FastPaths
 from openclaw_orchestrator.server.api.security import Authenticator
 
-from .conftest import Cluster, start_cluster
+from .conftest import Cluster, asgi_post, start_cluster
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -283,28 +283,6 @@ async def test_a_body_over_the_limit_is_a_413(live: Cluster) -> None:
     assert reply["error"]["code"] == "payload_too_large"
 
 
-async def _call(paths: FastPaths, body: bytes, **headers: str) -> list[Message]:
-    """One POST of the runs endpoint through ``paths`` as uvicorn would call it."""
-    scope: Scope = {
-        "type": "http",
-        "method": "POST",
-        "path": RUNS_PATH,
-        "root_path": "",
-        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
-    }
-    sent: list[Message] = []
-    chunks = [{"type": "http.request", "body": body, "more_body": False}]
-
-    async def receive() -> Message:
-        return chunks.pop(0) if chunks else {"type": "http.disconnect"}
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
-    await paths(scope, receive, send)
-    return sent
-
-
 async def test_the_fast_path_serves_submits_itself_and_hands_on_the_rest(live: Cluster) -> None:
     """Keys, replays, conflicts, callbacks and errors found after validation are the fast
     path's to answer; a body or header that does not validate goes to the route."""
@@ -338,7 +316,7 @@ async def test_the_fast_path_serves_submits_itself_and_hands_on_the_rest(live: C
         (denied, auth, 400),
     ]
     for body, headers, status in served:
-        sent = await _call(paths, body, **headers)
+        sent = await asgi_post(paths, RUNS_PATH, body, **headers)
         assert sent[0]["status"] == status, orjson.loads(sent[1]["body"])
     assert not passed_on
 
@@ -354,6 +332,6 @@ async def test_the_fast_path_serves_submits_itself_and_hands_on_the_rest(live: C
         (orjson.dumps({"kind": "route", "payload": "x" * 4096}), auth),  # valid, too long
     ]
     for body, headers in handed_on:
-        sent = await _call(paths, body, **headers)
+        sent = await asgi_post(paths, RUNS_PATH, body, **headers)
         assert sent[0]["status"] == 299
     assert len(passed_on) == len(handed_on)

@@ -156,13 +156,9 @@ class CallbackDeliverer:
             return None
         return _info(record, await self._store.attempts(run_id))
 
-    def wake(self) -> None:
-        """Look for callbacks due now rather than at the next poll (a run just finished)."""
-        self._wake.set()
-
     def on_finish(self, run: RunRecord) -> None:
-        """:class:`~.runs.RunService`'s hook: ``run`` just finished, its callback (if any)
-        is due now."""
+        """:class:`~.runs.RunService`'s hook: ``run`` just finished, so its callback (if
+        any) is due now: look at once rather than at the next poll."""
         self._wake.set()
 
     # -- background ------------------------------------------------------------------------

@@ -136,10 +136,10 @@ class Orchestrator:
                 self._dispatcher, self.registry, store, settings, place=self._routing.plan
             )
         )
-        self._callbacks = (
-            None
-            if store is None
-            else CallbackDeliverer(
+        self._callbacks: CallbackDeliverer | None = None
+        self._runs: RunService | None = None
+        if store is not None:
+            self._callbacks = CallbackDeliverer(
                 store.callbacks,
                 store.runs,
                 CallbackSender(self._address_policy),
@@ -147,11 +147,7 @@ class Orchestrator:
                 self._address_policy,
                 holder=holder_id(),
             )
-        )
-        self._runs = (
-            None
-            if store is None or self._callbacks is None
-            else RunService(
+            self._runs = RunService(
                 store.runs,
                 OrchestratorWork(self),
                 settings.runs,
@@ -159,7 +155,6 @@ class Orchestrator:
                 on_finish=self._callbacks.on_finish,
                 max_hops=settings.delegation.max_hops,
             )
-        )
 
     @property
     def runs(self) -> RunService:
