@@ -16,18 +16,11 @@ from typing import Any
 
 import aiohttp
 
-from openclaw_orchestrator.server.hosting import bind_socket
+from tests.ports import free_port
 
 __all__ = ["API_KEY", "OrchestratorProcess", "orchestrator_process"]
 
 API_KEY = "process-test-key-0123456789"
-
-
-def _free_port() -> int:
-    sock = bind_socket("127.0.0.1", 0)
-    port: int = sock.getsockname()[1]
-    sock.close()
-    return port
 
 
 @dataclass
@@ -78,7 +71,7 @@ async def orchestrator_process(
 ) -> AsyncIterator[OrchestratorProcess]:
     """Serve ``settings`` (plus a free port and a data folder in ``tmp_path``) from a child
     process until the block ends; its log goes to a file, never a pipe nobody reads."""
-    port = _free_port()
+    port = free_port()
     data_dir = tmp_path / "data"
     config = tmp_path / "orchestrator.json"
     config.write_text(json.dumps({"port": port, "data_dir": str(data_dir), **settings}))

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import json
 import os
-import random
 import re
 import signal
 import socket
@@ -26,6 +25,7 @@ from openclaw_orchestrator import AsyncClient, ConnectionFailedError, Unauthoriz
 from openclaw_orchestrator.devtools.reference.app import create_instance_app
 from openclaw_orchestrator.devtools.reference.handlers import resolve_handler
 from openclaw_orchestrator.server.hosting import BackgroundServer
+from tests.ports import free_port, free_range, is_free
 
 pytestmark = pytest.mark.slow
 
@@ -126,34 +126,6 @@ def clean_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRATOR_")}
     env |= {"NO_COLOR": "1", "XDG_DATA_HOME": str(tmp_path / "data")}
     return env | extra
-
-
-def is_free(port: int) -> bool:
-    """Whether nothing listens on 127.0.0.1:``port``."""
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port() -> int:
-    """A port nothing listens on (bound to 0, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def free_range(count: int) -> int:
-    """The first of ``count`` consecutive free ports, from a random range below Linux's
-    ephemeral ports (32768-60999): there, another test's outgoing connection may take a
-    port between two looks, and a later "is it free?" would blame the code under test."""
-    for _ in range(100):
-        base = random.randrange(20000, 32768 - count)
-        if all(is_free(base + i) for i in range(count)):
-            return base
-    raise AssertionError("no free port range found")
 
 
 def is_running_instance(pid: int) -> bool:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections.abc import AsyncIterator, Generator
 from typing import Any, cast
 
@@ -38,6 +37,7 @@ from openclaw_orchestrator import (
     UnauthorizedError,
 )
 from tests.api.conftest import Cluster, start_cluster
+from tests.ports import free_port
 
 
 @pytest.fixture
@@ -52,13 +52,6 @@ async def client(live: Cluster) -> AsyncIterator[AsyncClient]:
     """An AsyncClient of ``live`` with its key."""
     async with AsyncClient(live.url, live.api_key) as c:
         yield c
-
-
-def free_port() -> int:
-    """A port nothing listens on."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # -- typed results ------------------------------------------------------------------------------

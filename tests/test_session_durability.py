@@ -17,21 +17,14 @@ import pytest
 
 from openclaw_orchestrator.devtools.reference.app import create_instance_app
 from openclaw_orchestrator.devtools.reference.handlers import resolve_handler
-from openclaw_orchestrator.server.hosting import BackgroundServer, bind_socket
+from openclaw_orchestrator.server.hosting import BackgroundServer
+from tests.ports import free_port
 
 pytestmark = pytest.mark.slow
 
 API_KEY = "durability-test-key"
 WORKERS = 16
 KILL_AFTER_ACKS = 120
-
-
-def free_port() -> int:
-    """A port that was free a moment ago."""
-    sock = bind_socket("127.0.0.1", 0)
-    port: int = sock.getsockname()[1]
-    sock.close()
-    return port
 
 
 async def start_orchestrator(config: Path) -> asyncio.subprocess.Process:

@@ -25,6 +25,7 @@ from openclaw_orchestrator.errors import (
 )
 from openclaw_orchestrator.sdk.calls import ApiCall
 from openclaw_orchestrator.sdk.sync_transport import SyncTransport
+from tests.ports import free_port
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -98,13 +99,6 @@ def _call(method: str, path: str, **fields: Any) -> ApiCall[Any]:
     return ApiCall(method, path, lambda data: data, **fields)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def test_get_with_params_headers_and_keep_alive(server: str) -> None:
     with SyncTransport(server + "/", api_key="k1") as transport:
         first = transport.request(
@@ -154,7 +148,7 @@ def test_error_bodies_map_to_their_classes(server: str) -> None:
 
 
 def test_refused_connection_is_connection_failed() -> None:
-    url = f"http://127.0.0.1:{_free_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     with SyncTransport(url) as transport, pytest.raises(ConnectionFailedError) as caught:
         transport.request(_call("GET", "/ok"))
     assert str(caught.value.message) == (
@@ -273,7 +267,7 @@ def test_cli_fast_path_prints_json_and_defers_the_rest(
 def test_cli_fast_path_errors_exit_like_the_app(capsys: pytest.CaptureFixture[str]) -> None:
     from openclaw_orchestrator.cli.fastpath import try_fast_path
 
-    url = f"http://127.0.0.1:{_free_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     assert try_fast_path(["health", "--url", url, "-o", "json"]) == 4
     assert f"error: connection_failed: cannot reach the orchestrator at {url}" in (
         capsys.readouterr().err

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
 import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from openclaw_orchestrator.devtools.reference.app import create_instance_app
 from openclaw_orchestrator.devtools.reference.faults import FaultConfig
 from openclaw_orchestrator.devtools.reference.handlers import HandlerContext
 from openclaw_orchestrator.server.hosting import BackgroundServer
+from tests.ports import free_port
 
 BIN = Path(sys.executable).parent
 API_KEY = "log-test-api-key-3f9a7c1e"
@@ -72,13 +72,6 @@ class Served:
             if loop.time() > deadline:
                 pytest.fail("no matching log line; the log:\n" + "\n".join(self.lines))
             await asyncio.sleep(0.02)
-
-
-def free_port() -> int:
-    """A port nothing listens on."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def recording_handler(seen: dict[str, list[str]]) -> Any:

@@ -12,7 +12,6 @@ import asyncio
 import json
 import os
 import pty
-import socket
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from typing import Any
 import pytest
 
 from tests.api.conftest import Cluster, start_cluster
+from tests.ports import free_port
 
 BIN = Path(sys.executable).parent
 RUN_TIMEOUT = 30.0
@@ -84,13 +84,6 @@ async def run_argv(argv: list[str], *, env: dict[str, str]) -> Run:
             await proc.wait()
     assert proc.returncode is not None
     return Run(argv, proc.returncode, out.decode(), err.decode())
-
-
-def free_port() -> int:
-    """A port nothing listens on (bound to 0, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture

@@ -50,6 +50,7 @@ from multidict import CIMultiDict
 from openclaw_orchestrator.devtools.reference.app import create_instance_app
 from openclaw_orchestrator.devtools.reference.handlers import HandlerContext, echo
 from openclaw_orchestrator.server.hosting import BackgroundServer, bind_socket
+from tests.ports import free_port
 
 from ..conftest import IN_CI
 from ..storage_faults import postgres_database
@@ -109,14 +110,6 @@ HOP_BY_HOP = frozenset(
     }
 )
 """Headers that describe one hop, not the message: never passed through the front."""
-
-
-def free_port() -> int:
-    """A port nothing listens on right now (bound, read, released)."""
-    sock = bind_socket("127.0.0.1", 0)
-    port: int = sock.getsockname()[1]
-    sock.close()
-    return port
 
 
 def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:

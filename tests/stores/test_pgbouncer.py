@@ -25,17 +25,11 @@ from sqlalchemy import make_url
 
 from openclaw_orchestrator.domain.sessions import MessageRecord, SessionRecord
 from openclaw_orchestrator.server.stores.postgres import PostgresStore
+from tests.ports import free_port
 
 from ..storage_faults import IN_CI, postgres_database
 
 PGBOUNCER = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @contextlib.contextmanager
@@ -46,7 +40,7 @@ def pgbouncer(pool_size: int = 4) -> Iterator[int]:
         if IN_CI:
             pytest.fail(reason)
         pytest.skip(reason)
-    port = _free_port()
+    port = free_port()
     folder = Path(tempfile.mkdtemp(prefix="pgbouncer-"))
     folder.chmod(0o755)
     (folder / "users.txt").write_text('"postgres" ""\n')
