@@ -16,8 +16,14 @@ import aiohttp
 import orjson
 import pytest
 import pytest_asyncio
+from pydantic import SecretStr
+from starlette.datastructures import State
+from starlette.types import Message, Receive, Scope, Send
 
 from openclaw_orchestrator.sdk.events import RunEvent, SseParser
+from openclaw_orchestrator.server.api import event_stream
+from openclaw_orchestrator.server.api.fastpath import FastPaths
+from openclaw_orchestrator.server.api.security import Authenticator
 from tests.api.conftest import Cluster, start_cluster
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -234,3 +240,86 @@ async def test_a_streamed_route_takes_no_idempotency_key(live: Cluster) -> None:
         **{"Idempotency-Key": "k1"},
     )
     assert (status, body["error"]["field"]) == (400, "Idempotency-Key")
+
+
+async def test_keep_alive_comments_while_the_instance_is_quiet(
+    live: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between two deltas far apart the stream carries keep-alive comments (proxies close
+    idle connections), and the events around them are whole."""
+    monkeypatch.setattr(event_stream, "PING_EVERY", 0.05)
+    body = {"payload": {"text": "ab", "chunks": 2, "delay_ms": 400}, "instances": "A"}
+    async with live.http.post(
+        live.url + "/api/orchestrator/route",
+        data=orjson.dumps({**body, "stream": True}),
+        headers={**live.headers, "Content-Type": "application/json"},
+    ) as resp:
+        raw = await resp.read()
+    assert b": ping\r\n\r\n" in raw
+    got = list(SseParser().feed(raw))
+    assert [e.type for e in got] == ["delta", "delta", "result"]
+
+
+async def test_a_streamed_route_never_reaches_the_framework(live: Cluster) -> None:
+    """The fast path serves a streamed route itself (same events, a request id); a
+    streamed route it cannot vouch for (an ``Idempotency-Key``) goes on to the app."""
+    passed_on: list[Scope] = []
+
+    async def framework(scope: Scope, receive: Receive, send: Send) -> None:
+        passed_on.append(scope)
+        await send({"type": "http.response.start", "status": 299, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    state = State()
+    state.orchestrator = live.service
+    state.authenticator = Authenticator(SecretStr(live.api_key))
+    paths = FastPaths(framework, state=state, max_body_bytes=4096)
+    body = orjson.dumps({"instances": ["B"], "payload": {"text": "two words"}, "stream": True})
+    headers = [
+        (b"authorization", f"Bearer {live.api_key}".encode()),
+        (b"content-type", b"application/json"),
+        (b"x-request-id", b"stream-1"),
+    ]
+    sent = await _asgi_stream(paths, body, headers)
+    assert not passed_on
+    assert sent[0]["status"] == 200
+    head = dict(sent[0]["headers"])
+    assert head[b"content-type"].startswith(b"text/event-stream")
+    assert head[b"x-request-id"] == b"stream-1"
+    got = list(SseParser().feed(b"".join(m.get("body", b"") for m in sent[1:])))
+    assert [e.type for e in got] == ["delta", "delta", "result"]
+    assert texts(got, "B") == ["two ", "words"]
+    assert sent[-1].get("more_body", False) is False
+
+    sent = await _asgi_stream(paths, body, [*headers, (b"idempotency-key", b"k")])
+    assert (sent[0]["status"], len(passed_on)) == (299, 1)
+
+
+async def _asgi_stream(
+    app: FastPaths, body: bytes, headers: list[tuple[bytes, bytes]]
+) -> list[Message]:
+    """A streamed route through ``app`` as uvicorn would call it: the body, then a client
+    that stays until the reply ends; the messages sent."""
+    scope: Scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/api/orchestrator/route",
+        "root_path": "",
+        "headers": headers,
+    }
+    sent: list[Message] = []
+    chunks: list[Message] = [{"type": "http.request", "body": body, "more_body": False}]
+    stays = asyncio.Event()
+
+    async def receive() -> Message:
+        if chunks:
+            return chunks.pop(0)
+        await stays.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    stays.set()
+    return sent

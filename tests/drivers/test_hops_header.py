@@ -88,7 +88,7 @@ async def test_tasks_and_session_calls_carry_one_more_hop(
         await driver.session_restore(spec, "s2", history, timeout=5.0, request_id="r4")
         await driver.session_close(spec, "s2", timeout=5.0)
     await driver.probe(spec, timeout=5.0)
-    assert got  # the streamed task did stream (through aiohttp whatever the transport)
+    assert got  # the streamed task did stream (through the transport's lean client when it has one)
     assert hops_of(seen, "POST", "/api/instance/task") == ["1", "3", "3"]
     assert hops_of(seen, "POST", "/sessions/s1/messages") == ["3"]
     assert hops_of(seen, "PUT", "/sessions/s2") == ["3"]

@@ -1,11 +1,10 @@
 """A route or session send answered as server-sent events (``"stream": true`` or ``Accept:
 text/event-stream``): the instance's output relayed as it is produced.
 
-The work runs as its own task, its deltas handed over through a small bounded queue (a
-slow reader slows the instance's stream down rather than filling memory). Until the first
-attempt starts, nothing is sent: whatever fails before (an unknown instance or session, a
-deadline over the maximum, every candidate down) is the ordinary JSON error reply. From
-then on the reply is ``200 text/event-stream``::
+The work runs as its own task. Until its first attempt starts, nothing is sent: whatever
+fails before (an unknown instance or session, a deadline over the maximum, every candidate
+down) is the ordinary JSON error reply. From then on the reply is ``200
+text/event-stream``::
 
     event: delta   data: {"instance": "A", "delta": <the instance's JSON value>}
     event: result  data: <RouteResult | SendResult>                    (last)
@@ -13,18 +12,29 @@ then on the reply is ``200 text/event-stream``::
 
 with a keep-alive comment every :data:`PING_EVERY` seconds. A client that disconnects
 cancels the work: the driver aborts its exchange and tells the instance.
+
+This is the relay's hot loop (issue 12: 100 streams of 50 chunks/s), so the reply is an
+ASGI response of our own rather than sse_starlette's (a task group of four tasks a stream,
+a cancel scope and a lock around every send): the driver's read loop writes each delta
+to the client itself (:class:`_Relay`; the deltas of one read in one ``send``), no queue
+between them, the ASGI ``send``'s own flow control being the back-pressure (a slow reader
+slows the instance's stream down rather than filling memory); one task per stream watches
+for the client's disconnect and sends the keep-alive comments. The same response serves
+both sides of the seam: the FastAPI routes return it and the fast path
+(:mod:`.fastpath_stream`) calls it.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import orjson
 from pydantic import BaseModel
-from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Message, Receive, Scope, Send
 
 from ...errors import OrchestratorError
 from ..core.dispatcher import Streaming
@@ -33,8 +43,8 @@ from ..logs import get_logger
 __all__ = [
     "EVENT_STREAM",
     "PING_EVERY",
-    "QUEUED_DELTAS",
     "STREAM_REPLY",
+    "EventStream",
     "event_stream",
     "wants_stream",
 ]
@@ -44,8 +54,6 @@ log = get_logger("api")
 EVENT_STREAM = "text/event-stream"
 PING_EVERY = 15.0
 """Seconds between keep-alive comments (as a run's event stream: proxies close idle ones)."""
-QUEUED_DELTAS = 64
-"""Deltas waiting for a slow reader, at most, before the instance's stream waits too."""
 STREAM_REPLY: dict[int | str, dict[str, Any]] = {
     200: {
         "description": 'The result; with `"stream": true` or `Accept: text/event-stream`, '
@@ -57,8 +65,15 @@ STREAM_REPLY: dict[int | str, dict[str, Any]] = {
 }
 """The OpenAPI 200 reply of an endpoint that can stream."""
 
-Work = Callable[[Streaming], Awaitable[BaseModel]]
-_END = object()
+Work = Callable[[Streaming], Coroutine[Any, Any, BaseModel]]
+_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-store"),
+    (b"connection", b"keep-alive"),
+    (b"x-accel-buffering", b"no"),
+]
+"""What sse_starlette sent, kept: no caching, and no buffering by a proxy (nginx)."""
+_PING: Message = {"type": "http.response.body", "body": b": ping\r\n\r\n", "more_body": True}
 
 
 def wants_stream(request: Request, asked: bool) -> bool:
@@ -67,21 +82,21 @@ def wants_stream(request: Request, asked: bool) -> bool:
     return asked or EVENT_STREAM in request.headers.get("accept", "")
 
 
-async def event_stream(work: Work) -> EventSourceResponse:
+async def event_stream(work: Work) -> EventStream:
     """Start ``work`` with a :class:`~..core.dispatcher.Streaming` and answer with its
     events once its first attempt starts (or it ends first: its error raised here, its
     result as the only event)."""
-    queue: asyncio.Queue[Any] = asyncio.Queue(QUEUED_DELTAS)
-    begun = asyncio.get_running_loop().create_future()
-
-    async def relay(instance: str, delta: Any) -> None:
-        await queue.put(_event("delta", {"instance": instance, "delta": delta}))
+    loop = asyncio.get_running_loop()
+    relay = _Relay(loop)
+    begun = loop.create_future()
 
     def begin() -> None:
         if not begun.done():
             begun.set_result(None)
 
-    task = asyncio.create_task(_ended(work(Streaming(relay, begin)), queue))
+    task: asyncio.Task[BaseModel] = loop.create_task(
+        work(Streaming(relay.delta, begin, relay.deltas))
+    )
     task.add_done_callback(_retrieve)
     try:
         await asyncio.wait((task, begun), return_when=asyncio.FIRST_COMPLETED)
@@ -90,51 +105,123 @@ async def event_stream(work: Work) -> EventSourceResponse:
     except BaseException:
         task.cancel()
         raise
-    return EventSourceResponse(_frames(queue, task), ping=PING_EVERY)
+    return EventStream(task, relay)
 
 
-async def _ended(work: Awaitable[BaseModel], queue: asyncio.Queue[Any]) -> BaseModel:
-    """``work``'s result, the end marked in ``queue`` after its last delta (unless it was
-    cancelled: then nobody reads the queue any more)."""
+class _Relay:
+    """Writes each delta straight to the client's ``send`` (from the driver's read loop),
+    once the reply has begun; a delta that comes before waits for it."""
+
+    __slots__ = ("_attached", "_prefixes", "_send")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._send: Send | None = None
+        self._attached: asyncio.Future[Send] = loop.create_future()
+        self._prefixes: dict[str, bytes] = {}
+
+    def attach(self, send: Send) -> None:
+        """The reply began: deltas go to ``send`` from now on."""
+        self._send = send
+        if not self._attached.done():
+            self._attached.set_result(send)
+
+    async def delta(self, instance: str, value: Any) -> None:
+        """``event: delta`` with ``{"instance": ..., "delta": value}``, the prefix encoded
+        once per instance."""
+        frame = b"%s%s}\r\n\r\n" % (self._prefix(instance), orjson.dumps(value))
+        await self._write(frame)
+
+    async def deltas(self, instance: str, values: list[Any]) -> None:
+        """Several ``delta`` events that arrived together, written in one ``send``."""
+        prefix = self._prefix(instance)
+        await self._write(b"".join(b"%s%s}\r\n\r\n" % (prefix, orjson.dumps(v)) for v in values))
+
+    def _prefix(self, instance: str) -> bytes:
+        prefix = self._prefixes.get(instance)
+        if prefix is None:
+            name = orjson.dumps(instance)
+            prefix = self._prefixes[instance] = (
+                b'event: delta\r\ndata: {"instance":%s,"delta":' % name
+            )
+        return prefix
+
+    async def _write(self, frames: bytes) -> None:
+        send = self._send
+        if send is None:
+            send = await self._attached
+        await send({"type": "http.response.body", "body": frames, "more_body": True})
+
+
+class EventStream(Response):
+    """The ``200 text/event-stream`` reply of work whose first attempt has started: its
+    deltas as the driver reads them, then its ``result`` or ``error`` event (module
+    docstring). Awaited by the app (a FastAPI route returns it) or by the fast path."""
+
+    media_type = EVENT_STREAM
+
+    def __init__(self, task: asyncio.Task[BaseModel], relay: _Relay) -> None:
+        self.status_code = 200
+        self.background = None
+        self.raw_headers = list(_HEADERS)
+        self._task = task
+        self._relay = relay
+
+    def __repr__(self) -> str:
+        return f"<EventStream done={self._task.done()}>"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Send the head, let the relay write the deltas, then the last event; a client
+        that leaves first cancels the work (and nothing more is sent)."""
+        task = self._task
+        watcher: asyncio.Task[None] | None = None
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            watcher = asyncio.create_task(_watch(receive, send, task))
+            self._relay.attach(send)
+            await asyncio.wait((task,))
+            watcher.cancel()
+            if not task.cancelled():
+                await send({"type": "http.response.body", "body": _last(task)})
+        finally:
+            task.cancel()  # a no-op once it has ended
+            if watcher is not None:
+                watcher.cancel()
+
+
+async def _watch(receive: Receive, send: Send, task: asyncio.Task[BaseModel]) -> None:
+    """Cancel ``task`` when the client disconnects; a keep-alive comment every
+    :data:`PING_EVERY` seconds meanwhile."""
     try:
-        result = await work
-    except asyncio.CancelledError:
-        raise
-    except BaseException:
-        await queue.put(_END)
-        raise
-    await queue.put(_END)
-    return result
+        while True:
+            try:
+                async with asyncio.timeout(PING_EVERY):
+                    message = await receive()
+            except TimeoutError:
+                await send(_PING)
+                continue
+            if message["type"] == "http.disconnect":
+                break
+    except Exception as exc:  # the connection broke under a ping: the same as a disconnect
+        log.debug("api.stream_ping_failed", error=type(exc).__name__)
+    task.cancel()
 
 
-async def _frames(queue: asyncio.Queue[Any], task: asyncio.Task[BaseModel]) -> AsyncIterator[Any]:
-    """The deltas as they come, then the result or error event; the work cancelled when
-    the stream stops early (the client went away)."""
+def _last(task: asyncio.Task[BaseModel]) -> bytes:
+    """The ``result`` or ``error`` event of the ended ``task``."""
     try:
-        while (item := await queue.get()) is not _END:
-            yield item
-        yield await _last(task)
-    finally:
-        task.cancel()  # a no-op once it has ended
-
-
-async def _last(task: asyncio.Task[BaseModel]) -> ServerSentEvent:
-    try:
-        result = await task
+        result = task.result()
     except OrchestratorError as exc:
         return _error(exc)
     except Exception as exc:  # a bug: the app's generic 500, details only in the log
         log.error("api.unexpected_error", exc_info=exc)
         return _error(OrchestratorError("internal error; see the orchestrator log"))
-    return ServerSentEvent(result.model_dump_json(), event="result")
+    data = result.__pydantic_serializer__.to_json(result)
+    return b"event: result\r\ndata: %s\r\n\r\n" % data
 
 
-def _error(exc: OrchestratorError) -> ServerSentEvent:
-    return _event("error", {**exc.to_dict(), "status": exc.status})
-
-
-def _event(kind: str, data: Any) -> ServerSentEvent:
-    return ServerSentEvent(orjson.dumps(data).decode(), event=kind)
+def _error(exc: OrchestratorError) -> bytes:
+    data = orjson.dumps({**exc.to_dict(), "status": exc.status})
+    return b"event: error\r\ndata: %s\r\n\r\n" % data
 
 
 def _retrieve(task: asyncio.Task[BaseModel]) -> None:

@@ -56,6 +56,7 @@ __all__ = [
     "LOCAL_RESOURCE_ERRNOS",
     "OVERLOADED_RETRY_AFTER",
     "Delta",
+    "DeltaBatch",
     "DeltaError",
     "Fence",
     "History",
@@ -79,6 +80,8 @@ __all__ = [
     "request_failed",
     "request_url",
     "stream_error",
+    "stream_event",
+    "stream_events",
     "translating_errors",
 ]
 
@@ -92,6 +95,16 @@ OVERLOADED_RETRY_AFTER = 1.0
 """Seconds an ``overloaded`` answer tells the caller to wait (``Retry-After``)."""
 Delta = Callable[[Any], Awaitable[None]]
 """Receives one piece of an instance's streamed output (a JSON value), in order."""
+
+
+class DeltaBatch(Protocol):
+    """A :data:`Delta` that also takes several pieces at once, in order: the pieces one read
+    of a stream brought (:func:`stream_events`), so a relay that fell behind writes them to
+    its client in one go instead of one write each."""
+
+    async def __call__(self, delta: Any) -> None: ...
+
+    async def many(self, deltas: list[Any]) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -359,22 +372,58 @@ async def read_stream(
         if total > limit:
             resp.close()
             raise reply_too_large(instance, limit)
-        for event in decoder.feed(chunk):
-            final = await _stream_event(event, instance, on_delta)
-            if final is not None:
-                return final
+        final = await stream_events(decoder.feed(chunk), instance, on_delta)
+        if final is not None:
+            return final
     raise stream_error(instance, "the stream ended without a result or error event")
 
 
-async def _stream_event(event: SseEvent, instance: str, on_delta: Delta) -> Reply | None:
+async def stream_events(events: list[SseEvent], instance: str, on_delta: Delta) -> Reply | None:
+    """The events one read completed, as :func:`stream_event` takes them; consecutive
+    deltas go to ``on_delta.many`` together when it has one (:class:`DeltaBatch`: a relay
+    that fell behind writes them to its client at once), every delta before a broken one
+    handed on first. The final reply, if one of them was the last."""
+    many = getattr(on_delta, "many", None)
+    if many is None or len(events) < 2:
+        for event in events:
+            final = await stream_event(event, instance, on_delta)
+            if final is not None:
+                return final
+        return None
+    batch: list[Any] = []
+    for event in events:
+        if event.event == "delta":
+            try:
+                batch.append(_delta_value(event, instance))
+            except InstanceProtocolError:
+                await _hand_on(many, batch)
+                raise
+            continue
+        await _hand_on(many, batch)
+        batch = []
+        final = await stream_event(event, instance, on_delta)
+        if final is not None:
+            return final
+    await _hand_on(many, batch)
+    return None
+
+
+async def _hand_on(many: Callable[[list[Any]], Awaitable[None]], batch: list[Any]) -> None:
+    """``many(batch)`` unless it is empty; its failure is the caller's (DeltaError)."""
+    if batch:
+        try:
+            await many(batch)
+        except Exception as exc:
+            raise DeltaError(exc) from exc
+
+
+async def stream_event(event: SseEvent, instance: str, on_delta: Delta) -> Reply | None:
     """Hand a ``delta`` to ``on_delta``; the final reply a ``result`` or ``error`` makes;
     None for a delta or an event of a kind we do not know (later versions may add some)."""
     if event.event == "delta":
-        body = _event_object(event, instance)
-        if "delta" not in body:
-            raise stream_error(instance, "a delta event has no 'delta' field")
+        value = _delta_value(event, instance)
         try:
-            await on_delta(body["delta"])
+            await on_delta(value)
         except Exception as exc:
             raise DeltaError(exc) from exc
         return None
@@ -386,6 +435,14 @@ async def _stream_event(event: SseEvent, instance: str, on_delta: Delta) -> Repl
             raise stream_error(instance, "an error event has no 'status' from 400 to 599")
         return Reply(status, None, event.data)
     return None
+
+
+def _delta_value(event: SseEvent, instance: str) -> Any:
+    """The value a ``delta`` event carries."""
+    body = _event_object(event, instance)
+    if "delta" not in body:
+        raise stream_error(instance, "a delta event has no 'delta' field")
+    return body["delta"]
 
 
 def _event_object(event: SseEvent, instance: str) -> dict[str, Any]:

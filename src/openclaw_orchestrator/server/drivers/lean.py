@@ -6,7 +6,10 @@ client writes the request as one pre-formatted byte string over an ``asyncio.Pro
 parses the reply with httptools (the parser uvicorn uses) and keeps connections alive in a
 pool per host. It is used only where it is correct: ``http://`` URLs without userinfo, and
 bodies under :data:`~openclaw_orchestrator.sdk.bodies.STREAM_FROM_BYTES`;
-:class:`~.transport.LeanTransport` sends everything else through aiohttp.
+:class:`~.transport.LeanTransport` sends everything else through aiohttp. The same POST
+asking for a streamed reply (:meth:`LeanHttp.stream`, instance protocol v1.3) goes here too:
+the relay of issue 12 reads 5,000 chunks/s through it, and aiohttp's stream reader cost a
+tenth of the relay's CPU per chunk.
 
 Bounds: a reply is read up to the caller's ``max_reply`` bytes of body (a declared
 ``Content-Length`` over it fails at once; headers get :data:`MAX_HEADER_BYTES` more), and a
@@ -40,6 +43,7 @@ import json
 import socket
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
 from typing import NamedTuple
 
@@ -88,6 +92,13 @@ is never written into a connection the instance is closing at that moment (a res
 would count against the instance's health, and could not be retried safely)."""
 MAX_HEADER_BYTES = 64 * 1024
 """Bytes a reply may have besides its body (status line and headers)."""
+STREAM_BUFFER_BYTES = 64 * 1024
+"""Bytes of a streamed reply read ahead of its reader, at most, before the socket is no
+longer read (a slow client slows the instance's stream down rather than filling memory)."""
+_EVENT_STREAM = b"text/event-stream"
+Take = Callable[[], Awaitable[bytes | None]]
+"""Gives the body bytes of a streamed reply that arrived since the last call (waiting for
+some), or None once the reply has ended."""
 
 
 class ConnectFailed(OSError):
@@ -145,12 +156,30 @@ class _Connection(asyncio.Protocol):
         self._max_reply = DEFAULT_MAX_REPLY_BYTES
         self._received = 0  # bytes of this reply, headers included
         self._body_size = 0
+        # A streamed reply (:meth:`exchange` with ``stream=True``, text/event-stream):
+        self._stream_ok = False  # the request asked for one
+        self._event_stream = False  # the reply's content type says it is one
+        self._streaming = False  # its body goes to :meth:`take` as it comes
+        self._pieces: list[bytes] = []
+        self._buffered = 0
+        self._reader: asyncio.Future[None] | None = None
+        self._ended = False
+        self._error: BaseException | None = None
+        self._paused = False
+        self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # a TCP transport
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self._streaming:
+            if exc is None and not self._parser.should_keep_alive():
+                self._ended = True  # a stream without a length ends where the connection does
+            elif not self._ended and self._error is None:
+                self._error = exc or ConnectionResetError("the instance closed the connection")
+            self._wake_reader()
+            return
         if self._waiter is None or self._waiter.done():
             return
         if exc is None and self._status and not self._parser.should_keep_alive():
@@ -182,19 +211,40 @@ class _Connection(asyncio.Protocol):
                 self._fail(ReplyTooLarge(self._max_reply))
         elif size == 18 and name.lower() == b"x-session-replayed":  # a session message's
             self._replayed = value.lower() == b"true"
+        elif size == 12 and self._stream_ok and name.lower() == b"content-type":
+            self._event_stream = value.split(b";", 1)[0].strip().lower() == _EVENT_STREAM
 
     def on_headers_complete(self) -> None:
         self._status = self._parser.get_status_code()
+        if self._event_stream and 200 <= self._status < 300:
+            self._streaming = True  # the head is the reply; the body goes to take()
+            waiter = self._waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(Reply(self._status, self._retry_after, b"", self._replayed))
 
     def on_body(self, body: bytes) -> None:
         self._body_size += len(body)
         if self._body_size > self._max_reply:
             self._fail(ReplyTooLarge(self._max_reply))  # the rest is never kept
-        elif not self.closed:
+        elif self.closed:
+            return
+        elif self._streaming:
+            self._pieces.append(body)
+            self._buffered += len(body)
+            self._wake_reader()
+            if self._buffered > STREAM_BUFFER_BYTES and not self._paused:
+                self._paused = True
+                if self.transport is not None:
+                    self.transport.pause_reading()
+        else:
             self._chunks.append(body)
 
     def on_message_complete(self) -> None:
         self._keep_alive = self._parser.should_keep_alive()
+        if self._streaming:
+            self._ended = True
+            self._wake_reader()
+            return
         reply = Reply(self._status, self._retry_after, b"".join(self._chunks), self._replayed)
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(reply)
@@ -202,7 +252,15 @@ class _Connection(asyncio.Protocol):
     def _fail(self, exc: Exception) -> None:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_exception(exc)
+        if self._streaming and self._error is None:
+            self._error = exc
+            self._wake_reader()
         self.close()
+
+    def _wake_reader(self) -> None:
+        reader = self._reader
+        if reader is not None and not reader.done():
+            reader.set_result(None)
 
     def close(self) -> None:
         """Close the socket; the connection is never used again."""
@@ -215,10 +273,53 @@ class _Connection(asyncio.Protocol):
         """Whether the last exchange left the connection fit for the next request."""
         return self._keep_alive and not self.closed
 
-    async def exchange(self, request: bytes, deadline: float, max_reply: int) -> Reply:
+    @property
+    def is_streaming(self) -> bool:
+        """Whether the reply :meth:`exchange` returned is a stream still to :meth:`take`."""
+        return self._streaming
+
+    async def take(self) -> bytes | None:
+        """The streamed reply's body bytes that arrived since the last call, waiting for
+        some; None once it has ended; its failure (a timeout, too long, a broken
+        connection) once the bytes before it are taken."""
+        while not self._pieces:
+            if self._error is not None:
+                raise self._error
+            if self._ended:
+                return None
+            self._reader = self._loop.create_future()
+            try:
+                await self._reader
+            finally:
+                self._reader = None
+        pieces = self._pieces
+        data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        self._pieces, self._buffered = [], 0
+        if self._paused and self.transport is not None and not self.closed:
+            self._paused = False
+            self.transport.resume_reading()
+        return data
+
+    def end_stream(self) -> None:
+        """Done with the exchange (a streamed reply read to its end or not): its deadline
+        no longer runs, and the connection is reusable only if the reply ended."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._streaming and not self._ended:
+            self._keep_alive = False
+        self._stream_ok = self._event_stream = self._streaming = self._ended = False
+        self._pieces, self._buffered, self._error = [], 0, None
+
+    async def exchange(
+        self, request: bytes, deadline: float, max_reply: int, *, stream: bool = False
+    ) -> Reply:
         """Send ``request`` (complete bytes) and wait for the whole reply until ``deadline``
         (``loop.time()``); past it, TimeoutError and the connection is closed. A body over
-        ``max_reply`` bytes is ReplyTooLarge, and the connection is closed too.
+        ``max_reply`` bytes is ReplyTooLarge, and the connection is closed too. With
+        ``stream``, a 2xx ``text/event-stream`` reply returns at its head
+        (:attr:`is_streaming`): its body is read with :meth:`take`, all of it within
+        ``deadline`` and ``max_reply``, until :meth:`end_stream`.
 
         One timer handle per exchange: ``asyncio.timeout()`` costs several times as much
         (a context object, the current task, a reschedule) and a fanout makes thousands."""
@@ -227,6 +328,7 @@ class _Connection(asyncio.Protocol):
         self._status, self._retry_after, self._keep_alive, self._replayed = 0, None, False, False
         self._chunks = []
         self._max_reply, self._received, self._body_size = max_reply, 0, 0
+        self._stream_ok, self._event_stream = stream, False
         waiter: asyncio.Future[Reply] = self._loop.create_future()
         self._waiter = waiter
         timer = self._loop.call_at(deadline, self._time_out)
@@ -234,7 +336,10 @@ class _Connection(asyncio.Protocol):
         try:
             return await waiter
         finally:
-            timer.cancel()
+            if self._streaming:
+                self._timer = timer  # the stream's body must come within the deadline too
+            else:
+                timer.cancel()
             self._waiter = None
 
     def _time_out(self) -> None:
@@ -303,21 +408,7 @@ class LeanHttp:
         for a connection and connecting included, ends within ``timeout``."""
         if self._closed:
             raise RuntimeError("this LeanHttp is closed")
-        request = b"".join(
-            (
-                b"POST ",
-                target.path,
-                b" HTTP/1.1\r\nHost: ",
-                target.host_header,
-                b"\r\nContent-Type: application/json\r\nAccept: application/json\r\n"
-                b"Content-Length: ",
-                str(len(body)).encode(),
-                b"\r\n",
-                headers,
-                b"\r\n",
-                body,
-            )
-        )
+        request = _request(target, b"application/json", headers, body)
         key = (target.host, target.port)
         pool = self._pools.get(key)
         if pool is None:
@@ -331,6 +422,43 @@ class LeanHttp:
         except BaseException:
             self._discard(pool, conn)
             raise
+        self._release(pool, conn)
+        return reply
+
+    async def stream(
+        self,
+        target: Target,
+        headers: bytes,
+        body: bytes,
+        *,
+        timeout: float,
+        max_reply: int = DEFAULT_MAX_REPLY_BYTES,
+        read: Callable[[Take], Awaitable[Reply]],
+    ) -> Reply:
+        """:meth:`post` asking for ``text/event-stream``: a 2xx event stream is given to
+        ``read``, whose reply is returned (its body read within ``timeout`` and
+        ``max_reply`` too); any other reply is returned whole, as :meth:`post` does. The
+        connection goes back to the pool only if the stream was read to its end."""
+        if self._closed:
+            raise RuntimeError("this LeanHttp is closed")
+        request = _request(target, _EVENT_STREAM, headers, body)
+        key = (target.host, target.port)
+        pool = self._pools.get(key)
+        if pool is None:
+            pool = self._pools[key] = _Pool()
+        deadline = asyncio.get_running_loop().time() + timeout
+        conn = self._take_idle(pool)
+        if conn is None:
+            conn = await self._open(key, pool, deadline)
+        try:
+            reply = await conn.exchange(request, deadline, max_reply, stream=True)
+            if conn.is_streaming:
+                reply = await read(conn.take)
+        except BaseException:
+            conn.end_stream()
+            self._discard(pool, conn)
+            raise
+        conn.end_stream()
         self._release(pool, conn)
         return reply
 
@@ -444,6 +572,26 @@ class LeanHttp:
         for pool in self._pools.values():
             while pool.waiters:
                 pool.wake_one()
+
+
+def _request(target: Target, accept: bytes, headers: bytes, body: bytes) -> bytes:
+    """The whole request: a JSON ``POST`` of ``body`` with the extra ``headers``."""
+    return b"".join(
+        (
+            b"POST ",
+            target.path,
+            b" HTTP/1.1\r\nHost: ",
+            target.host_header,
+            b"\r\nContent-Type: application/json\r\nAccept: ",
+            accept,
+            b"\r\nContent-Length: ",
+            str(len(body)).encode(),
+            b"\r\n",
+            headers,
+            b"\r\n",
+            body,
+        )
+    )
 
 
 def map_lean_errors(instance: str) -> AbstractContextManager[None]:

@@ -42,7 +42,8 @@ between delivering and recording it) returns that result like any other, and is 
 ``drivers.session_replayed``.
 
 A task or session message given ``on_delta`` asks for a streamed reply (protocol v1.3,
-``Accept: text/event-stream``, always through aiohttp): each ``delta`` event is awaited by
+``Accept: text/event-stream``, through the transport's lean client when it has one and can
+send the request, else aiohttp): each ``delta`` event is awaited by
 ``on_delta``, and the final ``result`` or ``error`` event maps exactly as the JSON reply
 would; an instance that answers JSON simply gives no delta. A task or message whose
 awaiting task is cancelled closes its connection and fires
@@ -96,6 +97,7 @@ from .instance_transport import (
     DEADLINE_HEADER,
     SESSIONS_PATH,
     AiohttpTransport,
+    LeanTransport,
     TransportKind,
     open_transport,
 )
@@ -321,7 +323,7 @@ class WorkerDriver(AsyncClosesOnExit):
             if on_delta is None:
                 reply = await self._transport.exchange(request)
             else:
-                reply = await self._streams.stream(request, on_delta)
+                reply = await self._stream(request, on_delta)
         except asyncio.CancelledError:
             self._tell_cancelled(instance, request_id)
             raise
@@ -331,6 +333,16 @@ class WorkerDriver(AsyncClosesOnExit):
         if reply.replayed:
             _log_replayed(instance.name, path, request_id, fence)
         return _result(instance.name, _reply_body(instance.name, reply))
+
+    async def _stream(self, request: InstanceRequest, on_delta: Delta) -> Reply:
+        """A streamed exchange through the lean client when the transport is the lean one
+        and can send it, else through aiohttp."""
+        transport = self._transport
+        if isinstance(transport, LeanTransport):
+            reply = await transport.stream(request, on_delta)
+            if reply is not None:
+                return reply
+        return await self._streams.stream(request, on_delta)
 
     async def invoke(
         self,
