@@ -189,6 +189,7 @@ async def _submit_and_finish(orch: Proc, db: RunsDb, store: str, n: int) -> list
     warm = await run_load(submit, headers=AUTH, concurrency=CONCURRENCY, requests=200)
     await _wait_counts(db, lambda c: _unfinished(c) == 0, 60)
     before = len(warm.latencies)
+    load = os.getloadavg()[0]  # the machine is shared: rates mean little without it
     cpu, db_cpu = orch.cpu(), postgres_cpu()
     started = time.time()
     result = await run_load(submit, headers=AUTH, concurrency=CONCURRENCY, requests=n)
@@ -196,9 +197,15 @@ async def _submit_and_finish(orch: Proc, db: RunsDb, store: str, n: int) -> list
     counts, drain = await _wait_counts(db, lambda c: _unfinished(c) == 0, 120)
     cpu = orch.cpu() - cpu
     row = _row_from_load("runs", f"{store}:submit", CONCURRENCY, result, orch, cpu)
-    row.extra = {"cpu_includes": "working on the runs", "drain_s": round(drain, 2)}
+    row.extra = {
+        "cpu_includes": "working on the runs",
+        "drain_s": round(drain, 2),
+        "load_1m": round(load, 2),
+    }
     if store == "postgres":
-        row.extra["postgres_cpu_us_per_req"] = round((postgres_cpu() - db_cpu) / n * 1e6, 1)
+        db_us = (postgres_cpu() - db_cpu) / n * 1e6
+        row.extra["postgres_cpu_us_per_req"] = round(db_us, 1)
+        row.extra["with_postgres_cpu_us_per_req"] = round(cpu / n * 1e6 + db_us, 1)
     times = [(c, f) for c, f in await db.times() if c >= started]
     durations = [f - c for c, f in times]
     finished = sum(counts.get(s, 0) for s in FINISHED) - before

@@ -196,6 +196,33 @@ async def test_a_released_run_is_taken_at_once_by_the_next_replica(store: Sqlite
     assert done.state == "succeeded"
 
 
+async def test_a_run_its_claim_started_is_queued_again_if_let_go_before_dispatch(
+    store: SqliteStore,
+) -> None:
+    """A claim starts its queued runs (``start_runs``: marked delivered before dispatch). A
+    replica that stops before such a run's task began gives it back undelivered, so the
+    next replica runs it (once) instead of judging it ``interrupted``."""
+    first = RunService(store.runs, Work(), SETTINGS, holder="first")
+    run, _ = await first.submit("route", {}, timeout=60)
+    (started,), _ = await store.runs.start_runs("first", 30.0, 1, time.time())
+    assert (started.state, started.delivered) == ("running", True)
+    first._begin(started, started=True)  # its task is created, and cancelled before it runs
+    await first.aclose()
+    back = await store.runs.get_run(run.id)
+    assert back is not None
+    assert (back.state, back.delivered, back.attempts, back.holder) == ("queued", False, 0, None)
+    work = Work()
+    later = RunService(store.runs, work, SETTINGS, holder="second")
+    await later.start()
+    try:
+        done = await until_finished(later, run.id)
+    finally:
+        await later.aclose()
+    assert (done.state, done.attempts, work.calls) == ("succeeded", 1, [run.id])
+    states = [e.data.get("state") for e in await store.runs.events(run.id, 0, 10)]
+    assert states == ["queued", "running", "queued", "running", None, "succeeded"]
+
+
 class FanoutWork:
     """Records one entry at once, then waits for targets that never answer."""
 

@@ -312,8 +312,8 @@ async def test_a_claim_still_finds_a_lost_lease_among_many_running_runs(runs: Ru
 
 
 async def test_a_run_and_its_event_are_written_together(runs: RunStore) -> None:
-    """``create_run``/``update_run`` with an event: both in one transaction, the event only
-    when the run was created / the update applied."""
+    """``create_run``/``update_run`` with events: all in one transaction, the events only
+    when the run was created / the update applied, numbered in the order given."""
     queued: NewEvent = ("state", {"state": "queued"}, 1000.0)
     created = await asyncio.gather(
         *(runs.create_run(run(f"r{i}", idempotency_key=f"k{i}"), event=queued) for i in range(5)),
@@ -325,15 +325,87 @@ async def test_a_run_and_its_event_are_written_together(runs: RunStore) -> None:
     running: NewEvent = ("state", {"state": "running"}, 1001.0)
     changes = {"state": "running", "updated_at": 1001.0}
     updated = await asyncio.gather(
-        *(runs.update_run(f"r{i}", "h1", held[f"r{i}"], changes, event=running) for i in range(4)),
-        runs.update_run("r4", "h1", held["r4"] + 1, changes, event=running),  # refused
+        *(
+            runs.update_run(f"r{i}", "h1", held[f"r{i}"], changes, events=[running])
+            for i in range(4)
+        ),
+        runs.update_run("r4", "h1", held["r4"] + 1, changes, events=[running]),  # refused
     )
     assert [u is not None for u in updated] == [True, True, True, True, False]
     assert [e.seq for e in await runs.events("r0", 0, 10)] == [1, 2]
     assert [e.seq for e in await runs.events("r4", 0, 10)] == [1]
+    tried: list[NewEvent] = [("attempt", {"n": n}, 1001.5) for n in (1, 2)]
     done: NewEvent = ("result", {"state": "succeeded"}, 1002.0)
     final = {"state": "succeeded", "finished_at": 1002.0, "result": {"ok": True}}
-    finished = await runs.update_run("r0", "h1", held["r0"], final, event=done)
+    finished, other = await asyncio.gather(
+        runs.update_run("r0", "h1", held["r0"], final, events=[*tried, done]),
+        runs.update_run("r1", "h1", held["r1"], final, events=[done]),
+    )
     assert finished is not None
+    assert other is not None
     assert (finished.state, finished.holder, finished.result) == ("succeeded", None, {"ok": True})
-    assert [e.type for e in await runs.events("r0", 0, 10)] == ["state", "state", "result"]
+    events = await runs.events("r0", 0, 10)
+    assert [(e.seq, e.type) for e in events] == [
+        (1, "state"), (2, "state"), (3, "attempt"), (4, "attempt"), (5, "result")
+    ]  # fmt: skip
+    assert [e.data.get("n") for e in events[2:4]] == [1, 2]
+    assert [e.seq for e in await runs.events("r1", 0, 10)] == [1, 2, 3]
+
+
+async def test_start_runs_starts_in_its_claim_only_the_runs_that_need_no_decision(
+    runs: RunStore,
+) -> None:
+    """``start_runs`` claims as ``claim_runs`` does, and in the same write starts the queued
+    runs with no cancel asked and time left (``running``, ``delivered``, one attempt, their
+    ``running`` event); a cancelled, a late and a taken-over run are only claimed."""
+    queued: NewEvent = ("state", {"state": "queued"}, 1000.0)
+    kinds: list[tuple[str, dict[str, Any]]] = [
+        ("a-go", {}),
+        ("b-cancel", {"cancel_requested": True}),
+        ("c-late", {"deadline_at": 1500.0}),
+        ("d-go", {}),
+    ]
+    for n, (rid, kw) in enumerate(kinds):
+        await runs.create_run(run(rid, created_at=1000.0 + n, **kw), event=queued)
+    (dead,) = await runs.claim_runs("dead", 0.2, 1)  # a-go: held by a holder that dies
+    moved = {"state": "running", "delivered": True, "attempts": 1, "started_at": 1001.0}
+    assert await runs.update_run(dead.id, "dead", dead.epoch, moved) is not None
+    await asyncio.sleep(0.3)
+    started, claimed = await runs.start_runs("h1", TTL, 10, 2000.0)
+    assert [r.id for r in started] == ["d-go"]
+    assert [r.id for r in claimed] == ["a-go", "b-cancel", "c-late"]
+    (go,) = started
+    assert (go.state, go.delivered, go.attempts, go.holder) == ("running", True, 1, "h1")
+    assert (go.started_at, go.updated_at) == (2000.0, 2000.0)
+    assert go == await runs.get_run("d-go")
+    events = [(e.seq, e.type, e.data, e.at) for e in await runs.events("d-go", 0, 10)]
+    assert events == [
+        (1, "state", {"state": "queued"}, 1000.0),
+        (2, "state", {"state": "running", "attempt": 1}, 2000.0),
+    ]
+    assert all(r.state == s for r, s in zip(claimed, ["running", "queued", "queued"], strict=True))
+    assert [e.seq for e in await runs.events("b-cancel", 0, 10)] == [1]  # not started
+    assert await runs.start_runs("h2", TTL, 10, 2000.0) == ([], [])  # all held
+
+
+async def test_events_added_while_the_run_is_updated_are_numbered_without_gaps(
+    runs: RunStore,
+) -> None:
+    """Events appended alone and with the run's updates at the same moment (other batches,
+    numbering from their own snapshots) end up numbered 1..n, none lost, none twice."""
+    await runs.create_run(run("r1"), event=("state", {"state": "queued"}, 1000.0))
+    (held,) = await runs.claim_runs("h1", TTL, 1)
+    updates: list[NewEvent] = [("state", {"u": n}, 1001.0) for n in range(5)]
+    writes = [
+        *(runs.add_event("r1", "entry", {"n": n}, 1000.0) for n in range(20)),
+        *(
+            runs.update_run("r1", "h1", held.epoch, {"updated_at": 1000.0 + n}, events=[e])
+            for n, e in enumerate(updates)
+        ),
+    ]
+    results = await asyncio.gather(*writes)
+    assert all(r is not None for r in results)
+    events = await runs.events("r1", 0, 100)
+    assert [e.seq for e in events] == list(range(1, 27))
+    assert sorted(e.data["n"] for e in events if e.type == "entry") == list(range(20))
+    assert sorted(e.data["u"] for e in events if "u" in e.data) == list(range(5))

@@ -18,7 +18,7 @@ wall clock. Events are numbered per run from 1, gap-free, in the order they were
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -32,6 +32,7 @@ __all__ = [
     "RunPage",
     "RunQuery",
     "RunStore",
+    "running_event",
 ]
 
 MAX_RUNS_PAGE = 500
@@ -56,6 +57,11 @@ UPDATABLE = frozenset(
 
 NewEvent = tuple[EventType, dict[str, Any], float]
 """An event to append with a write of its run: type, data, time."""
+
+
+def running_event(attempt: int, at: float) -> NewEvent:
+    """The event of a run's start: its state and which attempt this is."""
+    return ("state", {"state": "running", "attempt": attempt}, at)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -97,6 +103,17 @@ class RunStore(Protocol):
         (returned as stored after the claim, state unchanged)."""
         ...
 
+    async def start_runs(
+        self, holder: str, ttl: float, limit: int, at: float
+    ) -> tuple[list[RunRecord], list[RunRecord]]:
+        """:meth:`claim_runs`, and in the same transaction start the claimed runs that need
+        no decision — queued, no cancel asked, deadline after ``at`` — as
+        :meth:`update_run` would (claim, then act: ``running``, ``delivered``, ``attempts +
+        1``, ``started_at`` and ``updated_at`` ``at``, and :func:`running_event`), so a
+        run's start costs no write of its own. (started, claimed only: the holder decides
+        what becomes of those), each oldest first."""
+        ...
+
     async def keep_runs(self, holder: str, held: Mapping[str, int], ttl: float) -> dict[str, bool]:
         """Extend the leases of ``held`` (run id -> epoch) still ``holder``'s at that epoch
         and unfinished; for each run renewed, whether its cancel was asked (a keeper of
@@ -111,12 +128,13 @@ class RunStore(Protocol):
         epoch: int,
         changes: Mapping[str, Any],
         *,
-        event: NewEvent | None = None,
+        events: Sequence[NewEvent] = (),
     ) -> RunRecord | None:
         """Apply ``changes`` (fields of :data:`UPDATABLE`) if ``holder`` still holds the run
         at ``epoch``; a change of ``state`` to a finished one also releases the lease. The
         run as stored after, or None when the lease moved on (nothing changed). With
-        ``event``: appended in the same transaction, if the update was."""
+        ``events``: appended in order in the same transaction, if the update was (a route's
+        attempts and its result are one write)."""
         ...
 
     async def release_run(self, run_id: str, holder: str, epoch: int) -> bool:

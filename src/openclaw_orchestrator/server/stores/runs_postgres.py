@@ -3,25 +3,29 @@
 (:mod:`.tables`), on the store's pool.
 
 **The hot writes are batched** (:class:`~.group_commit.Batches`: whatever arrives while a
-call is in flight goes in the next one): a run is a submit, three events and two updates,
-and each of them alone cost a transaction, a WAL flush and SQLAlchemy's per-statement work
-(about 10 ms of CPU per run in all, 130 submissions/s on two cores). ``create_run``,
-``add_event`` and ``update_run`` (one batch per set of changed fields) are each one
-statement over ``unnest`` of the batch's arrays, straight on the pooled asyncpg connection;
-``get_run`` too. The rest stay SQLAlchemy Core statements.
+call is in flight goes in the next one): each alone cost a transaction, a WAL flush and
+SQLAlchemy's per-statement work (about 10 ms of CPU per run in all, 130 submissions/s on two
+cores). ``create_run``, ``add_event`` and ``update_run`` (one batch per set of changed
+fields) are each ONE statement over ``unnest`` of the batch's arrays, straight on the pooled
+asyncpg connection: one round trip, no ``BEGIN``/``COMMIT`` (a statement is its own
+transaction); a run's events go in the same statement as its insert or update
+(data-modifying CTEs). ``get_run``, the claim and the lease renewal are asyncpg too; the
+rest stay SQLAlchemy Core statements.
 
 Every method is one transaction with nothing kept on the connection after it (no advisory
 locks, no temporary tables), so it works through PgBouncer in transaction mode. Leases are
-judged by the server's ``now()`` in epoch seconds. A claim is one statement, ``UPDATE … WHERE
-id IN (SELECT … FOR UPDATE SKIP LOCKED) RETURNING …``: a run another replica is claiming at
-that moment is skipped, never taken twice. An event's number is computed under the run's
-row lock (``FOR NO KEY UPDATE``), taken first in the same transaction: one statement's
-snapshot alone would let two writers compute the same ``max + 1``.
+judged by the server's ``now()`` in epoch seconds. A claim is one statement, ``UPDATE … FROM
+(SELECT … FOR UPDATE SKIP LOCKED) … RETURNING …``: a run another replica is claiming at that
+moment is skipped, never taken twice; with :meth:`PostgresRuns.start_runs` the same statement
+starts the runs that need no decision and adds their ``running`` events.
 
-A batch of events is numbered in one statement, each run's in the batch's order above its
-last; if that fails (another writer numbered one of its runs' events at the same moment, or
-a run is unknown) it is rolled back and done again under the row locks of its runs, taken in
-id order as every batched write takes them (no deadlock between batches).
+**Events are numbered optimistically**: from the statement's snapshot, each run's in the
+batch's order above its last. Every batched write that locks runs locks them in id order
+(no deadlock between batches, nor with the keeper's renewal). If another writer numbered one
+of the runs' events at the same moment, the primary key refuses the statement whole: an
+update batch is then done again (a new snapshot), a batch of events alone is done again
+under the row locks of its runs (``FOR NO KEY UPDATE``, taken first, in id order), as is
+one naming an unknown run.
 
 Driver failures go through the store's health (``watching``, its one translation into
 ``StorageUnavailableError`` / ``StorageFullError``), as the store's own methods do.
@@ -73,26 +77,12 @@ _C = runs.c
 _E = run_events.c
 _RUN = select(*runs.c)
 _NOW = cast(func.extract("epoch", func.now()), DOUBLE_PRECISION)
-_TTL = bindparam("b_ttl", type_=Float)  # typed: bound untyped, 0.5 s would be sent as 0
 _AT = bindparam("b_at", type_=Float)
 _OPEN = _C.state.not_in(sorted(TERMINAL))
 _FREE = or_(_C.holder.is_(None), _C.held_until <= _NOW)
 _FENCED = (_C.holder == bindparam("b_holder")) & (_C.epoch == bindparam("b_epoch")) & _OPEN
 _NEWEST = (_C.created_at.desc(), _C.id.desc())
 
-_CLAIMABLE = (
-    select(_C.id)
-    .where(_C.state.in_(("queued", "running")), _FREE)
-    .order_by(_C.created_at, _C.id)
-    .limit(bindparam("b_limit"))
-    .with_for_update(skip_locked=True)
-)
-_CLAIM = (
-    update(runs)
-    .where(_C.id.in_(_CLAIMABLE))
-    .values(holder=bindparam("b_holder"), held_until=_NOW + _TTL, epoch=_C.epoch + 1)
-    .returning(*runs.c)
-)
 _RELEASE = (
     update(runs).where(_C.id == bindparam("b_id"), _FENCED).values(holder=null(), held_until=_NOW)
 )
@@ -181,10 +171,19 @@ def _raw_record(row: Sequence[Any]) -> RunRecord:
 
 
 _INSERT_RUNS = (
-    f"INSERT INTO {_RT} ({', '.join(COLUMNS)}) "  # noqa: S608  # constants
+    f"WITH added AS (INSERT INTO {_RT} ({', '.join(COLUMNS)}) "  # noqa: S608  # constants
     f"SELECT {', '.join(_cast(c) for c in COLUMNS)} FROM {_unnest(COLUMNS)} "
-    "ON CONFLICT DO NOTHING RETURNING id"
+    "ON CONFLICT DO NOTHING RETURNING id), "
+    f"firsts AS (INSERT INTO {_ET} (run_id, seq, type, data, at) "
+    "SELECT e.run_id, 1, e.type, e.data::json, e.at FROM "
+    f"unnest(${len(COLUMNS) + 1}::text[], ${len(COLUMNS) + 2}::text[], "
+    f"${len(COLUMNS) + 3}::text[], ${len(COLUMNS) + 4}::float8[]) AS e(run_id, type, data, at) "
+    "JOIN added ON added.id = e.run_id) "
+    "SELECT id FROM added"
 )
+"""The batch's new runs and their first events (numbered 1: the runs are new), one
+statement, so one round trip and no BEGIN/COMMIT: the events' foreign key is checked at
+the statement's end, when its runs are there."""
 _BY_KEYS = f"SELECT {_OUT} FROM {_RT} r WHERE r.idempotency_key = ANY($1::text[])"  # noqa: S608
 _GET_RAW = f"SELECT {_OUT} FROM {_RT} r WHERE r.id = $1"  # noqa: S608
 _LOCK_RUNS = f"SELECT id FROM {_RT} WHERE id = ANY($1::text[]) ORDER BY id FOR NO KEY UPDATE"  # noqa: S608
@@ -200,9 +199,16 @@ _ADD_EVENTS = (
 )
 
 
+@functools.cache
 def _update_batch(names: tuple[str, ...]) -> str:
     """The fenced UPDATE of a batch whose runs change ``names`` (a move to a finished
-    state also drops the lease: ``state`` is then among the names and checked per row)."""
+    state also drops the lease: ``state`` is then among the names and checked per row),
+    with the events of the runs it updated, in one statement: one round trip, no
+    BEGIN/COMMIT. The runs are locked first, in id order (``locked``: every row the UPDATE
+    writes comes out of it, locked, sorted before it is locked), as every batched write
+    and the keeper lock theirs: no deadlock. An event is numbered from the statement's
+    snapshot: a writer that numbered one of the run's events meanwhile makes it a unique
+    violation, and the batch is done again (:meth:`PostgresRuns._update_batch`)."""
     sets = [f"{n} = {_cast(n)}" for n in names] or ["epoch = r.epoch"]
     if "state" in names:
         sets += [
@@ -211,13 +217,50 @@ def _update_batch(names: tuple[str, ...]) -> str:
         ]
     keys = ("b_id", "b_holder", "b_epoch", *names)
     unnest = _unnest(keys).replace("$3::text[]", "$3::int8[]", 1)
+    e = len(keys) + 1
     return (
-        f"UPDATE {_RT} r SET {', '.join(sets)} FROM {unnest} "  # noqa: S608  # checked names
+        f"WITH v AS (SELECT * FROM {unnest}), "  # noqa: S608  # names checked
+        f"locked AS MATERIALIZED (SELECT id FROM {_RT} WHERE id IN (SELECT b_id FROM v) "
+        "ORDER BY id FOR NO KEY UPDATE), "
+        f"u AS (UPDATE {_RT} r SET {', '.join(sets)} FROM v JOIN locked ON locked.id = v.b_id "
         "WHERE r.id = v.b_id AND r.holder = v.b_holder AND r.epoch = v.b_epoch "
-        f"AND r.state NOT IN ({_FINISHED}) RETURNING {_OUT}"
+        f"AND r.state NOT IN ({_FINISHED}) RETURNING {_OUT}), "
+        f"ev AS (SELECT * FROM unnest(${e}::text[], ${e + 1}::text[], ${e + 2}::text[], "
+        f"${e + 3}::float8[]) WITH ORDINALITY AS ev(run_id, type, data, at, i)), "
+        f"top AS (SELECT run_id, max(seq) AS top FROM {_ET} WHERE run_id IN (SELECT id FROM u) "
+        "GROUP BY run_id), "
+        f"added AS (INSERT INTO {_ET} (run_id, seq, type, data, at) "
+        "SELECT ev.run_id, coalesce(top.top, 0) + row_number() OVER (PARTITION BY ev.run_id "
+        "ORDER BY ev.i), ev.type, ev.data::json, ev.at FROM ev JOIN u ON u.id = ev.run_id "
+        "LEFT JOIN top ON top.run_id = ev.run_id) "
+        "SELECT * FROM u"
     )
 
 
+_EPOCH_NOW = "extract(epoch FROM now())::float8"
+_CLAIM_RAW = (
+    f"WITH picked AS (SELECT id, (state = 'queued' AND NOT cancel_requested "  # noqa: S608
+    f"AND deadline_at > $4) AS go FROM {_RT} WHERE state IN ('queued', 'running') "
+    f"AND (holder IS NULL OR held_until <= {_EPOCH_NOW}) "
+    "ORDER BY created_at, id LIMIT $3 FOR UPDATE SKIP LOCKED), "
+    f"claimed AS (UPDATE {_RT} r SET holder = $1, held_until = {_EPOCH_NOW} + $2, "
+    "epoch = r.epoch + 1, "
+    "state = CASE WHEN p.go AND $5 THEN 'running' ELSE r.state END, "
+    "delivered = r.delivered OR (p.go AND $5), "
+    "attempts = r.attempts + (p.go AND $5)::int, "
+    "started_at = CASE WHEN p.go AND $5 THEN coalesce(r.started_at, $4) ELSE r.started_at END, "
+    "updated_at = CASE WHEN p.go AND $5 THEN $4 ELSE r.updated_at END "
+    f"FROM picked p WHERE r.id = p.id RETURNING p.go AND $5 AS started, {_OUT}), "
+    f"begun AS (INSERT INTO {_ET} (run_id, seq, type, data, at) "
+    f"SELECT c.id, coalesce((SELECT max(seq) FROM {_ET} e WHERE e.run_id = c.id), 0) + 1, "
+    "'state', json_build_object('state', 'running', 'attempt', c.attempts), $4 "
+    "FROM claimed c WHERE c.started) "
+    "SELECT * FROM claimed"
+)
+"""The claim (module docstring), and with ``$5`` the start of the claimed runs that need no
+decision (:meth:`~.runs.RunStore.start_runs`) with their ``running`` events: one statement,
+straight on asyncpg. Nobody else writes events of a queued run, so the number computed
+from the statement's snapshot is the next one."""
 _RENEW = (
     f"UPDATE {_RT} r SET held_until = extract(epoch FROM now())::float8 + $4::float8 "  # noqa: S608
     "FROM unnest($1::text[], $2::int8[]) AS v(id, epoch) "
@@ -231,17 +274,27 @@ batches lock their runs in id order, so none is expected; the claims skip locked
 T = TypeVar("T")
 
 
-async def _retrying(call: Callable[[], Awaitable[T]]) -> T:
+_ABORTED: tuple[type[Exception], ...] = (
+    asyncpg.DeadlockDetectedError,
+    asyncpg.SerializationError,
+)
+
+
+async def _retrying(
+    call: Callable[[], Awaitable[T]], aborted: tuple[type[Exception], ...] = _ABORTED
+) -> T:
+    """``call()``, again (up to :data:`RETRIES` tries) when it failed with ``aborted``."""
     for attempt in range(1, RETRIES + 1):
         try:
             return await call()
-        except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
+        except aborted:
             if attempt == RETRIES:
                 raise
     raise AssertionError("unreachable")
 
 
 _Event = tuple[str, str, str, float]
+_EVENT_KEYS = ("run_id", "type", "data", "at")
 
 
 def _numbered(batch: Sequence[_Event], known: set[str], rows: Sequence[Any]) -> list[_Outcome]:
@@ -255,7 +308,7 @@ def _numbered(batch: Sequence[_Event], known: set[str], rows: Sequence[Any]) -> 
     return [(seqs[e[0]].pop(), None) if e[0] in known else (None, _unknown(e[0])) for e in batch]
 
 
-_Update = tuple[str, str, int, tuple[Any, ...], NewEvent | None]
+_Update = tuple[str, str, int, tuple[Any, ...], Sequence[NewEvent]]
 _Create = tuple[RunRecord, NewEvent | None]
 
 
@@ -334,15 +387,18 @@ class PostgresRuns:
         return result
 
     async def _create_batch(self, batch: Sequence[_Create]) -> list[_Outcome]:
-        """One INSERT of the batch, and one of the new runs' first events, in one
-        transaction; a run whose idempotency key was used is answered with that run (looked
-        up after: the conflict waited for its writer's commit)."""
+        """One statement inserts the batch and the new runs' first events; a run whose
+        idempotency key was used is answered with that run (looked up after: the conflict
+        waited for its writer's commit)."""
         rows = [tuple(_column(c, getattr(run, c)) for c in COLUMNS) for run, _ in batch]
-        async with self._raw() as conn, conn.transaction():
-            added = {r[0] for r in await conn.fetch(_INSERT_RUNS, *_arrays(COLUMNS, rows))}
-            firsts = [_event(run.id, e) for run, e in batch if e is not None and run.id in added]
-            if firsts:
-                await conn.fetch(_ADD_EVENTS, *_arrays(("r", "t", "d", "a"), firsts))
+        firsts = list({run.id: _event(run.id, e) for run, e in batch[::-1] if e}.values())
+        async with self._raw() as conn:
+            added = {
+                r[0]
+                for r in await conn.fetch(
+                    _INSERT_RUNS, *_arrays(COLUMNS, rows), *_arrays(_EVENT_KEYS, firsts)
+                )
+            }
             keys = [
                 run.idempotency_key
                 for run, _ in batch
@@ -366,7 +422,7 @@ class PostgresRuns:
     async def _event_batch(self, batch: Sequence[_Event]) -> list[_Outcome]:
         """Lock the batch's runs (in id order), then number and insert its events."""
         ids = sorted({e[0] for e in batch})
-        arrays = _arrays(("r", "t", "d", "a"), batch)
+        arrays = _arrays(_EVENT_KEYS, batch)
         try:  # optimistic: one statement, no lock; a race or an unknown run fails it whole
             async with self._raw() as conn:
                 rows = await conn.fetch(_ADD_EVENTS, *arrays)
@@ -380,7 +436,7 @@ class PostgresRuns:
                 mine = [e for e in batch if e[0] in known]
                 if not mine:
                     return known, []
-                return known, await conn.fetch(_ADD_EVENTS, *_arrays(("r", "t", "d", "a"), mine))
+                return known, await conn.fetch(_ADD_EVENTS, *_arrays(_EVENT_KEYS, mine))
 
         known, rows = await _retrying(add)
         return _numbered(batch, known, rows)
@@ -388,7 +444,8 @@ class PostgresRuns:
     async def _update_batch(
         self, names: tuple[str, ...], batch: Sequence[_Update]
     ) -> list[_Outcome]:
-        """One fenced UPDATE of the batch (a run twice in one batch: one at a time)."""
+        """One fenced UPDATE of the batch with its events (a run twice in one batch: one at
+        a time); done again if another writer numbered an event of its runs meanwhile."""
         if len({u[0] for u in batch}) < len(batch):
             out: list[_Outcome] = []
             for item in batch:
@@ -398,18 +455,14 @@ class PostgresRuns:
             (run_id, holder, epoch, *values) for run_id, holder, epoch, values, _e in batch
         )
         keys = ("b_id", "b_holder", "b_epoch", *names)
-        events = {u[0]: u[4] for u in batch if u[4] is not None}
+        events = [_event(u[0], e) for u in batch for e in u[4]]
+        arrays = [*_arrays(keys, rows), *_arrays(_EVENT_KEYS, events)]
 
         async def update() -> list[Any]:
-            async with self._raw() as conn, conn.transaction():
-                await conn.execute(_LOCK_RUNS, [row[0] for row in rows])
-                found: list[Any] = await conn.fetch(_update_batch(names), *_arrays(keys, rows))
-                done = [_event(row[0], events[row[0]]) for row in found if row[0] in events]
-                if done:  # under the row locks taken above
-                    await conn.fetch(_ADD_EVENTS, *_arrays(("r", "t", "d", "a"), done))
-                return found
+            async with self._raw() as conn:
+                return await conn.fetch(_update_batch(names), *arrays)  # type: ignore[no-any-return]
 
-        found = await _retrying(update)
+        found = await _retrying(update, (*_ABORTED, asyncpg.UniqueViolationError))
         by_id = {record.id: record for record in map(_raw_record, found)}
         return [(by_id.get(u[0]), None) for u in batch]
 
@@ -442,12 +495,25 @@ class PostgresRuns:
 
     async def claim_runs(self, holder: str, ttl: float, limit: int) -> list[RunRecord]:
         """One statement; rows other claimers hold locked are skipped (module docstring)."""
+        started, claimed = await self._claim(holder, ttl, limit, None)
+        return sorted([*started, *claimed], key=lambda r: (r.created_at, r.id))
+
+    async def start_runs(
+        self, holder: str, ttl: float, limit: int, at: float
+    ) -> tuple[list[RunRecord], list[RunRecord]]:
+        """:meth:`claim_runs`, the runs that need no decision started in the same statement."""
+        return await self._claim(holder, ttl, limit, at)
+
+    async def _claim(
+        self, holder: str, ttl: float, limit: int, start_at: float | None
+    ) -> tuple[list[RunRecord], list[RunRecord]]:
         if limit <= 0:
-            return []
-        params = {"b_holder": holder, "b_ttl": float(ttl), "b_limit": limit}
-        async with self._connection(write=True) as conn:
-            rows = (await conn.execute(_CLAIM, params)).all()
-        return sorted((_record(r) for r in rows), key=lambda r: (r.created_at, r.id))
+            return [], []
+        at = 0.0 if start_at is None else float(start_at)
+        async with self._raw() as conn:
+            rows = await conn.fetch(_CLAIM_RAW, holder, float(ttl), limit, at, start_at is not None)
+        started = sorted((_raw_record(r[1:]) for r in rows if r[0]), key=_age)
+        return started, sorted((_raw_record(r[1:]) for r in rows if not r[0]), key=_age)
 
     async def keep_runs(self, holder: str, held: Mapping[str, int], ttl: float) -> dict[str, bool]:
         """One UPDATE over the held runs, locked first in id order (the batched writes lock
@@ -473,7 +539,7 @@ class PostgresRuns:
         epoch: int,
         changes: Mapping[str, Any],
         *,
-        event: NewEvent | None = None,
+        events: Sequence[NewEvent] = (),
     ) -> RunRecord | None:
         """Batched with the concurrent updates that change the same fields (no changes: a
         no-op write, epoch to itself, that still answers whether it is held)."""
@@ -486,7 +552,7 @@ class PostgresRuns:
             )
         values = tuple(_column(n, changes[n]) for n in names)
         found: RunRecord | None = await self._batched(
-            batches, (run_id, holder, epoch, values, event)
+            batches, (run_id, holder, epoch, values, events)
         )
         return found
 
@@ -526,6 +592,10 @@ class PostgresRuns:
         params = {"b_before": float(finished_before), "b_limit": limit}
         async with self._connection(write=True) as conn:
             return int((await conn.execute(_PURGE, params)).rowcount)
+
+
+def _age(run: RunRecord) -> tuple[float, str]:
+    return run.created_at, run.id
 
 
 def _unknown(run_id: str) -> NotFoundError:

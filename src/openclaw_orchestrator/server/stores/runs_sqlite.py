@@ -18,6 +18,7 @@ one process serves the file. JSON columns are text, written by orjson.
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -28,7 +29,15 @@ import orjson
 from ...domain.runs import TERMINAL, EventType, RunEvent, RunRecord
 from ...errors import ConflictError, NotFoundError, OrchestratorError
 from .group_commit import Batches
-from .runs import MAX_EVENTS_PAGE, MAX_RUNS_PAGE, UPDATABLE, NewEvent, RunPage, RunQuery
+from .runs import (
+    MAX_EVENTS_PAGE,
+    MAX_RUNS_PAGE,
+    UPDATABLE,
+    NewEvent,
+    RunPage,
+    RunQuery,
+    running_event,
+)
 from .tables import run_events, runs
 
 if TYPE_CHECKING:
@@ -137,15 +146,21 @@ def _update(changes: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     unknown = sorted(set(changes) - UPDATABLE)
     if unknown:
         raise ValueError(f"update_run cannot change {', '.join(unknown)}")
-    sets = [f"{name} = :set_{name}" for name in changes] or ["epoch = epoch"]  # none: a check
-    if changes.get("state") in TERMINAL:
+    sql = _update_sql(tuple(changes), changes.get("state") in TERMINAL)
+    return sql, {f"set_{name}": _column(name, value) for name, value in changes.items()}
+
+
+@functools.cache
+def _update_sql(names: tuple[str, ...], finishing: bool) -> str:
+    """The statement of :func:`_update` (a run's start and finish: two texts, built once)."""
+    sets = [f"{name} = :set_{name}" for name in names] or ["epoch = epoch"]  # none: a check
+    if finishing:
         sets += ["holder = NULL", "held_until = NULL"]
-    sql = (
+    return (
         f"UPDATE {_R} SET {', '.join(sets)} "  # noqa: S608  # names checked against UPDATABLE
         f"WHERE id = :id AND holder = :holder AND epoch = :epoch AND {_LIVE} "
         f"RETURNING {_COLS}"
     )
-    return sql, {f"set_{name}": _column(name, value) for name, value in changes.items()}
 
 
 def _append(conn: sqlite3.Connection, run_id: str, event: NewEvent) -> int:
@@ -157,6 +172,41 @@ def _append(conn: sqlite3.Connection, run_id: str, event: NewEvent) -> int:
     except sqlite3.IntegrityError as exc:  # the foreign key: no such run
         raise NotFoundError(f"run {run_id!r} not found") from exc
     return seq
+
+
+_AT = {name: i for i, name in enumerate(RUN_COLUMNS)}
+_START = (
+    f"UPDATE {_R} SET state = 'running', delivered = 1, attempts = attempts + 1, "  # noqa: S608
+    "started_at = coalesce(started_at, ?), updated_at = ? WHERE id = ? "
+    f"RETURNING {_COLS}"
+)
+
+
+def _is_ready(row: Sequence[Any], at: float) -> bool:
+    """Whether a claimed run can start at once: queued, no cancel asked, before its
+    deadline (else its holder decides: :func:`~openclaw_orchestrator.domain.runs.recovery`,
+    a cancel, a timeout)."""
+    return (
+        row[_AT["state"]] == "queued"
+        and not row[_AT["cancel_requested"]]
+        and row[_AT["deadline_at"]] > at
+    )
+
+
+def _start(conn: sqlite3.Connection, rows: Sequence[Any], at: float) -> list[Any]:
+    """Start the claimed ``rows`` (:meth:`~.runs.RunStore.start_runs`), each with its
+    ``running`` event; the rows after."""
+    started = []
+    for row in rows:
+        run_id = row[_AT["id"]]
+        after = conn.execute(_START, (at, at, run_id)).fetchone()
+        _append(conn, run_id, running_event(after[_AT["attempts"]], at))
+        started.append(after)
+    return started
+
+
+def _oldest_first(rows: Sequence[Any]) -> list[RunRecord]:
+    return sorted((_record(r) for r in rows), key=lambda r: (r.created_at, r.id))
 
 
 def _renew(n: int) -> str:
@@ -270,22 +320,38 @@ class SqliteRuns:
 
     async def claim_runs(self, holder: str, ttl: float, limit: int) -> list[RunRecord]:
         """Take up to ``limit`` claimable runs, oldest first, at ``epoch + 1``."""
+        started, claimed = await self._claim(holder, ttl, limit, None)
+        return sorted([*started, *claimed], key=lambda r: (r.created_at, r.id))
+
+    async def start_runs(
+        self, holder: str, ttl: float, limit: int, at: float
+    ) -> tuple[list[RunRecord], list[RunRecord]]:
+        """:meth:`claim_runs`, the runs that need no decision started in the same write."""
+        return await self._claim(holder, ttl, limit, at)
+
+    async def _claim(
+        self, holder: str, ttl: float, limit: int, start_at: float | None
+    ) -> tuple[list[RunRecord], list[RunRecord]]:
+        """(started, claimed only), each oldest first; none started without ``start_at``."""
         if limit < 1:
-            return []
+            return [], []
         now = time.time()
         params = {"holder": holder, "until": now + ttl, "now": now, "limit": limit}
 
-        def write(conn: sqlite3.Connection) -> list[Any]:
+        def write(conn: sqlite3.Connection) -> tuple[list[Any], list[Any]]:
             if now < self._expiry:  # with 10,000 runs running, the full claim read them all
                 rows = conn.execute(_CLAIM_QUEUED, params).fetchall()
             else:
                 rows = conn.execute(_CLAIM, params).fetchall()
                 self._expiry = conn.execute(_NEXT_EXPIRY).fetchone()[0] or float("inf")
             self._expiry = min(self._expiry, now + ttl)
-            return rows
+            if start_at is None:
+                return [], rows
+            ready = [r for r in rows if _is_ready(r, start_at)]
+            return _start(conn, ready, start_at), [r for r in rows if not _is_ready(r, start_at)]
 
-        rows = await self._write(write)
-        return sorted((_record(r) for r in rows), key=lambda r: (r.created_at, r.id))
+        started, claimed = await self._write(write)
+        return _oldest_first(started), _oldest_first(claimed)
 
     async def keep_runs(self, holder: str, held: Mapping[str, int], ttl: float) -> dict[str, bool]:
         """Extend the leases still ``holder``'s at the given epochs; for each run renewed,
@@ -313,18 +379,19 @@ class SqliteRuns:
         epoch: int,
         changes: Mapping[str, Any],
         *,
-        event: NewEvent | None = None,
+        events: Sequence[NewEvent] = (),
     ) -> RunRecord | None:
         """Apply ``changes`` if ``holder`` holds the unfinished run at ``epoch`` (and append
-        ``event`` if so); the run after, or None (ValueError, naming it, for a field outside
+        ``events`` if so); the run after, or None (ValueError, naming it, for a field outside
         UPDATABLE)."""
         sql, params = _update(changes)
         params |= {"id": run_id, "holder": holder, "epoch": epoch}
 
         def write(conn: sqlite3.Connection) -> tuple[Any, ...] | None:
             row: tuple[Any, ...] | None = conn.execute(sql, params).fetchone()
-            if row is not None and event is not None:
-                _append(conn, run_id, event)
+            if row is not None:
+                for event in events:
+                    _append(conn, run_id, event)
             return row
 
         row = await self._write(write)
