@@ -212,7 +212,8 @@ def run_cluster(
 def _forget_api_key_variable() -> None:
     """Drop ``ORCHESTRATOR_API_KEY`` (in any letter case, as the settings match it) from this
     process's environment once the settings hold the key: no child started from here on (an
-    instance, the stub model, a gateway, npm) inherits it."""
+    instance, the stub model, a gateway, npm) inherits it (gateways are handed it by name,
+    see :func:`_openclaw_cluster`)."""
     for name in [name for name in os.environ if name.upper() == API_KEY_VARIABLE]:
         del os.environ[name]
 
@@ -286,6 +287,9 @@ async def _run(cluster: _Cluster, fleet: OpenClawFleet | None) -> signal.Signals
                 if not stop.is_set():
                     print("Ctrl-C stops the orchestrator and every instance.", flush=True)
                 await stop.wait()
+                if fleet is not None:  # before the orchestrator: a gateway whose agents use
+                    for gw in fleet.gateways:  # its MCP tools holds a /mcp stream open
+                        gw.request_stop()
     finally:
         for inst in instances:
             inst.stop()
@@ -325,19 +329,37 @@ def _openclaw_cluster(cluster: _Cluster, count: int) -> signal.Signals:
 
     The gateways start first (synchronously, from this main thread: they die with it), are
     registered as ``driver: "openclaw"`` instances with their own tokens, and stop after the
-    orchestrator and the reference instances.
+    orchestrator and the reference instances. Each gets the orchestrator's key as
+    ``ORCHESTRATOR_API_KEY`` in its environment (the one child that does: the config that
+    ``skill install --gateway`` writes references it), and their state and ``fleet.json``
+    live in ``<data_dir>/openclaw-gateways/`` while they run, for ``skill install`` to find.
     """
     settings = cluster.settings
     taken = [*cluster.names, *(spec.name for spec in settings.instances.static)]
     clash = sorted(set(gateway_names(count)).intersection(taken))
     if clash:
         raise ConfigError(f"instances {', '.join(clash)} clash with the OpenClaw gateway names")
-    with local_fleet(count, base_port=cluster.base_port, taken=taken) as fleet:
+    key = {API_KEY_VARIABLE: settings.api_key} if settings.api_key is not None else {}
+    host, port = cluster.sock.getsockname()[:2]
+    host = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104  # compared, never bound
+    with local_fleet(
+        count,
+        base_port=cluster.base_port,
+        taken=taken,
+        data_dir=settings.data_dir,
+        orchestrator_url=f"http://{_url_host(host)}:{port}",
+        secret_env=key,
+    ) as fleet:
         instances = settings.instances.model_copy(
             update={"static": [*settings.instances.static, *fleet.specs()]}
         )
         settings = settings.model_copy(update={"instances": instances})
         return _serve(dataclasses.replace(cluster, settings=settings), fleet)
+
+
+def _url_host(host: str) -> str:
+    """``host`` as it goes into a URL (an IPv6 address in brackets)."""
+    return f"[{host}]" if ":" in host else host
 
 
 def _banner(

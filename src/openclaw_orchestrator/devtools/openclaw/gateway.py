@@ -221,10 +221,15 @@ def start_gateway(
     model_id: str = DEFAULT_MODEL_ID,
     tools_allow: Sequence[str] = (),
     base_env: Mapping[str, str] | None = None,
+    secret_env: Mapping[str, SecretStr] | None = None,
 ) -> Gateway:
     """Start one gateway on ``127.0.0.1:port`` (call from the main thread: the child gets
     SIGTERM when the thread that started it ends). It is not ready yet: see
-    :func:`wait_ready`."""
+    :func:`wait_ready`.
+
+    ``secret_env`` are variables the gateway's config may reference as ``${NAME}`` (the
+    orchestrator's key for its MCP server, ``ORCHESTRATOR_API_KEY``): set in the gateway's
+    environment only, never written to its config or shown in ``ps``."""
     state_dir = state_dir.resolve()
     home = state_dir / "home"
     home.mkdir(parents=True, exist_ok=True)
@@ -244,6 +249,7 @@ def start_gateway(
         OPENCLAW_GATEWAY_TOKEN=token.get_secret_value(),
         HOME=str(home),
     )
+    env.update({name: value.get_secret_value() for name, value in (secret_env or {}).items()})
     args = ("gateway", "run", "--auth", "token", "--port", str(port), "--bind", "loopback")
     with open(state_dir / "gateway.log", "ab") as log:
         process = subprocess.Popen(  # noqa: S603  # our pinned node + openclaw.mjs, fixed argv
