@@ -19,12 +19,18 @@ import aiohttp
 import orjson
 import pytest
 import pytest_asyncio
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from openclaw_orchestrator.devtools.reference import HandlerContext, create_instance_app
 from openclaw_orchestrator.models import InstanceSpec
 from openclaw_orchestrator.server.api.app import create_app
-from openclaw_orchestrator.server.hosting import BackgroundServer
+from openclaw_orchestrator.server.delegation import LEDGER
+from openclaw_orchestrator.server.drivers.openclaw import OpenClawDriver
+from openclaw_orchestrator.server.hosting import BackgroundServer, running
 from openclaw_orchestrator.settings import Settings
 from tests.api.conftest import API_KEY, FAST_HEALTH
 
@@ -44,8 +50,18 @@ class Delegation:
     seen: list[tuple[str, str, str | None]] = field(default_factory=list)
     """(instance, path, X-Orchestrator-Hops) of every task and session message."""
 
-    async def post(self, path: str, body: Any, hops: str | None = None) -> tuple[int, Any]:
-        headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
+    async def post(
+        self,
+        path: str,
+        body: Any,
+        hops: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, Any]:
+        headers = {
+            "Authorization": f"Bearer {API_KEY}",
+            "Content-Type": "application/json",
+            **(headers or {}),
+        }
         if hops is not None:
             headers[HOPS] = hops
         assert self.http is not None
@@ -256,8 +272,11 @@ async def test_a_bad_hop_header_is_a_400_naming_it(hops_cluster: Delegation, val
         assert resp.status == 400
 
 
-async def mcp_route(cluster: Delegation, hops: str) -> dict[str, Any]:
-    """A ``route`` tool call over ``/mcp`` with ``X-Orchestrator-Hops: hops``; its result."""
+async def mcp_route(
+    cluster: Delegation, hops: str | None, *, caller: str | None = None
+) -> dict[str, Any]:
+    """A ``route`` tool call over ``/mcp`` with ``X-Orchestrator-Hops: hops`` (and
+    ``X-Orchestrator-Caller: caller``, when given); its result."""
     call = {
         "jsonrpc": "2.0",
         "id": 1,
@@ -269,7 +288,8 @@ async def mcp_route(cluster: Delegation, hops: str) -> dict[str, Any]:
         "Content-Type": "application/json",
         "Accept": "application/json, text/event-stream",
         "MCP-Protocol-Version": "2025-11-25",
-        HOPS: hops,
+        **({} if hops is None else {HOPS: hops}),
+        **({} if caller is None else {"X-Orchestrator-Caller": caller}),
     }
     assert cluster.http is not None
     async with cluster.http.post(
@@ -291,3 +311,205 @@ async def test_mcp_tools_read_the_hop_header(hops_cluster: Delegation) -> None:
     assert error["code"] == "delegation_loop"
     assert error["details"] == {"hops": 3, "max_hops": 3}
     assert hops_cluster.hops_at("/api/instance/task") == ["2"]
+
+
+# -- callers that cannot pass the count on: X-Orchestrator-Caller --------------------------
+
+CALLER = "X-Orchestrator-Caller"
+GATEWAY_TOKEN = "gateway-token-0123456789"
+
+
+def fake_gateway(name: str, cluster: Delegation) -> Starlette:
+    """An OpenClaw gateway's HTTP surface whose agent turn ``"G2 G1 ..."`` delegates the rest
+    to the first name through the orchestrator's route the way a real gateway's MCP client
+    calls: the same static ``X-Orchestrator-Caller`` header every time, never the hop count
+    it received. Its reply is JSON text: the instance, the hops it received, the inner answer
+    (or the orchestrator's refusal)."""
+
+    async def completions(request: Request) -> Response:
+        hops = request.headers.get(HOPS)
+        cluster.seen.append((name, request.url.path, hops))
+        via = (await request.json())["messages"][-1]["content"].split()
+        answer: dict[str, Any] = {"instance": name, "hops": hops}
+        if via[0] != "end":
+            body = {"instances": via[0], "payload": {"message": " ".join(via[1:]) or "end"}}
+            status, reply = await cluster.post(
+                "/api/orchestrator/route", body, headers={CALLER: name}
+            )
+            inner = orjson.loads(reply["result"]["text"]) if status == 200 else reply
+            answer["inner"] = inner if status == 200 else {"status": status, **reply}
+        message = {"role": "assistant", "content": orjson.dumps(answer).decode()}
+        return JSONResponse({"choices": [{"index": 0, "message": message}], "model": "fake"})
+
+    async def ready(request: Request) -> Response:
+        return JSONResponse({"ready": True, "failing": []})
+
+    async def models(request: Request) -> Response:
+        return JSONResponse({"object": "list", "data": []})
+
+    return Starlette(
+        routes=[
+            Route("/v1/chat/completions", completions, methods=["POST"]),
+            Route("/readyz", ready),
+            Route("/v1/models", models),
+        ]
+    )
+
+
+@pytest_asyncio.fixture(
+    scope="module", loop_scope="module", params=[True, False], ids=["fast_paths", "framework_only"]
+)
+async def gateway_cluster(request: pytest.FixtureRequest) -> AsyncIterator[Delegation]:
+    """Fake gateways G1 and G2 (``driver: "openclaw"``) behind an orchestrator with the
+    default limit, on each side of the fast paths."""
+    cluster = Delegation()
+    servers: list[BackgroundServer] = []
+    with tempfile.TemporaryDirectory(prefix="orchestrator-caller-") as scratch:
+        try:
+            specs = []
+            for name in ("G1", "G2"):
+                servers.append(BackgroundServer(fake_gateway(name, cluster)))
+                url = await servers[-1].start()
+                specs.append(
+                    InstanceSpec(name=name, url=url, driver="openclaw", credentials=GATEWAY_TOKEN)
+                )
+            settings = Settings(
+                api_key=API_KEY, instances=specs, health=FAST_HEALTH, data_dir=Path(scratch)
+            )
+            servers.append(BackgroundServer(create_app(settings, fast_paths=request.param)))
+            cluster.url = await servers[-1].start()
+            async with aiohttp.ClientSession() as http:
+                cluster.http = http
+                yield cluster
+        finally:
+            for server in servers:
+                server.request_stop()
+            await asyncio.gather(*(s.wait_stopped() for s in servers))
+
+
+async def test_a_gateway_loop_is_refused_by_the_callers_deliveries_in_flight(
+    gateway_cluster: Delegation,
+) -> None:
+    """G1 -> G2 -> G1 -> (G2 refused) with only ``X-Orchestrator-Caller`` on the calls back:
+    each call counts as the delivery in flight to its caller, so the third delivery carries 3
+    and G1's next call is ``delegation_loop``; nothing stays in the ledger afterwards."""
+    gateway_cluster.seen.clear()
+    status, body = await gateway_cluster.post(
+        "/api/orchestrator/route", {"instances": "G1", "payload": {"message": "G2 G1 G2 G1"}}
+    )
+    assert status == 200, body
+    levels = chain(orjson.loads(body["result"]["text"]))
+    assert [(lv.get("instance"), lv.get("hops")) for lv in levels[:3]] == [
+        ("G1", "1"),
+        ("G2", "2"),
+        ("G1", "3"),
+    ]
+    refusal = levels[3]
+    assert refusal["status"] == 508
+    assert refusal["error"]["code"] == "delegation_loop"
+    assert refusal["error"]["details"] == {"hops": 3, "max_hops": 3}
+    assert gateway_cluster.hops_at("/v1/chat/completions") == ["1", "2", "3"]
+    assert repr(LEDGER) == "<DeliveryLedger []>"
+
+
+async def test_a_caller_with_nothing_in_flight_starts_at_zero(
+    gateway_cluster: Delegation,
+) -> None:
+    """A gateway's call outside any delivery to it (its own user's turn) counts as 0."""
+    gateway_cluster.seen.clear()
+    status, body = await gateway_cluster.post(
+        "/api/orchestrator/route",
+        {"instances": "G2", "payload": {"message": "end"}},
+        headers={CALLER: "G1"},
+    )
+    assert status == 200, body
+    assert gateway_cluster.hops_at("/v1/chat/completions") == ["1"]
+
+
+@pytest.mark.parametrize("value", ["G 1", "-G1", "a" * 65, "G1/x"])
+async def test_a_bad_caller_header_is_a_400_naming_it(
+    gateway_cluster: Delegation, value: str
+) -> None:
+    """On the route (fast path or not) and on any other request."""
+    status, body = await gateway_cluster.post(
+        "/api/orchestrator/route",
+        {"instances": "G1", "payload": {"message": "end"}},
+        headers={CALLER: value},
+    )
+    assert status == 400, body
+    assert body["error"]["code"] == "invalid_request"
+    assert body["error"]["field"] == CALLER
+    assert gateway_cluster.http is not None
+    async with gateway_cluster.http.get(
+        gateway_cluster.url + "/api/health", headers={CALLER: value}
+    ) as resp:
+        assert resp.status == 400
+
+
+async def test_mcp_tools_count_a_caller_as_its_delivery_in_flight(
+    hops_cluster: Delegation,
+) -> None:
+    """Over ``/mcp`` too: a call from B while a delivery of hops 2 to B is in flight
+    delivers with 3; one from A (nothing in flight) with 1."""
+    hops_cluster.seen.clear()
+    with LEDGER.delivering("B", 2):
+        done = await mcp_route(hops_cluster, None, caller="B")
+    assert done["structuredContent"]["result"]["hops"] == "3"
+    done = await mcp_route(hops_cluster, None, caller="A")
+    assert done["structuredContent"]["result"]["hops"] == "1"
+    with LEDGER.delivering("B", 3):
+        refused = await mcp_route(hops_cluster, None, caller="B")
+    assert refused["structuredContent"]["error"]["code"] == "delegation_loop"
+    assert hops_cluster.hops_at("/api/instance/task") == ["3", "1"]
+
+
+async def test_a_streamed_or_cancelled_gateway_delivery_is_in_the_ledger_until_it_ends() -> None:
+    """The OpenClaw driver holds a turn in the ledger while its answer streams in, and
+    removes it when the turn ends or its task is cancelled mid-stream."""
+    release = asyncio.Event()
+
+    async def chunks() -> AsyncIterator[bytes]:
+        role = {"choices": [{"index": 0, "delta": {"role": "assistant"}}]}
+        yield b"data: " + orjson.dumps(role) + b"\n\n"
+        await release.wait()
+        text = {"choices": [{"index": 0, "delta": {"content": "done"}, "finish_reason": "stop"}]}
+        yield b"data: " + orjson.dumps(text) + b"\n\ndata: [DONE]\n\n"
+
+    async def completions(request: Request) -> Response:
+        return StreamingResponse(chunks(), media_type="text/event-stream")
+
+    app = Starlette(routes=[Route("/v1/chat/completions", completions, methods=["POST"])])
+    deltas: list[Any] = []
+
+    async def on_delta(delta: Any) -> None:
+        deltas.append(delta)
+
+    async with running(app) as url, aiohttp.ClientSession() as http:
+        spec = InstanceSpec(name="G9", url=url, driver="openclaw", credentials=GATEWAY_TOKEN)
+        driver = OpenClawDriver(http)
+
+        def turn() -> asyncio.Task[Any]:
+            payload = {"message": "hi"}
+            call = driver.invoke(spec, payload, timeout=10, request_id="r", on_delta=on_delta)
+            return asyncio.create_task(call)
+
+        async def in_flight() -> None:
+            for _ in range(500):
+                if LEDGER.highest("G9"):
+                    return
+                await asyncio.sleep(0.01)
+
+        streamed = turn()
+        await in_flight()
+        assert repr(LEDGER) == "<DeliveryLedger [G9: 1x1]>"
+        release.set()
+        assert (await streamed)["text"] == "done"
+        assert repr(LEDGER) == "<DeliveryLedger []>"
+        release.clear()
+        cancelled = turn()
+        await in_flight()
+        cancelled.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        assert repr(LEDGER) == "<DeliveryLedger []>"
+    assert deltas == [{"text": "done"}]

@@ -13,7 +13,12 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from openclaw_orchestrator.models import RouteRequest, RouteResult, SessionSendRequest
+from openclaw_orchestrator.models import (
+    ErrorReply,
+    RouteRequest,
+    RouteResult,
+    SessionSendRequest,
+)
 from tests.api.conftest import Cluster
 
 from .conftest import failed, ok, over_http
@@ -39,7 +44,8 @@ def tools_call(name: str, arguments: dict[str, Any]) -> bytes:
 @MODES
 async def test_lists_every_tool_with_the_api_models_schemas(cluster: Cluster, mode: str) -> None:
     """Thirteen tools; each input schema is the endpoint's model without what a tool cannot
-    use (async, stream), and each output schema is the endpoint's reply model."""
+    use (async, stream), and each output schema is the endpoint's reply model or the API's
+    error body (a tool error's structured content: clients validate that too)."""
     async with over_http(cluster, cluster.api_key, mode=mode) as client:
         tools = {t.name: t for t in (await client.list_tools()).tools}
     assert list(tools) == TOOL_NAMES
@@ -47,9 +53,16 @@ async def test_lists_every_tool_with_the_api_models_schemas(cluster: Cluster, mo
     assert tools["route"].input_schema["properties"] == {
         k: v for k, v in route.items() if k not in ("async", "stream")
     }
-    assert tools["route"].output_schema == RouteResult.model_json_schema(
-        mode="serialization", by_alias=True
-    )
+    reply = RouteResult.model_json_schema(mode="serialization", by_alias=True)
+    error = ErrorReply.model_json_schema(mode="serialization", by_alias=True)
+    assert tools["route"].output_schema == {
+        "type": "object",
+        "anyOf": [
+            {k: v for k, v in reply.items() if k != "$defs"},
+            {k: v for k, v in error.items() if k != "$defs"},
+        ],
+        "$defs": {**error["$defs"], **reply["$defs"]},
+    }
     send = SessionSendRequest.model_json_schema(by_alias=True)
     assert tools["sessions_send"].input_schema["required"] == send["required"] == ["sessionId"]
     assert "reply" not in tools["fanout"].input_schema["properties"]
@@ -200,6 +213,17 @@ async def test_a_body_over_the_limit_is_413(cluster: Cluster) -> None:
     ) as resp:
         assert resp.status == 413
         assert (await resp.json())["error"]["code"] == "payload_too_large"
+
+
+@pytest.mark.parametrize("method", ["GET", "DELETE", "PUT"])
+async def test_only_post_is_served(cluster: Cluster, method: str) -> None:
+    """A stateless server pushes nothing: the spec's optional GET stream (which a gateway
+    would otherwise hold open) and every other method is a 405 naming POST."""
+    headers = {"Accept": "text/event-stream", **cluster.headers}
+    async with cluster.http.request(method, cluster.url + "/mcp", headers=headers) as resp:
+        assert resp.status == 405
+        assert resp.headers["Allow"] == "POST"
+        assert (await resp.json())["error"]["code"] == "method_not_allowed"
 
 
 async def test_stateless_call_without_a_handshake(cluster: Cluster) -> None:

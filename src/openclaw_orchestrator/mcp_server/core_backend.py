@@ -4,10 +4,11 @@ A :class:`Grant` is what the request's bearer credential allows, decided before 
 request is read (:mod:`.http`): the API key every tool, a session token only its own
 session's send, history and close, checked on every call as the HTTP API does.
 
-The loop guard needs nothing here: the ``/mcp`` request's ``X-Orchestrator-Hops`` is bound
-by the request-context middleware (:mod:`..server.delegation`) and the SDK's handling of
-the request runs in tasks that inherit it, so a tool's route, fanout, send or submit is
-refused at ``delegation.max_hops`` and its deliveries send one more, as over HTTP.
+The loop guard needs nothing here: the ``/mcp`` request's ``X-Orchestrator-Hops`` (or, for
+a gateway that names itself in ``X-Orchestrator-Caller``, the deepest delivery in flight to
+it) is bound by the request-context middleware (:mod:`..server.delegation`) and the SDK's
+handling of the request runs in tasks that inherit it, so a tool's route, fanout, send or
+submit is refused at ``delegation.max_hops`` and its deliveries send one more, as over HTTP.
 """
 
 from __future__ import annotations

@@ -1,10 +1,13 @@
 """``/mcp``: the MCP tools over streamable HTTP, on the orchestrator's own app.
 
 Stateless (every request stands alone: replicas behind a load balancer need no sticky
-sessions) with JSON replies (a tool call answers once). The bearer credential is checked
-before the request is read, as on every other route: none or a wrong one is ``401`` with
-the API's error body; the API key grants every tool, a session token its own session's
-(:class:`~.core_backend.Grant`). Body size and request ids come from the app's middleware.
+sessions) with JSON replies (a tool call answers once). Only ``POST`` is served: a stateless
+server has nothing to push, so the spec's optional ``GET`` stream is a ``405`` (an OpenClaw
+gateway otherwise holds one open after every turn, and a shutdown waits on it). The bearer
+credential is checked before the request is read, as on every other route: none or a wrong
+one is ``401`` with the API's error body; the API key grants every tool, a session token its
+own session's (:class:`~.core_backend.Grant`). Body size and request ids come from the app's
+middleware.
 """
 
 from __future__ import annotations
@@ -13,11 +16,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import orjson
 from fastapi import FastAPI
 from mcp.server import ServerRequestContext
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
@@ -67,6 +72,9 @@ class McpEndpoint:
         self._auth = auth
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope.get("method") != "POST":
+            await _method_not_allowed(scope, receive, send)
+            return
         try:
             grant = grant_for(self._auth, Request(scope).headers.get("authorization"))
         except OrchestratorError as exc:
@@ -74,6 +82,14 @@ class McpEndpoint:
             return
         scope.setdefault("state", {})[_GRANT] = grant
         await self._manager.handle_request(scope, receive, send)
+
+
+async def _method_not_allowed(scope: Scope, receive: Receive, send: Send) -> None:
+    """``405`` with ``Allow: POST`` and the API's error body."""
+    body = OrchestratorError(f"{MCP_PATH} answers POST only (stateless: no GET stream)").to_dict()
+    body["error"]["code"] = "method_not_allowed"
+    reply = Response(orjson.dumps(body), 405, {"Allow": "POST"}, "application/json")
+    await reply(scope, receive, send)
 
 
 def _core_backend(app: FastAPI, ctx: ServerRequestContext[Any, Any]) -> CoreBackend:

@@ -4,7 +4,10 @@ A tool's result is the endpoint's JSON reply as ``structuredContent`` plus a tex
 one-line summary, then the same JSON: clients that hand the model text only lose nothing).
 Every failure is a tool error (``isError``) whose ``structuredContent`` is the API's error
 body, ``{"error": {"code", "message", ...}}``, and whose text starts ``code: message``;
-a bug is ``internal_error``, its traceback only in the log.
+a bug is ``internal_error``, its traceback only in the log. So a tool's ``outputSchema``
+is its reply's schema *or* the error body's: MCP clients validate structured content
+against it, errors included (the TypeScript SDK does, so an OpenClaw gateway would hand
+its agent a schema-mismatch error instead of our code otherwise).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from pydantic import BaseModel, TypeAdapter
 
 from ..errors import NotFoundError, OrchestratorError
 from ..models import (
+    ErrorReply,
     FanoutRequest,
     FanoutResult,
     HealthDetail,
@@ -81,9 +85,19 @@ class ToolSpec:
             name=self.name,
             description=self.description,
             input_schema=self.arguments.schema(),
-            output_schema=self.output.json_schema(mode="serialization", by_alias=True),
+            output_schema=self.output_schema(),
             annotations=types.ToolAnnotations(read_only_hint=self.read_only),
         )
+
+    def output_schema(self) -> dict[str, Any]:
+        """The reply's JSON Schema, or the API's error body (module docstring)."""
+        reply = self.output.json_schema(mode="serialization", by_alias=True)
+        error = ErrorReply.model_json_schema(mode="serialization", by_alias=True)
+        defs = {**error.pop("$defs", {}), **reply.pop("$defs", {})}
+        schema: dict[str, Any] = {"type": "object", "anyOf": [reply, error]}
+        if defs:
+            schema["$defs"] = defs
+        return schema
 
 
 def _adapter(shape: Any) -> TypeAdapter[Any]:

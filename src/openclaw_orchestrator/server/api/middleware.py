@@ -4,8 +4,9 @@
 it is sane, else a fresh one), binds it to the log context, returns it as a header, and
 enforces the body size limit while the body streams in, so an oversized body is refused
 without ever being held in memory. It also binds the call's ``X-Orchestrator-Hops`` (the
-loop guard, :mod:`..delegation`) for the request; a value that is not a count is a 400
-naming the header.
+loop guard, :mod:`..delegation`) for the request, or, without it, the count its
+``X-Orchestrator-Caller`` is owed; a value that is not a count (or not an instance name) is
+a 400 naming the header.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ...errors import OrchestratorError, PayloadTooLargeError
-from ..delegation import bind_hops, parse_hops, reset_hops
+from ..delegation import bind_hops, incoming_hops, reset_hops
 from ..logs import bind_request_id, reset_request_id
 
 __all__ = [
@@ -49,7 +50,7 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given_id, length, hops = _read_headers(scope)
+        given_id, length, hops, caller = _read_headers(scope)
         request_id = incoming_request_id(given_id) or new_request_id()
         scope.setdefault("state", {})["request_id"] = request_id
         header = (b"x-request-id", request_id.encode())
@@ -64,12 +65,13 @@ class RequestContextMiddleware:
             await _reject_too_large(send_with_id, self.max_body_bytes)
             return
         hops_bound = None
-        if hops is not None:
+        if hops is not None or caller is not None:
             try:
-                hops_bound = bind_hops(parse_hops(hops))
+                count = incoming_hops(hops, caller)
             except OrchestratorError as exc:
                 await _reject(send_with_id, exc)
                 return
+            hops_bound = None if count is None else bind_hops(count)
         bound = bind_request_id(request_id)
         guard = _BodyGuard(receive, send_with_id, self.max_body_bytes)
         try:
@@ -112,10 +114,12 @@ class _BodyGuard:
         await self._send(message)
 
 
-def _read_headers(scope: Scope) -> tuple[bytes | None, bytes | None, bytes | None]:
-    """The first ``X-Request-ID``, ``Content-Length`` and ``X-Orchestrator-Hops`` (None when
-    absent), in one pass over the headers."""
-    given_id = length = hops = None
+def _read_headers(
+    scope: Scope,
+) -> tuple[bytes | None, bytes | None, bytes | None, bytes | None]:
+    """The first ``X-Request-ID``, ``Content-Length``, ``X-Orchestrator-Hops`` and
+    ``X-Orchestrator-Caller`` (None when absent), in one pass over the headers."""
+    given_id = length = hops = caller = None
     for name, value in scope["headers"]:
         if name == b"x-request-id":
             if given_id is None:
@@ -125,7 +129,9 @@ def _read_headers(scope: Scope) -> tuple[bytes | None, bytes | None, bytes | Non
                 length = bytes(value)
         elif name == b"x-orchestrator-hops" and hops is None:
             hops = bytes(value)
-    return given_id, length, hops
+        elif name == b"x-orchestrator-caller" and caller is None:
+            caller = bytes(value)
+    return given_id, length, hops, caller
 
 
 _ids = random.Random(os.urandom(32))  # noqa: S311  # correlation ids, not secrets

@@ -54,7 +54,11 @@ ends without ``data: [DONE]`` is ``InstanceProtocolError``. Tool calls do not st
 
 Loop guard: every agent turn and tool call (a restore's turn too) carries
 ``X-Orchestrator-Hops``, one more than the call being served came with; the gateway does not
-pass it on by itself (``docs/openclaw.md``, "Delegation loops").
+pass it on by itself (its MCP client's headers are static), so every such delivery is also
+held in the :data:`~..delegation.LEDGER` while it is in flight (streamed or not; until it
+returns, fails or is cancelled): a call back from the gateway that names it in
+``X-Orchestrator-Caller`` counts as that delivery's hops (``docs/openclaw.md``, "Delegation
+loops").
 
 Cancel: a call whose task is cancelled closes its connection (never pooled). The gateway
 cancels an agent run whose HTTP client disconnects, streamed or not; it offers no other
@@ -87,7 +91,8 @@ from ...errors import (
 from ...models import InstanceSpec
 from ...sdk.closing import AsyncClosesOnExit
 from ...settings import DEFAULT_MAX_REPLY_BYTES
-from ..delegation import HOPS_HEADER, outgoing_hops
+from ..delegation import HOPS_HEADER, LEDGER, outgoing_hops
+from ..observability.tracing import TRACEPARENT, TRACESTATE, outgoing_trace
 from .base import (
     REQUEST_ID_HEADER,
     Delta,
@@ -611,6 +616,11 @@ class OpenClawDriver(AsyncClosesOnExit):
         headers = {**_BASE_HEADERS, **extra}
         if auth and instance.credentials is not None:
             headers["Authorization"] = f"Bearer {instance.credentials.get_secret_value()}"
+        trace = outgoing_trace()  # W3C trace context of the attempt's span (tracing on)
+        if trace is not None:
+            headers[TRACEPARENT] = trace[0]
+            if trace[1] is not None:
+                headers[TRACESTATE] = trace[1]
         return headers
 
     async def _get(
@@ -732,8 +742,24 @@ class OpenClawDriver(AsyncClosesOnExit):
         request_id: str | None,
         on_delta: Delta | None = None,
     ) -> dict[str, Any]:
-        """Run one parsed call and shape its result (a turn streamed to ``on_delta``)."""
-        extra = {} if request_id is None else _delivery_headers(request_id)
+        """Run one parsed call and shape its result (a turn streamed to ``on_delta``); a
+        delivery (one with a request id) is in the ledger while it runs."""
+        if request_id is None:
+            return await self._run(instance, call, timeout=timeout, extra={}, on_delta=on_delta)
+        with LEDGER.delivering(instance.name, outgoing_hops()):
+            extra = _delivery_headers(request_id)
+            return await self._run(instance, call, timeout=timeout, extra=extra, on_delta=on_delta)
+
+    async def _run(
+        self,
+        instance: InstanceSpec,
+        call: Turn | ToolCall,
+        *,
+        timeout: float,
+        extra: dict[str, str],
+        on_delta: Delta | None,
+    ) -> dict[str, Any]:
+        """The call itself: a tool call, a JSON turn, or a turn streamed to ``on_delta``."""
         if isinstance(call, ToolCall):
             reply = await self._post(
                 instance, TOOLS_PATH, call.body(), timeout=timeout, extra=extra
