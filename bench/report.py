@@ -108,6 +108,11 @@ def check_targets(rows: list[Row]) -> list[dict[str, Any]]:
     if refused and refused.extra.get("refused_cost_ms_p50") is not None:
         cost = refused.extra["refused_cost_ms_p50"]
         add("failover: refused connection cost p50 (ms) <= 1", cost, 1.0)
+    on, off = _find(rows, "observe", "metrics-on"), _find(rows, "observe", "metrics-off")
+    if on and off:
+        if on.cpu_us_per_req and off.cpu_us_per_req:  # CPU-bound: req/s = 1 / CPU per req
+            lost = (1 - off.cpu_us_per_req / on.cpu_us_per_req) * 100
+            add("observe: route req/s lost to metrics at c64, from CPU per req (%) <= 5", lost, 5.0)
     sends = _find(rows, "sessions", "sqlite:100_sessions")
     if sends:
         add("sessions: sqlite sends/s over 100 sessions >= 2000", sends.req_s, 2000, at_most=False)

@@ -726,6 +726,14 @@ async def durable_runs(workdir: Path, sizes: Sizes) -> list[Row]:
     return await run(workdir, sizes)
 
 
+async def observation_cost(workdir: Path, sizes: Sizes) -> list[Row]:
+    """The cost of metrics and tracing (issue 14), in :mod:`bench.observe` (which imports
+    this module)."""
+    from .observe import observation_cost as run
+
+    return await run(workdir, sizes)
+
+
 async def streaming_relay(workdir: Path, sizes: Sizes) -> list[Row]:
     """The streaming relay (issue 12), in :mod:`bench.stream` (which imports this module)."""
     from .stream import streaming_relay as run
@@ -741,4 +749,5 @@ SCENARIOS: dict[str, Callable[[Path, Sizes], Awaitable[list[Row]]]] = {
     "startup": startup_cli,
     "runs": durable_runs,
     "stream": streaming_relay,
+    "observe": observation_cost,
 }

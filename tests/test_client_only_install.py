@@ -28,6 +28,16 @@ ROOT = Path(__file__).resolve().parents[1]
 SERVER_ONLY = (*SERVER_MODULES, "starlette", "anyio")
 """Unimportable in the blocked child: the extra's modules and what only they bring in."""
 PIP_TIMEOUT = 300.0
+FIND_MODULES = """\
+import importlib.util, sys
+def found(name):
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:  # a dotted name whose parent is missing
+        return False
+print([name for name in sys.argv[1:] if found(name)])
+"""
+"""Prints which of its arguments the interpreter can find (a dotted one: its parent too)."""
 
 _BLOCK = f"""\
 import sys
@@ -105,12 +115,21 @@ def test_server_modules_match_the_server_extra() -> None:
     assert set(SERVER_MODULES) == wanted
 
 
+_NAMESPACED = {
+    "opentelemetry_api": "opentelemetry",
+    "opentelemetry_sdk": "opentelemetry.sdk",
+    "opentelemetry_exporter_otlp_proto_http": "opentelemetry.exporter.otlp.proto.http",
+}
+"""Distributions that share one namespace package: the module each one brings."""
+
+
 def _module_of(requirement: str) -> str:
     """``uvicorn[standard]>=0.30`` -> ``uvicorn``; ``fastapi-offline`` -> ``fastapi_offline``."""
     name = requirement.split(";")[0]
     for stop in "[<>=!~ ":
         name = name.split(stop)[0]
-    return name.strip().lower().replace("-", "_")
+    module = name.strip().lower().replace("-", "_")
+    return _NAMESPACED.get(module, module)
 
 
 async def test_sdk_runs_without_the_server(live: Cluster) -> None:
@@ -193,8 +212,7 @@ async def test_fresh_client_install_has_no_server(client_only_venv: Path, live: 
     `openclaw orchestrator health` answers from a live orchestrator, and serve, up and
     instance serve print the one-line hint and exit 2."""
     python, openclaw = str(client_only_venv / "python"), str(client_only_venv / "openclaw")
-    probe = "import importlib.util as u, sys; print([m for m in sys.argv[1:] if u.find_spec(m)])"
-    found = await run_argv([python, "-c", probe, *SERVER_ONLY], env=base_env())
+    found = await run_argv([python, "-c", FIND_MODULES, *SERVER_ONLY], env=base_env())
     assert (found.code, found.out) == (0, "[]\n"), found
     health = await run_argv(
         [openclaw, "orchestrator", "health", "--url", live.url],

@@ -27,8 +27,13 @@ SERVER_MODULES: tuple[str, ...] = (
     "alembic",
     "mcp",
     "sse_starlette",
+    "prometheus_client",
+    "opentelemetry",
+    "opentelemetry.sdk",
+    "opentelemetry.exporter.otlp.proto.http",
 )
-"""The top-level modules of the ``server`` extra's distributions (pyproject.toml), in order."""
+"""The modules of the ``server`` extra's distributions (pyproject.toml), in order: the
+top-level one, or for OpenTelemetry's distributions (one namespace package) their own."""
 
 SERVER_INSTALL_HINT = (
     "error: the server is not installed: pip install 'openclaw-orchestrator[server]'"
@@ -37,7 +42,15 @@ SERVER_INSTALL_HINT = (
 
 def missing_server_modules() -> list[str]:
     """The :data:`SERVER_MODULES` this interpreter cannot import (found without importing)."""
-    return [name for name in SERVER_MODULES if find_spec(name) is None]
+    return [name for name in SERVER_MODULES if not _importable(name)]
+
+
+def _importable(name: str) -> bool:
+    """Whether ``name`` can be found; a dotted name whose parent is missing cannot."""
+    try:
+        return find_spec(name) is not None
+    except ModuleNotFoundError:
+        return False
 
 
 def require_server() -> None:

@@ -45,11 +45,13 @@ __all__ = [
     "LineSink",
     "after_this_step",
     "bind_request_id",
+    "bind_trace_id",
     "configure_logging",
     "dropped_log_lines",
     "flush_logs",
     "get_logger",
     "reset_request_id",
+    "reset_trace_id",
 ]
 
 
@@ -284,6 +286,20 @@ def reset_request_id(token: Token[str | None]) -> None:
     _request_id.reset(token)
 
 
+_trace_id: ContextVar[str | None] = ContextVar("openclaw_trace_id", default=None)
+
+
+def bind_trace_id(trace_id: str) -> Token[str | None]:
+    """Name ``trace_id`` on every line logged in this context (a span is current: tracing,
+    :mod:`.observability.tracing`) until :func:`reset_trace_id`."""
+    return _trace_id.set(trace_id)
+
+
+def reset_trace_id(token: Token[str | None]) -> None:
+    """Undo the :func:`bind_trace_id` that returned ``token``."""
+    _trace_id.reset(token)
+
+
 _LEVELS = {"warn": "warning", "exception": "error", "msg": "info"}
 
 
@@ -293,6 +309,7 @@ class _Annotate:
     - ``logger``: the name given to :func:`get_logger`;
     - ``request_id`` from :func:`bind_request_id`, unless the call names one (one
       ContextVar; structlog's ``merge_contextvars`` copies and scans the whole context);
+    - ``trace_id`` from :func:`bind_trace_id` while a span is current (tracing on);
     - ``level``, as ``add_log_level`` names it;
     - ``timestamp``: ISO 8601 UTC with microseconds (``2026-11-24T08:00:00.123456Z``), the
       part down to the second formatted once per second, not once per line;
@@ -308,6 +325,9 @@ class _Annotate:
         request_id = _request_id.get()
         if request_id is not None:
             event_dict.setdefault("request_id", request_id)
+        trace_id = _trace_id.get()
+        if trace_id is not None:
+            event_dict.setdefault("trace_id", trace_id)
         event_dict["level"] = _LEVELS.get(method, method)
         now = time.time()
         second = int(now)

@@ -21,6 +21,7 @@ from typing import Protocol
 from ...domain.backoff import AttemptState, GiveUp, RetryAfter, RetryRules, RetryScheduled
 from ...errors import OrchestratorError
 from ..logs import get_logger
+from ..observability.observer import OFF, Observer
 from .clock import Clock, Sleep, ms
 
 __all__ = ["DEFAULT_RETRY_HOOKS", "REGRANT_WAIT", "Grants", "Retrier", "RetryHook", "log_retry"]
@@ -70,13 +71,21 @@ class Retrier:
     sleep: Sleep
     hooks: tuple[RetryHook, ...] = DEFAULT_RETRY_HOOKS
     grants: Grants | None = None
+    observer: Observer = OFF  # counts the budget's refusals
 
     def __repr__(self) -> str:
         return f"<Retrier {self.rules!r} hooks={len(self.hooks)}>"
 
     async def decide(self, state: AttemptState, error: OrchestratorError) -> RetryAfter | GiveUp:
         """The rules' decision for ``state`` and ``error``, now; asked once more after a
-        new grant when only this replica's grant refused the retry."""
+        new grant when only this replica's grant refused the retry. A refusal by the
+        retry budget is counted (``orchestrator_retry_budget_refusals``)."""
+        decision = await self._decide(state, error)
+        if isinstance(decision, GiveUp) and decision.cause == "over_budget":
+            self.observer.budget_refusal(state.failed_target)
+        return decision
+
+    async def _decide(self, state: AttemptState, error: OrchestratorError) -> RetryAfter | GiveUp:
         budget = self.rules.budget
         refusals = budget.share_refusals
         decision = self.rules.decide(state, error, self.clock())

@@ -33,6 +33,7 @@ from ...errors import (
     InstanceDownError,
     InvalidRequestError,
     NotFoundError,
+    OrchestratorError,
     StorageUnavailableError,
 )
 from ...models import (
@@ -271,6 +272,44 @@ class SessionService:
         request_id: str,
         stream: Streaming | None = None,
     ) -> SendResult:
+        """:meth:`_send`, observed: a ``session.send`` span and ``orchestrator_session_sends``
+        (conflicts and migrations too)."""
+        observer = self._dispatcher.observer
+        if not observer.is_on:
+            return await self._send(
+                session_id,
+                data,
+                timeout=timeout,
+                idempotency_key=idempotency_key,
+                request_id=request_id,
+                stream=stream,
+            )
+        with observer.span("session.send", {"session.id": session_id}):
+            try:
+                sent = await self._send(
+                    session_id,
+                    data,
+                    timeout=timeout,
+                    idempotency_key=idempotency_key,
+                    request_id=request_id,
+                    stream=stream,
+                )
+            except OrchestratorError as exc:
+                observer.session_send(exc.instance, exc.code, None)
+                raise
+        observer.session_send(sent.instance, "ok", sent.migrated_from)
+        return sent
+
+    async def _send(
+        self,
+        session_id: str,
+        data: Any,
+        *,
+        timeout: float | None,
+        idempotency_key: str | None,
+        request_id: str,
+        stream: Streaming | None = None,
+    ) -> SendResult:
         """Deliver ``data`` to the session's instance, in order; acknowledge once durable.
         With ``stream`` the instance streams its output there as it goes; the history
         records the final reply as always, and once part of the output has reached the
@@ -337,7 +376,9 @@ class SessionService:
                 idempotency_key=idempotency_key,
                 created_at=self._now(),
             )
-            await self._store.append(record, message)
+            engine = getattr(self._store, "ENGINE", "")
+            with self._dispatcher.observer.span("store.commit", {"db.system": engine}):
+                await self._store.append(record, message)
         return self._result(message, request_id=request_id, moved_from=moved_from)
 
     def _result(

@@ -76,13 +76,16 @@ CLOSE_TIMEOUT = 2.0
 log = get_logger("orchestrator")
 
 
-def shared_fleet(store: Store | None, settings: Settings) -> SharedFleet | None:
+def shared_fleet(
+    store: Store | None, settings: Settings, *, holder: str | None = None
+) -> SharedFleet | None:
     """The fleet for ``store``: shared on PostgreSQL (the replicas' database), None for
-    anything else (one process: :class:`~.fleet.LocalFleet`, as before)."""
+    anything else (one process: :class:`~.fleet.LocalFleet`, as before); ``holder``: this
+    replica's id (the metrics' ``replica`` label), a new one when None."""
     if not isinstance(store, PostgresStore):
         return None
     policy = HealthPolicy(**settings.health.model_dump())
-    return SharedFleet(FleetStore(store.engine), store, policy)
+    return SharedFleet(FleetStore(store.engine), store, policy, holder=holder)
 
 
 def probe_lease(instance: str) -> str:

@@ -15,8 +15,9 @@ and hands everything else to the ``AiohttpTransport`` it is built with, as
     anything else (GET, PUT, DELETE, https://, big body) -> aiohttp
 
 Both send the protocol's headers (JSON content type, ``X-Deadline-Ms``, ``X-Request-ID``,
-the instance's bearer credential, a delivery's ``X-Orchestrator-Hops``, and a fenced session
-call's ``X-Session-Epoch`` and ``X-Session-Seq``), report a fenced reply's
+the instance's bearer credential, a delivery's ``X-Orchestrator-Hops``, a fenced session
+call's ``X-Session-Epoch`` and ``X-Session-Seq``, and with tracing on the W3C
+``traceparent``/``tracestate`` of the attempt's span), report a fenced reply's
 ``X-Session-Replayed: true`` (``Reply.replayed``), check every connect against
 ``instances.allow``/``deny``, read a reply only up to ``max_reply`` bytes
 (``reply_too_large`` past it) and translate transport failures into the same errors
@@ -24,8 +25,9 @@ call's ``X-Session-Epoch`` and ``X-Session-Seq``), report a fenced reply's
 plus a path, built by :func:`~.base.request_url`, which cannot leave the instance's host
 and port.
 
-A streamed exchange (protocol v1.3, :meth:`AiohttpTransport.stream`) always goes through
-aiohttp, whichever transport plain calls take: it is not the hot path. Any exchange whose
+A streamed exchange (protocol v1.3) goes the same way: :meth:`LeanTransport.stream` where
+the lean client can send it, else :meth:`AiohttpTransport.stream` (the relay of issue 12
+reads every chunk through it, so it is a hot path too). Any exchange whose
 awaiting task is cancelled closes its connection (the lean client's too), never pooling it.
 """
 
@@ -41,10 +43,13 @@ from ...domain.addresses import AddressPolicy
 from ...models import InstanceSpec
 from ...sdk.bodies import STREAM_FROM_BYTES, outgoing_body
 from ...settings import DEFAULT_MAX_CONNECTIONS
+from ...sse import SseDecoder
 from ..delegation import HOPS_HEADER, MAX_HOPS_VALUE
+from ..observability.tracing import TRACEPARENT, TRACESTATE, outgoing_trace
 from .base import (
     REQUEST_ID_HEADER,
     Delta,
+    DeltaError,
     Fence,
     InstanceRequest,
     InstanceTransport,
@@ -53,8 +58,10 @@ from .base import (
     read_reply,
     read_stream,
     request_url,
+    stream_error,
+    stream_events,
 )
-from .lean import LeanHttp, Target, lean_error
+from .lean import LeanHttp, Take, Target, lean_error
 
 __all__ = [
     "DEADLINE_HEADER",
@@ -245,6 +252,40 @@ class LeanTransport:
                     raise translated from exc
         return await self._fallback.exchange(request)
 
+    async def stream(self, request: InstanceRequest, on_delta: Delta) -> Reply | None:
+        """:meth:`AiohttpTransport.stream` through the lean client; None when the lean
+        client cannot send ``request`` (:meth:`lean_target`): the caller's aiohttp sends it."""
+        target = self.lean_target(request)
+        headers = None if target is None else _header_lines(request)
+        if target is None or headers is None or request.body is None:
+            return None
+        name = request.instance.name
+
+        async def read(take: Take) -> Reply:
+            decoder = SseDecoder()
+            while (chunk := await take()) is not None:
+                final = await stream_events(decoder.feed(chunk), name, on_delta)
+                if final is not None:
+                    return final
+            raise stream_error(name, "the stream ended without a result or error event")
+
+        try:
+            return await self._lean.stream(
+                target,
+                headers,
+                request.body,
+                timeout=request.timeout,
+                max_reply=request.max_reply,
+                read=read,
+            )
+        except DeltaError:
+            raise  # the caller's failure, not the instance's
+        except Exception as exc:
+            translated = lean_error(exc, name)
+            if translated is exc:
+                raise
+            raise translated from exc
+
     async def aclose(self) -> None:
         """Close the lean pools; the fallback's session belongs to the caller."""
         await self._lean.aclose()
@@ -317,6 +358,11 @@ def _headers(request: InstanceRequest) -> dict[str, str]:
     credentials = request.instance.credentials
     if credentials is not None:
         headers["Authorization"] = f"Bearer {credentials.get_secret_value()}"
+    trace = outgoing_trace()  # the attempt's span, when tracing is on
+    if trace is not None:
+        headers[TRACEPARENT] = trace[0]
+        if trace[1] is not None:
+            headers[TRACESTATE] = trace[1]
     return headers
 
 
@@ -341,4 +387,9 @@ def _header_lines(request: InstanceRequest) -> bytes | None:
         lines += f"Authorization: {value}\r\n"
     if request.fence is not None:
         lines += _fence_lines(request.fence)
+    trace = outgoing_trace()  # the attempt's span, when tracing is on
+    if trace is not None:
+        lines += f"{TRACEPARENT}: {trace[0]}\r\n"
+        if trace[1] is not None and _verbatim(trace[1]):
+            lines += f"{TRACESTATE}: {trace[1]}\r\n"
     return lines.encode()

@@ -268,9 +268,20 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
 
 
 class PostgresStore:
-    """Sessions and histories in a PostgreSQL database; see the module docstring."""
+    """Sessions and histories in a PostgreSQL database; see the module docstring.
+    ``on_commit`` hears of every group-committed call: ``(seconds, items)`` (metrics)."""
 
-    def __init__(self, url: str, *, echo: bool = False, transaction_pooling: bool = False) -> None:
+    ENGINE = "postgresql"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        echo: bool = False,
+        transaction_pooling: bool = False,
+        on_commit: Callable[[float, int], None] | None = None,
+    ) -> None:
+        self._on_commit = on_commit
         parsed = make_url(url)
         if parsed.get_backend_name() != "postgresql":
             raise ValueError(f"PostgresStore needs a PostgreSQL URL, not {url!r}")
@@ -566,8 +577,11 @@ class PostgresStore:
         ``orchestrator_record_messages``): the batch's arguments as one array each, the
         rows (after their 1-based index) back in the batch's order."""
         columns = [list(column) for column in zip(*batch, strict=True)]
+        started = time.perf_counter()
         async with self._calling() as conn:
             rows = await conn.fetch(sql, *columns)
+        if self._on_commit is not None:
+            self._on_commit(time.perf_counter() - started, len(batch))
         by_index = {row[0]: tuple(row[1:]) for row in rows}
         return [by_index[i] for i in range(1, len(batch) + 1)]
 

@@ -303,8 +303,9 @@ def _settle(outcomes: list[_Outcome]) -> None:
 class _Writer:
     """The writer thread: owns the writing connection, commits queued work in rounds."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, on_commit: Callable[[float, int], None] | None = None) -> None:
         self._path = path
+        self._on_commit = on_commit  # (seconds, items) of each transaction, from this thread
         self._cond = threading.Condition()
         self._pending: list[_Append | _Job] = []
         self._closing = False
@@ -378,12 +379,17 @@ class _Writer:
         if batch:
             self._appends(conn, batch, outcomes)
 
-    def _transaction(self, conn: sqlite3.Connection, body: Callable[[], Any]) -> Any:
+    def _transaction(
+        self, conn: sqlite3.Connection, body: Callable[[], Any], items: int = 1
+    ) -> Any:
         self.transactions += 1
+        started = time.perf_counter()
         conn.execute("BEGIN IMMEDIATE")
         try:
             result = body()
             conn.execute("COMMIT")  # WAL + synchronous=FULL: on disk when this returns
+            if self._on_commit is not None:
+                self._on_commit(time.perf_counter() - started, items)
         except BaseException:
             # A failed COMMIT (disk full, I/O error) may have rolled back already; one that
             # did not must not leave the connection inside a transaction for good.
@@ -409,7 +415,7 @@ class _Writer:
                 conn.execute(_update_sessions(len(chunk)), [v for row in chunk for v in row])
 
         try:
-            self._transaction(conn, lambda: write(batch))
+            self._transaction(conn, lambda: write(batch), len(batch))
         except sqlite3.IntegrityError as exc:
             if len(batch) > 1:  # one of them conflicts: find which, alone
                 for item in batch:
@@ -435,9 +441,19 @@ class _Writer:
 
 
 class SqliteStore:
-    """Sessions and histories in one SQLite file; see the module docstring."""
+    """Sessions and histories in one SQLite file; see the module docstring. ``on_commit``
+    hears of every committed write transaction: ``(seconds, items)`` (metrics)."""
 
-    def __init__(self, url: str, *, min_free_bytes: int = DEFAULT_MIN_FREE_BYTES) -> None:
+    ENGINE = "sqlite"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        min_free_bytes: int = DEFAULT_MIN_FREE_BYTES,
+        on_commit: Callable[[float, int], None] | None = None,
+    ) -> None:
+        self._on_commit = on_commit
         path = sqlite_path(url)
         if path is None:
             raise ValueError(f"SqliteStore needs a SQLite file URL, not {url!r}")
@@ -473,7 +489,7 @@ class SqliteStore:
         await asyncio.to_thread(self._prepare)
         self._reader = _connect(self.path)
         self._pool = ThreadPoolExecutor(READER_THREADS, thread_name_prefix="sqlite-reader")
-        self._writer = _Writer(self.path)
+        self._writer = _Writer(self.path, self._on_commit)
         self._writer.start()
 
     def _prepare(self) -> None:

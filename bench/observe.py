@@ -1,0 +1,80 @@
+"""Scenario 8, the cost of observation (issue 14): route throughput at c64 with metrics on
+and tracing off (the default) against metrics off, and, for the record, tracing on (spans
+made, exported nowhere).
+
+Each variant is its own orchestrator process in front of the same reference instance; the
+variants' rounds alternate (on, off, tracing, on, off, ...), so a busy minute on the shared
+machine falls on all of them. Each variant's row is its best round by req/s (what the code
+can do; the slower rounds measured the neighbours), with the least orchestrator CPU per
+request of its rounds (``cpu_us_per_req``) and every round's numbers in ``extra``.
+
+The target is read from the CPU per request: the orchestrator is CPU-bound at c64, so its
+route throughput is the inverse of its CPU per request, and process CPU time is what a
+machine busy with other jobs disturbs least (their req/s swing by tens of percent from one
+round to the next; the CPU per request by a few).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+
+from .load import LoadResult
+from .procs import Proc, start_instance, start_orchestrator, stopping
+from .scenarios import AUTH, PAYLOAD, QUIET_HEALTH, Row, Sizes, _measured, _row_from_load, run_load
+
+__all__ = ["VARIANTS", "observation_cost"]
+
+CONCURRENCY = 64
+VARIANTS: dict[str, dict[str, object]] = {
+    "metrics-on": {},  # the defaults: metrics on, tracing off
+    "metrics-off": {"metrics": {"enabled": False}},
+    "tracing-on": {"tracing": {"enabled": True}},
+}
+
+
+async def observation_cost(workdir: Path, sizes: Sizes) -> list[Row]:
+    """The rows ``observe/<variant>`` at c64 (module docstring)."""
+    rounds, count = (2, 1500) if sizes.quick else (4, 5000)
+    procs: list[Proc] = []
+    with stopping(procs):
+        instance = await start_instance("A", workdir)
+        procs.append(instance)
+        orchestrators: dict[str, Proc] = {}
+        for name, extra in VARIANTS.items():
+            data_dir = str(workdir / f"data-{name}")  # one SQLite file per process
+            settings = {"health": QUIET_HEALTH, "data_dir": data_dir, **extra}
+            orchestrators[name] = await start_orchestrator(
+                workdir, {"A": instance.url}, label=f"orchestrator-{name}", settings=settings
+            )
+            procs.append(orchestrators[name])
+        body = orjson.dumps({"instances": ["A"], "payload": PAYLOAD})
+        best: dict[str, tuple[LoadResult, float | None]] = {}
+        seen: dict[str, list[tuple[float, float]]] = {name: [] for name in orchestrators}
+        for _ in range(rounds):
+            for name, proc in orchestrators.items():
+                url = proc.url + "/api/orchestrator/route"
+                measured = await _measured(
+                    proc,
+                    lambda url=url: run_load(  # type: ignore[misc]
+                        [(url, body)],
+                        headers=AUTH,
+                        concurrency=CONCURRENCY,
+                        requests=count,
+                        warmup=max(200, count // 10),
+                    ),
+                )
+                result, cpu = measured
+                per_request = (cpu or 0.0) / max(1, len(result.latencies)) * 1e6
+                seen[name].append((round(result.req_s, 1), round(per_request, 1)))
+                if name not in best or result.req_s > best[name][0].req_s:
+                    best[name] = measured
+        rows = []
+        for name, (result, cpu) in best.items():
+            row = _row_from_load("observe", name, CONCURRENCY, result, orchestrators[name], cpu)
+            row.cpu_us_per_req = min(c for _, c in seen[name])
+            row.extra = {"rounds_req_s": [r for r, _ in seen[name]]}
+            row.extra["rounds_cpu_us_per_req"] = [c for _, c in seen[name]]
+            rows.append(row)
+        return rows
