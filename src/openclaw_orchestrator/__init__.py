@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from .__about__ import __version__
 
 if TYPE_CHECKING:
+    from .activity import ActivityEntry, ActivityPage, InstanceActivity, InstancesActivity
     from .errors import (
         AddressNotAllowedError,
         AggregationError,
@@ -69,6 +70,8 @@ if TYPE_CHECKING:
     from .settings import ConfigError
 
 __all__ = [
+    "ActivityEntry",
+    "ActivityPage",
     "AddressNotAllowedError",
     "AggregationError",
     "AsyncClient",
@@ -90,12 +93,14 @@ __all__ = [
     "HealthDetail",
     "HistoryEntry",
     "HistoryPage",
+    "InstanceActivity",
     "InstanceDownError",
     "InstanceError",
     "InstanceInfo",
     "InstanceProtocolError",
     "InstanceRejectedError",
     "InstanceSpec",
+    "InstancesActivity",
     "InvalidRequestError",
     "NoHealthyInstanceError",
     "NotFoundError",
@@ -129,6 +134,7 @@ __all__ = [
 _SOURCES = (
     ".errors",
     ".models",
+    ".activity",
     ".settings",
     ".sdk.events",
     ".sdk.sync_client",

@@ -44,10 +44,12 @@ __all__ = [
     "DelegationSettings",
     "HealthSettings",
     "InstancesSettings",
+    "MetricsSettings",
     "RetrySettings",
     "RunSettings",
     "SessionSettings",
     "Settings",
+    "TracingSettings",
     "load_client_settings",
     "load_settings",
     "read_client_config",
@@ -347,6 +349,38 @@ class InstancesSettings(_Section):
         return AddressPolicy.parse(allow=self.allow, deny=self.deny)
 
 
+class MetricsSettings(_Section):
+    """``GET /metrics``: this replica's Prometheus metrics (docs/observability.md)."""
+
+    enabled: bool = Field(default=True, description="Serve GET /metrics and count.")
+    token: SecretStr | None = Field(
+        default=None,
+        description="A bearer token that grants GET /metrics alone (the API key works too).",
+    )
+
+
+class TracingSettings(_Section):
+    """OpenTelemetry traces (docs/observability.md): off by default, and then no span is
+    made at all."""
+
+    enabled: bool = Field(default=False, description="Make spans and pass traceparent on.")
+    otlp_endpoint: str | None = Field(
+        default=None,
+        description="OTLP/HTTP traces URL (http://collector:4318/v1/traces); none: spans "
+        "are made (trace ids in logs, traceparent to instances) but not exported.",
+    )
+    sample_ratio: float = Field(
+        default=1.0, ge=0.0, le=1.0, description="Share of new traces recorded."
+    )
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+
 class Settings(BaseSettings):
     """Everything the server needs; tests build it directly: ``Settings(instances=[...])``."""
 
@@ -417,6 +451,8 @@ class Settings(BaseSettings):
     sessions: SessionSettings = Field(default_factory=SessionSettings)
     runs: RunSettings = Field(default_factory=RunSettings)
     delegation: DelegationSettings = Field(default_factory=DelegationSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
     log_level: str = "info"
     log_format: str = Field(default="json", pattern="^(json|console)$")
 
@@ -426,6 +462,17 @@ class Settings(BaseSettings):
     _upload_timeouts = field_validator("header_timeout", "body_timeout", mode="before")(
         _duration_field
     )
+
+    @model_validator(mode="after")
+    def _trace_endpoint(self) -> Settings:
+        """The OTLP endpoint obeys ``instances.allow``/``deny`` as an instance URL does."""
+        endpoint = self.tracing.otlp_endpoint
+        if endpoint is not None:
+            try:
+                self.instances.address_policy().check_host(url_host(endpoint))
+            except AddressRefused as exc:
+                raise ValueError(f"tracing.otlp_endpoint: {exc}") from None
+        return self
 
     @field_validator("policy")
     @classmethod

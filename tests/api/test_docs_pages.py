@@ -98,11 +98,11 @@ async def test_docs_page_loads_only_same_origin_assets(
 
 
 async def test_root_points_to_the_docs(cluster: Cluster) -> None:
-    """GET / without a key: JSON links to the docs, schema and health; HTML for a browser;
-    never the API key."""
+    """GET / without a key: JSON links to the dashboard, docs, schema and health; HTML for a
+    browser; never the API key."""
     status, kind, text = await page(cluster, "/")
     assert (status, kind) == (200, "application/json")
-    links = {"docs": "/docs", "redoc": "/redoc", "openapi": "/openapi.json"}
+    links = {"dashboard": "/ui", "docs": "/docs", "redoc": "/redoc", "openapi": "/openapi.json"}
     body = json.loads(text)
     assert body == {
         "name": "openclaw-orchestrator",

@@ -177,7 +177,10 @@ class _Recorder:
     def __init__(self, app: ASGIApp, *, seen: list[str]) -> None:
         self.app = app
         self.seen = seen
-        seen.append(f"wraps {type(app).__name__}")
+        layer: object = app
+        while layer is not None:  # what it wraps, however deep (metrics may wrap it too)
+            seen.append(f"wraps {type(layer).__name__}")
+            layer = getattr(layer, "app", None)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":

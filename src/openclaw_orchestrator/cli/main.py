@@ -39,6 +39,7 @@ from .exits import EXIT_CODES, ExitCode, exit_code_for, interrupted, run_exit
 from .mcp_command import mcp as mcp_command
 from .options import aggregate_value, is_blank_targets, targets_value
 from .server_extra import require_server
+from .skill import skill_app
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
@@ -94,6 +95,7 @@ runs_app = typer.Typer(
     context_settings=_SETTINGS,
 )
 app.add_typer(runs_app, name="runs")
+app.add_typer(skill_app, name="skill")
 
 
 class Output(StrEnum):
@@ -214,6 +216,12 @@ AttemptTimeoutOption = Annotated[
         parser=_duration,
         metavar="DURATION",
         help="Most one attempt may take before the next candidate is tried: 500ms, 2s.",
+    ),
+]
+IntervalOption = Annotated[
+    float,
+    typer.Option(
+        "--interval", parser=_duration, metavar="DURATION", help="Between redraws: 1s, 500ms."
     ),
 ]
 RetryOption = Annotated[
@@ -575,6 +583,11 @@ def health(
     detail: Annotated[
         bool, typer.Option("--detail", help="Latency, last check, failures, last error.")
     ] = False,
+    watch: Annotated[
+        bool,
+        typer.Option("--watch", help="Redraw the table in place as states change (Ctrl-C ends)."),
+    ] = False,
+    interval: IntervalOption = 1.0,
     url: UrlOption = None,
     config: ConfigOption = None,
     output: OutputOption = None,
@@ -584,8 +597,27 @@ def health(
 
     with _client(url, config) as client:
         targets = _targets(instances, "--instances")
+        if watch:
+            from .live import watch_health
+
+            as_json = _is_json(output)
+            watch_health(client, targets, detail=detail, interval=interval, as_json=as_json)
         states = client.health_detail(targets) if detail else client.health(targets)
     _emit(states, output, health_view)
+
+
+@app.command()
+def top(
+    interval: IntervalOption = 1.0,
+    url: UrlOption = None,
+    config: ConfigOption = None,
+    output: OutputOption = None,
+) -> None:
+    """In-flight work per instance, live, with health and ejections (Ctrl-C ends)."""
+    from .live import watch_top
+
+    with _client(url, config) as client:
+        watch_top(client, interval=interval, as_json=_is_json(output))
 
 
 @app.command("instances")

@@ -47,6 +47,7 @@ from .replies import decode_json, expect_object, parse_reply
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
+    from ..activity import ActivityPage, InstancesActivity
     from ..models import (
         FailoverMode,
         FanoutEntry,
@@ -84,6 +85,7 @@ __all__ = [
     "SessionHandleBase",
     "SessionsBase",
     "StreamItem",
+    "activity",
     "base_headers",
     "cancel_run",
     "check_token",
@@ -97,6 +99,7 @@ __all__ = [
     "health",
     "health_detail",
     "instances",
+    "instances_activity",
     "list_runs",
     "liveness",
     "look_at_run",
@@ -436,6 +439,24 @@ def health_detail(instances: TargetExpr | None = None) -> ApiCall[dict[str, Heal
     """Each instance's state with latency, last check, failures in a row and last error."""
     params = {**_health_params(instances), "detail": "true"}
     return ApiCall("GET", "/api/orchestrator/health", _health_details, params=params)
+
+
+def activity(*, limit: int = 50, before: int | None = None) -> ApiCall[ActivityPage]:
+    """Recent routes, fanouts and health changes, newest first; pass the page's
+    ``next_before`` as ``before`` for the older ones."""
+    from ..activity import ActivityPage
+
+    params = {"limit": str(limit), **({} if before is None else {"before": str(before)})}
+    return ApiCall("GET", "/api/orchestrator/activity", _reads(ActivityPage), params=params)
+
+
+def instances_activity() -> ApiCall[InstancesActivity]:
+    """Every instance now: state and reason, probe latency, in-flight calls, when a down one
+    is next probed, and its recent health changes (what ``top`` shows)."""
+    from ..activity import InstancesActivity
+
+    path = "/api/orchestrator/activity/instances"
+    return ApiCall("GET", path, _reads(InstancesActivity))
 
 
 def liveness() -> ApiCall[dict[str, Any]]:

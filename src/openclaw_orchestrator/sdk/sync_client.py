@@ -196,6 +196,8 @@ class Client(ClosesOnExit):
     health = _sends(calls.health)
     health_detail = _sends(calls.health_detail)
     liveness = _sends(calls.liveness)
+    activity = _sends(calls.activity)
+    instances_activity = _sends(calls.instances_activity)
     register = _sends(calls.register)
     instances = _sends(calls.instances)
     unregister = _sends(calls.unregister)

@@ -6,8 +6,9 @@ driver so connections to instances are pooled and kept alive across requests.
 
 from __future__ import annotations
 
+import functools
 import importlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 
 import aiohttp
@@ -23,6 +24,7 @@ from .drivers.base import InstanceDriver
 from .drivers.lean import DEFAULT_KEEPALIVE
 from .drivers.openclaw import OpenClawDriver
 from .drivers.worker import WorkerDriver
+from .observability.observer import OFF, Observer
 from .shared_state import shared_state
 from .stores.base import Store
 from .stores.postgres import PostgresStore
@@ -103,10 +105,11 @@ def build_drivers(
     }
 
 
-def open_store(settings: Settings) -> Store:
+def open_store(settings: Settings, *, observer: Observer = OFF) -> Store:
     """The configured store: ``database_url``, else SQLite under ``data_dir``. A SQLite
     file gets :class:`SqliteStore`, PostgreSQL :class:`PostgresStore`; anything else
-    (another database, SQLite ``:memory:``) is a :class:`ConfigError` naming the setting."""
+    (another database, SQLite ``:memory:``) is a :class:`ConfigError` naming the setting.
+    Its commits are counted by ``observer`` (when metrics are on)."""
     url = settings.database_url or sqlite_url(settings.data_dir)
     expected = "a SQLite file (sqlite:///path/to/orchestrator.db) or PostgreSQL "
     expected += "(postgresql+asyncpg://user@host/db)"
@@ -116,20 +119,38 @@ def open_store(settings: Settings) -> Store:
         raise ConfigError(f"database_url: not a database URL; expected {expected}") from None
     backend = parsed.get_backend_name()
     if backend == "postgresql":
-        return PostgresStore(url, transaction_pooling=settings.database_transaction_pooling)
+        return PostgresStore(
+            url,
+            transaction_pooling=settings.database_transaction_pooling,
+            on_commit=_commit_hook(observer, PostgresStore.ENGINE),
+        )
     if sqlite_path(url) is not None:
-        return SqliteStore(url, min_free_bytes=settings.store_reserve_bytes)
+        return SqliteStore(
+            url,
+            min_free_bytes=settings.store_reserve_bytes,
+            on_commit=_commit_hook(observer, SqliteStore.ENGINE),
+        )
     if backend == "sqlite":
         raise ConfigError(f"database_url: SQLite needs a file, not {parsed.database!r}")
     raise ConfigError(f"database_url: {backend!r} is not {expected}")
 
 
+def _commit_hook(observer: Observer, engine: str) -> Callable[[float, int], None] | None:
+    """``observer.store_commit`` for ``engine``; None (no call at all) with metrics off."""
+    if observer.metrics is None:
+        return None
+    return functools.partial(observer.store_commit, engine)
+
+
 @asynccontextmanager
-async def open_orchestrator(settings: Settings) -> AsyncIterator[Orchestrator]:
+async def open_orchestrator(
+    settings: Settings, *, observer: Observer = OFF
+) -> AsyncIterator[Orchestrator]:
     """An Orchestrator with its HTTP session, store, prober and sweeper running; everything
-    closed on exit."""
+    closed on exit. ``observer`` (the app's metrics and traces) watches every part; its
+    ``replica`` id is the shared fleet's holder, so metrics name who owns what."""
     reducers = load_reducers(settings.reducers)
-    store = open_store(settings)
+    store = open_store(settings, observer=observer)
     await store.open()
     try:
         limits = settings.instances
@@ -137,9 +158,14 @@ async def open_orchestrator(settings: Settings) -> AsyncIterator[Orchestrator]:
             max_connections=limits.max_connections, address_policy=limits.address_policy()
         ) as session:
             drivers = build_drivers(session, limits)
-            fleet = shared_fleet(store, settings)  # None on SQLite: one process
+            fleet = shared_fleet(store, settings, holder=observer.replica or None)
             orchestrator = Orchestrator(
-                settings, drivers=drivers, reducers=reducers, store=store, fleet=fleet
+                settings,
+                drivers=drivers,
+                reducers=reducers,
+                store=store,
+                fleet=fleet,
+                observer=observer,
             )
             try:
                 async with orchestrator, shared_state(store, orchestrator):

@@ -7,6 +7,7 @@ already-built Orchestrator instead.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -23,7 +24,10 @@ from ..core.idempotency import IdempotencyCache
 from ..core.orchestrator import Orchestrator
 from ..gc_tuning import settle_after_startup
 from ..logs import flush_logs, get_logger
-from . import runs, sessions
+from ..observability import build_observer
+from ..observability.http import install_observability
+from ..stores.leases import holder_id
+from . import activity, runs, sessions
 from .docs import install_docs
 from .errors import install_error_handlers
 from .fastpath import FastPaths
@@ -31,6 +35,7 @@ from .middleware import RequestContextMiddleware
 from .openapi import finish_schema
 from .routes import cluster, orchestrator, public
 from .security import Authenticator
+from .ui import install_ui
 
 __all__ = ["OrchestratorApp", "create_app"]
 
@@ -73,7 +78,12 @@ def create_app(
     process (``serve``, uvicorn workers), so the garbage collector is tuned for serving
     once start-up is done (:mod:`..gc_tuning`). ``fast_paths``: serve the hot endpoints'
     ordinary requests with :class:`~.fastpath.FastPaths` (off: the FastAPI routes serve
-    every request; the API suite runs both ways)."""
+    every request; the API suite runs both ways). Metrics and traces
+    (``settings.metrics``, ``settings.tracing``) are the app's own: a registry and tracer
+    of its own, or ``service``'s observer when one is given."""
+    observer = (
+        service.observer if service is not None else build_observer(settings, replica=holder_id())
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -83,7 +93,7 @@ def create_app(
             yield
             return
         try:
-            async with open_orchestrator(settings) as built:
+            async with open_orchestrator(settings, observer=observer) as built:
                 app.state.orchestrator = built
                 _share_keys(app, built)
                 log.info(
@@ -95,6 +105,8 @@ def create_app(
                     settle_after_startup()
                 yield
         finally:  # uvicorn may end the process by re-raising SIGTERM: no atexit after that
+            if observer.tracing is not None:
+                await asyncio.to_thread(observer.tracing.shutdown)  # export what is left
             flush_logs()
 
     app = OrchestratorApp(
@@ -118,9 +130,12 @@ def create_app(
     app.include_router(sessions.admin)
     app.include_router(sessions.scoped)
     app.include_router(runs.router)
+    app.include_router(activity.router)  # the dashboard's feed (docs/dashboard.md)
     install_docs(app)
+    install_ui(app)  # the dashboard at /ui (docs/dashboard.md)
     install_mcp(app, settings)  # /mcp: the same endpoints as MCP tools (docs/mcp.md)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
     if fast_paths:
         app.use_fast_paths(max_body_bytes=settings.max_body_bytes)
+    install_observability(app, settings, observer)  # after the fast path: it wraps it
     return app

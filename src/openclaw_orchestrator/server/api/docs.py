@@ -1,4 +1,5 @@
-"""The pages for people: ``/`` (where things are), ``/docs`` (Swagger UI), ``/redoc`` (ReDoc).
+"""The pages for people: ``/`` (where things are: the dashboard at ``/ui``, the docs),
+``/docs`` (Swagger UI), ``/redoc`` (ReDoc).
 
 The pages load their JavaScript, CSS and icon from this server, under :data:`ASSETS_PATH`:
 the files the ``fastapi-offline`` package ships. Nothing comes from a CDN, so the pages work
@@ -26,6 +27,7 @@ DOCS_PATH = "/docs"
 REDOC_PATH = "/redoc"
 ASSETS_PATH = "/docs/assets"
 HEALTH_PATH = "/api/health/check"
+UI_PATH = "/ui"
 SWAGGER_UI_PARAMETERS: dict[str, Any] = {"validatorUrl": None}
 """Swagger UI's validator badge would send the schema's URL to validator.swagger.io."""
 
@@ -35,6 +37,7 @@ pages = APIRouter(include_in_schema=False)
 def links(root_path: str, openapi_path: str) -> dict[str, str]:
     """Where the docs, the schema and the liveness check are, under ``root_path``."""
     return {
+        "dashboard": root_path + UI_PATH,
         "docs": root_path + DOCS_PATH,
         "redoc": root_path + REDOC_PATH,
         "openapi": root_path + openapi_path,

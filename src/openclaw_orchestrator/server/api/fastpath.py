@@ -9,20 +9,21 @@ of the framework's layers (see :class:`~..asgi.FastPathApp`: middleware added to
 later wraps it, so it sees these requests too) and serves the *ordinary* request of those
 endpoints itself: JSON body within the size limit, the API key, a valid body; for route,
 fanout and send also no ``Idempotency-Key``, no ask for a durable run (``"async": true``,
-``Prefer: respond-async``) nor a stream (``"stream": true``, ``Accept:
-text/event-stream``). A run's submit keeps its ``Idempotency-Key`` (one the route's header
-pattern accepts) and ``Prefer``: it is stored by the very code the route runs
-(:func:`~.run_submit.store_run`), and answered 202, or 200 with ``Idempotent-Replayed``, with
-the route's headers. It gives the request the same id, and binds the same
-``X-Orchestrator-Hops``, as the request-context middleware would, makes the very same service
-call, and answers with the very same body, status and headers (the error envelope with
-:func:`~.errors.error_headers`, a 409 or a refused callback address included; a generic 500
-for a bug, logged like the app's own handler does).
+``Prefer: respond-async``); a stream (``"stream": true``, ``Accept:
+text/event-stream``) of a route or send is served here too (:mod:`.fastpath_stream`).
+A run's submit keeps its ``Idempotency-Key`` (one the route's header pattern accepts) and
+``Prefer``: it is stored by the very code the route runs (:func:`~.run_submit.store_run`),
+and answered 202, or 200 with ``Idempotent-Replayed``, with the route's headers. It gives the
+request the same id, and binds the same ``X-Orchestrator-Hops``, as the request-context
+middleware would, makes the very same service call, and answers with the very same body,
+status and headers (the error envelope with :func:`~.errors.error_headers`, a 409 or a
+refused callback address included; a generic 500 for a bug, logged like the app's own
+handler does).
 
 Anything else — another path or method, another content type, a missing or wrong key, a
 session token, a body orjson refuses (as strict as the app's :mod:`.strict_json`: no NaN or
 Infinity) or that does not validate, a body over the limit, an ``X-Orchestrator-Hops`` that
-is not a count, streaming — goes to the full app with the body replayed, so every error,
+is not a count, a streamed fanout — goes to the full app with the body replayed, so every error,
 status and message stays exactly what the FastAPI routes (still there, and in the OpenAPI
 schema) produce. ``create_app(settings, fast_paths=False)`` leaves the fast path out; the
 API suite runs both ways.
@@ -51,9 +52,12 @@ from ...models import (
     SessionSendRun,
 )
 from ..asgi import read_body, replay
-from ..delegation import bind_hops, parse_hops, reset_hops
+from ..delegation import bind_hops, incoming_hops, reset_hops
 from ..logs import bind_request_id, get_logger, reset_request_id
+from ..observability.observer import ENDPOINT_KEY
 from .errors import error_headers
+from .event_stream import EventStream
+from .fastpath_stream import is_streamed, serve_stream, streamed_route, streamed_send
 from .middleware import declared_length, incoming_request_id, new_request_id
 from .responses import value_json
 from .run_submit import asks_async, store_run, stored_headers
@@ -72,7 +76,7 @@ class Reply(NamedTuple):
     headers: list[tuple[bytes, bytes]]
 
 
-Call = Callable[[], Awaitable[BaseModel | bytes | Reply]]
+Call = Callable[[], Awaitable[BaseModel | bytes | Reply | EventStream]]
 """The service call: a model to serialize, the JSON body itself (``reply: "value"``), or
 the whole reply (a stored run: 202 or 200 with its headers)."""
 Prepare = Callable[[State, Any, str, str, dict[bytes, bytes]], Call | None]
@@ -85,7 +89,6 @@ _SESSION_ID = re.compile(SESSION_ID_PATTERN)
 _IDEMPOTENCY_KEY = re.compile(rb"[!-~]{1,%d}" % MAX_IDEMPOTENCY_KEY)  # the route's Header()
 _RUN_SUBMIT: TypeAdapter[Any] = TypeAdapter(RunSubmit)
 _NDJSON = b"application/x-ndjson"
-_EVENT_STREAM = b"text/event-stream"
 _JSON_HEADER = (b"content-type", b"application/json")
 _NO_HEADERS: list[tuple[bytes, bytes]] = []
 _NOT_A_COUNT = -1
@@ -93,8 +96,10 @@ _NOT_A_COUNT = -1
 
 def _route(state: State, raw: Any, _: str, rid: str, headers: dict[bytes, bytes]) -> Call | None:
     body = RouteRequest.model_validate(raw)
-    if body.run_async or body.stream or _EVENT_STREAM in headers.get(b"accept", b""):
+    if body.run_async:
         return None
+    if is_streamed(body.stream, headers):
+        return streamed_route(state, body, rid)
     service = state.orchestrator
     return lambda: service.route(body, request_id=rid)
 
@@ -124,8 +129,10 @@ def _send(
     if not _SESSION_ID.fullmatch(session_id):
         return None
     body = SendRequest.model_validate(raw)
-    if body.run_async or body.stream or _EVENT_STREAM in headers.get(b"accept", b""):
+    if body.run_async:
         return None
+    if is_streamed(body.stream, headers):
+        return streamed_send(state, session_id, body, rid)
     sessions = state.orchestrator.sessions
     return lambda: sessions.send(
         session_id, body.data, timeout=body.timeout, idempotency_key=None, request_id=rid
@@ -163,6 +170,15 @@ def _match(path: str) -> tuple[Prepare | None, str]:
     return None, ""
 
 
+_TEMPLATES: dict[Prepare, str] = {
+    _submit: RUNS_PATH,
+    _route: ROUTE_PATH,
+    _fanout: FANOUT_PATH,
+    _send: "/api/orchestrator/sessions/{session_id}/send",
+}
+"""Each fast path's route template, as FastAPI names the route (metrics and spans)."""
+
+
 def _asks_more(headers: dict[bytes, bytes]) -> bool:
     """Whether a route, fanout or send asks for what only the app does: an Idempotency-Key
     or a durable run (``Prefer: respond-async``)."""
@@ -170,14 +186,14 @@ def _asks_more(headers: dict[bytes, bytes]) -> bool:
 
 
 def _hops_of(headers: dict[bytes, bytes]) -> int | None:
-    """The call's ``X-Orchestrator-Hops`` (the loop guard, :mod:`..delegation`), bound
-    around the service call as the request-context middleware binds it: None when absent,
-    :data:`_NOT_A_COUNT` when the middleware would refuse it."""
-    given = headers.get(b"x-orchestrator-hops")
-    if given is None:
-        return None
+    """The call's ``X-Orchestrator-Hops``, or what its ``X-Orchestrator-Caller`` is owed
+    (the loop guard, :mod:`..delegation`), bound around the service call as the
+    request-context middleware binds it: None when neither is given, :data:`_NOT_A_COUNT`
+    when the middleware would refuse one."""
     try:
-        return parse_hops(given)
+        return incoming_hops(
+            headers.get(b"x-orchestrator-hops"), headers.get(b"x-orchestrator-caller")
+        )
     except OrchestratorError:
         return _NOT_A_COUNT
 
@@ -225,10 +241,14 @@ class FastPaths:
         if call is None:  # not ordinary: the full app answers (413 if too long)
             await self.app(scope, replay(body, receive, more=more), send)
             return
+        scope[ENDPOINT_KEY] = _TEMPLATES[prepare]  # counted as the FastAPI route would be
         bound = bind_request_id(rid)
         hops_bound = None if hops is None else bind_hops(hops)
         try:
             result = await call()
+            if isinstance(result, EventStream):  # begun: the stream answers (fastpath_stream)
+                await serve_stream(result, rid, scope, receive, send)
+                return
             if isinstance(result, Reply):
                 status, raw, extra = result
             else:

@@ -36,7 +36,13 @@ from .openapi import error_responses
 from .responses import json_response
 from .routes import IdempotencyKey
 from .run_submit import ASYNC_REPLY, prefers_async, submit_run
-from .security import Authenticator, bearer_token, is_session_token, require_api_key
+from .security import (
+    Authenticator,
+    bearer_token,
+    is_session_token,
+    require_api_key,
+    ui_cookie_grants,
+)
 
 __all__ = ["admin", "scoped"]
 
@@ -56,7 +62,7 @@ async def _may_use(request: Request, session_id: str) -> None:
     auth: Authenticator = request.app.state.authenticator
     token = bearer_token(request.headers.get("authorization"))
     if token is None:
-        if auth.is_enabled:
+        if auth.is_enabled and not ui_cookie_grants(request):
             raise UnauthorizedError("missing 'Authorization: Bearer <API key or session token>'")
         return
     if auth.is_api_key(token):

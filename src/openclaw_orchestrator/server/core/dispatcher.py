@@ -4,9 +4,11 @@ instances through it."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
+from ...domain.health import HealthChanged
 from ...errors import (
     InstanceDownError,
     InstanceError,
@@ -19,6 +21,7 @@ from ...settings import Settings
 from ..delegation import check_hops
 from ..drivers.base import Delta, InstanceDriver
 from ..logs import get_logger
+from ..observability.observer import OFF, Observer
 from .clock import Clock
 from .health_monitor import failure_kind, report_health_change
 from .registry import InstanceRecord
@@ -31,6 +34,8 @@ DriverCall = Callable[[InstanceDriver, InstanceSpec, float], Awaitable[T]]
 
 Relay = Callable[[str, Any], Awaitable[None]]
 """Receives ``(instance, delta)``: one piece of an instance's streamed output, in order."""
+RelayMany = Callable[[str, list[Any]], Awaitable[None]]
+"""Receives ``(instance, deltas)``: several pieces that arrived together, in order."""
 
 log = get_logger("orchestrator")
 
@@ -45,40 +50,78 @@ class Streaming:
     part of an attempt's output, so the request's failure is final: no retry, no failover,
     no migration (it would run the work a second time behind output already shown)."""
 
-    __slots__ = ("_on_begin", "_sink", "started")
+    __slots__ = ("_on_begin", "_sink", "_sink_many", "started")
 
-    def __init__(self, sink: Relay, on_begin: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        sink: Relay,
+        on_begin: Callable[[], None] | None = None,
+        sink_many: RelayMany | None = None,
+    ) -> None:
         self._sink = sink
         self._on_begin = on_begin
+        self._sink_many = sink_many
         self.started = False
 
     def __repr__(self) -> str:
         return f"<Streaming started={self.started}>"
 
     def to(self, instance: str) -> Delta:
-        """The delta callback of one attempt at ``instance``."""
+        """The delta callback of one attempt at ``instance`` (a
+        :class:`~..drivers.base.DeltaBatch` when ``sink_many`` was given)."""
         begin, self._on_begin = self._on_begin, None
         if begin is not None:
             begin()
-        sink = self._sink
+        return _Attempt(self, instance) if self._sink_many else _relay(self, instance)
 
-        async def relay(delta: Any) -> None:
-            self.started = True
-            await sink(instance, delta)
 
-        return relay
+def _relay(stream: Streaming, instance: str) -> Delta:
+    sink = stream._sink
+
+    async def relay(delta: Any) -> None:
+        stream.started = True
+        await sink(instance, delta)
+
+    return relay
+
+
+class _Attempt:
+    """:meth:`Streaming.to`'s callback when the sink takes batches too."""
+
+    __slots__ = ("_instance", "_stream")
+
+    def __init__(self, stream: Streaming, instance: str) -> None:
+        self._stream = stream
+        self._instance = instance
+
+    async def __call__(self, delta: Any) -> None:
+        self._stream.started = True
+        await self._stream._sink(self._instance, delta)
+
+    async def many(self, deltas: list[Any]) -> None:
+        stream = self._stream
+        stream.started = True
+        if stream._sink_many is not None:
+            await stream._sink_many(self._instance, deltas)
 
 
 class Dispatcher:
     """Calls instances through their drivers; owns the request deadlines' arithmetic."""
 
     def __init__(
-        self, settings: Settings, drivers: Mapping[str, InstanceDriver], *, clock: Clock
+        self,
+        settings: Settings,
+        drivers: Mapping[str, InstanceDriver],
+        *,
+        clock: Clock,
+        observer: Observer = OFF,
     ) -> None:
         self._settings = settings
+        self.observer = observer  # every part that reaches instances observes through it
         self._drivers = drivers
         self.clock = clock
         self._max_hops = settings.delegation.max_hops
+        self.report_health: Callable[[HealthChanged | None], None] = report_health_change
 
     def __repr__(self) -> str:
         return f"<Dispatcher [drivers: {', '.join(sorted(self._drivers)) or 'none'}]>"
@@ -156,6 +199,26 @@ class Dispatcher:
         return await self.call(rec, deadline, invoke)
 
     async def call(self, rec: InstanceRecord, deadline: float, op: DriverCall[T]) -> T:
+        """:meth:`_call`, observed: an ``instance.attempt`` span (current while the driver
+        sends, so the instance gets its ``traceparent``) and ``orchestrator_attempts``."""
+        observer = self.observer
+        if not observer.is_on:
+            return await self._call(rec, deadline, op)
+        outcome = "ok"
+        started = time.perf_counter()
+        with observer.span("instance.attempt", {"instance": rec.name}):
+            try:
+                return await self._call(rec, deadline, op)
+            except OrchestratorError as exc:
+                outcome = exc.code
+                raise
+            except BaseException:  # cancelled (a fanout that stopped waiting), or a defect
+                outcome = "cancelled"
+                raise
+            finally:
+                observer.attempt(rec.name, outcome, time.perf_counter() - started)
+
+    async def _call(self, rec: InstanceRecord, deadline: float, op: DriverCall[T]) -> T:
         """Call ``op`` with ``rec``'s driver and the time left before ``deadline``, counting
         it as outstanding load and feeding its outcome to passive health detection: only
         an unreachable or timed-out instance counts against it, never a refused payload, a
@@ -172,7 +235,7 @@ class Dispatcher:
         except OrchestratorError as exc:
             if isinstance(exc, InstanceDownError | TimeoutExceededError):
                 event = rec.health.record_request_failure(failure_kind(exc), exc.message, clock())
-                report_health_change(event)
+                self.report_health(event)
             raise
         except Exception as exc:  # a driver broke its contract: still that instance's failure
             reason = f"instance {rec.name} failed: {type(exc).__name__}: {exc}"
@@ -180,5 +243,5 @@ class Dispatcher:
             raise InstanceError(reason, instance=rec.name) from exc
         finally:
             rec.outstanding -= 1
-        report_health_change(rec.health.record_request_success(clock() - started, clock()))
+        self.report_health(rec.health.record_request_success(clock() - started, clock()))
         return result

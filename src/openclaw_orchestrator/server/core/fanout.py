@@ -5,7 +5,7 @@ target retries the same instance as the one retry decision allows."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import KW_ONLY, dataclass
 from typing import Any
 
@@ -27,6 +27,7 @@ from ...errors import (
 )
 from ...models import FanoutEntry, FanoutRequest, FanoutResult
 from ..logs import FrequentEvent
+from .activity import Activity
 from .clock import ms
 from .dispatcher import Dispatcher
 from .interfaces import InstanceRegistry
@@ -51,6 +52,7 @@ class Fanout:
     retrier: Retrier
     _: KW_ONLY
     reducers: Mapping[str, Reducer]
+    activity: Activity | None = None  # the dashboard's feed (.activity): every fanout's outcome
 
     def __repr__(self) -> str:
         return f"<Fanout [reducers: {', '.join(sorted(self.reducers)) or 'none'}]>"
@@ -98,10 +100,15 @@ class Fanout:
                 field="min_success",
             )
         retries = request.retry or 0
+        observer = dispatcher.observer
+        observer.fanout(len(names))
         tasks = {
             asyncio.create_task(
-                self._call_target(
-                    i, name, request.payload, deadline, attempt_timeout, retries, request_id
+                self._traced(
+                    name,
+                    self._call_target(
+                        i, name, request.payload, deadline, attempt_timeout, retries, request_id
+                    ),
                 )
             ): (i, name)
             for i, name in enumerate(names)
@@ -174,6 +181,21 @@ class Fanout:
         if unfinished:
             arrived.extend(unfinished)
             yield unfinished
+
+    def _traced(self, name: str, target: Coroutine[Any, Any, Entry]) -> Coroutine[Any, Any, Entry]:
+        """``target`` inside a ``fanout.target`` span when tracing is on; as it is when
+        off (no span, no extra frame)."""
+        observer = self.dispatcher.observer
+        if observer.tracing is None:
+            return target
+
+        async def traced() -> Entry:
+            with observer.span("fanout.target", {"instance": name}) as span:
+                entry = await target
+                span.set_attribute("fanout.status", entry.status)
+                return entry
+
+        return traced()
 
     async def _call_target(
         self,
@@ -260,6 +282,12 @@ class Fanout:
         succeeded, failed, timed_out = entry_counts(ordered)
         total_ms = ms(self.dispatcher.clock() - started)
         results = [_wire_entry(e) for e in ordered]
+        observer = self.dispatcher.observer
+        if observer.metrics is not None:
+            for entry in ordered:
+                observer.fanout_target(entry.instance, entry.status)
+        if self.activity is not None:
+            self.activity.fanout_done(request_id, results, total_ms, request.min_success)
         if request.min_success is not None and succeeded < request.min_success:
             cls = TimeoutExceededError if timed_out else InstanceError
             raise cls(

@@ -10,7 +10,8 @@ probes each instance (:mod:`.shared_fleet`).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import KW_ONLY, dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -24,6 +25,7 @@ from ...errors import (
 from ...models import HealthDetail, TargetExpr
 from ..drivers.base import InstanceDriver
 from ..logs import get_logger
+from ..observability.observer import OFF, Observer
 from .clock import Clock, Sleep
 from .fleet import ProbeGate
 from .interfaces import InstanceRegistry
@@ -67,6 +69,8 @@ class HealthMonitor:
     clock: Clock
     sleep: Sleep
     gate: ProbeGate | None = None
+    report: Callable[[HealthChanged | None], None] = report_health_change  # + activity feed
+    observer: Observer = OFF  # an instance.probe span and orchestrator_probe_duration_seconds
     _prober: asyncio.Task[None] | None = field(default=None, init=False)
     _probes: set[asyncio.Task[None]] = field(default_factory=set, init=False)
 
@@ -123,11 +127,25 @@ class HealthMonitor:
     async def _probe(self, rec: InstanceRecord) -> None:
         try:
             if self.gate is None or await self.gate(rec):
-                await self._probe_now(rec)
+                await self._observed_probe(rec)
         finally:
             rec.probing = False
 
-    async def _probe_now(self, rec: InstanceRecord) -> None:
+    async def _observed_probe(self, rec: InstanceRecord) -> None:
+        """:meth:`_probe_now` in an ``instance.probe`` span, its time and outcome counted."""
+        observer = self.observer
+        if not observer.is_on:
+            await self._probe_now(rec)
+            return
+        started = time.perf_counter()
+        with observer.span("instance.probe", {"instance": rec.name}) as span:
+            outcome = await self._probe_now(rec)
+            if span is not None:
+                span.set_attribute("probe.outcome", outcome)
+        observer.probe(rec.name, outcome, time.perf_counter() - started)
+
+    async def _probe_now(self, rec: InstanceRecord) -> str:
+        """Probe ``rec`` and record the verdict; the outcome: ``ok`` or an error code."""
         driver = self.drivers[rec.spec.driver]
         started = self.clock()
         try:
@@ -135,19 +153,21 @@ class HealthMonitor:
         except OverloadedError as exc:  # ours (no fd, no buffer): the instance keeps its state
             rec.health.next_probe_at = self.clock() + self.policy.interval
             log.warning("orchestrator.probe_skipped", instance=rec.name, reason=exc.message)
+            return exc.code
         except OrchestratorError as exc:
-            report_health_change(
+            self.report(
                 rec.health.record_probe_failure(failure_kind(exc), exc.message, self.clock())
             )
+            return exc.code
         except Exception as exc:  # a defect, ours or a driver's: a failed probe, not a crash
             reason = f"probe failed: {type(exc).__name__}: {exc}"
             log.warning("orchestrator.probe_failed", instance=rec.name, reason=reason)
-            report_health_change(
-                rec.health.record_probe_failure(FailureKind.ERROR, reason, self.clock())
-            )
+            self.report(rec.health.record_probe_failure(FailureKind.ERROR, reason, self.clock()))
+            return "error"
         else:
             latency = self.clock() - started
             event = rec.health.record_probe_success(
                 latency, self.clock(), degraded=result.degraded, detail=result.detail
             )
-            report_health_change(event)
+            self.report(event)
+            return "ok"

@@ -17,6 +17,7 @@ import time
 from collections.abc import AsyncIterator, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from ...activity import InstancesActivity
 from ...domain.addresses import AddressRefused
 from ...domain.backoff import RetryBudget, RetryPolicy, RetryRules
 from ...domain.balancing import Balancer, Policy
@@ -28,14 +29,16 @@ from ...settings import Settings
 from ..drivers.base import InstanceDriver
 from ..drivers.callback_sender import CallbackSender
 from ..logs import dropped_log_lines, get_logger
+from ..observability.observer import OFF, Observer
 from ..stores.base import Store
 from ..stores.leases import holder_id
+from .activity import Activity
 from .callbacks import CallbackDeliverer
 from .clock import Clock, Sleep
 from .dispatcher import Dispatcher, Streaming
 from .fanout import Fanout, Reducer
 from .fleet import Fleet, LocalFleet
-from .health_monitor import HealthMonitor
+from .health_monitor import HealthMonitor, report_health_change
 from .interfaces import InstanceRegistry
 from .registry import Registry
 from .retrier import DEFAULT_RETRY_HOOKS, Retrier, RetryHook
@@ -92,8 +95,10 @@ class Orchestrator:
         retry_hooks: Sequence[RetryHook] = DEFAULT_RETRY_HOOKS,
         registry: InstanceRegistry | None = None,
         fleet: Fleet | None = None,
+        observer: Observer = OFF,
     ) -> None:
         self.settings = settings
+        self.observer = observer  # metrics and traces (..observability): every part's hooks
         drivers = dict(drivers)
         rng = rng or random.Random()  # noqa: S311  # jitter and load spreading, not secrets
         self._clock = clock
@@ -102,12 +107,27 @@ class Orchestrator:
             fleet = LocalFleet(Registry(policy) if registry is None else registry)
         self._fleet = fleet
         self.registry: InstanceRegistry = fleet.registry
-        self._dispatcher = Dispatcher(settings, drivers, clock=clock)
+        self._dispatcher = Dispatcher(settings, drivers, clock=clock, observer=observer)
+        self.activity = Activity(clock=clock)  # recent routes, fanouts, health: the dashboard's
+        report = self._dispatcher.report_health = self.activity.reporting(report_health_change)
         self._monitor = HealthMonitor(
-            self.registry, drivers, policy, clock=clock, sleep=sleep, gate=fleet.probe_gate
+            self.registry,
+            drivers,
+            policy,
+            clock=clock,
+            sleep=sleep,
+            gate=fleet.probe_gate,
+            report=report,
+            observer=observer,
         )
+        if observer.metrics is not None:
+            retry_hooks = (*retry_hooks, observer.retry)
         retrier = Retrier(
-            _retry_rules(settings, rng), clock=clock, sleep=sleep, hooks=tuple(retry_hooks)
+            _retry_rules(settings, rng),
+            clock=clock,
+            sleep=sleep,
+            hooks=tuple(retry_hooks),
+            observer=observer,
         )
         self.retrier = retrier  # its grants come from the fleet's syncer on PostgreSQL
         self.retry_budget: RetryBudget = retrier.rules.budget  # fleet-synced on PostgreSQL
@@ -118,9 +138,14 @@ class Orchestrator:
             retrier,
             balancer,
             max_retries=settings.retry.max_retries,
+            activity=self.activity,
         )
         self._fanout = Fanout(
-            self.registry, self._dispatcher, retrier, reducers=dict(reducers or {})
+            self.registry,
+            self._dispatcher,
+            retrier,
+            reducers=dict(reducers or {}),
+            activity=self.activity,
         )
         self._address_policy = settings.instances.address_policy()
         self._started_at = clock()
@@ -154,7 +179,10 @@ class Orchestrator:
                 holder=holder_id(),
                 on_finish=self._callbacks.on_finish,
                 max_hops=settings.delegation.max_hops,
+                on_state=observer.run_state if observer.metrics is not None else None,
             )
+        if observer.metrics is not None:
+            observer.metrics.watch(self)
 
     @property
     def runs(self) -> RunService:
@@ -263,6 +291,20 @@ class Orchestrator:
     ) -> dict[str, models.HealthDetail]:
         """Per-instance state, latency, last check, failures and last error."""
         return self._monitor.health_detail(targets)
+
+    def instances_activity(self) -> InstancesActivity:
+        """Every instance now, for the dashboard and ``top``: verdict, reason, latency,
+        in-flight calls, ejection expiry and health timeline (:mod:`.activity`)."""
+        return self.activity.instances(self.registry)
+
+    def fleet_rows(self) -> list[tuple[str, str, int, bool]]:
+        """``(instance, health state, in-flight calls, probed here)`` per instance: what
+        a metrics scrape reads (:class:`~..observability.metrics.FleetCollector`)."""
+        owns = getattr(self._fleet, "owns_probes", None)  # SharedFleet; one process: all
+        return [
+            (rec.name, rec.health.state.value, rec.outstanding, owns is None or owns(rec.name))
+            for rec in self.registry
+        ]
 
     def probe_all(self) -> Coroutine[Any, Any, None]:
         """Probe every instance now (start-up, tests, ``health --refresh``)."""

@@ -13,6 +13,7 @@ from ...models import Attempt, RouteRequest, RouteResult
 from ...models import Skip as SkipModel
 from ..drivers.base import Delta
 from ..logs import FrequentEvent, after_this_step
+from .activity import Activity
 from .clock import ms
 from .dispatcher import Dispatcher, Streaming
 from .interfaces import InstanceRegistry
@@ -41,6 +42,7 @@ class Routing:
     balancer: Balancer
     _: KW_ONLY
     max_retries: int
+    activity: Activity | None = None  # the dashboard's feed (.activity): every route's outcome
 
     def __repr__(self) -> str:
         return f"<Routing {self.balancer!r} max_retries={self.max_retries}>"
@@ -66,7 +68,7 @@ class Routing:
         plan = self.balancer.plan([registry.get(n).candidate() for n in names], policy=policy)
         skipped: dict[str, str] = {s.instance: s.reason for s in plan.skipped}
         if not plan.order:
-            raise _nothing_to_route(names, skipped)
+            raise self._noted(_nothing_to_route(names, skipped), request_id)
         retries = self.max_retries if request.retry is None else request.retry
         self.retrier.rules.record_request(started)
         attempts: list[Attempt] = []
@@ -86,7 +88,7 @@ class Routing:
             except OrchestratorError as exc:
                 if stream is not None and stream.started:
                     exc.details["reason"] = STREAMED
-                    raise self._route_failed(exc, attempts, skipped, started) from None
+                    raise self._route_failed(exc, attempts, skipped, started, request_id) from None
                 decision, skips = await self._next_step(
                     exc, plan.order, tried, len(attempts), retries, deadline
                 )
@@ -95,18 +97,20 @@ class Routing:
                 if isinstance(decision, GiveUp):
                     if decision.reason is not None:
                         exc.details["reason"] = decision.reason
-                    raise self._route_failed(exc, attempts, skipped, started) from None
+                    raise self._route_failed(exc, attempts, skipped, started, request_id) from None
                 event = RetryScheduled(
                     decision.target, len(attempts), decision.delay, exc.code, request_id
                 )
                 await self.retrier.wait(event)
+                if decision.target != name:
+                    dispatcher.observer.failover(name)
                 name = decision.target
                 continue
             if skipped:  # the usual route skips nothing: no sets to build
                 for skip_name in set(skipped) & set(tried):
                     if skipped[skip_name] != "already_tried":  # tried, so in attempts instead
                         del skipped[skip_name]
-            return RouteResult(
+            routed = RouteResult(
                 instance=name,
                 result=result,
                 attempts=attempts,
@@ -114,6 +118,9 @@ class Routing:
                 total_ms=ms(dispatcher.clock() - started),
                 request_id=request_id,
             )
+            if self.activity is not None:
+                self.activity.route_done(routed, names)
+            return routed
 
     async def _next_step(
         self,
@@ -154,6 +161,7 @@ class Routing:
         attempts: list[Attempt],
         skipped: dict[str, str],
         started: float,
+        request_id: str,
     ) -> OrchestratorError:
         exc.details = {
             **exc.details,
@@ -161,6 +169,12 @@ class Routing:
             "skipped": skipped,
             "total_ms": ms(self.dispatcher.clock() - started),
         }
+        return self._noted(exc, request_id)
+
+    def _noted(self, exc: OrchestratorError, request_id: str) -> OrchestratorError:
+        """``exc``, a failed route, recorded in the activity feed."""
+        if self.activity is not None:
+            self.activity.route_failed(exc, request_id)
         return exc
 
     async def _attempt(

@@ -8,10 +8,12 @@ and works on each in a task: a run taken over from a dead holder is first judged
 :func:`~openclaw_orchestrator.domain.runs.recovery` (dispatched again only when it never
 reached an instance or carries an idempotency key; else ``failed`` with the reason
 ``interrupted``). Before dispatching, the run is marked ``running`` and ``delivered``
-(claim, then act); the result or the error is then written under the lease, fenced by its
-epoch. The keeper renews the leases of this replica's runs about once a second, stops the
-work of any it lost, and acts on cancels asked on another replica. A cancel on the holder
-stops its task at once (instance calls in flight are aborted with it).
+(claim, then act: for a queued run, in the claim's own write,
+:meth:`~..stores.runs.RunStore.start_runs`); the result or the error, with the route's
+attempts, is then written under the lease, fenced by its epoch. The keeper renews the
+leases of this replica's runs about once a second, stops the work of any it lost, and acts
+on cancels asked on another replica. A cancel on the holder stops its task at once
+(instance calls in flight are aborted with it).
 
 The work itself (route, fanout, session send) is a :class:`RunWork` given by the caller,
 so that tests drive the service without instances.
@@ -40,7 +42,7 @@ from ...errors import ConflictError, NotFoundError, OrchestratorError, TimeoutEx
 from ...settings import DEFAULT_MAX_HOPS, RunSettings
 from ..delegation import RUN_HOPS_KEY, check_hops, current_hops
 from ..logs import get_logger
-from ..stores.runs import MAX_EVENTS_PAGE, NewEvent, RunPage, RunQuery, RunStore
+from ..stores.runs import MAX_EVENTS_PAGE, NewEvent, RunPage, RunQuery, RunStore, running_event
 from .clock import Sleep
 
 __all__ = ["Emit", "RunService", "RunWork", "new_run_id"]
@@ -52,6 +54,9 @@ PURGE_EVERY = 60.0
 """Seconds between two purges of finished runs past their retention."""
 PURGE_BATCH = 1000
 WAIT_FIRST_POLL, WAIT_LAST_POLL = 0.02, 0.25
+TRAILING: frozenset[EventType] = frozenset({"attempt"})
+"""Events written with the run's end rather than each alone: a route's attempts, which it
+emits once it has its result, just before the run ends (one write per run fewer)."""
 RESULT_GRACE = 2.0
 """Seconds an event stream keeps looking for a finished run's result event."""
 
@@ -88,6 +93,12 @@ class _Working:
     dispatched_at: float = 0.0
     entries: list[dict[str, Any]] = field(default_factory=list)
     """A fanout's entries recorded so far: what a cancel keeps."""
+    trailing: list[NewEvent] = field(default_factory=list)
+    """Events recorded with the run's end, in its write (:data:`TRAILING`)."""
+    started: RunRecord | None = None
+    """The run as its claim started it (:meth:`~..stores.runs.RunStore.start_runs`)."""
+    begun: bool = False
+    """Whether its task ran at all (one cancelled before it began never did)."""
 
 
 class RunService:
@@ -105,10 +116,12 @@ class RunService:
         sleep: Sleep = asyncio.sleep,
         on_finish: Callable[[RunRecord], None] | None = None,
         max_hops: int = DEFAULT_MAX_HOPS,
+        on_state: Callable[[str], None] | None = None,
     ) -> None:
         self._store, self._work, self._settings = store, work, settings
         self._max_hops = max_hops
         self._on_finish = on_finish
+        self._on_state = on_state  # every state a run enters here (orchestrator_runs_total)
         self.holder = holder
         self._clock, self._sleep = clock, sleep
         self._working: dict[str, _Working] = {}
@@ -158,6 +171,7 @@ class RunService:
                 )
             return stored, False
         self._wake.set()
+        self._entered("queued")
         return stored, True
 
     async def get(self, run_id: str) -> RunRecord:
@@ -275,6 +289,9 @@ class RunService:
         for item in working:
             with contextlib.suppress(asyncio.CancelledError):
                 await item.task
+        for item in working:  # a task cancelled before it began did not let its run go
+            if item.started is not None and not item.begun:
+                await self._let_go(item.started, item)
 
     async def _take_loop(self) -> None:
         last_purge = 0.0
@@ -283,7 +300,11 @@ class RunService:
                 free = self._settings.max_running - len(self._working)
                 if free > 0:
                     ttl = self._settings.lease_ttl
-                    for run in await self._store.claim_runs(self.holder, ttl, free):
+                    now = self._clock()
+                    started, claimed = await self._store.start_runs(self.holder, ttl, free, now)
+                    for run in started:
+                        self._begin(run, started=True)
+                    for run in claimed:
                         self._begin(run)
                 if self._clock() - last_purge >= PURGE_EVERY:
                     last_purge = self._clock()
@@ -315,9 +336,9 @@ class RunService:
             except OrchestratorError as exc:
                 log.warning("runs.renew_failed", error=exc.code)
 
-    def _begin(self, run: RunRecord) -> None:
+    def _begin(self, run: RunRecord, *, started: bool = False) -> None:
         task = asyncio.create_task(self._run(run), name=f"run-{run.id}")
-        self._working[run.id] = _Working(task, run.epoch)
+        self._working[run.id] = _Working(task, run.epoch, started=run if started else None)
         task.add_done_callback(lambda _t: self._done(run.id, task))
 
     def _done(self, run_id: str, task: asyncio.Task[None]) -> None:
@@ -335,37 +356,58 @@ class RunService:
     # -- one run ---------------------------------------------------------------------------
 
     async def _run(self, run: RunRecord) -> None:
+        item = self._working.get(run.id)
+        if item is not None:
+            item.begun = True
         try:
-            await self._work_on(run)
+            await self._work_on(run, item)
         except asyncio.CancelledError:
-            item = self._working.get(run.id)
             if item is not None and item.cancel_asked:
                 kept = self._kept(run, item)
                 await asyncio.shield(self._finish(run, "cancelled", kept, None))
             elif item is not None and not item.dispatched:  # shutting down: let it go now
-                with contextlib.suppress(OrchestratorError):
-                    await asyncio.shield(self._store.release_run(run.id, self.holder, run.epoch))
+                await asyncio.shield(self._let_go(run, item))
             raise
         except OrchestratorError as exc:  # the store failed: the lease runs out, recovery
             log.warning("runs.write_failed", run_id=run.id, error=exc.code)
         except Exception:
             log.exception("runs.work_crashed", run_id=run.id)
 
-    async def _work_on(self, run: RunRecord) -> None:
+    async def _let_go(self, run: RunRecord, item: _Working) -> None:
+        """Give a run not yet dispatched back (shutting down): claimable at once, and one
+        its claim started is ``queued`` again (not ``delivered``: it never reached an
+        instance, so whoever takes it runs it)."""
+        with contextlib.suppress(OrchestratorError):
+            if item.started is not None:
+                now = self._clock()
+                back = {
+                    "state": "queued",
+                    "delivered": False,
+                    "attempts": run.attempts - 1,
+                    "started_at": None,
+                    "updated_at": now,
+                }
+                queued: NewEvent = ("state", {"state": "queued"}, now)
+                await self._store.update_run(run.id, self.holder, run.epoch, back, events=[queued])
+            await self._store.release_run(run.id, self.holder, run.epoch)
+
+    async def _start(self, run: RunRecord) -> RunRecord | None:
+        """Decide what becomes of a claimed run its claim did not start, and start it if it
+        is to run (marked ``running`` and ``delivered`` before it is dispatched): the run as
+        started, or None when it ended here or the lease moved on."""
         now = self._clock()
         if run.cancel_requested:
             await self._finish(run, "cancelled", None, None)
-            return
+            return None
         if now >= run.deadline_at:
             await self._finish(run, "timed_out", None, _timed_out(run))
-            return
+            return None
         if run.state == "running":  # taken over from a holder that is gone
             decided = recovery(run, now)
             if decided == "interrupt":
                 await self._finish(run, "failed", None, _interrupted(run))
-                return
-        running: NewEvent = ("state", {"state": "running", "attempt": run.attempts + 1}, now)
-        started = await self._store.update_run(
+                return None
+        return await self._store.update_run(
             run.id,
             self.holder,
             run.epoch,
@@ -376,16 +418,24 @@ class RunService:
                 "started_at": run.started_at or now,
                 "updated_at": now,
             },
-            event=running,
+            events=(running_event(run.attempts + 1, now),),
         )
+
+    async def _work_on(self, run: RunRecord, item: _Working | None) -> None:
+        started = item.started if item is not None else None
         if started is None:
-            return  # the lease moved on between the claim and now
+            started = await self._start(run)
+            if started is None:
+                return  # ended here, or the lease moved on between the claim and now
+        self._entered("running")
         self._changed(run.id)
-        item = self._working.get(run.id)
         if item is not None:
-            item.dispatched, item.dispatched_at = True, now
+            item.dispatched, item.dispatched_at = True, self._clock()
 
         async def emit(kind: EventType, data: dict[str, Any]) -> None:
+            if item is not None and kind in TRAILING:
+                item.trailing.append((kind, data, self._clock()))
+                return
             if kind == "entry" and item is not None:
                 item.entries.append(data)
             await self._event(run.id, kind, data)
@@ -431,8 +481,10 @@ class RunService:
             data["error"] = error
         if result is not None:
             data["result"] = result
+        item = self._working.get(run.id)
+        before = () if item is None else item.trailing
         done = await self._store.update_run(
-            run.id, self.holder, run.epoch, changes, event=("result", data, now)
+            run.id, self.holder, run.epoch, changes, events=(*before, ("result", data, now))
         )
         if done is None:
             log.warning("runs.finish_refused", run_id=run.id, state=state)
@@ -443,8 +495,13 @@ class RunService:
 
     def _finished(self, run: RunRecord) -> None:
         """Tell ``on_finish`` (the callbacks' deliverer: deliver now, not at its next poll)."""
+        self._entered(run.state)
         if self._on_finish is not None:
             self._on_finish(run)
+
+    def _entered(self, state: str) -> None:
+        if self._on_state is not None:
+            self._on_state(state)
 
     async def _event(self, run_id: str, kind: EventType, data: dict[str, Any]) -> None:
         await self._store.add_event(run_id, kind, data, self._clock())
