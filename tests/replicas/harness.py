@@ -92,7 +92,7 @@ module's event loop."""
 
 API_KEY = "replicas-test-key-0123456789"
 T = TypeVar("T")
-START_TIMEOUT = 30.0
+START_TIMEOUT = 60.0
 STOP_TIMEOUT = 10.0
 FRONT_HEADER = "X-Front-Upstream"
 HOP_BY_HOP = frozenset(

@@ -406,17 +406,8 @@ class LeanHttp:
         """``POST`` ``body`` with the extra ``headers`` (complete ``Name: value\\r\\n`` lines)
         and return the reply (its body at most ``max_reply`` bytes); the whole call, waiting
         for a connection and connecting included, ends within ``timeout``."""
-        if self._closed:
-            raise RuntimeError("this LeanHttp is closed")
         request = _request(target, b"application/json", headers, body)
-        key = (target.host, target.port)
-        pool = self._pools.get(key)
-        if pool is None:
-            pool = self._pools[key] = _Pool()
-        deadline = asyncio.get_running_loop().time() + timeout
-        conn = self._take_idle(pool)
-        if conn is None:
-            conn = await self._open(key, pool, deadline)
+        pool, conn, deadline = await self._checkout(target, timeout)
         try:
             reply = await conn.exchange(request, deadline, max_reply)
         except BaseException:
@@ -439,17 +430,8 @@ class LeanHttp:
         ``read``, whose reply is returned (its body read within ``timeout`` and
         ``max_reply`` too); any other reply is returned whole, as :meth:`post` does. The
         connection goes back to the pool only if the stream was read to its end."""
-        if self._closed:
-            raise RuntimeError("this LeanHttp is closed")
         request = _request(target, _EVENT_STREAM, headers, body)
-        key = (target.host, target.port)
-        pool = self._pools.get(key)
-        if pool is None:
-            pool = self._pools[key] = _Pool()
-        deadline = asyncio.get_running_loop().time() + timeout
-        conn = self._take_idle(pool)
-        if conn is None:
-            conn = await self._open(key, pool, deadline)
+        pool, conn, deadline = await self._checkout(target, timeout)
         try:
             reply = await conn.exchange(request, deadline, max_reply, stream=True)
             if conn.is_streaming:
@@ -461,6 +443,21 @@ class LeanHttp:
         conn.end_stream()
         self._release(pool, conn)
         return reply
+
+    async def _checkout(self, target: Target, timeout: float) -> tuple[_Pool, _Connection, float]:
+        """The target's pool, a connection from it (idle, else new or the next released) and
+        the call's deadline, ``timeout`` from now (waiting for the connection counts)."""
+        if self._closed:
+            raise RuntimeError("this LeanHttp is closed")
+        key = (target.host, target.port)
+        pool = self._pools.get(key)
+        if pool is None:
+            pool = self._pools[key] = _Pool()
+        deadline = asyncio.get_running_loop().time() + timeout
+        conn = self._take_idle(pool)
+        if conn is None:
+            conn = await self._open(key, pool, deadline)
+        return pool, conn, deadline
 
     def _take_idle(self, pool: _Pool) -> _Connection | None:
         """The most recently used idle connection still fit for use; stale ones are closed."""
