@@ -24,6 +24,7 @@ import contextlib
 import ctypes
 import http.client
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -70,12 +71,26 @@ _PR_SET_PDEATHSIG = 1
 _LOG_TAIL = 3000
 
 
+GATEWAY_PORTS = range(11000, 18000)
+"""Where :func:`free_port` looks: below Linux's ephemeral ports (32768-60999), where any
+process's outgoing connection or ``bind(0)`` may take a port between our look and the
+gateway's own bind (seen: a test server got the port first), and below our defaults
+(18790, 18801+)."""
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port that was free on ``host`` a moment ago (the gateway binds it itself)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
+    """A port that was free on ``host`` a moment ago (the gateway binds it itself), drawn at
+    random from :data:`GATEWAY_PORTS`."""
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(GATEWAY_PORTS.start, GATEWAY_PORTS.stop)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
         return port
+    raise RuntimeError(f"no free port in {GATEWAY_PORTS} on {host}")
 
 
 def gateway_config(
