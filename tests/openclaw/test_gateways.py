@@ -493,6 +493,8 @@ async def test_killing_a_gateway_mid_run_fails_over(fleet: OpenClawFleet) -> Non
     gateway, and health shows O3 down within the probe interval. Must run last."""
     weights = {"O3": 1000.0, "O1": 0.001, "O2": 0.001}  # O3 first, all but certainly
     async with mixed_cluster(fleet, "", weights=weights) as c:
+        for name in ("O3", "O1"):  # a degraded O3 (a gateway under CPU load says so) goes last
+            await c.wait_state(name, "healthy", timeout=30)
         await spawn(c, sessionId="migrating-1", instance="O3", failover="migrate")
         await send(c, "migrating-1", {"message": "remember the number 42"})
         route = asyncio.create_task(
