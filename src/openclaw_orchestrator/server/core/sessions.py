@@ -274,26 +274,20 @@ class SessionService:
     ) -> SendResult:
         """:meth:`_send`, observed: a ``session.send`` span and ``orchestrator_session_sends``
         (conflicts and migrations too)."""
+        sending = self._send(
+            session_id,
+            data,
+            timeout=timeout,
+            idempotency_key=idempotency_key,
+            request_id=request_id,
+            stream=stream,
+        )
         observer = self._dispatcher.observer
         if not observer.is_on:
-            return await self._send(
-                session_id,
-                data,
-                timeout=timeout,
-                idempotency_key=idempotency_key,
-                request_id=request_id,
-                stream=stream,
-            )
+            return await sending
         with observer.span("session.send", {"session.id": session_id}):
             try:
-                sent = await self._send(
-                    session_id,
-                    data,
-                    timeout=timeout,
-                    idempotency_key=idempotency_key,
-                    request_id=request_id,
-                    stream=stream,
-                )
+                sent = await sending
             except OrchestratorError as exc:
                 observer.session_send(exc.instance, exc.code, None)
                 raise
