@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import os
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -371,3 +372,26 @@ async def test_a_client_leaving_mid_body_is_no_error_and_a_slow_body_is_cut_off(
         assert json.loads(rest.partition(b"\r\n\r\n")[2])["error"]["field"] == "body"
         await served.wait_for(lambda r: r.get("event") == "api.client_disconnected", count=2)
         assert [r for r in served.records() if r.get("level") == "error"] == []
+
+
+def test_unconfigured_logging_prints_tracebacks_without_locals() -> None:
+    """An app embedded without :func:`configure_logging` (as the in-process tests run it)
+    logs through structlog's defaults: an unexpected error's traceback is printed plainly,
+    never with the frames' locals (Rich's default showed them, and took seconds)."""
+    script = (
+        "from openclaw_orchestrator.server.logs import get_logger\n"
+        "def handler():\n"
+        "    credential = 'sk-never-in-a-log'\n"
+        "    raise RuntimeError('boom')\n"
+        "try:\n"
+        "    handler()\n"
+        "except RuntimeError as exc:\n"
+        "    get_logger('t').error('api.unexpected_error', exc_info=exc)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    output = done.stdout + done.stderr
+    assert "RuntimeError: boom" in output
+    assert "in handler" in output
+    assert "sk-never-in-a-log" not in output
