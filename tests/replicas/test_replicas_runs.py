@@ -24,7 +24,11 @@ pytestmark = [
     pytest.mark.timeout(CLUSTER_TEST_TIMEOUT),
 ]
 
-RUN_LEASE = 1.0
+RUN_LEASE = 3.0
+"""Short enough that the kill tests wait little for a dead replica's lease, long enough that a
+replica starved of CPU for a second on a loaded machine keeps its runs (with 1.0 a full run
+once saw one of thirty runs end ``failed``: a lease renewed every third of a second and lost
+has another replica judge the run interrupted, as the rules say)."""
 SETTINGS = {"runs": {"lease_ttl": RUN_LEASE, "poll_interval": 0.1}}
 R = "/api/orchestrator/runs"
 
@@ -93,7 +97,10 @@ async def test_each_run_is_worked_on_once_whichever_replica_took_it(
         )
     )
     done = await asyncio.gather(*(finished(cluster, r["run_id"]) for r in replies))
-    assert [d["state"] for d in done] == ["succeeded"] * 30
+    failed = [
+        (d["state"], d.get("error"), d.get("attempts")) for d in done if d["state"] != "succeeded"
+    ]
+    assert not failed
     assert [tasks_run(cluster, n) for n in numbers] == [1] * 30
     assert all(d["attempts"] == 1 for d in done)
 
