@@ -14,7 +14,16 @@ import uvloop
 
 from openclaw_orchestrator.server.hosting import running
 
+from .durations import longest_first, read_record
+
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Longest test files first (:mod:`tests.durations`): xdist hands files to workers in
+    this order (``--no-loadscope-reorder``), so the slow few start first instead of last."""
+    items[:] = longest_first(items, read_record())
 
 
 @pytest.fixture
