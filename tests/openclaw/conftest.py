@@ -1,7 +1,7 @@
 """Real OpenClaw gateways for the integration tests: installed once, started once.
 
 ``fleet`` installs Node and ``openclaw@2026.9.6`` into the cache on first use, then starts
-the stub model and gateways O1–O3 as subprocesses (each with its own state folder, config
+the stub model and gateways O1 and O2 as subprocesses (each with its own state folder, config
 and token), waits until ``/readyz`` says ready and warms each one up with one agent turn
 (a fresh gateway's first turn takes seconds). The real-gateway tests live in
 ``test_gateways.py`` (and ``test_streaming.py``, with one gateway), so the module scope
@@ -35,7 +35,7 @@ from openclaw_orchestrator.settings import Settings
 from ..api.conftest import API_KEY, ORCHESTRATOR, Cluster
 from ..conftest import IN_CI
 
-GATEWAYS = ("O1", "O2", "O3")
+GATEWAYS = ("O1", "O2")
 FLEET_TIMEOUT = 480
 """Seconds for the test that starts the fleet: install (first run only), start, warm-up."""
 HEALTH = {
@@ -64,7 +64,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="module")
 def fleet(request: pytest.FixtureRequest) -> Iterator[OpenClawFleet]:
-    """The stub model and three warmed-up real gateways O1–O3 on loopback (a module's
+    """The stub model and two warmed-up real gateways O1 and O2 on loopback (a module's
     ``FLEET_GATEWAYS``, when it sets one, names fewer: each gateway costs start-up time);
     their state (about 60 MB a gateway) is removed afterwards."""
     names: Sequence[str] = getattr(request.module, "FLEET_GATEWAYS", GATEWAYS)
