@@ -4,12 +4,30 @@ path; the endpoint's auth; bounded labels."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 import uuid
 from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
+from openclaw_orchestrator.devtools.reference.app import create_instance_app
+from openclaw_orchestrator.models import RouteRequest, SpawnRequest
+from openclaw_orchestrator.server.composition import build_drivers, client_session
+from openclaw_orchestrator.server.core.orchestrator import Orchestrator
+from openclaw_orchestrator.server.hosting import BackgroundServer
+from openclaw_orchestrator.server.observability import build_observer
+from openclaw_orchestrator.server.stores.leases import holder_id
+from openclaw_orchestrator.server.stores.postgres import PostgresStore
+from openclaw_orchestrator.settings import Settings
+
+from ..storage_faults import postgres_database
 from .conftest import (
     API_KEY,
     METRICS_TOKEN,
@@ -279,3 +297,179 @@ async def test_label_values_are_bounded() -> None:
         assert {"unmatched", SEND_TEMPLATE} <= endpoints
         assert all(e is not None and (e == "unmatched" or e.startswith("/")) for e in endpoints)
         assert all(not re.search(r"[0-9a-f]{32}", e or "") for e in endpoints)
+
+
+SWEEPER = {"role": "session-sweeper"}
+WAIT = 20.0
+"""Seconds a test waits for a condition (a lease taken, work begun) before failing."""
+
+
+def series(samples: Samples, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    """Every sample of ``name``, by its labels (absent ones really absent, unlike value())."""
+    return {labels: v for (n, labels), v in samples.items() if n == name}
+
+
+async def until(check: Callable[[], Awaitable[bool]], what: str) -> None:
+    """Until ``check()`` holds (polled: scrapes have no event to wait on)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + WAIT
+    while not await check():
+        if loop.time() > deadline:
+            raise AssertionError(f"not {what} after {WAIT}s")
+        await asyncio.sleep(0.02)
+
+
+async def test_lease_gauges_of_one_process() -> None:
+    """SQLite, one process: it does the session sweeper's work (nobody else could: leader
+    1), has no session leases (the family is absent, not 0), and holds a run's lease
+    exactly while it works on it: 1 while the run's call hangs, 0 once it is cancelled."""
+    async with observed_cluster("A") as c:
+        replica = c.service.observer.replica
+        for _ in range(3):
+            status, spawned = await c.post("/api/orchestrator/sessions/spawn", {"instance": "A"})
+            assert status in (200, 201), spawned
+        samples = await c.scrape()
+        assert series(samples, "orchestrator_leader") == {
+            (("replica", replica), ("role", "session-sweeper")): 1.0
+        }
+        assert series(samples, "orchestrator_session_leases_held") == {}
+        assert series(samples, "orchestrator_run_leases_held") == {(("replica", replica),): 0.0}
+
+        await c.set_faults("A", hang=True)  # the run's call waits until it is cancelled
+        status, run = await c.post(
+            "/api/orchestrator/runs", {"kind": "route", "instances": ["A"], "timeout": "30s"}
+        )
+        assert status == 202, run
+
+        async def held(n: float) -> bool:
+            now = await c.scrape()
+            return value(now, "orchestrator_run_leases_held", replica=replica) == n
+
+        await until(lambda: held(1), "holding the run's lease")
+        await c.set_faults("A", hang=False)
+        status, cancelled = await c.post(f"/api/orchestrator/runs/{run['run_id']}/cancel", {})
+        assert status == 200, cancelled
+        await until(lambda: held(0), "letting the run go")
+        samples = await c.scrape()
+        assert value(samples, "orchestrator_leader", replica=replica, **SWEEPER) == 1
+
+
+@dataclass
+class Holding:
+    """The instance's handler: every call waits until the test lets them all go, so the
+    sends and runs (and their leases) stay in flight while the test scrapes."""
+
+    arrived: int = 0
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    go: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def __call__(self, payload: Any) -> Any:
+        self.arrived += 1
+        self.changed.set()
+        await self.go.wait()
+        return {"ran": payload}
+
+    async def until_arrived(self, n: int) -> None:
+        async with asyncio.timeout(WAIT):
+            while self.arrived < n:
+                self.changed.clear()
+                await self.changed.wait()
+
+
+def scrape(replica: Orchestrator) -> Samples:
+    """An in-process replica's ``/metrics``, parsed as the HTTP scrape parses it."""
+    metrics = replica.observer.metrics
+    assert metrics is not None
+    text = generate_latest(metrics.registry).decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+async def test_replicas_label_the_leases_they_hold() -> None:
+    """Two orchestrators on one fresh PostgreSQL database, each with its own store, holder
+    and replica id (as two processes would be): exactly one reports the session sweeper's
+    lease; sends in flight through each replica are counted under that replica's label
+    (1 and 2), and a run under whichever replica took it; all back to 0 once they end."""
+    holding = Holding()
+    async with (
+        postgres_database() as url,
+        client_session() as http,
+        contextlib.AsyncExitStack() as stack,
+    ):
+        instance = await stack.enter_async_context(
+            BackgroundServer(create_instance_app("A", holding))
+        )
+        settings = Settings.model_validate(
+            {"instances": [{"name": "A", "url": instance}], "metrics": {"enabled": True}}
+        )
+        replicas: list[Orchestrator] = []
+        for _ in range(2):
+            store = PostgresStore(url)
+            await store.open()
+            stack.push_async_callback(store.aclose)
+            observer = build_observer(settings, replica=holder_id())
+            replica = Orchestrator(
+                settings, drivers=build_drivers(http), store=store, observer=observer
+            )
+            await replica.start()
+            stack.push_async_callback(replica.aclose)
+            replicas.append(replica)
+        stack.callback(holding.go.set)  # first on the way out: nothing left hanging
+        names = [r.observer.replica for r in replicas]
+        assert names[0] != names[1]
+
+        async def one_leader() -> bool:
+            leads = [
+                value(scrape(r), "orchestrator_leader", replica=n, **SWEEPER)
+                for r, n in zip(replicas, names, strict=True)
+            ]
+            assert sum(leads) <= 1, leads  # never two at once
+            return sorted(leads) == [0, 1]
+
+        await until(one_leader, "one session-sweeper leader")
+
+        spawned = [
+            (await replicas[i].sessions.spawn(SpawnRequest(instance="A"))).session_id
+            for i in (0, 1, 1)
+        ]
+        sends = [
+            asyncio.create_task(
+                replicas[i].sessions.send(
+                    sid, {"n": i}, timeout=30, idempotency_key=None, request_id=f"r{k}"
+                )
+            )
+            for k, (i, sid) in enumerate(zip((0, 1, 1), spawned, strict=True))
+        ]
+        await holding.until_arrived(3)
+        held = [scrape(r) for r in replicas]
+        for samples, name, count in zip(held, names, (1, 2), strict=True):
+            assert series(samples, "orchestrator_session_leases_held") == {
+                (("replica", name),): count
+            }
+
+        request = RouteRequest(instances="A", payload={"run": 1})
+        await replicas[0].runs.submit(
+            "route", request.model_dump(mode="json", by_alias=True), timeout=30
+        )
+        await holding.until_arrived(4)
+        runs = [
+            value(scrape(r), "orchestrator_run_leases_held", replica=n)
+            for r, n in zip(replicas, names, strict=True)
+        ]
+        assert sorted(runs) == [0, 1], runs
+
+        holding.go.set()
+        await asyncio.gather(*sends)
+
+        async def all_let_go() -> bool:
+            now = [scrape(r) for r in replicas]
+            return all(
+                value(s, "orchestrator_session_leases_held", replica=n) == 0
+                and value(s, "orchestrator_run_leases_held", replica=n) == 0
+                for s, n in zip(now, names, strict=True)
+            )
+
+        await until(all_let_go, "every lease let go")

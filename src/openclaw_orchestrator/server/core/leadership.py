@@ -61,6 +61,11 @@ class Leadership:
         return f"<Leadership {self.lease_name} {self.holder} [{state}]>"
 
     @property
+    def role(self) -> str:
+        """The work this lease is for (``session-sweeper``): the metrics' ``role`` label."""
+        return self.lease_name.removeprefix("leader:")
+
+    @property
     def is_leader(self) -> bool:
         """Whether this replica holds the lease now, by a deadline that cannot be later
         than the database's."""

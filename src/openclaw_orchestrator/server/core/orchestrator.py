@@ -29,6 +29,7 @@ from ...settings import Settings
 from ..drivers.base import InstanceDriver
 from ..drivers.callback_sender import CallbackSender
 from ..logs import dropped_log_lines, get_logger
+from ..observability.metrics import HeldLeases
 from ..observability.observer import OFF, Observer
 from ..stores.base import Store
 from ..stores.leases import holder_id
@@ -305,6 +306,16 @@ class Orchestrator:
             (rec.name, rec.health.state.value, rec.outstanding, owns is None or owns(rec.name))
             for rec in self.registry
         ]
+
+    def held_leases(self) -> HeldLeases:
+        """The leader roles, session leases and runs this replica holds now: what a metrics
+        scrape reads (:class:`~..observability.metrics.FleetCollector`)."""
+        sessions, runs = self._sessions, self._runs
+        return HeldLeases(
+            sessions.leading() if sessions is not None else {},
+            sessions.leases_held if sessions is not None else None,
+            runs.leases_held if runs is not None else None,
+        )
 
     def probe_all(self) -> Coroutine[Any, Any, None]:
         """Probe every instance now (start-up, tests, ``health --refresh``)."""

@@ -132,6 +132,12 @@ class RunService:
     def __repr__(self) -> str:
         return f"<RunService holder={self.holder} working={len(self._working)}>"
 
+    @property
+    def leases_held(self) -> int:
+        """Runs this replica holds the lease of and works on now (claimed, not yet let go):
+        what a metrics scrape reads."""
+        return len(self._working)
+
     # -- the API's side --------------------------------------------------------------------
 
     async def submit(

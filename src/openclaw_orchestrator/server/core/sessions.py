@@ -145,6 +145,7 @@ class SessionService:
         self._token_bytes = token_bytes
         self._gates: dict[str, _Gate] = {}
         self._sweeper: asyncio.Task[None] | None = None
+        self._leader: Leadership | None = None  # replicas: the sweeper's lease, once started
         self._holder = holder_id()
         # A store the replicas share: sends and closes go under the session's lease.
         self._leased = (
@@ -169,11 +170,25 @@ class SessionService:
         """Start the expiry sweeper: here, or with replicas on the one that leads."""
         if self._sweeper is None:
             if self._leased is not None and isinstance(self._store, LeaseStore):
-                leader = Leadership(self._store, SWEEPER, holder=self._holder)
+                leader = self._leader = Leadership(self._store, SWEEPER, holder=self._holder)
                 sweeping = leader.run(lambda _lease: self._sweep_loop())
             else:
                 sweeping = self._sweep_loop()
             self._sweeper = asyncio.create_task(sweeping, name="session-sweeper")
+
+    def leading(self) -> dict[str, bool]:
+        """Per leader role (``session-sweeper``): whether this replica does that work now,
+        i.e. holds its lease (replicas), or runs it at all (one process: the only one that
+        could). What a metrics scrape reads."""
+        if self._leader is not None:
+            return {self._leader.role: self._leader.is_leader}
+        return {SWEEPER: self._sweeper is not None}
+
+    @property
+    def leases_held(self) -> int | None:
+        """Session leases this replica holds now; None where the store has none (one
+        process serializes a session's sends by its own lock). What a metrics scrape reads."""
+        return self._leased.leases_held if self._leased is not None else None
 
     async def aclose(self) -> None:
         """Stop the sweeper (the store is closed by whoever opened it)."""

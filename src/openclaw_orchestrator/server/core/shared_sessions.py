@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import KW_ONLY, dataclass, field, replace
 from typing import Any
 
@@ -94,6 +94,21 @@ class _Held:
         return Fence(self.epoch, self.pending.seq)
 
 
+@dataclass(slots=True)
+class _Hold:
+    """One operation's share of :attr:`LeasedSessions.leases_held`: one from its first
+    successful claim until it ends (its lease let go by then, or left to run out)."""
+
+    owner: LeasedSessions
+    counted: bool = False
+
+    def took(self) -> None:
+        """The operation's claim succeeded (again: a renewal counts once)."""
+        if not self.counted:
+            self.counted = True
+            self.owner.leases_held += 1
+
+
 @dataclass(slots=True, eq=False, repr=False)
 class LeasedSessions:
     """Sends and closes under the session's lease, for replicas sharing a store."""
@@ -107,9 +122,27 @@ class LeasedSessions:
     wall_clock: Callable[[], float]
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     rng: random.Random = field(default_factory=random.Random)
+    leases_held: int = field(default=0, init=False)
+    """Session leases this replica holds now (sends, closes and settlements between their
+    claim and their end): what a metrics scrape reads. One per session at most, as this
+    process runs one operation per session at a time (:mod:`.sessions`' lock); a count,
+    never the ids, so it costs two integer updates per operation."""
 
     def __repr__(self) -> str:
-        return f"<LeasedSessions holder={self.holder} lease_ttl={self.lease_ttl:g}s>"
+        return (
+            f"<LeasedSessions holder={self.holder} lease_ttl={self.lease_ttl:g}s "
+            f"held={self.leases_held}>"
+        )
+
+    @contextlib.contextmanager
+    def _holding(self) -> Iterator[_Hold]:
+        """Count the operation in :attr:`leases_held` from its claim to its end."""
+        hold = _Hold(self)
+        try:
+            yield hold
+        finally:
+            if hold.counted:
+                self.leases_held -= 1
 
     # -- the lease -------------------------------------------------------------------------
 
@@ -119,6 +152,7 @@ class LeasedSessions:
         deadline: float,
         check: Callable[[SessionRecord | None], SessionRecord],
         message: MessageRecord | None,
+        hold: _Hold,
         *,
         sendable: bool = False,
     ) -> Claim:
@@ -135,6 +169,7 @@ class LeasedSessions:
                 sendable_at=self.wall_clock() if sendable else None,
             )
             if claim is not None:
+                hold.took()
                 return claim
             pause = delay * self.rng.uniform(0.5, 1.5)
             if self.clock() + pause >= deadline:
@@ -202,20 +237,21 @@ class LeasedSessions:
         def sendable(record: SessionRecord | None) -> SessionRecord:
             return check_sendable(record, session_id, self.wall_clock())
 
-        while True:
-            claim = await self._claim(session_id, deadline, sendable, ask, sendable=True)
-            if claim.orphan is not None:
-                settled = await self._settle(claim, deadline, request_id)
-                if settled is not None and idempotency_key is not None:
-                    if settled.idempotency_key == idempotency_key:
-                        await self._release(session_id, claim.epoch)
-                        return Sent(settled, replayed=True)
-                continue  # the lease is still ours: claim our own position now
-            if claim.earlier is not None:
-                await self._release(session_id, claim.epoch)
-                return Sent(claim.earlier, replayed=True)
-            assert claim.pending is not None  # the claim asked for a position
-            return await self._deliver(claim, claim.pending, deadline, request_id, stream)
+        with self._holding() as hold:
+            while True:
+                claim = await self._claim(session_id, deadline, sendable, ask, hold, sendable=True)
+                if claim.orphan is not None:
+                    settled = await self._settle(claim, deadline, request_id)
+                    if settled is not None and idempotency_key is not None:
+                        if settled.idempotency_key == idempotency_key:
+                            await self._release(session_id, claim.epoch)
+                            return Sent(settled, replayed=True)
+                    continue  # the lease is still ours: claim our own position now
+                if claim.earlier is not None:
+                    await self._release(session_id, claim.epoch)
+                    return Sent(claim.earlier, replayed=True)
+                assert claim.pending is not None  # the claim asked for a position
+                return await self._deliver(claim, claim.pending, deadline, request_id, stream)
 
     async def _deliver(
         self,
@@ -416,14 +452,20 @@ class LeasedSessions:
         another replica holds the session) leaves it for the next sweep."""
 
         try:
-            claim = await self.store.claim_session(
-                session_id, self.holder, self.lease_ttl, check=_present(session_id), message=None
-            )
-            if claim is None:
-                return False
-            if claim.orphan is not None:
-                await self._settle(claim, deadline, request_id)
-            await self._release(session_id, claim.epoch)
+            with self._holding() as hold:
+                claim = await self.store.claim_session(
+                    session_id,
+                    self.holder,
+                    self.lease_ttl,
+                    check=_present(session_id),
+                    message=None,
+                )
+                if claim is None:
+                    return False
+                hold.took()
+                if claim.orphan is not None:
+                    await self._settle(claim, deadline, request_id)
+                await self._release(session_id, claim.epoch)
         except OrchestratorError as exc:
             log.info("sessions.orphan_unsettled", session_id=session_id, error=exc.code)
             return False
@@ -438,21 +480,24 @@ class LeasedSessions:
         pending position first; the record and the epoch the instance is told to close at
         (None when the session was closed already: nothing to tell)."""
 
-        claim = await self._claim(session_id, deadline, _present(session_id), None)
-        closed_at = self.wall_clock()  # after the send in flight: it is recorded before
-        if claim.record.state != "open":
-            await self._release(session_id, claim.epoch)
-            return claim.record, None
-        if claim.orphan is not None:
-            try:
-                await self._settle(claim, deadline, request_id)
-            except OrchestratorError:
-                claim = await self._claim(session_id, deadline, _present(session_id), None)
-                if claim.orphan is not None:  # unreachable now: closing settles it this way
-                    orphan = replace(
-                        claim.orphan, kind="interrupted", reply=None, created_at=closed_at
+        with self._holding() as hold:
+            claim = await self._claim(session_id, deadline, _present(session_id), None, hold)
+            closed_at = self.wall_clock()  # after the send in flight: it is recorded before
+            if claim.record.state != "open":
+                await self._release(session_id, claim.epoch)
+                return claim.record, None
+            if claim.orphan is not None:
+                try:
+                    await self._settle(claim, deadline, request_id)
+                except OrchestratorError:
+                    claim = await self._claim(
+                        session_id, deadline, _present(session_id), None, hold
                     )
-                    await self.store.record_message(
-                        claim.record, self.holder, claim.epoch, orphan, release=False
-                    )
-        return await self.store.close_leased(session_id, self.holder, claim.epoch, closed_at)
+                    if claim.orphan is not None:  # unreachable now: closing settles it so
+                        orphan = replace(
+                            claim.orphan, kind="interrupted", reply=None, created_at=closed_at
+                        )
+                        await self.store.record_message(
+                            claim.record, self.holder, claim.epoch, orphan, release=False
+                        )
+            return await self.store.close_leased(session_id, self.holder, claim.epoch, closed_at)

@@ -2,8 +2,9 @@
 global one: tests and ``uvicorn --workers`` start many apps, each counting its own).
 
 Every family is counted by a hook of :class:`~.observer.Observer`; the fleet's live state
-(health verdicts, in-flight work, probe ownership) is read only when scraped
-(:class:`FleetCollector`), so it costs nothing between scrapes. Labels are bounded: route
+(health verdicts, in-flight work, probe ownership, the leader and session and run leases
+this replica holds) is read only when scraped (:class:`FleetCollector`), so it costs
+nothing between scrapes. Labels are bounded: route
 templates (never raw paths), instance names (bounded by the registry), states, outcome
 codes and the replica id; never a session id or a payload.
 """
@@ -11,7 +12,8 @@ codes and the replica id; never a session id or a payload.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry
@@ -31,6 +33,7 @@ __all__ = [
     "CounterFamily",
     "FleetCollector",
     "FleetView",
+    "HeldLeases",
     "HistogramFamily",
     "Metrics",
 ]
@@ -42,11 +45,26 @@ SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 """Counts: a fanout's targets, a group commit's items."""
 
 
+@dataclass(frozen=True, slots=True)
+class HeldLeases:
+    """The shared work this replica holds now, as a scrape reads it: per leader role
+    (``session-sweeper``) whether it leads; how many session leases and run leases it holds
+    (None: not on this engine, e.g. session leases with SQLite, or no store at all)."""
+
+    leaders: Mapping[str, bool] = field(default_factory=dict)
+    session_leases: int | None = None
+    run_leases: int | None = None
+
+
 class FleetView(Protocol):
     """What the scrape reads from the orchestrator (the in-memory registry's records)."""
 
     def fleet_rows(self) -> Iterable[tuple[str, str, int, bool]]:
         """``(instance, health state, in-flight calls, probed by this replica)`` rows."""
+        ...
+
+    def held_leases(self) -> HeldLeases:
+        """The leader roles and the session and run leases this replica holds now."""
         ...
 
 
@@ -225,7 +243,7 @@ class Metrics(Collector):
 
     def watch(self, view: FleetView) -> None:
         """Read ``view`` on every scrape (:class:`FleetCollector`)."""
-        self.registry.register(FleetCollector(view.fleet_rows, self.replica))
+        self.registry.register(FleetCollector(view.fleet_rows, self.replica, view.held_leases))
 
     def request(self, endpoint: str, method: str, code: int, seconds: float) -> None:
         """One HTTP request served (every request's cost: two dict updates)."""
@@ -240,12 +258,19 @@ class Metrics(Collector):
 
 class FleetCollector(Collector):
     """The fleet's state as gauges, read when scraped: health (one series per state, 1 for
-    the current one), in-flight calls, and who probes each instance; every series names
-    this ``replica``, so a query over replicas tells whose view and whose lease it is."""
+    the current one), in-flight calls, who probes each instance, which leader roles this
+    replica holds and how many session and run leases; every series names this
+    ``replica``, so a query over replicas tells whose view and whose lease it is."""
 
-    def __init__(self, rows: Callable[[], Iterable[tuple[str, str, int, bool]]], replica: str):
+    def __init__(
+        self,
+        rows: Callable[[], Iterable[tuple[str, str, int, bool]]],
+        replica: str,
+        leases: Callable[[], HeldLeases],
+    ):
         self._rows = rows
         self._replica = replica
+        self._leases = leases
 
     def describe(self) -> Iterator[Metric]:
         """Nothing up front: the families are built per scrape."""
@@ -280,3 +305,34 @@ class FleetCollector(Collector):
         )
         replica_info.add_metric([replica], 1.0)
         yield from (health, in_flight, owner, replica_info)
+        yield from self._held(self._leases())
+
+    def _held(self, held: HeldLeases) -> Iterator[Metric]:
+        """The leases this replica holds: a family left out where the engine has none."""
+        replica = self._replica
+        leader = GaugeMetricFamily(
+            "orchestrator_leader",
+            "1 where this replica does the role's fleet-wide work now (holds its lease "
+            "leader:<role>; one process: runs it), else 0. Summed over replicas: 1.",
+            labels=["role", "replica"],
+        )
+        for role, leads in sorted(held.leaders.items()):
+            leader.add_metric([role, replica], 1.0 if leads else 0.0)
+        yield leader
+        if held.session_leases is not None:
+            sessions = GaugeMetricFamily(
+                "orchestrator_session_leases_held",
+                "Session leases this replica holds now (sends, closes, settlements under "
+                "way here); absent where sessions have no leases (SQLite: one process).",
+                labels=["replica"],
+            )
+            sessions.add_metric([replica], float(held.session_leases))
+            yield sessions
+        if held.run_leases is not None:
+            runs = GaugeMetricFamily(
+                "orchestrator_run_leases_held",
+                "Durable runs this replica holds the lease of and works on now.",
+                labels=["replica"],
+            )
+            runs.add_metric([replica], float(held.run_leases))
+            yield runs
