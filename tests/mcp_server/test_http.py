@@ -4,7 +4,9 @@ what a session token grants, and the credential checked before anything is read.
 
 from __future__ import annotations
 
+import asyncio
 import io
+import sys
 from typing import Any
 
 import httpx2
@@ -20,6 +22,7 @@ from openclaw_orchestrator.models import (
     SessionSendRequest,
 )
 from tests.api.conftest import Cluster
+from tests.cli.test_cli_live import base_env
 
 from .conftest import failed, ok, over_http
 from .every_tool import SESSION_TOOL_NAMES, TOOL_NAMES, call_every_tool
@@ -132,6 +135,9 @@ async def test_instance_errors_keep_their_code_and_instance(cluster: Cluster) ->
 
 async def test_cancel_stops_a_running_run(cluster: Cluster) -> None:
     """runs_cancel on a run waiting for a slow instance ends it cancelled."""
+    # The test before this one timed a route to B out, which may have set B down for a
+    # moment: a run sent to a down instance fails at once instead of waiting to be cancelled.
+    await cluster.wait_state("B", "healthy", timeout=10)
     await cluster.set_faults("B", latency=5.0)
     try:
         async with over_http(cluster, cluster.api_key) as client:
@@ -251,3 +257,87 @@ async def test_tool_results_are_the_http_replies(cluster: Cluster) -> None:
     assert set(detail["A"]) == set(
         (await cluster.get("/api/orchestrator/health?detail=true"))[1]["A"]
     )
+
+
+LAZY_SDK = """
+import asyncio, sys, tempfile
+from pathlib import Path
+
+import aiohttp, orjson
+
+from openclaw_orchestrator.mcp_server import http as mcp_http
+from openclaw_orchestrator.server.api.app import create_app
+from openclaw_orchestrator.server.hosting import BackgroundServer
+from openclaw_orchestrator.settings import Settings
+
+KEY = "k" * 32
+HEADERS = {**orjson.loads(sys.argv[1]), "Authorization": "Bearer " + KEY}
+LIST = orjson.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+
+
+built = []
+build = mcp_http._session_manager
+mcp_http._session_manager = lambda *args: built.append(args) or build(*args)
+
+
+def sdk() -> list[str]:
+    return sorted(m for m in sys.modules if m.split(".")[0] in ("mcp", "mcp_types"))
+
+
+async def tools(http: aiohttp.ClientSession, url: str) -> list[str]:
+    async with http.post(url + "/mcp", data=LIST, headers=HEADERS) as resp:
+        assert resp.status == 200, (resp.status, await resp.text())
+        return [tool["name"] for tool in (await resp.json())["result"]["tools"]]
+
+
+async def main() -> None:
+    report = {}
+    with tempfile.TemporaryDirectory() as data_dir:
+        app = create_app(Settings(api_key=KEY, data_dir=Path(data_dir)))
+        report["created"] = sdk()
+        async with BackgroundServer(app) as url, aiohttp.ClientSession() as http:
+            report["started"] = sdk()
+            async with http.post(url + "/mcp", data=b"{not json") as resp:
+                report["no_key"] = resp.status
+            async with http.get(url + "/mcp", headers=HEADERS) as resp:
+                report["get"] = resp.status
+            report["refused"] = sdk()
+            report["first"] = await asyncio.gather(*(tools(http, url) for _ in range(4)))
+            report["again"] = await tools(http, url)
+            report["served"] = "mcp" in sys.modules and "mcp_types" in sys.modules
+    report["built"] = len(built)
+    print(orjson.dumps(report).decode())
+
+
+asyncio.run(main())
+"""
+"""A fresh process: build and start the app, refuse two /mcp requests, then four
+concurrent first tools/list calls and one more; its last line reports what was imported
+when and how many session managers were built."""
+
+
+async def test_the_sdk_is_imported_by_the_first_mcp_request_only() -> None:
+    """Importing the app, creating it, starting it and answering /mcp's 401 and 405 import
+    neither ``mcp`` nor ``mcp_types`` (they are most of the app's import time); concurrent
+    first calls start the session manager once and all get the tools, and the process
+    shuts down cleanly (the manager is stopped with the app)."""
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        LAZY_SDK,
+        orjson.dumps(JSON_RPC).decode(),
+        env=base_env(),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(child.communicate(), 120)
+    assert child.returncode == 0, err.decode()
+    for trouble in (b"Traceback", b"never retrieved", b"destroyed but it is pending"):
+        assert trouble not in out + err, (out + err).decode()
+    report = orjson.loads(out.splitlines()[-1])  # after the app's log lines
+    assert (report["created"], report["started"], report["refused"]) == ([], [], [])
+    assert (report["no_key"], report["get"]) == (401, 405)
+    assert report["first"] == [TOOL_NAMES] * 4
+    assert report["again"] == TOOL_NAMES
+    assert report["served"] is True
+    assert report["built"] == 1
