@@ -27,10 +27,13 @@ from openclaw_orchestrator.devtools.reference.handlers import resolve_handler
 from openclaw_orchestrator.server.hosting import BackgroundServer
 from tests.ports import free_port, free_range, is_free
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]  # START_TIMEOUT, then routes and a stop
 
 BIN = Path(sys.executable).parent
-START_TIMEOUT = 30.0
+START_TIMEOUT = 60.0
+"""Seconds for `up` to start its instances and itself: a few alone, but a full run once took
+more than 30 beside the rest of the suite (three instance processes and the orchestrator,
+each importing the server)."""
 STOP_TIMEOUT = 15.0
 INSTANCE_LINE = re.compile(r"instance (\S+)\s+(http://\S+)\s+\(pid (\d+)\)")
 
