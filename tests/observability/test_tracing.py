@@ -1,18 +1,22 @@
 """Traces: the span tree of a failover route, a fanout and a session send, seen by an
 in-memory exporter; the ``traceparent`` each real reference instance received is its
-attempt's span; a caller's ``traceparent`` is the request span's parent; with tracing
-off no span is made at all; log lines carry the trace id."""
+attempt's span; a caller's ``traceparent`` is the request span's parent; a durable run's
+work joins the trace of the request that submitted it; with tracing off no span is made
+(nor any trace stored with a run) at all; log lines carry the trace id."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import NonRecordingSpan, StatusCode
 
+from openclaw_orchestrator.server.core.runs import RUN_TRACE_KEY
 from openclaw_orchestrator.server.observability import OFF, Observer, Tracing
 from openclaw_orchestrator.settings import TracingSettings
 
@@ -50,6 +54,27 @@ def traceparent(span: ReadableSpan) -> str:
 def received_parents(c: Observed, instance: str) -> list[str]:
     """Every ``traceparent`` ``instance`` received with a task or session message."""
     return [h["traceparent"] for h in c.received[instance] if "traceparent" in h]
+
+
+async def finished_run(c: Observed, run_id: str) -> dict[str, Any]:
+    """``GET /runs/{id}?wait=10s``: the run as shown once it has ended."""
+    url = f"{c.url}/api/orchestrator/runs/{run_id}?wait=10s"
+    async with c.http.get(url, headers=c.headers) as resp:
+        assert resp.status == 200, await resp.text()
+        run: dict[str, Any] = await resp.json()
+    assert run["state"] == "succeeded", run
+    return run
+
+
+async def span_named(c: Observed, name: str, timeout: float = 10.0) -> ReadableSpan:
+    """The span called ``name`` once it has ended (a run's span ends just after the write
+    that shows the run finished)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not (found := [s for s in c.finished_spans() if s.name == name]):
+        assert loop.time() < deadline, f"no span {name!r} after {timeout}s"
+        await asyncio.sleep(0.02)
+    return found[-1]
 
 
 @SIDES
@@ -139,6 +164,43 @@ async def test_caller_traceparent_is_the_parent(fast_paths: bool) -> None:
         assert received_parents(c, "A")[-1].split("-")[1] == CALLER_TRACE
 
 
+@SIDES
+async def test_a_runs_work_joins_its_submit_requests_trace(fast_paths: bool) -> None:
+    """A durable run is worked on after its submit was answered, yet its ``run route``
+    span is a child of the submit request's span (itself the caller's child: the run is
+    part of what that request caused), and the attempt nests under the run span; the
+    stored carrier is never shown, and a retry from another trace is the same run."""
+    async with observed_cluster("A", fast_paths=fast_paths, tracing=True) as c:
+        given = f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"
+        body = {"kind": "route", "instances": "A", "payload": {"n": 1}}
+        status, submitted = await c.post(
+            "/api/orchestrator/runs", body, traceparent=given, **{"Idempotency-Key": "trace-1"}
+        )
+        assert status == 202, submitted
+        run_id = submitted["run_id"]
+        shown = await finished_run(c, run_id)
+        assert RUN_TRACE_KEY not in submitted["request"]
+        assert RUN_TRACE_KEY not in shown["request"]
+        submit = root_of(c.finished_spans(), "POST /api/orchestrator/runs")
+        run_span = await span_named(c, "run route")
+        assert f"{submit.context.trace_id:032x}" == CALLER_TRACE
+        assert submit.parent is not None
+        assert f"{submit.parent.span_id:016x}" == CALLER_SPAN
+        assert run_span.context.trace_id == submit.context.trace_id
+        assert run_span.parent is not None
+        assert run_span.parent.span_id == submit.context.span_id
+        attributes = dict(run_span.attributes or {})
+        assert (attributes["run.id"], attributes["run.state"]) == (run_id, "succeeded")
+        (attempt,) = children(of_trace(c.finished_spans(), int(CALLER_TRACE, 16)), run_span)
+        assert (attempt.name, (attempt.attributes or {})["instance"]) == ("instance.attempt", "A")
+        assert received_parents(c, "A")[-1] == traceparent(attempt)
+        other = f"00-{'1' * 32}-{'2' * 16}-01"
+        status, again = await c.post(
+            "/api/orchestrator/runs", body, traceparent=other, **{"Idempotency-Key": "trace-1"}
+        )
+        assert (status, again["run_id"]) == (200, run_id), again
+
+
 @pytest.fixture
 def span_count(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Every span object made in this process while the test runs (SDK spans and the
@@ -164,8 +226,9 @@ def span_count(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 @SIDES
 async def test_tracing_off_makes_no_spans(fast_paths: bool, span_count: list[str]) -> None:
-    """Tracing off (the default): a route, a fanout and a session send make no span object
-    at all, and no ``traceparent`` goes to instances, even when the caller sent one."""
+    """Tracing off (the default): a route, a fanout, a session send and a durable run make
+    no span object at all, no ``traceparent`` goes to instances and none is stored with
+    the run, even when the caller sent one."""
     async with observed_cluster("AB", fast_paths=fast_paths) as c:
         assert c.service.observer.tracing is None
         given = f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"
@@ -178,6 +241,15 @@ async def test_tracing_off_makes_no_spans(fast_paths: bool, span_count: list[str
             f"/api/orchestrator/sessions/{spawned['session_id']}/send", {"data": {}}
         )
         assert status == 200
+        status, run = await c.post(
+            "/api/orchestrator/runs",
+            {"kind": "route", "instances": "A", "payload": {}},
+            traceparent=given,
+        )
+        assert status == 202, run
+        await finished_run(c, run["run_id"])
+        stored = await c.service.runs.get(run["run_id"])
+        assert RUN_TRACE_KEY not in stored.request
         assert span_count == []
         assert received_parents(c, "A") == received_parents(c, "B") == []
     assert OFF.span("x") is OFF.span("y")  # one shared do-nothing context manager

@@ -50,6 +50,7 @@ from ..logs import get_logger
 from ..stores.callbacks import CallbackStore
 from ..stores.runs import RunStore
 from .clock import moment, moment_or_none
+from .runs import public_request
 
 __all__ = ["CallbackDeliverer", "callback_policy", "run_info"]
 
@@ -67,7 +68,7 @@ def run_info(run: RunRecord, callback: CallbackInfo | None = None) -> RunInfo:
         run_id=run.id,
         kind=run.kind,
         state=run.state,
-        request=run.request,
+        request=public_request(run.request),
         created_at=moment(run.created_at),
         updated_at=moment(run.updated_at),
         deadline_at=moment(run.deadline_at),

@@ -181,6 +181,7 @@ class Orchestrator:
                 on_finish=self._callbacks.on_finish,
                 max_hops=settings.delegation.max_hops,
                 on_state=observer.run_state if observer.metrics is not None else None,
+                observer=observer,
             )
         if observer.metrics is not None:
             observer.metrics.watch(self)

@@ -17,6 +17,12 @@ on cancels asked on another replica. A cancel on the holder stops its task at on
 
 The work itself (route, fanout, session send) is a :class:`RunWork` given by the caller,
 so that tests drive the service without instances.
+
+With tracing on, a run belongs to the trace of the request that submitted it: ``submit``
+keeps that request's span as a W3C carrier in the stored request (:data:`RUN_TRACE_KEY`,
+never shown: :func:`public_request`), and whichever replica works on the run does so in a
+``run <kind>`` span whose parent it is, so the work's spans (attempts, ...) nest under it.
+With tracing off nothing is stored and no span is made.
 """
 
 from __future__ import annotations
@@ -42,14 +48,19 @@ from ...errors import ConflictError, NotFoundError, OrchestratorError, TimeoutEx
 from ...settings import DEFAULT_MAX_HOPS, RunSettings
 from ..delegation import RUN_HOPS_KEY, check_hops, current_hops
 from ..logs import get_logger
+from ..observability.observer import OFF, Observer
 from ..stores.runs import MAX_EVENTS_PAGE, NewEvent, RunPage, RunQuery, RunStore, running_event
 from .clock import Sleep
 
-__all__ = ["Emit", "RunService", "RunWork", "new_run_id"]
+__all__ = ["RUN_TRACE_KEY", "Emit", "RunService", "RunWork", "new_run_id", "public_request"]
 
 log = get_logger("orchestrator")
 
 RUN_ID_PREFIX = "run_"
+RUN_TRACE_KEY = "_trace"
+"""The stored request's key holding the submitting request's span as a W3C carrier
+(``traceparent``, ``tracestate``): internal, like :data:`~..delegation.RUN_HOPS_KEY`, but
+never shown nor compared (a retry from another trace is the same run)."""
 PURGE_EVERY = 60.0
 """Seconds between two purges of finished runs past their retention."""
 PURGE_BATCH = 1000
@@ -99,6 +110,8 @@ class _Working:
     """The run as its claim started it (:meth:`~..stores.runs.RunStore.start_runs`)."""
     begun: bool = False
     """Whether its task ran at all (one cancelled before it began never did)."""
+    span: Any = None
+    """The run's span while it is worked on (tracing on), to note how it ended."""
 
 
 class RunService:
@@ -117,11 +130,13 @@ class RunService:
         on_finish: Callable[[RunRecord], None] | None = None,
         max_hops: int = DEFAULT_MAX_HOPS,
         on_state: Callable[[str], None] | None = None,
+        observer: Observer = OFF,
     ) -> None:
         self._store, self._work, self._settings = store, work, settings
         self._max_hops = max_hops
         self._on_finish = on_finish
         self._on_state = on_state  # every state a run enters here (orchestrator_runs_total)
+        self._observer = observer  # its tracing: a run's span joins its submit's trace
         self.holder = holder
         self._clock, self._sleep = clock, sleep
         self._working: dict[str, _Working] = {}
@@ -151,10 +166,13 @@ class RunService:
         """Store the run ``queued``; (the run, whether it is new). A key used before
         answers with that run if the request is the same, else a ``ConflictError``. A call
         at ``delegation.max_hops`` is refused (``delegation_loop``); a delegated one keeps
-        its hop count in the request (:data:`~..delegation.RUN_HOPS_KEY`) for its work."""
+        its hop count in the request (:data:`~..delegation.RUN_HOPS_KEY`) for its work, and
+        with tracing on the submitting request's span (:data:`RUN_TRACE_KEY`)."""
         check_hops(self._max_hops)
         if hops := current_hops():
             request = {**request, RUN_HOPS_KEY: hops}
+        if (carrier := self._observer.trace_carrier()) is not None:
+            request = {**request, RUN_TRACE_KEY: carrier}
         now = self._clock()
         record = RunRecord(
             id=new_run_id(),
@@ -365,19 +383,34 @@ class RunService:
         item = self._working.get(run.id)
         if item is not None:
             item.begun = True
-        try:
-            await self._work_on(run, item)
-        except asyncio.CancelledError:
-            if item is not None and item.cancel_asked:
-                kept = self._kept(run, item)
-                await asyncio.shield(self._finish(run, "cancelled", kept, None))
-            elif item is not None and not item.dispatched:  # shutting down: let it go now
-                await asyncio.shield(self._let_go(run, item))
-            raise
-        except OrchestratorError as exc:  # the store failed: the lease runs out, recovery
-            log.warning("runs.write_failed", run_id=run.id, error=exc.code)
-        except Exception:
-            log.exception("runs.work_crashed", run_id=run.id)
+        with self._traced(run) as span:
+            if item is not None:
+                item.span = span
+            try:
+                await self._work_on(run, item)
+            except asyncio.CancelledError:
+                if item is not None and item.cancel_asked:
+                    kept = self._kept(run, item)
+                    await asyncio.shield(self._finish(run, "cancelled", kept, None))
+                elif item is not None and not item.dispatched:  # shutting down: let it go now
+                    await asyncio.shield(self._let_go(run, item))
+                raise
+            except OrchestratorError as exc:  # the store failed: the lease runs out, recovery
+                log.warning("runs.write_failed", run_id=run.id, error=exc.code)
+            except Exception:
+                log.exception("runs.work_crashed", run_id=run.id)
+
+    def _traced(self, run: RunRecord) -> contextlib.AbstractContextManager[Any]:
+        """The run's span on this replica, a child of its submit's (:data:`RUN_TRACE_KEY`;
+        a new trace for a run stored with tracing off); the shared no-op when off."""
+        if self._observer.tracing is None:
+            return self._observer.span("")
+        carrier = run.request.get(RUN_TRACE_KEY)
+        return self._observer.span(
+            f"run {run.kind}",
+            {"run.id": run.id, "run.kind": run.kind},
+            carrier=carrier if isinstance(carrier, dict) else {},  # {}: a root, whatever is current
+        )
 
     async def _let_go(self, run: RunRecord, item: _Working) -> None:
         """Give a run not yet dispatched back (shutting down): claimable at once, and one
@@ -449,7 +482,7 @@ class RunService:
         try:
             result = await self._work(
                 run.kind,
-                run.request,
+                _work_request(run.request),
                 timeout=max(run.deadline_at - self._clock(), 0.001),
                 run_id=run.id,
                 idempotency_key=run.idempotency_key,
@@ -489,6 +522,8 @@ class RunService:
             data["result"] = result
         item = self._working.get(run.id)
         before = () if item is None else item.trailing
+        if item is not None and item.span is not None:
+            item.span.set_attribute("run.state", state)
         done = await self._store.update_run(
             run.id, self.holder, run.epoch, changes, events=(*before, ("result", data, now))
         )
@@ -520,11 +555,25 @@ class RunService:
 
 
 def _asked(request: dict[str, Any]) -> dict[str, Any]:
-    """A stored request without its hop count: the same key and body from another depth of
-    a delegation chain is the same run."""
-    if RUN_HOPS_KEY not in request:
+    """A stored request without its hop count nor trace: the same key and body from another
+    depth of a delegation chain, or another trace (a retry), is the same run."""
+    if RUN_HOPS_KEY not in request and RUN_TRACE_KEY not in request:
         return request
-    return {k: v for k, v in request.items() if k != RUN_HOPS_KEY}
+    return {k: v for k, v in request.items() if k not in (RUN_HOPS_KEY, RUN_TRACE_KEY)}
+
+
+def _work_request(request: dict[str, Any]) -> dict[str, Any]:
+    """What the work is given: the stored request without its trace (the run's span
+    carries it)."""
+    if RUN_TRACE_KEY not in request:
+        return request
+    return {k: v for k, v in request.items() if k != RUN_TRACE_KEY}
+
+
+def public_request(request: dict[str, Any]) -> dict[str, Any]:
+    """A run's request as shown (API, MCP, callbacks): without its trace carrier, which
+    names the submitter's spans and is this service's bookkeeping, not the caller's body."""
+    return _work_request(request)
 
 
 def _timed_out(run: RunRecord) -> dict[str, Any]:

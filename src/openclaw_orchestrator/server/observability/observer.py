@@ -10,12 +10,13 @@ hands back one shared do-nothing context manager: no span object is made at all.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from ...domain.backoff import RetryScheduled
 from .metrics import Metrics
-from .tracing import Attributes, Tracing
+from .tracing import Attributes, Tracing, current_carrier
 
 __all__ = ["ENDPOINT_KEY", "OFF", "Observer"]
 
@@ -45,12 +46,27 @@ class Observer:
         tracing = "on" if self.tracing is not None else "off"
         return f"<Observer [metrics {metrics} | tracing {tracing}] replica={self.replica}>"
 
-    def span(self, name: str, attributes: Attributes | None = None) -> AbstractContextManager[Any]:
-        """A child span of the current one for the block; a shared no-op when tracing is off."""
+    def span(
+        self,
+        name: str,
+        attributes: Attributes | None = None,
+        *,
+        carrier: Mapping[str, str] | None = None,
+    ) -> AbstractContextManager[Any]:
+        """A child span of the current one for the block (of ``carrier``'s ``traceparent``
+        when given: work resumed from a stored context); a shared no-op when tracing is
+        off."""
         tracing = self.tracing
         if tracing is None:
             return _NO_SPAN
-        return tracing.span(name, attributes)
+        return tracing.span(name, attributes, carrier=carrier)
+
+    def trace_carrier(self) -> dict[str, str] | None:
+        """The current span's W3C carrier, to store with work done later (a durable run);
+        None when tracing is off (nothing is looked up) or no span is current."""
+        if self.tracing is None:
+            return None
+        return current_carrier()
 
     def attempt(self, instance: str, outcome: str, seconds: float) -> None:
         """A call to ``instance`` ended: ``ok`` or the error code."""

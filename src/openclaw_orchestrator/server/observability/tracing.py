@@ -26,7 +26,14 @@ from ..logs import bind_trace_id, reset_trace_id
 if TYPE_CHECKING:  # the SDK is imported when tracing is on, not with the core
     from opentelemetry.sdk.trace import SpanProcessor
 
-__all__ = ["TRACEPARENT", "TRACESTATE", "Attributes", "Tracing", "outgoing_trace"]
+__all__ = [
+    "TRACEPARENT",
+    "TRACESTATE",
+    "Attributes",
+    "Tracing",
+    "current_carrier",
+    "outgoing_trace",
+]
 
 TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
@@ -46,6 +53,17 @@ def outgoing_trace() -> tuple[str, str | None] | None:
     parent = f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
     state = context.trace_state.to_header() if context.trace_state else ""
     return parent, state or None
+
+
+def current_carrier() -> dict[str, str] | None:
+    """The current span as a W3C carrier (``traceparent``, and ``tracestate`` when there
+    is one): what work done later, elsewhere, takes as its parent (a durable run's); None
+    when no span is current."""
+    found = outgoing_trace()
+    if found is None:
+        return None
+    parent, state = found
+    return {TRACEPARENT: parent} if state is None else {TRACEPARENT: parent, TRACESTATE: state}
 
 
 class Tracing:
