@@ -1,19 +1,23 @@
 """The dashboard in a real headless Chromium (Debian's ``chromium``, driven by Playwright over
 its ``executable_path``; no browser is downloaded), against a real orchestrator with eight
-reference instances A–H on 127.0.0.1.
+reference instances A–H on 127.0.0.1: A–G in the test's process, H a real
+``openclaw-orchestrator instance serve`` process that registers itself.
 
-Proves, without a page reload: log in with the key, see eight instances, stop one instance
-and watch its row turn down (and the change announced), open a session's history, watch a
-run's events arrive. Screenshots at desktop (1280×800) and phone (375×812) sizes go to
-``$TEST_ARTIFACTS`` (default ``test-artifacts/``); a basic accessibility check (landmarks,
-every input labelled, table headers, buttons named) runs on the login page and the
-dashboard, and the phone layout never scrolls sideways.
+Proves, without a page reload: log in with the key, see eight instances, kill H's process
+with SIGKILL and watch its row turn down (and the change announced), open a session's
+history, watch a run's events arrive. Screenshots at desktop (1280×800) and phone
+(375×812) sizes go to ``$TEST_ARTIFACTS`` (default ``test-artifacts/``); a basic
+accessibility check (landmarks, every input labelled, table headers, buttons named) runs on
+the login page and the dashboard, and the phone layout never scrolls sideways.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
+import signal
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -21,8 +25,9 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from tests.api.conftest import Cluster, start_cluster
+from tests.api.conftest import API_KEY, Cluster, start_cluster
 from tests.conftest import IN_CI
+from tests.ports import free_port
 
 playwright_api = pytest.importorskip("playwright.async_api")
 
@@ -31,7 +36,11 @@ DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 375, "height": 812}
 ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS") or "test-artifacts")
 
-pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(120)]
+pytestmark = [
+    pytest.mark.asyncio(loop_scope="module"),
+    pytest.mark.timeout(120),
+    pytest.mark.usefixtures("instance_h"),  # every page waits for eight rows
+]
 
 A11Y_CHECK = """() => {
   const problems = [];
@@ -79,9 +88,44 @@ def chromium() -> str:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def cluster() -> AsyncIterator[Cluster]:
-    """A–H behind one orchestrator with a SQLite store (sessions and runs)."""
-    async with start_cluster("ABCDEFGH") as c:
+    """A–G in process and H as its own process (``instance_h``), behind one orchestrator
+    with a SQLite store (sessions and runs)."""
+    async with start_cluster("ABCDEFG") as c:
         yield c
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def instance_h(cluster: Cluster) -> AsyncIterator[asyncio.subprocess.Process]:
+    """Instance H as a real process that registers itself with the cluster (as a deployed
+    instance does), healthy before the tests start; reaped at the end, whoever killed it.
+    Only H is a process: each costs about a second of CPU to start. Its heartbeat TTL is an
+    hour so that, once killed, its row stays (down) for the module's later pages."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRATOR_")}
+    env["ORCHESTRATOR_API_KEY"] = API_KEY
+    proc = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "openclaw-orchestrator"),
+        "instance", "serve", "--name", "H", "--port", str(port), "--register", cluster.url,
+        "--heartbeat-ttl", "3600",
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+        env=env,
+    )  # fmt: skip
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while "H" not in {rec.name for rec in cluster.service.registry}:
+            assert proc.returncode is None, f"instance H exited with {proc.returncode}"
+            assert loop.time() < deadline, "instance H never registered"
+            await asyncio.sleep(0.05)
+        cluster.instance_urls["H"] = f"http://127.0.0.1:{port}"
+        await cluster.wait_state("H", "healthy", timeout=30)
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -119,10 +163,10 @@ def artifact(name: str) -> Path:
 
 
 async def test_login_then_eight_instances_and_one_turns_down_live(
-    browser: Any, cluster: Cluster
+    browser: Any, cluster: Cluster, instance_h: asyncio.subprocess.Process
 ) -> None:
-    """Eight rows after login; stopping H turns its row down and announces it, with no
-    reload (a marker set on the page survives)."""
+    """Eight rows after login; ``kill -9`` of H's process turns its row down and announces
+    it, with no reload (a marker set on the page survives)."""
     page = await logged_in(browser, cluster, DESKTOP)
     try:
         assert await page.evaluate(A11Y_CHECK) == []
@@ -138,7 +182,8 @@ async def test_login_then_eight_instances_and_one_turns_down_live(
         assert status == 200
         await page.wait_for_selector("#activity tbody tr[data-kind=route]")
         await page.screenshot(path=artifact("dashboard-desktop.png"), full_page=True)
-        await cluster.stop_instance("H")
+        os.kill(instance_h.pid, signal.SIGKILL)  # no goodbye: it cannot deregister
+        assert await instance_h.wait() == -signal.SIGKILL
         await page.wait_for_selector("#instance-H[data-state=down]")
         assert await page.evaluate("window.__noReload") is True
         await page.wait_for_selector("#announcer p:has-text('Instance H')", state="attached")
