@@ -175,3 +175,37 @@ async def test_two_postgres_replicas_never_claim_the_same_callback() -> None:
         finally:
             await one.aclose()
             await two.aclose()
+
+
+async def test_a_sqlite_claim_reads_the_due_callbacks_not_every_finished_run(
+    tmp_path: Path,
+) -> None:
+    """The claim walks the due callbacks (their partial index), each one's run by its key:
+    never the finished runs kept for retention, whose number it would grow with. And with
+    nothing due it writes nothing (no transaction each time a run finishes)."""
+    import sqlite3
+
+    from openclaw_orchestrator.server.stores import callbacks_sqlite
+
+    store = SqliteStore(sqlite_url(tmp_path / "data"))
+    await store.open()
+    try:
+        for n in range(3):
+            await a_run(store, f"r{n}")
+        before = store._writer.transactions if store._writer is not None else 0
+        assert await store.callbacks.claim_callbacks("h1", TTL, NOW, 10) == []
+        assert store._writer is not None
+        assert store._writer.transactions == before
+        conn = sqlite3.connect(store.path)
+        try:
+            params = {"holder": "h", "until": 0.0, "now": NOW, "clock": NOW, "limit": 10}
+            plan = " / ".join(
+                row[3]
+                for row in conn.execute("EXPLAIN QUERY PLAN " + callbacks_sqlite._CLAIM, params)
+            )
+        finally:
+            conn.close()
+        assert "ix_run_callbacks_due" in plan, plan
+        assert "ix_runs_state_created" not in plan, plan
+    finally:
+        await store.aclose()

@@ -409,3 +409,43 @@ async def test_events_added_while_the_run_is_updated_are_numbered_without_gaps(
     assert [e.seq for e in events] == list(range(1, 27))
     assert sorted(e.data["n"] for e in events if e.type == "entry") == list(range(20))
     assert sorted(e.data["u"] for e in events if "u" in e.data) == list(range(5))
+
+
+async def test_submits_together_and_their_starts_each_get_their_own_events(
+    runs: RunStore,
+) -> None:
+    """Submits arriving together (one transaction) and a claim starting them all (on
+    SQLite one UPDATE and one INSERT of events): each run has its own ``queued`` then
+    ``running`` event, numbered 1 and 2, and reads back as returned."""
+    queued: NewEvent = ("state", {"state": "queued"}, 1000.0)
+    records = [run(f"r{i:02}", created_at=1000.0 + i, request={"n": i}) for i in range(30)]
+    created = await asyncio.gather(*(runs.create_run(r, event=queued) for r in records))
+    assert created == records
+    started, claimed = await runs.start_runs("h1", TTL, 50, 2000.0)
+    assert ([r.id for r in started], claimed) == ([r.id for r in records], [])
+    for before, after in zip(records, started, strict=True):
+        assert after == await runs.get_run(before.id)
+        assert (after.request, after.state, after.attempts) == (before.request, "running", 1)
+        events = [(e.seq, e.data) for e in await runs.events(before.id, 0, 10)]
+        assert events == [(1, {"state": "queued"}), (2, {"state": "running", "attempt": 1})]
+
+
+def test_a_sqlite_row_holds_every_field_of_a_run_in_column_order() -> None:
+    """``_row`` and ``_record`` name the columns one by one (no loop): every field, each
+    set apart from its default, goes to its own column and comes back."""
+    from dataclasses import fields
+
+    from openclaw_orchestrator.server.stores import runs_sqlite
+
+    assert runs_sqlite.RUN_COLUMNS == tuple(f.name for f in fields(RunRecord))
+    record = RunRecord(
+        id="r1", kind="fanout", state="running", request={"q": [1]}, created_at=1.0,
+        updated_at=2.0, deadline_at=3.0, started_at=4.0, finished_at=5.0, attempts=6,
+        delivered=True, idempotency_key="k", instance="A", result={"r": 1},
+        error={"code": "x"}, cancel_requested=True, holder="h", held_until=7.0, epoch=8,
+        callback={"url": "u"},
+    )  # fmt: skip
+    row = runs_sqlite._row(record)
+    assert row[runs_sqlite.RUN_COLUMNS.index("result")] == '{"r":1}'
+    assert row[runs_sqlite.RUN_COLUMNS.index("delivered")] == 1
+    assert runs_sqlite._record(row) == record

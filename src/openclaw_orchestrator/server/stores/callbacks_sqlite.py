@@ -37,13 +37,20 @@ __all__ = ["SqliteCallbacks"]
 _CB = run_callbacks.name
 _FINISHED = ", ".join(f"'{state}'" for state in sorted(TERMINAL))
 _RUN_EXISTS = f"SELECT 1 FROM {runs.name} WHERE id = ?"  # noqa: S608  # constants
+# CROSS JOIN: SQLite then keeps the written order, the due callbacks (their partial index)
+# first and each one's run by its key. With a plain JOIN, and no statistics, the planner
+# chose to walk every finished run (the index on state) looking for a callback: a claim grew
+# with the table kept for retention (2 ms at 8,000 runs, against 15 µs), and the deliverer
+# claims whenever a run finishes.
 _CLAIM = (
     f"UPDATE {_CB} SET holder = :holder, held_until = :until, epoch = epoch + 1 "  # noqa: S608
-    f"WHERE run_id IN (SELECT c.run_id FROM {_CB} c JOIN {runs.name} r ON r.id = c.run_id "
+    f"WHERE run_id IN (SELECT c.run_id FROM {_CB} c CROSS JOIN {runs.name} r "
+    "ON r.id = c.run_id "
     f"WHERE c.state = 'pending' AND c.next_at <= :now AND r.state IN ({_FINISHED}) "
     "AND (c.holder IS NULL OR c.held_until <= :clock) ORDER BY c.next_at LIMIT :limit) "
     f"RETURNING {', '.join(CALLBACK_COLUMNS)}"
 )
+_ANY_DUE = f"SELECT 1 FROM {_CB} WHERE state = 'pending' AND next_at <= ? LIMIT 1"  # noqa: S608
 
 
 class SqliteCallbacks:
@@ -79,6 +86,11 @@ class SqliteCallbacks:
     ) -> list[CallbackRecord]:
         """Take up to ``limit`` due callbacks at ``epoch + 1``, soonest due first."""
         if limit < 1:
+            return []
+        if self._store._read_one(_ANY_DUE, (now,)) is None:
+            # Nothing due: no write transaction (a hop to the writer thread and back, each
+            # time a run finishes). A callback committed after this read is claimed at the
+            # deliverer's next wake or poll, as after a claim made a moment earlier.
             return []
         clock = time.time()
         params = {"holder": holder, "until": clock + ttl, "now": now, "clock": clock}

@@ -2,12 +2,14 @@
 
 Every write runs on the store's writer thread, so no two writes interleave: a claim's
 select-and-update, or an event's ``max(seq) + 1``, needs no further locking. Concurrent writes
-are committed together (group commit, :class:`~.group_commit.Batches`): a run is six or seven
-writes (submit, first event, claim, start, its event, finish, the result event), and a
-transaction of its own each made the writer's ``fsync`` the limit of the submit rate. A write
-fails alone: each one's changes are its last statement (SQLite undoes a failed statement
-only, the transaction goes on), and if a whole batch fails its writes are retried one
-transaction each, so only the offender gets the error. ``get_run`` is a primary-key lookup,
+are committed together (group commit, :class:`~.group_commit.Batches`): a run is three writes
+(submit with its first event, claim with the start and its event, finish with the last
+events), and a transaction of its own each made the writer's ``fsync`` the limit of the
+submit rate. A claim starts its runs in one UPDATE and one INSERT of their events, and a
+write's events are one INSERT (:func:`_append_all`), not a statement each.
+A write fails alone: each one's changes are its last statement (SQLite undoes a failed
+statement only, the transaction goes on), and if a whole batch fails its writes are retried
+one transaction each, so only the offender gets the error. ``get_run`` is a primary-key lookup,
 inline on the store's reader; listings go to its reader threads. All three translate storage
 failures into the store's own errors (:func:`~.sqlite.storage_error`).
 
@@ -60,13 +62,12 @@ _COLS = ", ".join(RUN_COLUMNS)
 _FINISHED = ", ".join(f"'{state}'" for state in sorted(TERMINAL))
 _LIVE = f"state NOT IN ({_FINISHED})"
 RENEW_CHUNK = 400  # 2 parameters a run: well under SQLite's 32,766 per statement
+EVENT_CHUNK = 400  # 5 parameters an event
+START_CHUNK = 500  # 1 parameter a run
 
 _GET = f"SELECT {_COLS} FROM {_R} WHERE id = ?"  # noqa: S608  # constants
 _BY_KEY = f"SELECT {_COLS} FROM {_R} WHERE idempotency_key = ?"  # noqa: S608
-_INSERT = (
-    f"INSERT INTO {_R} ({_COLS}) VALUES ({', '.join('?' * len(RUN_COLUMNS))}) "  # noqa: S608
-    f"RETURNING {_COLS}"
-)
+_INSERT = f"INSERT INTO {_R} ({_COLS}) VALUES ({', '.join('?' * len(RUN_COLUMNS))})"  # noqa: S608
 _CLAIM = (
     f"UPDATE {_R} SET holder = :holder, held_until = :until, epoch = epoch + 1 "  # noqa: S608
     f"WHERE id IN (SELECT id FROM {_R} WHERE state IN ('queued', 'running') "
@@ -91,6 +92,7 @@ _CANCEL_ASKED = (
     f"WHERE id = :id AND {_LIVE}"
 )
 # One statement: numbered one past the run's last; an unknown run fails its foreign key.
+# (:func:`_events_sql` adds several without reading their numbers back.)
 _ADD_EVENT = (
     f"INSERT INTO {_E} (run_id, seq, type, data, at) "  # noqa: S608
     f"SELECT :id, coalesce(max(seq), 0) + 1, :type, :data, :at FROM {_E} WHERE run_id = :id "
@@ -125,19 +127,38 @@ def _column(name: str, value: Any) -> Any:
     return int(value) if name in _BOOL else value
 
 
+def _json(value: Any) -> str | None:
+    return None if value is None else _dumps(value)
+
+
+# _row and _record name each column rather than loop over RUN_COLUMNS: a run is turned into
+# a row once and back into a record twice or three times on its way, and the loops (a dict,
+# a call and two set lookups a column) cost twice the rest (tests/stores check the order).
 def _row(run: RunRecord) -> tuple[Any, ...]:
     """``run`` in :data:`RUN_COLUMNS` order."""
-    return tuple(_column(name, getattr(run, name)) for name in RUN_COLUMNS)
+    return (
+        run.id, run.kind, run.state, _dumps(run.request), run.created_at, run.updated_at,
+        run.deadline_at, run.started_at, run.finished_at, run.attempts, int(run.delivered),
+        run.idempotency_key, run.instance, _json(run.result), _json(run.error),
+        int(run.cancel_requested), run.holder, run.held_until, run.epoch, _json(run.callback),
+    )  # fmt: skip
 
 
 def _record(row: Sequence[Any]) -> RunRecord:
     """The record of a row selected as :data:`RUN_COLUMNS`."""
-    values: dict[str, Any] = dict(zip(RUN_COLUMNS, row, strict=True))
-    for name in _JSON:
-        values[name] = _loads(values[name])
-    for name in _BOOL:
-        values[name] = bool(values[name])
-    return RunRecord(**values)
+    (
+        id_, kind, state, request, created_at, updated_at, deadline_at, started_at,
+        finished_at, attempts, delivered, idempotency_key, instance, result, error,
+        cancel_requested, holder, held_until, epoch, callback,
+    ) = row  # fmt: skip
+    return RunRecord(
+        id=id_, kind=kind, state=state, request=_loads(request), created_at=created_at,
+        updated_at=updated_at, deadline_at=deadline_at, started_at=started_at,
+        finished_at=finished_at, attempts=attempts, delivered=bool(delivered),
+        idempotency_key=idempotency_key, instance=instance, result=_loads(result),
+        error=_loads(error), cancel_requested=bool(cancel_requested), holder=holder,
+        held_until=held_until, epoch=epoch, callback=_loads(callback),
+    )  # fmt: skip
 
 
 def _update(changes: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -174,12 +195,46 @@ def _append(conn: sqlite3.Connection, run_id: str, event: NewEvent) -> int:
     return seq
 
 
+@functools.lru_cache(maxsize=64)
+def _events_sql(n: int) -> str:
+    """One INSERT of ``n`` events given as (run id, k, type, data, at): each numbered k past
+    its run's last before the statement (k = 1, 2, ... among the run's events here)."""
+    values = ", ".join(["(?, ?, ?, ?, ?)"] * n)
+    return (
+        f"INSERT INTO {_E} (run_id, seq, type, data, at) "  # noqa: S608  # placeholders
+        f"SELECT v.column1, coalesce((SELECT max(seq) FROM {_E} WHERE run_id = v.column1), 0) "
+        f"+ v.column2, v.column3, v.column4, v.column5 FROM (VALUES {values}) AS v"
+    )
+
+
+def _append_all(conn: sqlite3.Connection, events: Sequence[tuple[str, NewEvent]]) -> None:
+    """Add each (run id, event), in order, numbered as :func:`_append` would, in one
+    statement a chunk rather than one each: the runs' events are most of the writer's
+    statements. The SELECT is read whole before a row goes in (SQL's rule for an INSERT
+    reading its own table), hence k; a later chunk sees the earlier ones' rows."""
+    rows: list[Any] = []
+    counts: dict[str, int] = {}
+    for run_id, (type_, data, at) in events:
+        if len(rows) >= 5 * EVENT_CHUNK:
+            conn.execute(_events_sql(len(rows) // 5), rows)
+            rows, counts = [], {}
+        k = counts[run_id] = counts.get(run_id, 0) + 1
+        rows += (run_id, k, type_, _dumps(data), at)
+    if rows:
+        conn.execute(_events_sql(len(rows) // 5), rows)
+
+
 _AT = {name: i for i, name in enumerate(RUN_COLUMNS)}
-_START = (
-    f"UPDATE {_R} SET state = 'running', delivered = 1, attempts = attempts + 1, "  # noqa: S608
-    "started_at = coalesce(started_at, ?), updated_at = ? WHERE id = ? "
-    f"RETURNING {_COLS}"
-)
+
+
+@functools.lru_cache(maxsize=64)
+def _start_sql(n: int) -> str:
+    """The start of ``n`` claimed runs (:func:`_start`): (at, at, id, id, ...)."""
+    return (
+        f"UPDATE {_R} SET state = 'running', delivered = 1, attempts = attempts + 1, "  # noqa: S608
+        f"started_at = coalesce(started_at, ?), updated_at = ? WHERE id IN ({', '.join('?' * n)}) "
+        f"RETURNING {_COLS}"
+    )
 
 
 def _is_ready(row: Sequence[Any], at: float) -> bool:
@@ -195,13 +250,15 @@ def _is_ready(row: Sequence[Any], at: float) -> bool:
 
 def _start(conn: sqlite3.Connection, rows: Sequence[Any], at: float) -> list[Any]:
     """Start the claimed ``rows`` (:meth:`~.runs.RunStore.start_runs`), each with its
-    ``running`` event; the rows after."""
-    started = []
-    for row in rows:
-        run_id = row[_AT["id"]]
-        after = conn.execute(_START, (at, at, run_id)).fetchone()
-        _append(conn, run_id, running_event(after[_AT["attempts"]], at))
-        started.append(after)
+    ``running`` event; the rows after. Two statements a chunk, whatever its size."""
+    started: list[Any] = []
+    ids = [row[_AT["id"]] for row in rows]
+    for i in range(0, len(ids), START_CHUNK):
+        chunk = ids[i : i + START_CHUNK]
+        after = conn.execute(_start_sql(len(chunk)), (at, at, *chunk)).fetchall()
+        events = [(r[_AT["id"]], running_event(r[_AT["attempts"]], at)) for r in after]
+        _append_all(conn, events)
+        started += after
     return started
 
 
@@ -276,20 +333,23 @@ class SqliteRuns:
         for a taken id (the key's lookup and the insert are one transaction)."""
         values = _row(run)
 
-        def write(conn: sqlite3.Connection) -> tuple[Any, ...]:
+        def write(conn: sqlite3.Connection) -> tuple[Any, ...] | None:
             if run.idempotency_key is not None:
                 earlier = conn.execute(_BY_KEY, (run.idempotency_key,)).fetchone()
                 if earlier is not None:
                     return tuple(earlier)
             try:
-                row = tuple(conn.execute(_INSERT, values).fetchone())
+                conn.execute(_INSERT, values)
             except sqlite3.IntegrityError as exc:
                 raise ConflictError(f"run {run.id!r} already exists", field="id") from exc
             if event is not None:
-                _append(conn, run.id, event)
-            return row
+                _append_all(conn, [(run.id, event)])
+            return None
 
-        return _record(await self._write(write))
+        earlier = await self._write(write)
+        # Stored as given (every column written, JSON columns from JSON-ready values): the
+        # record itself, rather than the row read back and its JSON parsed again.
+        return run if earlier is None else _record(earlier)
 
     async def get_run(self, run_id: str) -> RunRecord | None:
         """The run, or None (inline: one primary-key lookup)."""
@@ -389,9 +449,8 @@ class SqliteRuns:
 
         def write(conn: sqlite3.Connection) -> tuple[Any, ...] | None:
             row: tuple[Any, ...] | None = conn.execute(sql, params).fetchone()
-            if row is not None:
-                for event in events:
-                    _append(conn, run_id, event)
+            if row is not None and events:
+                _append_all(conn, [(run_id, event) for event in events])
             return row
 
         row = await self._write(write)
