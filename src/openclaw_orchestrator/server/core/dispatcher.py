@@ -204,19 +204,25 @@ class Dispatcher:
         observer = self.observer
         if not observer.is_on:
             return await self._call(rec, deadline, op)
+        if observer.tracing is None:  # metrics only (the default): no span to enter
+            return await self._counted(rec, deadline, op)
+        with observer.span("instance.attempt", {"instance": rec.name}):
+            return await self._counted(rec, deadline, op)
+
+    async def _counted(self, rec: InstanceRecord, deadline: float, op: DriverCall[T]) -> T:
+        """:meth:`_call`, its outcome and duration counted (``orchestrator_attempts``)."""
         outcome = "ok"
         started = time.perf_counter()
-        with observer.span("instance.attempt", {"instance": rec.name}):
-            try:
-                return await self._call(rec, deadline, op)
-            except OrchestratorError as exc:
-                outcome = exc.code
-                raise
-            except BaseException:  # cancelled (a fanout that stopped waiting), or a defect
-                outcome = "cancelled"
-                raise
-            finally:
-                observer.attempt(rec.name, outcome, time.perf_counter() - started)
+        try:
+            return await self._call(rec, deadline, op)
+        except OrchestratorError as exc:
+            outcome = exc.code
+            raise
+        except BaseException:  # cancelled (a fanout that stopped waiting), or a defect
+            outcome = "cancelled"
+            raise
+        finally:
+            self.observer.attempt(rec.name, outcome, time.perf_counter() - started)
 
     async def _call(self, rec: InstanceRecord, deadline: float, op: DriverCall[T]) -> T:
         """Call ``op`` with ``rec``'s driver and the time left before ``deadline``, counting
