@@ -186,6 +186,18 @@ def test_probe_after_passive_down_continues_the_backoff() -> None:
     assert health.next_probe_at == 13.0
 
 
+def test_a_probe_sent_before_a_passive_down_does_not_bring_it_back() -> None:
+    """A probe sent at 10.0 that answers at 10.3, after a request timed out at 10.2: stale,
+    the instance stays down until its re-probe; a probe sent after the verdict counts."""
+    health = health_in(H)
+    health.record_request_failure(TIMEOUT, "hung", 10.2)
+    assert health.record_probe_success(0.3, 10.3) is None
+    assert (health.state, health.next_probe_at) == (D, 11.2)
+    event = health.record_probe_success(0.1, 11.3)
+    assert event is not None
+    assert health.state is H
+
+
 @pytest.mark.parametrize(
     ("start", "expected"),
     [(U, H), (H, H), (G, G), (D, D)],

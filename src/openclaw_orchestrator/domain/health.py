@@ -179,7 +179,14 @@ class InstanceHealth:
 
         A degraded probe's ``detail`` (why: "misconfigured: …", "not ready: …") becomes
         ``last_error``, so health detail shows it; a healthy probe clears ``last_error``.
+
+        A probe sent (``now - latency``) before the instance went down is older news than
+        that verdict and changes nothing: a live request that timed out while the probe was
+        on its way (an instance whose health check answers while its tasks hang) keeps it
+        down until the re-probe the verdict scheduled.
         """
+        if self.is_down() and self.last_change is not None and now - latency < self.last_change:
+            return None
         self.consecutive_failures = 0
         self.last_check, self.last_latency = now, latency
         self.last_error = detail if degraded else None
