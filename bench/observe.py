@@ -21,7 +21,9 @@ rounds' costs discards the rounds a burst of other work fell on.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -86,7 +88,70 @@ async def observation_cost(workdir: Path, sizes: Sizes) -> list[Row]:
         if paired is not None:
             (on_row,) = [row for row in rows if row.variant == "metrics-on"]
             on_row.extra["paired_cost_pct"] = round(paired, 2)
+        off_cpu = sorted(c for _, c in seen["metrics-off"] if c > 0)
+        if off_cpu:
+            rows.append(await in_process_hooks(off_cpu[len(off_cpu) // 2], sizes.quick))
         return rows
+
+
+async def in_process_hooks(route_cpu_us: float, quick: bool) -> Row:
+    """What metrics add to one routed request, timed in this process where no other
+    process's luck enters: the request middleware around a trivial app against the app
+    alone, plus one attempt counted (best of five batches each); and that as a share of
+    the median metrics-off round's orchestrator CPU per route (``route_cpu_us``)."""
+    from openclaw_orchestrator.server.observability.http import ObservationMiddleware
+    from openclaw_orchestrator.server.observability.metrics import Metrics
+    from openclaw_orchestrator.server.observability.observer import ENDPOINT_KEY, Observer
+
+    async def app(scope: object, receive: object, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    async def send(message: object) -> None:
+        return None
+
+    async def receive() -> dict[str, object]:
+        return {}
+
+    observer = Observer(metrics=Metrics("bench"), tracing=None)
+    observed = ObservationMiddleware(app, observer=observer)
+    calls = 20_000 if quick else 100_000
+    route = "/api/orchestrator/route"
+
+    async def best_us(target: Any) -> float:
+        best = float("inf")
+        for _ in range(5):
+            started = time.perf_counter()
+            for _ in range(calls):
+                scope = {"type": "http", "method": "POST", "path": route, ENDPOINT_KEY: route}
+                await target(scope, receive, send)
+            best = min(best, (time.perf_counter() - started) / calls * 1e6)
+        return best
+
+    middleware = await best_us(observed) - await best_us(app)
+    started = time.perf_counter()
+    for _ in range(calls):
+        observer.attempt("A", "ok", 0.001)
+    attempt = (time.perf_counter() - started) / calls * 1e6
+    cost = middleware + attempt
+    share = cost / route_cpu_us * 100
+    return Row(
+        scenario="observe",
+        variant="in_process_hooks",
+        concurrency=1,
+        requests=calls,
+        p50_ms=0.0,
+        p99_ms=0.0,
+        req_s=0.0,
+        cpu_us_per_req=round(cost, 2),
+        cpu_of="bench process",
+        extra={
+            "middleware_us": round(middleware, 2),
+            "attempt_count_us": round(attempt, 2),
+            "route_cpu_us_metrics_off_median": route_cpu_us,
+            "share_of_route_cpu_pct": round(share, 2),
+        },
+    )
 
 
 def paired_cost_pct(on: list[tuple[float, float]], off: list[tuple[float, float]]) -> float | None:

@@ -114,6 +114,10 @@ def check_targets(rows: list[Row]) -> list[dict[str, Any]]:
         if paired is not None:  # CPU-bound: req/s = 1 / CPU per req (bench/observe.py)
             target = "observe: route req/s lost to metrics at c64, median of paired rounds (%) <= 5"
             add(target, paired, 5.0)
+    hooks = _find(rows, "observe", "in_process_hooks")
+    if hooks and hooks.extra.get("share_of_route_cpu_pct") is not None:
+        share = hooks.extra["share_of_route_cpu_pct"]
+        add("observe: metrics hooks timed in process, share of route CPU (%) <= 5", share, 5.0)
     sends = _find(rows, "sessions", "sqlite:100_sessions")
     if sends:
         add("sessions: sqlite sends/s over 100 sessions >= 2000", sends.req_s, 2000, at_most=False)
