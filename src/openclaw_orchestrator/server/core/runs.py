@@ -482,7 +482,7 @@ class RunService:
         try:
             result = await self._work(
                 run.kind,
-                _work_request(run.request),
+                public_request(run.request),
                 timeout=max(run.deadline_at - self._clock(), 0.001),
                 run_id=run.id,
                 idempotency_key=run.idempotency_key,
@@ -562,18 +562,13 @@ def _asked(request: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in request.items() if k not in (RUN_HOPS_KEY, RUN_TRACE_KEY)}
 
 
-def _work_request(request: dict[str, Any]) -> dict[str, Any]:
-    """What the work is given: the stored request without its trace (the run's span
-    carries it)."""
+def public_request(request: dict[str, Any]) -> dict[str, Any]:
+    """A run's request as shown (API, MCP, callbacks) and as its work is given: without its
+    trace carrier, which names the submitter's spans and is this service's bookkeeping, not
+    the caller's body (the run's span carries it)."""
     if RUN_TRACE_KEY not in request:
         return request
     return {k: v for k, v in request.items() if k != RUN_TRACE_KEY}
-
-
-def public_request(request: dict[str, Any]) -> dict[str, Any]:
-    """A run's request as shown (API, MCP, callbacks): without its trace carrier, which
-    names the submitter's spans and is this service's bookkeeping, not the caller's body."""
-    return _work_request(request)
 
 
 def _timed_out(run: RunRecord) -> dict[str, Any]:

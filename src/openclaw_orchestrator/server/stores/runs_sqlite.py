@@ -120,15 +120,16 @@ def _loads(value: Any) -> Any:
     return orjson.loads(value) if isinstance(value, str | bytes) else value
 
 
+def _json(value: Any) -> str | None:
+    """A JSON column's text (None stays NULL)."""
+    return None if value is None else _dumps(value)
+
+
 def _column(name: str, value: Any) -> Any:
     """``value`` as the column ``name`` stores it."""
     if name in _JSON:
-        return None if value is None else _dumps(value)
+        return _json(value)
     return int(value) if name in _BOOL else value
-
-
-def _json(value: Any) -> str | None:
-    return None if value is None else _dumps(value)
 
 
 # _row and _record name each column rather than loop over RUN_COLUMNS: a run is turned into
