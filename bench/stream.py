@@ -24,8 +24,12 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import gc
+import itertools
 import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
@@ -47,6 +51,8 @@ target's pace (5,000 chunks/s in all)."""
 SLOW_DELAY_MS = 100
 """A full run's second pace: 10 chunks/s a stream, 1,000 in all."""
 PIECE = "token "
+BURST_GAP_S = 100e-6
+"""Chunks emitted closer together than this are one burst (:func:`burst_sizes`)."""
 _STAMP = re.compile(rb'"t":([0-9.eE+-]+)\}')
 _CHUNKED_END = b"\r\n0\r\n\r\n"
 
@@ -246,6 +252,7 @@ class Tally:
     streams ran (not in a phase's ramp up or down), and the CPU all its chunks cost."""
 
     latencies: list[float] = field(default_factory=list)
+    emitted: list[float] = field(default_factory=list)
     chunks: int = 0
     steady_s: float = 0.0
     streams: int = 0
@@ -280,9 +287,42 @@ async def _phase(
     tally.cpu_s += _cpu(side) - cpu
     tally.reader_cpu_s += time.process_time() - reader_cpu
     steady = (started + pace.stream_s, min(first_done))
-    tally.latencies.extend(lat for emitted, lat in read if steady[0] <= emitted <= steady[1])
+    kept = [(emitted, lat) for emitted, lat in read if steady[0] <= emitted <= steady[1]]
+    tally.latencies.extend(lat for _, lat in kept)
+    tally.emitted.extend(emitted for emitted, _ in kept)
     tally.chunks += len(read)
     tally.steady_s += max(0.0, steady[1] - steady[0])
+
+
+def burst_sizes(emitted: list[float], gap: float = BURST_GAP_S) -> list[int]:
+    """How many chunks each burst of the offered load holds: chunks emitted (by any
+    instance) less than ``gap`` after the one before are in its burst. At 5,000 chunks/s
+    spread at random (Poisson) 99 % of bursts hold at most 5; timers that tick in whole
+    milliseconds make more, and a relay's per-chunk CPU times a burst's size is a wait."""
+    times = sorted(emitted)
+    sizes, size = [], 1
+    for before, after in itertools.pairwise(times):
+        if after - before < gap:
+            size += 1
+        else:
+            sizes.append(size)
+            size = 1
+    return [*sizes, size] if times else []
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """No garbage collection in this process while a phase runs (a full collection
+    first, the next after it): the reader holds every chunk's bytes and timings, so its
+    full collections grew to 20-70 ms, and a reader that stops reading stamps every chunk
+    that arrives meanwhile late, a stall the relay never made (it fell on whichever side
+    was running). A phase makes few reference cycles; they wait for the next phase."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def _cpu(side: Side) -> float:
@@ -298,15 +338,17 @@ async def _measure(
     out = []
     try:
         for side in first:
-            await _phase(readers[side.name], side, paces[0], 0, Tally())  # pools, caches
+            with _collector_paused():
+                await _phase(readers[side.name], side, paces[0], 0, Tally())  # pools, caches
         for pace in paces:
             sides = _sides(instances, orch, pace)
             tallies = {side.name: Tally() for side in sides}
             for _ in range(pace.rounds):
                 for side in sides:
-                    await _phase(
-                        readers[side.name], side, pace, pace.per_reader, tallies[side.name]
-                    )
+                    with _collector_paused():
+                        await _phase(
+                            readers[side.name], side, pace, pace.per_reader, tallies[side.name]
+                        )
             out.append((pace, tallies))
     finally:
         for reader in (r for rs in readers.values() for r in rs):
@@ -335,6 +377,7 @@ def _row(variant: str, pace: Pace, tally: Tally, cpu_of: str, rss: float | None)
             "delay_ms": pace.delay_ms,
             "p999_ms": round(percentile(tally.latencies, 0.999) * 1000, 3),
             "max_ms": round(max(tally.latencies, default=0.0) * 1000, 3),
+            "burst_p99": percentile([float(b) for b in burst_sizes(tally.emitted)], 0.99),
             "reader_cpu_us_per_chunk": (
                 round(tally.reader_cpu_s / tally.chunks * 1e6, 1) if tally.chunks else None
             ),

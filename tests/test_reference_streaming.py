@@ -20,6 +20,7 @@ from openclaw_orchestrator.devtools.reference import (
     FaultConfig,
     HandlerContext,
     create_instance_app,
+    handlers,
     resolve_handler,
 )
 from openclaw_orchestrator.devtools.reference.handlers import echo
@@ -102,6 +103,29 @@ async def test_stamp_adds_each_deltas_emit_time(
     assert before <= stamps[0] <= stamps[1] <= stamps[2] <= after
     assert stamps[2] - stamps[0] >= 0.005  # two 5 ms delays passed (timers may fire early)
     assert events[-1] == {"result": {"text": "abcdef"}, "instance": "A"}
+
+
+async def test_pieces_are_due_on_the_streams_own_schedule(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Piece ``k`` is due ``k * delay_ms`` after the first whatever each emit took (a
+    clock the test moves): due ``delay_ms`` after the previous emit instead, streams whose
+    pieces left in the same millisecond timer tick stayed locked together and merged into
+    bursts over their length (the bench's streaming relay measured runs of 20 and more)."""
+    clock = [100.0]
+    due: list[float] = []
+
+    async def sleep_until(deadline: float) -> None:
+        due.append(deadline)
+        clock[0] = max(clock[0], deadline)
+
+    async def emit(value: Any) -> None:
+        clock[0] += 0.007  # a slow write: 7 ms of the 20 between pieces
+
+    monkeypatch.setattr(handlers.anyio, "current_time", lambda: clock[0])
+    monkeypatch.setattr(handlers.anyio, "sleep_until", sleep_until)
+    payload = {"text": "abcd", "chunks": 4, "delay_ms": 20}
+    reply = await handlers.stream(payload, HandlerContext("A", "r", emit=emit))
+    assert reply == {"text": "abcd"}
+    assert due == pytest.approx([100.02, 100.04, 100.06])
 
 
 @pytest.mark.parametrize("fast_path", [True, False])

@@ -110,15 +110,23 @@ async def stream(payload: Any, context: HandlerContext) -> Any:
     """Built-in ``stream``: ``{"text": str, "chunks": n, "delay_ms": d, "stamp": b}`` (all
     but ``text`` optional) returns ``{"text": text}``; asked for a stream, it first emits
     the text's pieces as ``{"text": piece}`` deltas, word by word (a word keeps the blanks
-    after it) or in ``chunks`` nearly equal pieces. ``delay_ms`` passes between pieces,
-    streamed or not, so it is also a slow handler to cancel. With ``"stamp": true`` each
-    delta also has ``"t"``, the ``time.time()`` it was emitted at: a reader on the same
-    machine gets each piece's latency from it (``make bench``'s streaming relay)."""
+    after it) or in ``chunks`` nearly equal pieces. Piece ``k`` is due ``k * delay_ms``
+    after the first, streamed or not, so it is also a slow handler to cancel. With
+    ``"stamp": true`` each delta also has ``"t"``, the ``time.time()`` it was emitted at: a
+    reader on the same machine gets each piece's latency from it (``make bench``'s
+    streaming relay).
+
+    Each piece is due on its stream's own schedule, not ``delay_ms`` after the previous
+    emit: the event loop's timers tick in milliseconds, so two streams whose pieces went
+    out in the same tick would be due in the same tick again, and again; over a stream's
+    length an instance's streams merged into bursts, which independent model outputs
+    never make."""
     text, chunks, delay = _stream_request(payload)
     stamp = _stamp_request(payload)
+    start = anyio.current_time()
     for index, piece in enumerate(_pieces(text, chunks)):
         if index and delay:
-            await anyio.sleep(delay)
+            await anyio.sleep_until(start + index * delay)
         if context.emit is not None:
             await context.emit({"text": piece, "t": time.time()} if stamp else {"text": piece})
     return {"text": text}
