@@ -2,16 +2,19 @@
 read from the reference instances directly and through the orchestrator's route.
 
 Each stream is the reference ``stream`` handler with ``"stamp": true``: every delta carries
-``t``, the ``time.time()`` the instance emitted it at. A chunk's latency is its arrival
-time at the reader minus ``t`` (one machine, one clock), so it is exactly what the relay
-adds on its way, plus the instance's own send and the reader's receive, which both sides
-pay alike.
+``t``, the ``time.time()`` the instance emitted it at. A chunk's latency is its arrival at
+the reader's socket minus ``t`` (one machine, one clock): the kernel stamps each read with
+when its bytes were queued at the socket (``SO_TIMESTAMPNS``), so what the relay adds on
+its way is measured up to the client's socket, and the reader's own wait for a core (on
+two cores shared with the instances and, on one side, the orchestrator) is not counted as
+the relay's. The time the reader's loop got to each chunk is kept too (``loop_p50_ms``,
+``loop_p99_ms`` and their ``added_loop_…``): the latency as a client on this machine saw it.
 
-The reader is not aiohttp: each of the 100 streams is a bare :class:`asyncio.Protocol` on
-one keep-alive connection that only stamps each read with ``time.time()`` and keeps its
-bytes; the events are parsed once the stream has ended. So the reader's own work per chunk
-is a few microseconds (the rest of its cost is the kernel's read) and it adds no queue of
-its own to the tail.
+The reader is not aiohttp: each of the 100 streams is a bare non-blocking socket on one
+keep-alive connection, read with ``recvmsg`` from the loop's reader callback, that only
+stamps each read and keeps its bytes; the events are parsed once the stream has ended. So
+the reader's own work per chunk is a few microseconds (the rest of its cost is the kernel's
+read) and it adds no queue of its own to the tail.
 
 Streams start staggered over one stream's length and run back to back (closed loop), so
 stream starts and ends are spread evenly in time, as independent users' would be; started
@@ -27,12 +30,13 @@ import bisect
 import gc
 import itertools
 import re
+import socket
+import struct
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
 from urllib.parse import urlsplit
 
 import orjson
@@ -55,19 +59,32 @@ BURST_GAP_S = 100e-6
 """Chunks emitted closer together than this are one burst (:func:`burst_sizes`)."""
 _STAMP = re.compile(rb'"t":([0-9.eE+-]+)\}')
 _CHUNKED_END = b"\r\n0\r\n\r\n"
+_SO_TIMESTAMPNS = 35
+"""Linux's ``SO_TIMESTAMPNS`` (the control message's type too; the socket module has no
+name for it): each ``recvmsg`` says when its bytes reached the socket, in
+``time.time()``'s clock."""
+_ANCILLARY_BYTES = socket.CMSG_SPACE(16)
+_READ_BYTES = 16 * 1024
+"""Bytes a read takes at most (a chunk is ~100; more waits for the next wake-up). Python
+allocates this much for every read: at 256 KiB (past malloc's mmap threshold) each read cost
+an mmap and munmap."""
 
 
 @dataclass(frozen=True, slots=True)
 class Read:
-    """One stream as it arrived: every read's bytes and ``time.time()``, and its status."""
+    """One stream as it arrived: every read's bytes, the time the kernel queued them at
+    the reader's socket and the ``time.time()`` the reader's loop read them, and its
+    status."""
 
     status: int
     blocks: list[bytes]
+    arrivals: list[float]
     times: list[float]
 
-    def chunks(self) -> list[tuple[float, float]]:
-        """Per stamped chunk: its emit time and its latency, the arrival of the read that
-        holds the end of its stamp minus the emit time."""
+    def chunks(self) -> list[tuple[float, float, float]]:
+        """Per stamped chunk: its emit time and two latencies, of the read that holds the
+        end of its stamp: its arrival at the reader's socket, and when the reader's loop
+        read it, each minus the emit time."""
         ends, total = [], 0
         for block in self.blocks:
             total += len(block)
@@ -76,41 +93,86 @@ class Read:
         out = []
         for match in _STAMP.finditer(body):
             emitted = float(match[1])
-            out.append((emitted, self.times[bisect.bisect_left(ends, match.end())] - emitted))
+            read = bisect.bisect_left(ends, match.end())
+            out.append((emitted, self.arrivals[read] - emitted, self.times[read] - emitted))
         return out
 
 
-class _Reader(asyncio.Protocol):
-    """One keep-alive HTTP/1.1 connection; :meth:`fetch` sends a request and gathers its
-    reply's reads until the reply ends (chunked end, or its Content-Length)."""
+def _arrival(ancillary: list[tuple[int, int, bytes]]) -> float | None:
+    """The kernel's receive time (``SCM_TIMESTAMPNS``) of a ``recvmsg``, if it gave one."""
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and len(data) >= 16:
+            seconds, nanoseconds = struct.unpack_from("qq", data)
+            return float(seconds + nanoseconds / 1e9)
+    return None
 
-    def __init__(self) -> None:
-        self._transport: asyncio.Transport | None = None
+
+class _Reader:
+    """One keep-alive HTTP/1.1 connection; :meth:`fetch` sends a request and gathers its
+    reply's reads until the reply ends (chunked end, or its Content-Length).
+
+    Read with ``recvmsg`` on a socket with ``SO_TIMESTAMPNS``: each read carries the time
+    the kernel queued its newest bytes at this socket, when the relay (or the instance)
+    had delivered them, besides the time this loop got to them, which is also how long
+    this process waited for a core."""
+
+    def __init__(self, sock: socket.socket, loop: asyncio.AbstractEventLoop) -> None:
+        self._sock = sock
+        self._loop = loop
         self._done: asyncio.Future[Read] | None = None
         self._blocks: list[bytes] = []
+        self._arrivals: list[float] = []
         self._times: list[float] = []
         self._head: bytes | None = None
         self._size = 0
         self._length: int | None = None
         self.is_closed = False
+        loop.add_reader(sock.fileno(), self._readable)
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.is_closed = True
-        if self._done is not None and not self._done.done():
-            self._done.set_exception(_Lost(not self._blocks))
+    @classmethod
+    async def open(cls, host: str, port: int) -> _Reader:
+        """A connected reader (``TCP_NODELAY``, kernel receive times on)."""
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+        try:
+            await loop.sock_connect(sock, (host, port))
+        except BaseException:
+            sock.close()
+            raise
+        return cls(sock, loop)
 
     async def fetch(self, request: bytes) -> Read:
-        assert self._transport is not None
-        self._done = asyncio.get_running_loop().create_future()
-        self._blocks, self._times, self._head, self._size = [], [], None, 0
-        self._transport.write(request)
+        self._done = self._loop.create_future()
+        self._blocks, self._arrivals, self._times = [], [], []
+        self._head, self._size = None, 0
+        try:
+            sent = self._sock.send(request)
+        except OSError:
+            self._lost()
+            return await self._done
+        if sent < len(request):
+            await self._loop.sock_sendall(self._sock, request[sent:])
         return await self._done
 
-    def data_received(self, data: bytes) -> None:
-        self._times.append(time.time())
+    def _readable(self) -> None:
+        """One ``recvmsg`` a wake-up (the loop calls again while bytes are left)."""
+        try:
+            data, ancillary, _, _ = self._sock.recvmsg(_READ_BYTES, _ANCILLARY_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._lost()
+            return
+        if not data:
+            self._lost()
+            return
+        now = time.time()
+        arrival = _arrival(ancillary)
+        self._arrivals.append(now if arrival is None else arrival)
+        self._times.append(now)
         self._blocks.append(data)
         self._size += len(data)
         if self._head is None:
@@ -118,7 +180,13 @@ class _Reader(asyncio.Protocol):
         if self._head is not None and self._is_complete(data):
             assert self._done is not None
             status = int(self._head.split(b" ", 2)[1])
-            self._done.set_result(Read(status, self._blocks, self._times))
+            self._done.set_result(Read(status, self._blocks, self._arrivals, self._times))
+
+    def _lost(self) -> None:
+        """The connection closed (or broke): a reply under way fails."""
+        self.close()
+        if self._done is not None and not self._done.done():
+            self._done.set_exception(_Lost(not self._blocks))
 
     def _parse_head(self) -> None:
         joined = b"".join(self._blocks)
@@ -136,8 +204,10 @@ class _Reader(asyncio.Protocol):
         return tail.endswith(_CHUNKED_END)
 
     def close(self) -> None:
-        if self._transport is not None:
-            self._transport.close()
+        if not self.is_closed:
+            self.is_closed = True
+            self._loop.remove_reader(self._sock.fileno())
+            self._sock.close()
 
 
 class _Lost(ConnectionError):
@@ -170,8 +240,7 @@ class Connection:
     async def _open(self) -> _Reader:
         """The open connection, or a new one."""
         if self._reader is None or self._reader.is_closed:
-            loop = asyncio.get_running_loop()
-            _, self._reader = await loop.create_connection(_Reader, self._host, self._port)
+            self._reader = await _Reader.open(self._host, self._port)
         return self._reader
 
     def close(self) -> None:
@@ -252,6 +321,7 @@ class Tally:
     streams ran (not in a phase's ramp up or down), and the CPU all its chunks cost."""
 
     latencies: list[float] = field(default_factory=list)
+    loop_latencies: list[float] = field(default_factory=list)
     emitted: list[float] = field(default_factory=list)
     chunks: int = 0
     steady_s: float = 0.0
@@ -269,7 +339,7 @@ async def _phase(
     evenly in time); only the chunks emitted once every reader is going and before the
     first one is done are kept, when all ``n`` streams are under way."""
     spread = pace.stream_s / len(readers)
-    read: list[tuple[float, float]] = []
+    read: list[tuple[float, float, float]] = []
     first_done: list[float] = []
 
     async def one(i: int) -> None:
@@ -287,9 +357,10 @@ async def _phase(
     tally.cpu_s += _cpu(side) - cpu
     tally.reader_cpu_s += time.process_time() - reader_cpu
     steady = (started + pace.stream_s, min(first_done))
-    kept = [(emitted, lat) for emitted, lat in read if steady[0] <= emitted <= steady[1]]
-    tally.latencies.extend(lat for _, lat in kept)
-    tally.emitted.extend(emitted for emitted, _ in kept)
+    kept = [chunk for chunk in read if steady[0] <= chunk[0] <= steady[1]]
+    tally.emitted.extend(emitted for emitted, _, _ in kept)
+    tally.latencies.extend(arrived for _, arrived, _ in kept)
+    tally.loop_latencies.extend(seen for _, _, seen in kept)
     tally.chunks += len(read)
     tally.steady_s += max(0.0, steady[1] - steady[0])
 
@@ -377,6 +448,8 @@ def _row(variant: str, pace: Pace, tally: Tally, cpu_of: str, rss: float | None)
             "delay_ms": pace.delay_ms,
             "p999_ms": round(percentile(tally.latencies, 0.999) * 1000, 3),
             "max_ms": round(max(tally.latencies, default=0.0) * 1000, 3),
+            "loop_p50_ms": round(percentile(tally.loop_latencies, 0.5) * 1000, 3),
+            "loop_p99_ms": round(percentile(tally.loop_latencies, 0.99) * 1000, 3),
             "burst_p99": percentile([float(b) for b in burst_sizes(tally.emitted)], 0.99),
             "reader_cpu_us_per_chunk": (
                 round(tally.reader_cpu_s / tally.chunks * 1e6, 1) if tally.chunks else None
@@ -392,6 +465,9 @@ def _rows(pace: Pace, tallies: dict[str, Tally], orch: Proc, rss: float) -> list
     routed = _row("orchestrator" + suffix, pace, tallies["orchestrator"], orch.name, rss)
     routed.extra["added_p50_ms"] = round(routed.p50_ms - direct.p50_ms, 3)
     routed.extra["added_p99_ms"] = round(routed.p99_ms - direct.p99_ms, 3)
+    for q in ("p50", "p99"):
+        added = routed.extra[f"loop_{q}_ms"] - direct.extra[f"loop_{q}_ms"]
+        routed.extra[f"added_loop_{q}_ms"] = round(added, 3)
     return [direct, routed]
 
 
