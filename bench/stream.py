@@ -56,7 +56,7 @@ SLOW_DELAY_MS = 100
 """A full run's second pace: 10 chunks/s a stream, 1,000 in all."""
 PIECE = "token "
 BURST_GAP_S = 100e-6
-"""Chunks emitted closer together than this are one burst (:func:`burst_sizes`)."""
+"""Chunks emitted closer together than this are one burst (:func:`_burst_sizes`)."""
 _STAMP = re.compile(rb'"t":([0-9.eE+-]+)\}')
 _CHUNKED_END = b"\r\n0\r\n\r\n"
 _SO_TIMESTAMPNS = 35
@@ -365,7 +365,7 @@ async def _phase(
     tally.steady_s += max(0.0, steady[1] - steady[0])
 
 
-def burst_sizes(emitted: list[float], gap: float = BURST_GAP_S) -> list[int]:
+def _burst_sizes(emitted: list[float], gap: float = BURST_GAP_S) -> list[int]:
     """How many chunks each burst of the offered load holds: chunks emitted (by any
     instance) less than ``gap`` after the one before are in its burst. At 5,000 chunks/s
     spread at random (Poisson) 99 % of bursts hold at most 5; timers that tick in whole
@@ -450,7 +450,7 @@ def _row(variant: str, pace: Pace, tally: Tally, cpu_of: str, rss: float | None)
             "max_ms": round(max(tally.latencies, default=0.0) * 1000, 3),
             "loop_p50_ms": round(percentile(tally.loop_latencies, 0.5) * 1000, 3),
             "loop_p99_ms": round(percentile(tally.loop_latencies, 0.99) * 1000, 3),
-            "burst_p99": percentile([float(b) for b in burst_sizes(tally.emitted)], 0.99),
+            "burst_p99": percentile([float(b) for b in _burst_sizes(tally.emitted)], 0.99),
             "reader_cpu_us_per_chunk": (
                 round(tally.reader_cpu_s / tally.chunks * 1e6, 1) if tally.chunks else None
             ),
