@@ -40,6 +40,7 @@ $(BENCH_STAMP): $(STAMP)
 	touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP)  ## benchmarks vs direct, nginx and hand-written clients (QUICK=1: < 1 min)
+	@command -v nginx >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx) || echo "nginx is not installed: the bench leaves its variants out"
 	$(BIN)/python -m bench $(if $(QUICK),--quick,)
 
 clean:

@@ -254,35 +254,59 @@ http {{
     fastcgi_temp_path {dir}/fastcgi;
     uwsgi_temp_path {dir}/uwsgi;
     scgi_temp_path {dir}/scgi;
-    upstream backend {{
-        server {upstream};
-        keepalive 128;
-    }}
+{upstreams}
     server {{
         listen 127.0.0.1:{port} reuseport backlog=4096;
         keepalive_requests 1000000;
-        location / {{
-            proxy_pass http://backend;
+{locations}
+    }}
+}}
+"""
+NGINX_UPSTREAM = """\
+    upstream {name} {{
+        server {address};
+        keepalive 128;
+    }}
+"""
+NGINX_LOCATION = """\
+        location {prefix} {{
+            proxy_pass http://{name}/;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_buffering off;
         }}
-    }}
-}}
 """
 
 
 async def start_nginx(workdir: Path, upstream_url: str) -> Proc:
     """nginx (one worker) in front of ``upstream_url`` with a keep-alive upstream pool."""
+    return await start_nginx_routes(workdir, {"/": upstream_url})
+
+
+async def start_nginx_routes(
+    workdir: Path, routes: dict[str, str], *, label: str = "nginx"
+) -> Proc:
+    """nginx (one worker) relaying each path prefix in ``routes`` (``"/"``, ``"/S0/"``) to
+    its upstream URL with the prefix taken off, each upstream with a keep-alive pool;
+    unbuffered, so a streamed reply passes as it comes."""
     port = free_port()
-    folder = workdir / "nginx"
+    folder = workdir / label
     folder.mkdir(exist_ok=True)
     conf = folder / "nginx.conf"
-    upstream = upstream_url.removeprefix("http://")
-    conf.write_text(NGINX_CONF.format(dir=folder, upstream=upstream, port=port))
+    names = {prefix: f"upstream{i}" for i, prefix in enumerate(routes)}
+    upstreams = "".join(
+        NGINX_UPSTREAM.format(name=names[prefix], address=url.removeprefix("http://"))
+        for prefix, url in routes.items()
+    )
+    locations = "".join(
+        NGINX_LOCATION.format(prefix=prefix, name=names[prefix]) for prefix in routes
+    )
+    conf.write_text(
+        NGINX_CONF.format(dir=folder, upstreams=upstreams, locations=locations, port=port)
+    )
     argv = ["nginx", "-p", str(folder), "-c", str(conf)]
-    proc = _spawn("nginx", argv, f"http://127.0.0.1:{port}", folder / "stderr.log")
-    await wait_http(proc, "/api/health/check")
+    proc = _spawn(label, argv, f"http://127.0.0.1:{port}", folder / "stderr.log")
+    await wait_http(proc, next(iter(routes)) + "api/health/check")
     return proc
 
 

@@ -19,8 +19,10 @@ read) and it adds no queue of its own to the tail.
 Streams start staggered over one stream's length and run back to back (closed loop), so
 stream starts and ends are spread evenly in time, as independent users' would be; started
 together, all 100 would start, emit and end in the same milliseconds every time, a burst
-no real load makes. Only chunks emitted while all 100 run are counted. Direct and
-orchestrator phases alternate, so a busy minute on the shared machine falls on both.
+no real load makes. Only chunks emitted while all 100 run are counted. The sides' phases
+alternate (direct, nginx when it is installed, orchestrator), so a busy minute on the
+shared machine falls on all of them. nginx is the floor for one more hop: a relay in C
+with nothing to decide, unbuffered, one worker like the orchestrator's one process.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import bisect
 import gc
 import itertools
 import re
+import shutil
 import socket
 import struct
 import time
@@ -42,7 +45,14 @@ from urllib.parse import urlsplit
 import orjson
 
 from .load import percentile
-from .procs import API_KEY, Proc, start_instance, start_orchestrator, stopping
+from .procs import (
+    API_KEY,
+    Proc,
+    start_instance,
+    start_nginx_routes,
+    start_orchestrator,
+    stopping,
+)
 from .scenarios import QUIET_HEALTH, Row, Sizes
 
 __all__ = ["streaming_relay"]
@@ -292,8 +302,9 @@ def _request(url: str, path: str, body: bytes, headers: dict[str, str]) -> bytes
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
-def _sides(instances: list[Proc], orch: Proc, pace: Pace) -> tuple[Side, Side]:
-    """Stream ``i`` goes to instance ``i % n``, directly or routed there by name."""
+def _sides(instances: list[Proc], orch: Proc, pace: Pace, nginx: Proc | None) -> list[Side]:
+    """Stream ``i`` goes to instance ``i % n``: directly, through nginx (when it is
+    installed: ``/S0/`` goes to S0) or routed there by name by the orchestrator."""
     accept = {"Accept": "text/event-stream", "Content-Type": "application/json"}
     auth = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
     payload = {"text": PIECE * CHUNKS, "chunks": CHUNKS, "delay_ms": pace.delay_ms, "stamp": True}
@@ -309,10 +320,14 @@ def _sides(instances: list[Proc], orch: Proc, pace: Pace) -> tuple[Side, Side]:
         )
         for t in targets
     ]
-    return (
-        Side("direct", [t.url for t in targets], direct, instances),
-        Side("orchestrator", [orch.url] * STREAMS, routed, [orch]),
-    )
+    sides = [Side("direct", [t.url for t in targets], direct, instances)]
+    if nginx is not None:
+        proxied = [
+            _request(nginx.url, f"/{t.name}/api/instance/task", task, accept) for t in targets
+        ]
+        sides.append(Side("nginx", [nginx.url] * STREAMS, proxied, [nginx]))
+    sides.append(Side("orchestrator", [orch.url] * STREAMS, routed, [orch]))
+    return sides
 
 
 @dataclass
@@ -401,10 +416,10 @@ def _cpu(side: Side) -> float:
 
 
 async def _measure(
-    instances: list[Proc], orch: Proc, paces: list[Pace]
+    instances: list[Proc], orch: Proc, nginx: Proc | None, paces: list[Pace]
 ) -> list[tuple[Pace, dict[str, Tally]]]:
-    """Per pace, alternating phases of the two sides (after one warm-up stream each)."""
-    first = _sides(instances, orch, paces[0])
+    """Per pace, alternating phases of the sides (after one warm-up stream each)."""
+    first = _sides(instances, orch, paces[0], nginx)
     readers = {side.name: [Connection(u) for u in side.urls] for side in first}
     out = []
     try:
@@ -412,7 +427,7 @@ async def _measure(
             with _collector_paused():
                 await _phase(readers[side.name], side, paces[0], 0, Tally())  # pools, caches
         for pace in paces:
-            sides = _sides(instances, orch, pace)
+            sides = _sides(instances, orch, pace, nginx)
             tallies = {side.name: Tally() for side in sides}
             for _ in range(pace.rounds):
                 for side in sides:
@@ -459,21 +474,27 @@ def _row(variant: str, pace: Pace, tally: Tally, cpu_of: str, rss: float | None)
 
 
 def _rows(pace: Pace, tallies: dict[str, Tally], orch: Proc, rss: float) -> list[Row]:
-    """The target's pace is plain ``direct`` and ``orchestrator``; another is suffixed."""
+    """The target's pace is plain ``direct``, ``nginx`` and ``orchestrator``; another is
+    suffixed. A relay's row has what it adds over direct."""
     suffix = "" if pace.delay_ms == DELAY_MS else f":{pace.chunks_per_s}_chunks_per_s"
     direct = _row("direct" + suffix, pace, tallies["direct"], "instances", None)
-    routed = _row("orchestrator" + suffix, pace, tallies["orchestrator"], orch.name, rss)
-    routed.extra["added_p50_ms"] = round(routed.p50_ms - direct.p50_ms, 3)
-    routed.extra["added_p99_ms"] = round(routed.p99_ms - direct.p99_ms, 3)
-    for q in ("p50", "p99"):
-        added = routed.extra[f"loop_{q}_ms"] - direct.extra[f"loop_{q}_ms"]
-        routed.extra[f"added_loop_{q}_ms"] = round(added, 3)
-    return [direct, routed]
+    rows = [direct]
+    if "nginx" in tallies:
+        rows.append(_row("nginx" + suffix, pace, tallies["nginx"], "nginx", None))
+    rows.append(_row("orchestrator" + suffix, pace, tallies["orchestrator"], orch.name, rss))
+    for relay in rows[1:]:
+        relay.extra["added_p50_ms"] = round(relay.p50_ms - direct.p50_ms, 3)
+        relay.extra["added_p99_ms"] = round(relay.p99_ms - direct.p99_ms, 3)
+        for q in ("p50", "p99"):
+            added = relay.extra[f"loop_{q}_ms"] - direct.extra[f"loop_{q}_ms"]
+            relay.extra[f"added_loop_{q}_ms"] = round(added, 3)
+    return rows
 
 
 async def streaming_relay(workdir: Path, sizes: Sizes) -> list[Row]:
     """100 streams of 50 stamped chunks, 20 ms apart (and 100 ms in a full run): read
-    directly vs through the orchestrator's route."""
+    directly vs through nginx (a relay in C: what any one more hop costs on this machine;
+    left out when nginx is not installed) vs through the orchestrator's route."""
     procs: list[Proc] = []
     with stopping(procs):
         instances = [
@@ -486,6 +507,11 @@ async def streaming_relay(workdir: Path, sizes: Sizes) -> list[Row]:
             workdir, urls, label="orchestrator-stream", settings={"health": QUIET_HEALTH}
         )
         procs.append(orch)
-        measured = await _measure(instances, orch, _paces(sizes))
+        nginx = None
+        if shutil.which("nginx"):
+            routes = {f"/{p.name}/": p.url for p in instances}
+            nginx = await start_nginx_routes(workdir, routes, label="nginx-stream")
+            procs.append(nginx)
+        measured = await _measure(instances, orch, nginx, _paces(sizes))
         rss = orch.peak_rss_mb()
     return [row for pace, tallies in measured for row in _rows(pace, tallies, orch, rss)]
