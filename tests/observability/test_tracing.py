@@ -290,3 +290,44 @@ def test_log_lines_carry_the_trace_id() -> None:
     events = {e["event"]: e for e in map(json.loads, done.stderr.splitlines())}
     assert events["test.inside"]["trace_id"] == done.stdout.strip()
     assert "trace_id" not in events["test.outside"]
+
+
+GLOBAL_PROVIDER_SCRIPT = """
+import tempfile
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from starlette.testclient import TestClient
+from openclaw_orchestrator.server.api.app import create_app
+from openclaw_orchestrator.settings import Settings
+
+exported = InMemorySpanExporter()
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(exported))
+trace.set_tracer_provider(provider)  # what opentelemetry-instrument, or a host app, does
+settings = Settings(api_key="k" * 16, data_dir=tempfile.mkdtemp(), instances=[])
+with TestClient(create_app(settings)) as client:
+    auth = {"Authorization": "Bearer " + "k" * 16}
+    assert client.get("/api/health/check").status_code == 200
+    assert client.get("/api/orchestrator/health", headers=auth).status_code == 200
+    assert client.post("/api/orchestrator/route", json={}, headers=auth).status_code == 503
+print(sorted({span.instrumentation_scope.name for span in exported.get_finished_spans()}))
+"""
+
+
+def test_fastapis_own_telemetry_stays_off_under_a_global_provider() -> None:
+    """A process with a global tracer provider (``opentelemetry-instrument``, a host app)
+    gets no spans of FastAPI's own telemetry: it made four per request (the request, its
+    dependencies, endpoint and serialization) with our tracing off, and beside ours in
+    another trace with it on. Ours stay the app's only spans (a process of its own: the
+    global provider can be set once)."""
+    done = subprocess.run(  # our own interpreter and script
+        [sys.executable, "-c", GLOBAL_PROVIDER_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    scopes = done.stdout.strip().splitlines()[-1]  # after the start-up log line
+    assert scopes == "[]", done.stdout

@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.telemetry import TelemetryConfig
 
 from ... import __about__
 from ...mcp_server.http import install_mcp
@@ -40,6 +41,14 @@ from .ui import install_ui
 __all__ = ["OrchestratorApp", "create_app"]
 
 log = get_logger("api")
+
+FASTAPI_TELEMETRY_OFF: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
+"""FastAPI's own OpenTelemetry (0.145 and later) stays off: the app's spans and metrics
+are ours (:mod:`..observability`), named, sampled and exported as our settings say. It
+turns itself on whenever the process has a global tracer or meter provider (run under
+``opentelemetry-instrument``, or embedded in an app that sets one): four spans of its own
+per request (the request, its dependencies, endpoint and serialization), even with our
+tracing off, and beside ours in another trace with it on."""
 
 
 class OrchestratorApp(FastPathApp, FastAPI):
@@ -116,6 +125,7 @@ def create_app(
         lifespan=lifespan,
         docs_url=None,  # FastAPI's pages load from a CDN; ours are served locally (.docs)
         redoc_url=None,
+        telemetry=FASTAPI_TELEMETRY_OFF,
     )
     app.state.authenticator = Authenticator(settings.api_key)
     app.state.idempotency = IdempotencyCache(
