@@ -277,16 +277,17 @@ flush_logs()
 """
 
 
+def _run_script(script: str) -> subprocess.CompletedProcess[str]:
+    """``script`` in a fresh interpreter (ours), its output captured; it must succeed."""
+    return subprocess.run(  # our own interpreter and script
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+
+
 def test_log_lines_carry_the_trace_id() -> None:
     """Inside a span every JSON log line names the span's ``trace_id``; outside, none does
     (a process of its own: logging is configured once per process)."""
-    done = subprocess.run(  # our own interpreter and script
-        [sys.executable, "-c", LOGGING_SCRIPT],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+    done = _run_script(LOGGING_SCRIPT)
     events = {e["event"]: e for e in map(json.loads, done.stderr.splitlines())}
     assert events["test.inside"]["trace_id"] == done.stdout.strip()
     assert "trace_id" not in events["test.outside"]
@@ -322,12 +323,6 @@ def test_fastapis_own_telemetry_stays_off_under_a_global_provider() -> None:
     dependencies, endpoint and serialization) with our tracing off, and beside ours in
     another trace with it on. Ours stay the app's only spans (a process of its own: the
     global provider can be set once)."""
-    done = subprocess.run(  # our own interpreter and script
-        [sys.executable, "-c", GLOBAL_PROVIDER_SCRIPT],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+    done = _run_script(GLOBAL_PROVIDER_SCRIPT)
     scopes = done.stdout.strip().splitlines()[-1]  # after the start-up log line
     assert scopes == "[]", done.stdout
