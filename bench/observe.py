@@ -21,6 +21,7 @@ rounds' costs discards the rounds a burst of other work fell on.
 
 from __future__ import annotations
 
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -88,9 +89,9 @@ async def observation_cost(workdir: Path, sizes: Sizes) -> list[Row]:
         if paired is not None:
             (on_row,) = [row for row in rows if row.variant == "metrics-on"]
             on_row.extra["paired_cost_pct"] = round(paired, 2)
-        off_cpu = sorted(c for _, c in seen["metrics-off"] if c > 0)
+        off_cpu = [c for _, c in seen["metrics-off"] if c > 0]
         if off_cpu:
-            rows.append(await in_process_hooks(off_cpu[len(off_cpu) // 2], sizes.quick))
+            rows.append(await in_process_hooks(statistics.median_high(off_cpu), sizes.quick))
         return rows
 
 
@@ -157,12 +158,9 @@ async def in_process_hooks(route_cpu_us: float, quick: bool) -> Row:
 def paired_cost_pct(on: list[tuple[float, float]], off: list[tuple[float, float]]) -> float | None:
     """The median over rounds of the route throughput metrics cost in that round (from
     CPU per request: ``1 - off/on``), in percent; None without a pair of measurements."""
-    costs = sorted(
+    costs = [
         (1 - off_cpu / on_cpu) * 100
         for (_, on_cpu), (_, off_cpu) in zip(on, off, strict=True)
         if on_cpu > 0 and off_cpu > 0
-    )
-    if not costs:
-        return None
-    middle = len(costs) // 2
-    return costs[middle] if len(costs) % 2 else (costs[middle - 1] + costs[middle]) / 2
+    ]
+    return statistics.median(costs) if costs else None
