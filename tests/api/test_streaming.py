@@ -9,6 +9,7 @@ deltas as its own events."""
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,13 +19,15 @@ import pytest
 import pytest_asyncio
 from pydantic import SecretStr
 from starlette.datastructures import State
-from starlette.types import Message, Receive, Scope, Send
+from starlette.middleware import Middleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from openclaw_orchestrator.sdk.events import RunEvent, SseParser
 from openclaw_orchestrator.server.api import event_stream
 from openclaw_orchestrator.server.api.fastpath import FastPaths
 from openclaw_orchestrator.server.api.security import Authenticator
-from tests.api.conftest import Cluster, start_cluster
+from openclaw_orchestrator.server.direct_body import DIRECT_BODY, DirectBody
+from tests.api.conftest import ORCHESTRATOR, Cluster, start_cluster
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -40,10 +43,33 @@ def fast_paths(request: pytest.FixtureRequest) -> bool:
     return bool(getattr(request, "param", True))
 
 
+@pytest.fixture(scope="module", params=[True, False], ids=["direct", "asgi"])
+def direct(request: pytest.FixtureRequest) -> bool:
+    """The side of the relay's seam this module's cluster is on: deltas written from the
+    instance connection's callback through the server's ``DirectBody`` (``direct``), or
+    with the extension taken out of the scope, through the ASGI ``send`` (``asgi``), as
+    under a server that does not offer it."""
+    return bool(request.param)
+
+
+class _NoDirectBody:
+    """Middleware taking the ``DirectBody`` extension out of every request's scope."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        extensions = {k: v for k, v in scope.get("extensions", {}).items() if k != DIRECT_BODY}
+        await self.app({**scope, "extensions": extensions}, receive, send)
+
+
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def live(fast_paths: bool) -> AsyncIterator[Cluster]:
+async def live(fast_paths: bool, direct: bool) -> AsyncIterator[Cluster]:
     """Two reference instances A and B (``stream`` handler) behind an orchestrator."""
-    async with start_cluster("AB", handler="stream", fast_paths=fast_paths) as c:
+    middleware = [] if direct else [Middleware(_NoDirectBody)]
+    async with start_cluster(
+        "AB", handler="stream", fast_paths=fast_paths, middleware=middleware
+    ) as c:
         yield c
 
 
@@ -192,6 +218,96 @@ async def test_a_client_that_goes_away_stops_the_work(live: Cluster) -> None:
             break
         await asyncio.sleep(0.02)
     assert (record.outstanding, health["inflight"]) == (0, 0)
+
+
+async def test_the_relay_writes_from_the_callback_where_the_server_offers_it(
+    live: Cluster, direct: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the server's ``DirectBody`` the deltas of a paced stream are written through
+    it; without, none are (they go through the ASGI ``send``); the events are the same."""
+    writes: list[bool] = []
+    write = DirectBody.write
+
+    def spying(self: DirectBody, body: bytes) -> bool:
+        writes.append(write(self, body))
+        return writes[-1]
+
+    monkeypatch.setattr(DirectBody, "write", spying)
+    body = {"payload": {"text": TEXT, "delay_ms": 5}, "instances": "A", "stream": True}
+    status, _, got = await events(live, "/api/orchestrator/route", body)
+    assert status == 200
+    assert texts(got, "A") == WORDS
+    assert got[-1].type == "result"
+    if direct:
+        assert writes.count(True) >= len(WORDS) // 2  # the first may come with the head
+    else:
+        assert writes == []
+
+
+async def test_a_client_that_reads_slowly_misses_nothing(
+    fast_paths: bool, direct: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that reads nothing for a while, behind small socket buffers: the relay's
+    writes back up (the direct writes stop and the awaited ``send`` waits, the instance's
+    stream is paused behind it), and once it reads, every delta is there, in order. (Its
+    own cluster: the orchestrator's accepted sockets get an 8 KiB send buffer.)"""
+    writes: list[bool] = []
+    write = DirectBody.write
+
+    def spying(self: DirectBody, body: bytes) -> bool:
+        writes.append(write(self, body))
+        return writes[-1]
+
+    monkeypatch.setattr(DirectBody, "write", spying)
+    text = "".join(f"w{i:04d}-" + "x" * 1000 + " " for i in range(300))  # 300 KB
+    body = {"payload": {"text": text, "chunks": 300}, "instances": "B", "stream": True}
+    middleware = [] if direct else [Middleware(_NoDirectBody)]
+    async with start_cluster(
+        "B", handler="stream", fast_paths=fast_paths, middleware=middleware
+    ) as small:
+        listener = small.servers[ORCHESTRATOR].listening_socket
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        raw = await _read_slowly(small, orjson.dumps(body))
+    assert raw.startswith(b"HTTP/1.1 200")
+    got = list(SseParser().feed(_unchunk(raw[raw.index(b"\r\n\r\n") + 4 :])))
+    assert "".join(texts(got, "B")) == text
+    assert got[-1].type == "result"
+    assert (True in writes, False in writes) == (direct, direct)  # both ways, in one stream
+
+
+async def _read_slowly(live: Cluster, request: bytes) -> bytes:
+    """POST a streamed route with a 4 KiB receive buffer, wait half a second, then read
+    the whole raw reply (``Connection: close``)."""
+    host, port = live.url.removeprefix("http://").split(":")
+    head = (
+        f"POST /api/orchestrator/route HTTP/1.1\r\nHost: {host}\r\n"
+        f"Authorization: Bearer {live.api_key}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(request)}\r\nConnection: close\r\n\r\n"
+    )
+    loop = asyncio.get_running_loop()
+    raw = bytearray()
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await loop.sock_connect(sock, (host, int(port)))
+        await loop.sock_sendall(sock, head.encode() + request)
+        await asyncio.sleep(0.5)  # the relay fills the sockets and its buffer meanwhile
+        async with asyncio.timeout(20):
+            while chunk := await loop.sock_recv(sock, 65536):
+                raw += chunk
+    return bytes(raw)
+
+
+def _unchunk(body: bytes) -> bytes:
+    """An HTTP/1.1 chunked body, decoded."""
+    out, at = bytearray(), 0
+    while True:
+        line_end = body.index(b"\r\n", at)
+        size = int(body[at:line_end], 16)
+        if size == 0:
+            return bytes(out)
+        out += body[line_end + 2 : line_end + 2 + size]
+        at = line_end + 2 + size + 2
 
 
 async def test_a_streamed_run_records_delta_events(live: Cluster) -> None:

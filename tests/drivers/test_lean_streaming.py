@@ -1,6 +1,8 @@
 """Streamed replies through the lean httptools client (``LeanHttp.stream``), against a real
 reference instance: what only the lean side has to get right on its own — pooling a
-connection whose stream was read to its end, and not reading ahead of a slow consumer.
+connection whose stream was read to its end, not reading ahead of a slow consumer, and
+handing deltas on from the connection's callback to a caller that takes them at once
+(``EventTap``).
 (Everything a stream means to the driver runs on both transports in
 ``test_worker_streaming.py``.)"""
 
@@ -12,8 +14,13 @@ from typing import Any
 
 import aiohttp
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
 
 from openclaw_orchestrator.devtools.reference import create_instance_app, resolve_handler
+from openclaw_orchestrator.errors import InstanceProtocolError
 from openclaw_orchestrator.models import InstanceSpec
 from openclaw_orchestrator.server.drivers import WorkerDriver, lean
 
@@ -80,3 +87,95 @@ async def test_a_slow_consumer_pauses_reading_and_misses_nothing(
     assert "".join(seen) == result["text"] == text
     assert len(seen) == 200
     assert any(paused)
+
+
+class Taking:
+    """An ``on_delta`` that takes deltas at once too (a ``DeltaNow``, as the API's relay
+    is): ``now`` takes a batch unless ``refuse`` says otherwise (called with the count of
+    ``now`` calls so far). Records which way each delta came, in order."""
+
+    def __init__(self, refuse: Callable[[int], bool] = lambda n: False) -> None:
+        self.refuse = refuse
+        self.calls = 0
+        self.came: list[tuple[str, Any]] = []
+
+    async def __call__(self, delta: Any) -> None:
+        self.came.append(("awaited", delta))
+
+    async def many(self, deltas: list[Any]) -> None:
+        self.came += [("awaited", d) for d in deltas]
+
+    def now(self, deltas: list[Any]) -> bool:
+        self.calls += 1
+        if self.refuse(self.calls):
+            return False
+        self.came += [("now", d) for d in deltas]
+        return True
+
+    def texts(self, way: str | None = None) -> list[str]:
+        return [d["text"] for w, d in self.came if way in (None, w)]
+
+
+async def test_deltas_go_on_from_the_connections_callback(
+    serve: Serve, worker: WorkerDriver
+) -> None:
+    """A caller that takes deltas at once gets them from the connection's own callback
+    while the read loop waits (no task wake-up a chunk), all of them in order, and the
+    connection is pooled after the stream as before."""
+    instance = await _instance(serve)
+    text = "".join(f"w{i:02d} " for i in range(20))
+    taking = Taking()
+    result = await worker.invoke(
+        instance,
+        {"text": text, "chunks": 20, "delay_ms": 3},
+        timeout=10.0,
+        request_id="r",
+        on_delta=taking,
+    )
+    assert "".join(taking.texts()) == result["text"] == text
+    assert len(taking.texts("now")) >= 10  # the first may come with the head, to the loop
+    assert "[0 busy, 1 idle connections" in repr(worker._transport)
+
+
+async def test_deltas_refused_now_are_awaited_in_order(serve: Serve, worker: WorkerDriver) -> None:
+    """Every other ``now`` is refused (its client is slow): those deltas go the awaited
+    way, the rest at once, and each arrives exactly once, in order."""
+    instance = await _instance(serve)
+    text = "".join(f"w{i:02d} " for i in range(20))
+    taking = Taking(refuse=lambda n: n % 2 == 0)
+    result = await worker.invoke(
+        instance,
+        {"text": text, "chunks": 20, "delay_ms": 3},
+        timeout=10.0,
+        request_id="r",
+        on_delta=taking,
+    )
+    assert "".join(taking.texts()) == result["text"] == text
+    assert taking.texts("now")
+    assert taking.texts("awaited")
+
+
+async def test_a_broken_delta_after_some_taken_now_is_a_protocol_error(
+    serve: Serve, worker: WorkerDriver
+) -> None:
+    """Deltas taken at once, then a broken one: the deltas before it were handed on, and
+    the call fails with the protocol error, as on the awaited path."""
+
+    async def task(request: Request) -> Response:
+        await request.body()
+
+        async def body() -> AsyncIterator[bytes]:
+            for word in ("a", "b"):
+                yield b'event: delta\ndata: {"delta": {"text": "%s"}}\n\n' % word.encode()
+                await asyncio.sleep(0.02)  # the read loop waits: the tap takes the next read
+            yield b'event: delta\ndata: {"d": 1}\n\n'
+
+        return StreamingResponse(body(), media_type="text/event-stream")
+
+    app = Starlette(routes=[Route("/api/instance/task", task, methods=["POST"])])
+    instance = InstanceSpec(name="A", url=await serve(app))
+    taking = Taking()
+    with pytest.raises(InstanceProtocolError, match="no 'delta' field"):
+        await worker.invoke(instance, 1, timeout=5.0, request_id="r", on_delta=taking)
+    assert taking.texts() == ["a", "b"]
+    assert taking.texts("now")

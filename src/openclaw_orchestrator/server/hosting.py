@@ -115,6 +115,12 @@ class BackgroundServer:
         state = "running" if self._task and not self._task.done() else "stopped"
         return f"<BackgroundServer {self.url} {state}>"
 
+    @property
+    def listening_socket(self) -> socket.socket:
+        """The socket it accepts connections on (options set on it, such as buffer sizes,
+        carry over to the connections it accepts from then on)."""
+        return self._sock
+
     async def start(self) -> str:
         """Start serving; returns once the app's lifespan has started."""
         self._task = asyncio.create_task(self._server.serve(sockets=[self._sock]))

@@ -26,6 +26,9 @@ After one, the connection lingers up to :data:`LINGER_SECONDS`, reading and disc
 the client still sends: closing a socket with unread data resets the connection, and the
 client would lose the reply it was just sent.
 
+Each request's scope carries a :class:`~.direct_body.DirectBody` (the extension
+:data:`~.direct_body.DIRECT_BODY`): the streaming relay writes its chunks through it.
+
 Keep-alive, pipelining and flow control are uvicorn's, unchanged: the timer only runs while
 the connection waits for headers with no response in progress.
 """
@@ -45,6 +48,7 @@ from ..settings import (
     DEFAULT_MAX_HEADER_BYTES,
     Settings,
 )
+from .direct_body import DIRECT_BODY, DirectBody
 
 __all__ = ["LINGER_SECONDS", "BoundedRequestProtocol", "RequestLimits", "bounded_protocol"]
 
@@ -118,6 +122,10 @@ class BoundedRequestProtocol(HttpToolsProtocol):
             self._oversized = True
             return
         super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle.scope is self.scope:  # not an upgrade: a request's cycle
+            extensions: dict[str, Any] = self.scope.setdefault("extensions", {})
+            extensions[DIRECT_BODY] = DirectBody(cycle)
         self._body_timer = self.loop.call_later(self.limits.body_timeout, self._body_timed_out)
 
     def on_body(self, body: bytes) -> None:

@@ -15,11 +15,13 @@ cancels the work: the driver aborts its exchange and tells the instance.
 
 This is the relay's hot loop (issue 12: 100 streams of 50 chunks/s), so the reply is an
 ASGI response of our own rather than sse_starlette's (a task group of four tasks a stream,
-a cancel scope and a lock around every send): the driver's read loop writes each delta
-to the client itself (:class:`_Relay`; the deltas of one read in one ``send``), no queue
-between them, the ASGI ``send``'s own flow control being the back-pressure (a slow reader
-slows the instance's stream down rather than filling memory); one task per stream watches
-for the client's disconnect and sends the keep-alive comments. The same response serves
+a cancel scope and a lock around every send): the deltas of one read of the instance's
+connection are written to the client in one chunk, by the connection's own callback
+through the server's :class:`~..direct_body.DirectBody` while the client takes them at
+once, else by the driver's read loop through the ASGI ``send`` (:class:`_Relay`), no queue
+between them either way: the ASGI ``send``'s own flow control is the back-pressure (a slow
+reader slows the instance's stream down rather than filling memory); one task per stream
+watches for the client's disconnect and sends the keep-alive comments. The same response serves
 both sides of the seam: the FastAPI routes return it and the fast path
 (:mod:`.fastpath_stream`) calls it.
 """
@@ -38,6 +40,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from ...errors import OrchestratorError
 from ..core.dispatcher import Streaming
+from ..direct_body import DirectBody, direct_body
 from ..logs import get_logger
 
 __all__ = [
@@ -95,7 +98,7 @@ async def event_stream(work: Work) -> EventStream:
             begun.set_result(None)
 
     task: asyncio.Task[BaseModel] = loop.create_task(
-        work(Streaming(relay.delta, begin, relay.deltas))
+        work(Streaming(relay.delta, begin, relay.deltas, relay.now))
     )
     task.add_done_callback(_retrieve)
     try:
@@ -109,19 +112,23 @@ async def event_stream(work: Work) -> EventStream:
 
 
 class _Relay:
-    """Writes each delta straight to the client's ``send`` (from the driver's read loop),
-    once the reply has begun; a delta that comes before waits for it."""
+    """Writes each delta to the client: in the instance connection's own callback through
+    the request's :class:`~..direct_body.DirectBody` when the server offers one and the
+    client can take it at once (:meth:`now`), else through the ASGI ``send`` from the
+    driver's read loop, once the reply has begun (a delta that comes before waits for it)."""
 
-    __slots__ = ("_attached", "_prefixes", "_send")
+    __slots__ = ("_attached", "_direct", "_prefixes", "_send")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._send: Send | None = None
+        self._direct: DirectBody | None = None
         self._attached: asyncio.Future[Send] = loop.create_future()
         self._prefixes: dict[str, bytes] = {}
 
-    def attach(self, send: Send) -> None:
-        """The reply began: deltas go to ``send`` from now on."""
+    def attach(self, send: Send, direct: DirectBody | None = None) -> None:
+        """The reply began: deltas go to ``send`` (or ``direct``) from now on."""
         self._send = send
+        self._direct = direct
         if not self._attached.done():
             self._attached.set_result(send)
 
@@ -133,8 +140,24 @@ class _Relay:
 
     async def deltas(self, instance: str, values: list[Any]) -> None:
         """Several ``delta`` events that arrived together, written in one ``send``."""
+        await self._write(self._frames(instance, values))
+
+    def now(self, instance: str, values: list[Any]) -> bool:
+        """Write ``values``' delta events at once, in one chunk, and return True; or write
+        nothing and return False (no direct writer, or the client cannot take them now:
+        the caller awaits :meth:`deltas` instead, which waits for it).
+
+        Called only while the driver's read loop waits for the instance (the tap's
+        contract), so none of this stream's awaited writes is pending: a direct write never
+        overtakes one. (A keep-alive comment may be; it is a chunk of its own.)"""
+        direct = self._direct
+        return direct is not None and direct.write(self._frames(instance, values))
+
+    def _frames(self, instance: str, values: list[Any]) -> bytes:
         prefix = self._prefix(instance)
-        await self._write(b"".join(b"%s%s}\r\n\r\n" % (prefix, orjson.dumps(v)) for v in values))
+        if len(values) == 1:
+            return b"%s%s}\r\n\r\n" % (prefix, orjson.dumps(values[0]))
+        return b"".join(b"%s%s}\r\n\r\n" % (prefix, orjson.dumps(v)) for v in values)
 
     def _prefix(self, instance: str) -> bytes:
         prefix = self._prefixes.get(instance)
@@ -177,7 +200,7 @@ class EventStream(Response):
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
             watcher = asyncio.create_task(_watch(receive, send, task))
-            self._relay.attach(send)
+            self._relay.attach(send, direct_body(scope))
             await asyncio.wait((task,))
             watcher.cancel()
             if not task.cancelled():

@@ -26,7 +26,7 @@ from .clock import Clock
 from .health_monitor import failure_kind, report_health_change
 from .registry import InstanceRecord
 
-__all__ = ["Dispatcher", "DriverCall", "Relay", "Streaming"]
+__all__ = ["Dispatcher", "DriverCall", "Relay", "RelayMany", "RelayNow", "Streaming"]
 
 T = TypeVar("T")
 DriverCall = Callable[[InstanceDriver, InstanceSpec, float], Awaitable[T]]
@@ -36,6 +36,10 @@ Relay = Callable[[str, Any], Awaitable[None]]
 """Receives ``(instance, delta)``: one piece of an instance's streamed output, in order."""
 RelayMany = Callable[[str, list[Any]], Awaitable[None]]
 """Receives ``(instance, deltas)``: several pieces that arrived together, in order."""
+RelayNow = Callable[[str, list[Any]], bool]
+"""Takes ``(instance, deltas)`` at once and returns True, or takes none and returns False
+(the caller then awaits the :data:`RelayMany`): a relay writing from the instance
+connection's own callback (:class:`~..drivers.event_tap.EventTap`)."""
 
 log = get_logger("orchestrator")
 
@@ -48,19 +52,24 @@ class Streaming:
     instance (called just before the attempt starts: ``on_begin`` runs then, once);
     :attr:`started` turns true as the first delta is handed on. From then on the caller has
     part of an attempt's output, so the request's failure is final: no retry, no failover,
-    no migration (it would run the work a second time behind output already shown)."""
+    no migration (it would run the work a second time behind output already shown).
 
-    __slots__ = ("_on_begin", "_sink", "_sink_many", "started")
+    ``sink_many`` takes the pieces one read brought together; ``sink_now`` (with
+    ``sink_many``) takes them without an await when it can (:data:`RelayNow`)."""
+
+    __slots__ = ("_on_begin", "_sink", "_sink_many", "_sink_now", "started")
 
     def __init__(
         self,
         sink: Relay,
         on_begin: Callable[[], None] | None = None,
         sink_many: RelayMany | None = None,
+        sink_now: RelayNow | None = None,
     ) -> None:
         self._sink = sink
         self._on_begin = on_begin
         self._sink_many = sink_many
+        self._sink_now = sink_now
         self.started = False
 
     def __repr__(self) -> str:
@@ -68,11 +77,16 @@ class Streaming:
 
     def to(self, instance: str) -> Delta:
         """The delta callback of one attempt at ``instance`` (a
-        :class:`~..drivers.base.DeltaBatch` when ``sink_many`` was given)."""
+        :class:`~..drivers.base.DeltaBatch` when ``sink_many`` was given, a
+        :class:`~..drivers.base.DeltaNow` with ``sink_now`` too)."""
         begin, self._on_begin = self._on_begin, None
         if begin is not None:
             begin()
-        return _Attempt(self, instance) if self._sink_many else _relay(self, instance)
+        if self._sink_many is None:
+            return _relay(self, instance)
+        if self._sink_now is None:
+            return _Attempt(self, instance)
+        return _AttemptNow(self, instance)
 
 
 def _relay(stream: Streaming, instance: str) -> Delta:
@@ -103,6 +117,20 @@ class _Attempt:
         stream.started = True
         if stream._sink_many is not None:
             await stream._sink_many(self._instance, deltas)
+
+
+class _AttemptNow(_Attempt):
+    """:class:`_Attempt` when the sink takes pieces at once too (``sink_now``)."""
+
+    __slots__ = ()
+
+    def now(self, deltas: list[Any]) -> bool:
+        """Hand ``deltas`` on at once if the sink can (:data:`RelayNow`)."""
+        stream = self._stream
+        if stream._sink_now is None or not stream._sink_now(self._instance, deltas):
+            return False
+        stream.started = True
+        return True
 
 
 class Dispatcher:

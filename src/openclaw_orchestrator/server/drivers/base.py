@@ -58,6 +58,7 @@ __all__ = [
     "Delta",
     "DeltaBatch",
     "DeltaError",
+    "DeltaNow",
     "Fence",
     "History",
     "InstanceDriver",
@@ -69,6 +70,7 @@ __all__ = [
     "SseEvent",
     "address_not_allowed",
     "client_error",
+    "delta_value",
     "error_fields",
     "exchanges",
     "is_local_exhaustion",
@@ -105,6 +107,15 @@ class DeltaBatch(Protocol):
     async def __call__(self, delta: Any) -> None: ...
 
     async def many(self, deltas: list[Any]) -> None: ...
+
+
+class DeltaNow(DeltaBatch, Protocol):
+    """A :class:`DeltaBatch` that can also take pieces without an await: :meth:`now` takes
+    them all and returns True, or takes none and returns False (the caller then awaits
+    :meth:`many`). The lean client hands a stream's deltas on in its connection's own
+    callback through it (:class:`~.event_tap.EventTap`)."""
+
+    def now(self, deltas: list[Any]) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -394,7 +405,7 @@ async def stream_events(events: list[SseEvent], instance: str, on_delta: Delta) 
     for event in events:
         if event.event == "delta":
             try:
-                batch.append(_delta_value(event, instance))
+                batch.append(delta_value(event, instance))
             except InstanceProtocolError:
                 await _hand_on(many, batch)
                 raise
@@ -421,7 +432,7 @@ async def stream_event(event: SseEvent, instance: str, on_delta: Delta) -> Reply
     """Hand a ``delta`` to ``on_delta``; the final reply a ``result`` or ``error`` makes;
     None for a delta or an event of a kind we do not know (later versions may add some)."""
     if event.event == "delta":
-        value = _delta_value(event, instance)
+        value = delta_value(event, instance)
         try:
             await on_delta(value)
         except Exception as exc:
@@ -437,8 +448,8 @@ async def stream_event(event: SseEvent, instance: str, on_delta: Delta) -> Reply
     return None
 
 
-def _delta_value(event: SseEvent, instance: str) -> Any:
-    """The value a ``delta`` event carries."""
+def delta_value(event: SseEvent, instance: str) -> Any:
+    """The value a ``delta`` event carries (``instance_protocol`` if it carries none)."""
     body = _event_object(event, instance)
     if "delta" not in body:
         raise stream_error(instance, "a delta event has no 'delta' field")

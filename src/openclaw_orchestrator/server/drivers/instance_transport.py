@@ -27,7 +27,9 @@ and port.
 
 A streamed exchange (protocol v1.3) goes the same way: :meth:`LeanTransport.stream` where
 the lean client can send it, else :meth:`AiohttpTransport.stream` (the relay of issue 12
-reads every chunk through it, so it is a hot path too). Any exchange whose
+reads every chunk through it, so it is a hot path too); with a caller that takes deltas at
+once (:class:`~.base.DeltaNow`), the lean connection hands them on in its own callback
+(:class:`~.event_tap.EventTap`). Any exchange whose
 awaiting task is cancelled closes its connection (the lean client's too), never pooling it.
 """
 
@@ -43,7 +45,6 @@ from ...domain.addresses import AddressPolicy
 from ...models import InstanceSpec
 from ...sdk.bodies import STREAM_FROM_BYTES, outgoing_body
 from ...settings import DEFAULT_MAX_CONNECTIONS
-from ...sse import SseDecoder
 from ..delegation import HOPS_HEADER, MAX_HOPS_VALUE
 from ..observability.tracing import TRACEPARENT, TRACESTATE, outgoing_trace
 from .base import (
@@ -61,6 +62,7 @@ from .base import (
     stream_error,
     stream_events,
 )
+from .event_tap import EventTap
 from .lean import LeanHttp, Take, Target, lean_error
 
 __all__ = [
@@ -260,11 +262,12 @@ class LeanTransport:
         if target is None or headers is None or request.body is None:
             return None
         name = request.instance.name
+        now = getattr(on_delta, "now", None)  # a DeltaNow: deltas handed on by the tap
+        tap = EventTap(name, now)
 
         async def read(take: Take) -> Reply:
-            decoder = SseDecoder()
             while (chunk := await take()) is not None:
-                final = await stream_events(decoder.feed(chunk), name, on_delta)
+                final = await stream_events(tap.events(chunk), name, on_delta)
                 if final is not None:
                     return final
             raise stream_error(name, "the stream ended without a result or error event")
@@ -277,6 +280,7 @@ class LeanTransport:
                 timeout=request.timeout,
                 max_reply=request.max_reply,
                 read=read,
+                tap=None if now is None else tap,
             )
         except DeltaError:
             raise  # the caller's failure, not the instance's

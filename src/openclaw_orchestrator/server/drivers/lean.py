@@ -167,6 +167,8 @@ class _Connection(asyncio.Protocol):
         self._error: BaseException | None = None
         self._paused = False
         self._timer: asyncio.TimerHandle | None = None
+        self._tap: Callable[[bytes], bool] | None = None  # takes bytes while take() waits
+        self._poked = False  # the tap left events: take() returns b"" for the read loop
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # a TCP transport
@@ -229,6 +231,12 @@ class _Connection(asyncio.Protocol):
         elif self.closed:
             return
         elif self._streaming:
+            tap, reader = self._tap, self._reader
+            if tap is not None and reader is not None and not reader.done() and not self._pieces:
+                if not tap(body):  # the read loop waits and nothing is before these bytes
+                    self._poked = True
+                    reader.set_result(None)
+                return
             self._pieces.append(body)
             self._buffered += len(body)
             self._wake_reader()
@@ -281,8 +289,13 @@ class _Connection(asyncio.Protocol):
     async def take(self) -> bytes | None:
         """The streamed reply's body bytes that arrived since the last call, waiting for
         some; None once it has ended; its failure (a timeout, too long, a broken
-        connection) once the bytes before it are taken."""
+        connection) once the bytes before it are taken. With a tap (:meth:`exchange`), the
+        bytes that arrive while this waits go to the tap instead, and ``b""`` means the tap
+        left events for the caller."""
         while not self._pieces:
+            if self._poked:
+                self._poked = False
+                return b""
             if self._error is not None:
                 raise self._error
             if self._ended:
@@ -294,7 +307,7 @@ class _Connection(asyncio.Protocol):
                 self._reader = None
         pieces = self._pieces
         data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
-        self._pieces, self._buffered = [], 0
+        self._pieces, self._buffered, self._poked = [], 0, False
         if self._paused and self.transport is not None and not self.closed:
             self._paused = False
             self.transport.resume_reading()
@@ -310,16 +323,25 @@ class _Connection(asyncio.Protocol):
             self._keep_alive = False
         self._stream_ok = self._event_stream = self._streaming = self._ended = False
         self._pieces, self._buffered, self._error = [], 0, None
+        self._tap, self._poked = None, False
 
     async def exchange(
-        self, request: bytes, deadline: float, max_reply: int, *, stream: bool = False
+        self,
+        request: bytes,
+        deadline: float,
+        max_reply: int,
+        *,
+        stream: bool = False,
+        tap: Callable[[bytes], bool] | None = None,
     ) -> Reply:
         """Send ``request`` (complete bytes) and wait for the whole reply until ``deadline``
         (``loop.time()``); past it, TimeoutError and the connection is closed. A body over
         ``max_reply`` bytes is ReplyTooLarge, and the connection is closed too. With
         ``stream``, a 2xx ``text/event-stream`` reply returns at its head
         (:attr:`is_streaming`): its body is read with :meth:`take`, all of it within
-        ``deadline`` and ``max_reply``, until :meth:`end_stream`.
+        ``deadline`` and ``max_reply``, until :meth:`end_stream`; or, while :meth:`take`
+        waits and nothing is before them, given to ``tap`` as they arrive (True: it took
+        them all; False: it left events, and :meth:`take` returns ``b""`` for them).
 
         One timer handle per exchange: ``asyncio.timeout()`` costs several times as much
         (a context object, the current task, a reschedule) and a fanout makes thousands."""
@@ -328,7 +350,7 @@ class _Connection(asyncio.Protocol):
         self._status, self._retry_after, self._keep_alive, self._replayed = 0, None, False, False
         self._chunks = []
         self._max_reply, self._received, self._body_size = max_reply, 0, 0
-        self._stream_ok, self._event_stream = stream, False
+        self._stream_ok, self._event_stream, self._tap = stream, False, tap
         waiter: asyncio.Future[Reply] = self._loop.create_future()
         self._waiter = waiter
         timer = self._loop.call_at(deadline, self._time_out)
@@ -425,15 +447,18 @@ class LeanHttp:
         timeout: float,
         max_reply: int = DEFAULT_MAX_REPLY_BYTES,
         read: Callable[[Take], Awaitable[Reply]],
+        tap: Callable[[bytes], bool] | None = None,
     ) -> Reply:
         """:meth:`post` asking for ``text/event-stream``: a 2xx event stream is given to
         ``read``, whose reply is returned (its body read within ``timeout`` and
-        ``max_reply`` too); any other reply is returned whole, as :meth:`post` does. The
-        connection goes back to the pool only if the stream was read to its end."""
+        ``max_reply`` too; the bytes that arrive while ``read`` waits in ``take`` go to
+        ``tap`` when one is given, see :meth:`_Connection.exchange`); any other reply is
+        returned whole, as :meth:`post` does. The connection goes back to the pool only if
+        the stream was read to its end."""
         request = _request(target, _EVENT_STREAM, headers, body)
         pool, conn, deadline = await self._checkout(target, timeout)
         try:
-            reply = await conn.exchange(request, deadline, max_reply, stream=True)
+            reply = await conn.exchange(request, deadline, max_reply, stream=True, tap=tap)
             if conn.is_streaming:
                 reply = await read(conn.take)
         except BaseException:
