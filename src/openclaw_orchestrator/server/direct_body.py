@@ -2,10 +2,11 @@
 
 The relay of issue 12 passes each chunk an instance streams on to its client. Through ASGI
 every chunk costs a task wake-up (the driver's read loop) and an awaited ``send`` through
-the middleware wrappers and uvicorn's response cycle; at 5,000 chunks/s that was about half
-of the relay's own CPU. Our server protocol (:mod:`.http_protocol`) offers each request a
-:class:`DirectBody` as the ASGI scope extension :data:`DIRECT_BODY`: with it, the instance
-connection's own callback writes the client's chunk (:mod:`.drivers.event_tap`).
+the middleware wrappers and uvicorn's response cycle; without them the relay takes about a
+tenth less CPU a chunk and 0.1 ms less at p99 (docs/performance.md). Our server protocol
+(:mod:`.http_protocol`) offers each request a :class:`DirectBody` as the ASGI scope extension
+:data:`DIRECT_BODY`: with it, the instance connection's own callback writes the client's
+chunk (:mod:`.drivers.event_tap`).
 
 :meth:`DirectBody.write` writes only when that is exactly what an awaited ``send`` of the
 same bytes would do at once: the response has started, is chunked, has not ended, the client
