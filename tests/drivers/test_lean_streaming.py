@@ -20,7 +20,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from openclaw_orchestrator.devtools.reference import create_instance_app, resolve_handler
-from openclaw_orchestrator.errors import InstanceProtocolError
+from openclaw_orchestrator.errors import InstanceDownError, InstanceProtocolError
 from openclaw_orchestrator.models import InstanceSpec
 from openclaw_orchestrator.server.drivers import WorkerDriver, lean
 
@@ -176,6 +176,32 @@ async def test_a_broken_delta_after_some_taken_now_is_a_protocol_error(
     instance = InstanceSpec(name="A", url=await serve(app))
     taking = Taking()
     with pytest.raises(InstanceProtocolError, match="no 'delta' field"):
+        await worker.invoke(instance, 1, timeout=5.0, request_id="r", on_delta=taking)
+    assert taking.texts() == ["a", "b"]
+    assert taking.texts("now")
+
+
+async def test_a_connection_lost_after_deltas_taken_now_fails_the_call(
+    serve: Serve, worker: WorkerDriver
+) -> None:
+    """The instance's connection breaks after deltas went on from the callback: the call
+    fails as the instance's broken connection, and what was taken stays taken, once."""
+
+    async def task(request: Request) -> Response:
+        await request.body()
+
+        async def body() -> AsyncIterator[bytes]:
+            for word in ("a", "b"):
+                yield b'event: delta\ndata: {"delta": {"text": "%s"}}\n\n' % word.encode()
+                await asyncio.sleep(0.02)
+            raise RuntimeError("the instance dies mid-stream")
+
+        return StreamingResponse(body(), media_type="text/event-stream")
+
+    app = Starlette(routes=[Route("/api/instance/task", task, methods=["POST"])])
+    instance = InstanceSpec(name="A", url=await serve(app))
+    taking = Taking()
+    with pytest.raises(InstanceDownError, match="connection"):
         await worker.invoke(instance, 1, timeout=5.0, request_id="r", on_delta=taking)
     assert taking.texts() == ["a", "b"]
     assert taking.texts("now")
