@@ -220,26 +220,38 @@ async def test_a_client_that_goes_away_stops_the_work(live: Cluster) -> None:
     assert (record.outstanding, health["inflight"]) == (0, 0)
 
 
+class _DirectWrites:
+    """Every ``DirectBody.write``'s result, in order (patched in for the test); ``refused``
+    is set at the first False."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.results: list[bool] = []
+        self.refused = asyncio.Event()
+        write = DirectBody.write
+
+        def spying(direct: DirectBody, body: bytes) -> bool:
+            written = write(direct, body)
+            self.results.append(written)
+            if not written:
+                self.refused.set()
+            return written
+
+        monkeypatch.setattr(DirectBody, "write", spying)
+
+
 async def test_the_relay_writes_from_the_callback_where_the_server_offers_it(
     live: Cluster, direct: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With the server's ``DirectBody`` the deltas of a paced stream are written through
     it; without, none are (they go through the ASGI ``send``); the events are the same."""
-    writes: list[bool] = []
-    write = DirectBody.write
-
-    def spying(self: DirectBody, body: bytes) -> bool:
-        writes.append(write(self, body))
-        return writes[-1]
-
-    monkeypatch.setattr(DirectBody, "write", spying)
+    writes = _DirectWrites(monkeypatch)
     body = {"payload": {"text": TEXT, "delay_ms": 5}, "instances": "A", "stream": True}
     status, _, got = await events(live, "/api/orchestrator/route", body)
     assert status == 200
     assert texts(got, "A") == WORDS
     assert got[-1].type == "result"
-    assert (True in writes) is direct  # the first may come with the head: not all of them
-    assert all(writes)
+    assert (True in writes.results) is direct  # the first may come with the head: not all
+    assert all(writes.results)
 
 
 async def test_a_client_that_reads_slowly_misses_nothing(
@@ -249,17 +261,7 @@ async def test_a_client_that_reads_slowly_misses_nothing(
     writes back up (the direct writes stop and the awaited ``send`` waits, the instance's
     stream is paused behind it), and once it reads, every delta is there, in order. (Its
     own cluster: the orchestrator's accepted sockets get an 8 KiB send buffer.)"""
-    writes: list[bool] = []
-    write = DirectBody.write
-    refused = asyncio.Event()
-
-    def spying(self: DirectBody, body: bytes) -> bool:
-        writes.append(write(self, body))
-        if not writes[-1]:
-            refused.set()
-        return writes[-1]
-
-    monkeypatch.setattr(DirectBody, "write", spying)
+    writes = _DirectWrites(monkeypatch)
     text = "".join(f"w{i:04d}-" + "x" * 1000 + " " for i in range(300))  # 300 KB
     paced = {"text": text, "chunks": 300, "delay_ms": 2}  # the read loop waits between them
     body = {"payload": paced, "instances": "B", "stream": True}
@@ -270,12 +272,12 @@ async def test_a_client_that_reads_slowly_misses_nothing(
     ) as small:
         listener = small.servers[ORCHESTRATOR].listening_socket
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-        raw = await _read_slowly(small, orjson.dumps(body), refused if direct else None)
+        raw = await _read_slowly(small, orjson.dumps(body), writes.refused if direct else None)
     assert raw.startswith(b"HTTP/1.1 200")
     got = list(SseParser().feed(_unchunk(raw[raw.index(b"\r\n\r\n") + 4 :])))
     assert "".join(texts(got, "B")) == text
     assert got[-1].type == "result"
-    assert (True in writes, False in writes) == (direct, direct)  # both ways, in one stream
+    assert (True in writes.results, False in writes.results) == (direct, direct)  # both ways
 
 
 async def _read_slowly(live: Cluster, request: bytes, backed_up: asyncio.Event | None) -> bytes:

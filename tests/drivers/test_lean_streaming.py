@@ -155,11 +155,9 @@ async def test_deltas_refused_now_are_awaited_in_order(serve: Serve, worker: Wor
     assert taking.texts("awaited")
 
 
-async def test_a_broken_delta_after_some_taken_now_is_a_protocol_error(
-    serve: Serve, worker: WorkerDriver
-) -> None:
-    """Deltas taken at once, then a broken one: the deltas before it were handed on, and
-    the call fails with the protocol error, as on the awaited path."""
+async def _paced_then(serve: Serve, last: bytes | None) -> InstanceSpec:
+    """An instance streaming deltas ``a`` and ``b`` 20 ms apart (the read loop waits
+    between them: the tap takes each read), then ``last``, or dying mid-stream if None."""
 
     async def task(request: Request) -> Response:
         await request.body()
@@ -167,13 +165,23 @@ async def test_a_broken_delta_after_some_taken_now_is_a_protocol_error(
         async def body() -> AsyncIterator[bytes]:
             for word in ("a", "b"):
                 yield b'event: delta\ndata: {"delta": {"text": "%s"}}\n\n' % word.encode()
-                await asyncio.sleep(0.02)  # the read loop waits: the tap takes the next read
-            yield b'event: delta\ndata: {"d": 1}\n\n'
+                await asyncio.sleep(0.02)
+            if last is None:
+                raise RuntimeError("the instance dies mid-stream")
+            yield last
 
         return StreamingResponse(body(), media_type="text/event-stream")
 
     app = Starlette(routes=[Route("/api/instance/task", task, methods=["POST"])])
-    instance = InstanceSpec(name="A", url=await serve(app))
+    return InstanceSpec(name="A", url=await serve(app))
+
+
+async def test_a_broken_delta_after_some_taken_now_is_a_protocol_error(
+    serve: Serve, worker: WorkerDriver
+) -> None:
+    """Deltas taken at once, then a broken one: the deltas before it were handed on, and
+    the call fails with the protocol error, as on the awaited path."""
+    instance = await _paced_then(serve, b'event: delta\ndata: {"d": 1}\n\n')
     taking = Taking()
     with pytest.raises(InstanceProtocolError, match="no 'delta' field"):
         await worker.invoke(instance, 1, timeout=5.0, request_id="r", on_delta=taking)
@@ -186,20 +194,7 @@ async def test_a_connection_lost_after_deltas_taken_now_fails_the_call(
 ) -> None:
     """The instance's connection breaks after deltas went on from the callback: the call
     fails as the instance's broken connection, and what was taken stays taken, once."""
-
-    async def task(request: Request) -> Response:
-        await request.body()
-
-        async def body() -> AsyncIterator[bytes]:
-            for word in ("a", "b"):
-                yield b'event: delta\ndata: {"delta": {"text": "%s"}}\n\n' % word.encode()
-                await asyncio.sleep(0.02)
-            raise RuntimeError("the instance dies mid-stream")
-
-        return StreamingResponse(body(), media_type="text/event-stream")
-
-    app = Starlette(routes=[Route("/api/instance/task", task, methods=["POST"])])
-    instance = InstanceSpec(name="A", url=await serve(app))
+    instance = await _paced_then(serve, None)
     taking = Taking()
     with pytest.raises(InstanceDownError, match="connection"):
         await worker.invoke(instance, 1, timeout=5.0, request_id="r", on_delta=taking)

@@ -135,8 +135,7 @@ class _Relay:
     async def delta(self, instance: str, value: Any) -> None:
         """``event: delta`` with ``{"instance": ..., "delta": value}``, the prefix encoded
         once per instance."""
-        frame = b"%s%s}\r\n\r\n" % (self._prefix(instance), orjson.dumps(value))
-        await self._write(frame)
+        await self._write(self._frames(instance, [value]))
 
     async def deltas(self, instance: str, values: list[Any]) -> None:
         """Several ``delta`` events that arrived together, written in one ``send``."""
